@@ -1,0 +1,648 @@
+"""The FineTuneJob API, ``kubetune.io/v1alpha1``: the single source of truth.
+
+Python attributes are snake_case; YAML/JSON names are camelCase (``alias_generator``).
+The CRD in ``crds/`` is generated from these models by :mod:`kubetune.api.crdgen`.
+Cross-field rules live in ``model_validator``s next to the fields they relate, and
+raise :class:`SpecProblems` so every problem keeps its own field path.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from kubetune.api.stages import STAGE_CONTRACTS, Stage
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+SINGULAR = "finetunejob"
+SHORT_NAMES = ["ftj"]
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+
+MODEL_SCHEMES = ("file", "hf", "ms", "s3", "pvc")
+DATASET_SCHEMES = ("file", "hf", "ms", "s3", "https", "http", "configmap", "pvc")
+REGISTRY_SCHEMES = ("file", "s3", "https", "http", "configmap", "pvc")
+OUTPUT_SCHEMES = ("file", "s3", "pvc")
+ARTIFACT_SCHEMES = ("file", "s3", "pvc", "hf", "ms")
+
+
+class SpecProblems(ValueError):
+    """One or more cross-field problems, each with a path relative to the validated model."""
+
+    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
+
+
+def uri_scheme(uri: str) -> str:
+    return uri.split("://", 1)[0] if "://" in uri else ""
+
+
+def _check_uri(value: str, schemes: tuple[str, ...]) -> str:
+    scheme = uri_scheme(value)
+    if scheme not in schemes:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        got = f"scheme {scheme}://" if scheme else "no scheme"
+        raise ValueError(f"unsupported URI {value!r} ({got}); use one of {allowed}")
+    if not value.split("://", 1)[1].strip("/"):
+        raise ValueError(f"URI {value!r} names nothing after the scheme")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_by_name=False,  # YAML is camelCase only; snake_case is an unknown field with a hint
+        validate_by_alias=True,
+        alias_generator=to_camel,
+        use_enum_values=True,
+        validate_default=True,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The camelCase form, without unset optional fields (what a user would write)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+class QuantizationSpec(_Model):
+    """bitsandbytes quantization of the frozen base model (QLoRA)."""
+
+    bits: Literal[4, 8] = Field(4, description="Quantize base weights to 4 or 8 bits (bitsandbytes).")
+    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: nf4 (QLoRA default) or fp4.")
+    double_quant: bool = Field(True, description="Quantize the quantization constants too (saves ~0.4 bit/param).")
+    compute_dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="dtype of matmuls on dequantized weights; auto picks bf16 on GPUs that have it, else fp32."
+    )
+
+
+class ArtifactRef(_Model):
+    """An artifact given either by URI or by the name of a FineTuneJob that produces it."""
+
+    source: str | None = Field(
+        None, description="URI of the artifact (file://, s3://, pvc://, hf://, ms://). Used by `kubetune run`."
+    )
+    from_job: str | None = Field(
+        None,
+        description="Name of a FineTuneJob in the same namespace; the operator waits until it has Succeeded and "
+        "then uses its adapter URI.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_uri(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, ARTIFACT_SCHEMES)
+
+    @field_validator("from_job")
+    @classmethod
+    def _job_name(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > 63 or not DNS_LABEL.match(v)):
+            raise ValueError(f"{v!r} is not a valid FineTuneJob name (a DNS label of at most 63 characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ArtifactRef:
+        if (self.source is None) == (self.from_job is None):
+            raise SpecProblems([((), "give exactly one of `source` or `fromJob`")])
+        return self
+
+
+class ModelSpec(_Model):
+    """The base model to fine-tune."""
+
+    source: str = Field(
+        ...,
+        description="Model URI: hf://org/name, ms://org/name, s3://bucket/prefix/ (a Hugging Face folder), "
+        "pvc://claim/path, or file:///path (a Hugging Face folder or a .gguf file, dequantized for training). "
+        "Relative file:// paths are resolved against the FineTuneJob file's folder by `kubetune run`.",
+    )
+    revision: str | None = Field(
+        None, description="Branch, tag or commit for hf:// and ms:// models; the resolved commit is recorded."
+    )
+    template: str | None = Field(
+        None,
+        description="Chat template name (llama3, qwen, chatml, mistral, gemma, phi, deepseek, default). "
+        "Default: the tokenizer's own chat template.",
+    )
+    credentials_secret: str | None = Field(
+        None, description="Secret holding HF_TOKEN / MODELSCOPE_API_TOKEN / AWS_* keys to fetch the model."
+    )
+    quantization: QuantizationSpec | None = Field(
+        None, description="Quantize the base model (requires method lora or qlora). qlora defaults to 4-bit NF4."
+    )
+    trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
+    adapter: ArtifactRef | None = Field(None, description="Start from an existing LoRA adapter (lora/qlora only).")
+
+    @field_validator("source")
+    @classmethod
+    def _source_uri(cls, v: str) -> str:
+        return _check_uri(v, MODEL_SCHEMES)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+class Formatting(str, enum.Enum):
+    ALPACA = "alpaca"
+    SHAREGPT = "sharegpt"
+    OPENAI = "openai"
+
+
+class ColumnsSpec(_Model):
+    """Column names (LLaMA-Factory `columns`). Unlike LLaMA-Factory, a column you leave out keeps its default."""
+
+    prompt: str = Field("instruction", description="alpaca: the instruction column; pt: the text column.")
+    query: str = Field("input", description="alpaca: the input column, appended to the instruction.")
+    response: str = Field("output", description="alpaca: the response column.")
+    history: str | None = Field(None, description="alpaca: list of [prompt, response] pairs of earlier turns.")
+    messages: str = Field("conversations", description="sharegpt/openai: the message list column.")
+    system: str | None = Field(None, description="System prompt column.")
+    tools: str | None = Field(None, description="Tool description column (JSON string or object).")
+    images: str | None = Field(None, description="Image path list column.")
+    videos: str | None = Field(None, description="Video path list column.")
+    audios: str | None = Field(None, description="Audio path list column.")
+    chosen: str | None = Field(None, description="Preferred answer column (ranking datasets).")
+    rejected: str | None = Field(None, description="Rejected answer column (ranking datasets).")
+    kto_tag: str | None = Field(None, description="KTO boolean label column (true = desirable).")
+
+
+class TagsSpec(_Model):
+    """Message keys and role values for sharegpt/openai data (LLaMA-Factory `tags`); each keeps its default."""
+
+    role_tag: str = Field("from", description="Message key holding the role.")
+    content_tag: str = Field("value", description="Message key holding the text.")
+    user_tag: str = Field("human", description="Role value of the user.")
+    assistant_tag: str = Field("gpt", description="Role value of the assistant.")
+    observation_tag: str = Field("observation", description="Role value of tool results.")
+    function_tag: str = Field("function_call", description="Role value of tool calls.")
+    system_tag: str = Field("system", description="Role value of a leading system message.")
+
+
+class DatasetSpec(_Model):
+    """One dataset, with LLaMA-Factory `dataset_info.json` semantics."""
+
+    name: str = Field(..., description="Name used in reports, metrics and the manifest.", min_length=1, max_length=128)
+    source: str = Field(
+        ...,
+        description="Data URI: file:///path (json, jsonl, csv, parquet, arrow, txt, or a folder of one type), "
+        "s3://bucket/key, https://host/file, hf://org/dataset, ms://org/dataset, configmap://name/key, pvc://claim/path.",
+    )
+    formatting: Formatting = Field(Formatting.ALPACA, description="Row format: alpaca, sharegpt or openai.")
+    ranking: bool = Field(False, description="Preference data (chosen/rejected); required by rm, dpo and orpo.")
+    columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names; omitted ones keep defaults.")
+    tags: TagsSpec = Field(default_factory=TagsSpec, description="sharegpt role/content tags; omitted keep defaults.")
+    subset: str | None = Field(None, description="Hub dataset config name.")
+    folder: str | None = Field(None, description="Hub dataset data_dir.")
+    split: str = Field("train", description="Split to load.")
+    num_samples: int | None = Field(
+        None, ge=1, description="Sample this many rows (seeded); more than the dataset has oversamples with replacement."
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source_uri(cls, v: str) -> str:
+        return _check_uri(v, DATASET_SCHEMES)
+
+
+class DatasetRegistrySpec(_Model):
+    """A LLaMA-Factory `dataset_info.json`, and which of its entries to train on."""
+
+    source: str = Field(
+        ...,
+        description="URI of dataset_info.json (file://, s3://, https://, configmap://name/key, pvc://). "
+        "Relative file_name entries resolve against its folder.",
+    )
+    names: list[str] = Field(..., min_length=1, description="Entries of the registry to use, in order.")
+
+    @field_validator("source")
+    @classmethod
+    def _source_uri(cls, v: str) -> str:
+        return _check_uri(v, REGISTRY_SCHEMES)
+
+
+# ---------------------------------------------------------------------------------------------------- method
+
+
+class MethodType(str, enum.Enum):
+    FULL = "full"
+    FREEZE = "freeze"
+    LORA = "lora"
+    QLORA = "qlora"
+
+
+class LoraSpec(_Model):
+    """LoRA adapter settings (peft)."""
+
+    rank: int = Field(8, gt=0, le=4096, description="LoRA rank r.")
+    alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target: list[str] = Field(
+        default_factory=lambda: ["all"],
+        min_length=1,
+        description='Modules to adapt: ["all"] for every linear layer except the output head, or module names.',
+    )
+    dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+    rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    pissa: bool = Field(False, description="Initialise from principal singular vectors (PiSSA).")
+    loraplus_ratio: float | None = Field(None, gt=0, description="LoRA+: learning-rate ratio of B to A matrices.")
+
+
+class FreezeSpec(_Model):
+    """Partial fine-tuning: train only some layers."""
+
+    trainable_layers: int = Field(
+        2, description="Train the last N decoder layers (negative: the first N).", ge=-1024, le=1024
+    )
+    modules: list[str] = Field(default_factory=list, description="Train these named modules instead (e.g. mlp).")
+
+    @field_validator("trainable_layers")
+    @classmethod
+    def _nonzero(cls, v: int) -> int:
+        if v == 0:
+            raise ValueError("must not be 0 (no layer would train)")
+        return v
+
+
+class MethodSpec(_Model):
+    """How the weights are trained."""
+
+    type: MethodType = Field(MethodType.LORA, description="full, freeze, lora or qlora (LoRA on a quantized base).")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
+    freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (freeze).")
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+class PreferenceSpec(_Model):
+    """DPO / ORPO / SimPO settings."""
+
+    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint (DPO beta, ORPO lambda).")
+    loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field("sigmoid", description="Preference loss.")
+    ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer.")
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin.")
+
+
+class KtoSpec(_Model):
+    """KTO settings."""
+
+    beta: float = Field(0.1, gt=0, description="KTO beta.")
+    desirable_weight: float = Field(1.0, gt=0, description="Loss weight of desirable examples.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of undesirable examples.")
+
+
+class PpoSpec(_Model):
+    """PPO settings (kubetune's own PPO loop)."""
+
+    rollout_batch_size: int = Field(4, gt=0, description="Prompts per rollout.")
+    ppo_epochs: int = Field(2, gt=0, description="Optimisation epochs over each rollout.")
+    max_new_tokens: int = Field(32, gt=0, le=4096, description="Tokens generated per prompt.")
+    kl_coef: float = Field(0.05, ge=0, description="KL penalty to the reference policy.")
+    clip_range: float = Field(0.2, gt=0, description="PPO policy ratio clip.")
+    clip_range_value: float = Field(0.2, gt=0, description="Value function clip.")
+    gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
+    lam: float = Field(0.95, gt=0, le=1, description="GAE lambda.")
+    vf_coef: float = Field(0.1, ge=0, description="Value loss weight.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+
+
+class TrainingSpec(_Model):
+    """Hyper-parameters."""
+
+    epochs: float = Field(1.0, gt=0, le=10000, description="Passes over the training data.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(1, gt=0, le=65536, description="Per-device micro-batch size.")
+    gradient_accumulation: int = Field(1, gt=0, le=65536, description="Micro-batches per optimizer step.")
+    learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for warmup.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    cutoff_len: int = Field(1024, gt=0, le=1048576, description="Maximum tokens per example (or packed block).")
+    packing: bool | None = Field(
+        None, description="Pack examples into cutoffLen blocks without cross-attention. Default: on for pt, else off."
+    )
+    train_on_prompt: bool = Field(False, description="Also compute loss on prompt tokens (sft only).")
+    mask_history: bool = Field(False, description="Train on the last turn only (sft only).")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per dataset (first N).")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "concat", description="How several datasets are mixed."
+    )
+    interleave_probs: list[float] | None = Field(None, description="Sampling probabilities for interleaving.")
+    eval_split: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end only).")
+    logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
+    seed: int = Field(42, ge=0, description="Random seed for sampling, splitting and initialisation.")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="Training precision; auto is bf16 on GPUs that support it, fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="dpo/orpo settings.")
+    kto: KtoSpec = Field(default_factory=KtoSpec, description="kto settings.")
+    ppo: PpoSpec = Field(default_factory=PpoSpec, description="ppo settings.")
+    reward_model: ArtifactRef | None = Field(None, description="Reward model for ppo/grpo: a URI or an rm job.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=list, description="Extra experiment trackers (offline/local modes)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- cluster
+
+
+class ResourcesSpec(_Model):
+    """Where and how big the training pods are."""
+
+    nodes: int = Field(1, ge=1, le=1024, description="Pods (one per node); each runs gpusPerNode processes.")
+    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs requested by each pod (0 = CPU training).")
+    gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the GPUs.")
+    gpu_type: str | None = Field(None, description="GPU model (e.g. H100-80GB), used for the memory-fit estimate.")
+    cpu: str | None = Field(None, pattern=QUANTITY, description="CPU request and limit of each pod.")
+    memory: str | None = Field(None, pattern=QUANTITY, description="Memory request and limit of each pod.")
+    shared_memory: str = Field("8Gi", pattern=QUANTITY, description="Size of the /dev/shm volume.")
+    cache_size: str = Field("100Gi", pattern=QUANTITY, description="Size of the model/data cache volume.")
+    cache_claim: str | None = Field(None, description="PVC for the model/data cache (default: an emptyDir).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
+    affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules.")
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    image: str | None = Field(None, description="Trainer image; default: the operator's configured image.")
+    service_account_name: str | None = Field(None, description="ServiceAccount of the training pods.")
+
+
+class DistributedSpec(_Model):
+    """Data-parallel strategy inside and across pods (through accelerate)."""
+
+    strategy: Literal["auto", "ddp", "fsdp", "deepspeed"] = Field(
+        "auto", description="auto: single process on one device, DDP on several."
+    )
+    zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
+    offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3 params) to CPU.")
+
+
+class CheckpointingSpec(_Model):
+    """Periodic checkpoints, kept in the output storage for resume."""
+
+    every_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: no periodic ones).")
+    keep: int = Field(2, gt=0, le=1000, description="Keep the newest N complete checkpoints.")
+    resume: bool = Field(True, description="Resume from the newest complete checkpoint when one exists.")
+
+
+class HubSpec(_Model):
+    """Push the adapter to the Hugging Face Hub after training."""
+
+    repo: str = Field(..., description="Repository id, org/name.")
+    credentials_secret: str = Field(..., description="Secret holding HF_TOKEN.")
+    private: bool = Field(True, description="Create the repository as private.")
+
+
+class OutputSpec(_Model):
+    """Where the adapter, merged model, curves and manifest go."""
+
+    uri: str | None = Field(
+        None,
+        description="s3://bucket/prefix, file:///path or pvc://claim/path. Default for `kubetune run`: "
+        "file://./output/<name> beside the FineTuneJob file.",
+    )
+    credentials_secret: str | None = Field(None, description="Secret with AWS_* keys (and AWS_ENDPOINT_URL).")
+    merge: bool = Field(False, description="Also export the base model merged with the adapter (safetensors).")
+    hub: HubSpec | None = Field(None, description="Also push the adapter to the Hugging Face Hub.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        return None if v is None else _check_uri(v, OUTPUT_SCHEMES)
+
+
+class RunPolicySpec(_Model):
+    """Kubernetes Job policy."""
+
+    backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the Job fails.")
+    active_deadline_seconds: int | None = Field(None, gt=0, description="Hard time limit of the whole Job.")
+    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after N seconds.")
+
+
+# ---------------------------------------------------------------------------------------------------- spec
+
+
+class FineTuneJobSpec(_Model):
+    """What to train, on what data, how, and where the result goes."""
+
+    stage: Stage = Field(Stage.SFT, description="Training stage: pt, sft, rm, ppo, dpo, kto, orpo or grpo.")
+    model: ModelSpec = Field(..., description="The base model.")
+    datasets: list[DatasetSpec] = Field(default_factory=list, description="Datasets given inline.")
+    dataset_registry: DatasetRegistrySpec | None = Field(
+        None, description="Datasets taken from a LLaMA-Factory dataset_info.json."
+    )
+    eval_datasets: list[DatasetSpec] = Field(default_factory=list, description="Datasets used only for evaluation.")
+    method: MethodSpec = Field(default_factory=MethodSpec, description="Fine-tuning method.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pods, GPUs and scheduling.")
+    distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Parallelism strategy.")
+    checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec, description="Checkpoints and resume.")
+    output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job retry and time limits.")
+    suspend: bool = Field(False, description="Suspend the training Job (pods are deleted; resume continues).")
+    queue_name: str | None = Field(None, description="Kueue LocalQueue; the Job is created suspended for Kueue.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FineTuneJobSpec:
+        problems: list[tuple[tuple[str | int, ...], str]] = []
+        contract = STAGE_CONTRACTS[Stage(self.stage)]
+        method = MethodType(self.method.type)
+
+        if not self.datasets and self.dataset_registry is None:
+            problems.append((("datasets",), "give at least one dataset, or a datasetRegistry"))
+        seen: set[str] = set()
+        for i, ds in enumerate(self.datasets):
+            if ds.name in seen:
+                problems.append((("datasets", i, "name"), f"duplicate dataset name {ds.name!r}"))
+            seen.add(ds.name)
+            problems += [(("datasets", i, *p), m) for p, m in dataset_problems(ds, Stage(self.stage))]
+        for i, ds in enumerate(self.eval_datasets):
+            problems += [(("evalDatasets", i, *p), m) for p, m in dataset_problems(ds, Stage(self.stage))]
+
+        if self.model.quantization is not None and method not in (MethodType.LORA, MethodType.QLORA):
+            problems.append((("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}"))
+        if self.model.adapter is not None and method not in (MethodType.LORA, MethodType.QLORA):
+            problems.append((("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}"))
+        if contract.needs_reward_model and self.training.reward_model is None:
+            problems.append((("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob)"))
+        if not contract.needs_reward_model and self.training.reward_model is not None:
+            problems.append((("training", "rewardModel"), f"stage {self.stage} does not use a reward model"))
+        if Stage(self.stage) != Stage.SFT:
+            for flag, name in ((self.training.train_on_prompt, "trainOnPrompt"), (self.training.mask_history, "maskHistory")):
+                if flag:
+                    problems.append((("training", name), f"{name} applies to stage sft only"))
+        if self.training.train_on_prompt and self.training.mask_history:
+            problems.append((("training", "maskHistory"), "maskHistory cannot be combined with trainOnPrompt"))
+        probs = self.training.interleave_probs
+        if probs is not None:
+            if self.training.mix_strategy == "concat":
+                problems.append((("training", "interleaveProbs"), "set mixStrategy to interleave_under/over to use it"))
+            elif self.datasets and len(probs) != len(self.datasets):
+                problems.append((("training", "interleaveProbs"), f"needs {len(self.datasets)} values, one per dataset"))
+            elif any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+                problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
+        if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
+            problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
+        if self.distributed.offload and self.distributed.strategy != "deepspeed":
+            problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
+        if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
+            problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
+        if problems:
+            raise SpecProblems(problems)
+        return self
+
+    # Derived values the operator and trainer agree on -----------------------------------------------------------
+
+    @property
+    def quantization(self) -> QuantizationSpec | None:
+        """The effective quantization: explicit, or 4-bit NF4 for qlora."""
+        if self.model.quantization is not None:
+            return self.model.quantization
+        if MethodType(self.method.type) == MethodType.QLORA:
+            return QuantizationSpec()
+        return None
+
+    @property
+    def packing(self) -> bool:
+        if self.training.packing is not None:
+            return self.training.packing
+        return STAGE_CONTRACTS[Stage(self.stage)].default_packing
+
+    @property
+    def world_size(self) -> int:
+        return self.resources.nodes * max(1, self.resources.gpus_per_node)
+
+
+def dataset_problems(ds: DatasetSpec, stage: Stage) -> list[tuple[tuple[str, ...], str]]:
+    """Stage ↔ dataset rules (LLaMA-Factory's "dataset is not applicable in the current training stage")."""
+    contract = STAGE_CONTRACTS[stage]
+    problems: list[tuple[tuple[str, ...], str]] = []
+    if contract.ranking and not ds.ranking:
+        problems.append((("ranking",), f"stage {stage.value} needs pairwise data: set ranking: true and chosen/rejected"))
+    if not contract.ranking and ds.ranking:
+        problems.append((("ranking",), f"stage {stage.value} does not train on pairwise data; use rm, dpo or orpo"))
+    if ds.ranking and Formatting(ds.formatting) == Formatting.ALPACA and not (ds.columns.chosen and ds.columns.rejected):
+        problems.append((("columns",), "ranking alpaca data needs columns.chosen and columns.rejected"))
+    if contract.needs_kto_tag and not ds.columns.kto_tag:
+        problems.append((("columns", "ktoTag"), "stage kto needs a boolean label column: set columns.ktoTag"))
+    if not contract.needs_kto_tag and ds.columns.kto_tag:
+        problems.append((("columns", "ktoTag"), f"stage {stage.value} does not use KTO labels"))
+    if stage == Stage.PT and Formatting(ds.formatting) != Formatting.ALPACA:
+        problems.append((("formatting",), "stage pt reads text: use formatting alpaca with columns.prompt"))
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------------- status
+
+
+class Condition(_Model):
+    """A kstatus-compatible condition."""
+
+    type: str = Field(..., description="Ready, Validated, Running, Succeeded, Failed, Suspended, Reconciling, Stalled.")
+    status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
+    reason: str = Field("", description="CamelCase machine-readable reason.")
+    message: str = Field("", description="Human-readable detail.")
+    last_transition_time: str | None = Field(None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(None, description="metadata.generation this condition describes.")
+
+
+class ProgressStatus(_Model):
+    """Live training progress, pulled from the rank-0 pod's metrics endpoint."""
+
+    step: int | None = Field(None, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, description="Optimizer steps planned.")
+    percent: float | None = Field(None, description="step / totalSteps x 100.")
+    epoch: float | None = Field(None, description="Fractional epoch.")
+    loss: float | None = Field(None, description="Latest training loss.")
+    eval_loss: float | None = Field(None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(None, description="Non-padding tokens per second, all ranks.")
+    eta_seconds: float | None = Field(None, description="Estimated seconds to finish.")
+    eta: str | None = Field(None, description="ETA for display, e.g. 1h02m.")
+
+
+class ArtifactsStatus(_Model):
+    """Where the results are."""
+
+    adapter_uri: str | None = Field(None, description="Adapter (or full model) folder.")
+    manifest_uri: str | None = Field(None, description="manifest.json, written last.")
+    merged_uri: str | None = Field(None, description="Merged model folder, when output.merge is set.")
+
+
+class DatasetReport(_Model):
+    """Preflight result for one dataset."""
+
+    name: str = Field(..., description="Dataset name.")
+    rows: int = Field(0, description="Rows read.")
+    valid: int = Field(0, description="Rows converted and tokenized.")
+    dropped: int = Field(0, description="Rows rejected (see the trainer log for reasons and row indexes).")
+
+
+class FineTuneJobStatus(_Model):
+    """Observed state, written by the operator."""
+
+    phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = Field(
+        None, description="Pending, Running, Succeeded, Failed or Suspended."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions, kstatus style.")
+    observed_generation: int | None = Field(None, description="Last metadata.generation acted on.")
+    progress: ProgressStatus | None = Field(None, description="Live training progress.")
+    start_time: str | None = Field(None, description="When training pods started.")
+    completion_time: str | None = Field(None, description="When the Job finished.")
+    restarts: int | None = Field(None, description="Pod restarts and failed attempts so far.")
+    last_checkpoint: str | None = Field(None, description="URI of the newest complete checkpoint.")
+    artifacts: ArtifactsStatus | None = Field(None, description="Result locations.")
+    datasets: list[DatasetReport] | None = Field(None, description="Per-dataset preflight counts.")
+    memory_estimate_gib: float | None = Field(None, description="Estimated memory per GPU, GiB.")
+    job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
+    spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")
+
+
+# ---------------------------------------------------------------------------------------------------- object
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata kubetune reads; everything else is kept as given."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    name: str = Field(..., description="Object name: a DNS label of at most 63 characters.")
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if len(v) > 63:
+            raise ValueError(f"{v!r} is {len(v)} characters; a FineTuneJob name is a DNS label of at most 63")
+        if not DNS_LABEL.match(v):
+            raise ValueError(f"{v!r} is not a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric")
+        return v
+
+
+class FineTuneJob(BaseModel):
+    """A FineTuneJob custom resource."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    api_version: Literal["kubetune.io/v1alpha1"] = Field(API_VERSION, alias="apiVersion")
+    kind: Literal["FineTuneJob"] = Field(KIND)
+    metadata: ObjectMeta
+    spec: FineTuneJobSpec
+    status: FineTuneJobStatus | None = None

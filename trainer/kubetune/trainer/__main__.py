@@ -1,0 +1,55 @@
+"""`kubetune-train --config trainer.json`: the entry point of a training pod.
+
+Exit codes: 0 done, 3 bad config, 4 bad data (both non-retryable for the Job's
+podFailurePolicy), 1 anything else. The reason goes to /dev/termination-log so the
+operator can show it in the FineTuneJob's status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.logging import get_logger, setup
+
+TERMINATION_LOG = "/dev/termination-log"
+log = get_logger("kubetune.trainer")
+
+
+def write_termination_message(message: str) -> None:
+    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
+    try:
+        path.write_text(message[-4000:], encoding="utf-8")
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="kubetune-train", description="Run one kubetune training job.")
+    parser.add_argument("--config", required=True, help="trainer.json written by the operator or `kubetune run`")
+    args = parser.parse_args(argv)
+    setup(os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    try:
+        config = TrainerConfig.from_file(args.config)
+        from kubetune.trainer.runner import run
+
+        result = run(config)
+        write_termination_message(f"succeeded: {result.output_uri}")
+        return 0
+    except TrainerError as exc:
+        log.error("%s", exc)
+        write_termination_message(str(exc))
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - the pod must say why it died
+        traceback.print_exc()
+        write_termination_message(f"{type(exc).__name__}: {exc}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Artifacts of a run: adapter/model folder, curves, and manifest.json (written last)."""

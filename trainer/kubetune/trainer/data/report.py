@@ -1,0 +1,74 @@
+"""What happened to every row: read, valid, dropped (reason → count and first row indexes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+FIRST_ROWS = 10
+
+
+@dataclass
+class ReasonStats:
+    count: int = 0
+    rows: list[int] = field(default_factory=list)
+    example: str = ""
+
+
+@dataclass
+class DatasetReport:
+    name: str
+    source: str = ""
+    rows: int = 0
+    valid: int = 0
+    dropped: int = 0
+    truncated: int = 0
+    warnings: dict[str, ReasonStats] = field(default_factory=dict)
+    reasons: dict[str, ReasonStats] = field(default_factory=dict)
+    token_lengths: list[int] = field(default_factory=list, repr=False)
+
+    def drop(self, row: int, reason: str, detail: str = "") -> None:
+        self.dropped += 1
+        self._note(self.reasons, row, reason, detail)
+
+    def warn(self, row: int, reason: str, detail: str = "") -> None:
+        self._note(self.warnings, row, reason, detail)
+
+    @staticmethod
+    def _note(table: dict[str, ReasonStats], row: int, reason: str, detail: str) -> None:
+        stats = table.setdefault(reason, ReasonStats(example=detail))
+        stats.count += 1
+        if len(stats.rows) < FIRST_ROWS:
+            stats.rows.append(row)
+
+    def percentiles(self) -> dict[str, int]:
+        if not self.token_lengths:
+            return {}
+        ordered = sorted(self.token_lengths)
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]  # noqa: E731
+        return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "source": self.source,
+            "rows": self.rows,
+            "valid": self.valid,
+            "dropped": self.dropped,
+            "truncated": self.truncated,
+            "truncatedPercent": round(100.0 * self.truncated / self.valid, 2) if self.valid else 0.0,
+            "tokenLengths": self.percentiles(),
+            "reasons": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.reasons.items()},
+            "warnings": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.warnings.items()},
+        }
+
+    def lines(self) -> list[str]:
+        out = [f"dataset {self.name}: {self.rows} rows read, {self.valid} valid, {self.dropped} dropped"
+               + (f", {self.truncated} truncated" if self.truncated else "")]
+        for reason, stats in self.reasons.items():
+            rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
+            out.append(f"  dropped {stats.count} × {reason} (rows {rows}){': ' + stats.example if stats.example else ''}")
+        for reason, stats in self.warnings.items():
+            rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
+            out.append(f"  warning {stats.count} × {reason} (rows {rows})")
+        return out

@@ -1,0 +1,54 @@
+"""`kubetune run`: drive the pod's trainer on this machine, no cluster needed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.api.v1alpha1 import FineTuneJob
+from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.logging import get_logger, setup
+
+log = get_logger(__name__)
+
+
+def local_config(
+    job: FineTuneJob,
+    job_file: Path,
+    *,
+    cache_dir: Path,
+    output: str | None = None,
+    metrics_port: int | None = None,
+    allow_private: list[str] | None = None,
+) -> TrainerConfig:
+    work_dir = job_file.resolve().parent
+    name = job.metadata.name
+    output_uri = output or job.spec.output.uri or f"file://{work_dir / 'output' / name}"
+    return TrainerConfig.from_job(
+        job,
+        output_uri=output_uri,
+        work_dir=str(work_dir),
+        cache_dir=str(cache_dir.resolve()),
+        scratch_dir=str((cache_dir / "runs" / (job.metadata.namespace or "default") / name).resolve()),
+        metrics_port=metrics_port,
+        allow_private_urls=list(allow_private or []),
+    )
+
+
+def run_local(job: FineTuneJob, job_file: Path, **options: object) -> int:
+    setup()
+    config = local_config(job, job_file, **options)  # type: ignore[arg-type]
+    from kubetune.trainer.runner import run
+
+    print(f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally", file=sys.stderr)
+    try:
+        result = run(config)
+    except TrainerError as exc:
+        print(f"{job_file}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"kubetune: {job.metadata.name} done; artifact: {result.output_uri}")
+    for key in ("train_loss", "eval_loss", "train_runtime"):
+        if key in result.metrics:
+            print(f"  {key}: {result.metrics[key]:.4f}" if isinstance(result.metrics[key], float) else f"  {key}: {result.metrics[key]}")
+    return 0

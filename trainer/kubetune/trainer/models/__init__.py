@@ -1,0 +1,1 @@
+"""Model side: fetch and open the base model and tokenizer, then attach the training method."""

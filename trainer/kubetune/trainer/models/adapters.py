@@ -1,0 +1,78 @@
+"""Attach the training method to a loaded model: full, freeze, lora, qlora (peft)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import FineTuneJobSpec, MethodType
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def lora_config(spec: FineTuneJobSpec, task_type: str = "CAUSAL_LM") -> Any:
+    from peft import LoraConfig
+
+    lora = spec.method.lora
+    target: Any = "all-linear" if lora.target == ["all"] else list(lora.target)
+    return LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha or 2 * lora.rank,
+        lora_dropout=lora.dropout,
+        target_modules=target,
+        use_dora=lora.dora,
+        use_rslora=lora.rslora,
+        init_lora_weights="pissa_niter_4" if lora.pissa else True,
+        task_type=task_type,
+    )
+
+
+def _layer_index(name: str) -> int | None:
+    match = re.search(r"\.layers\.(\d+)\.", name) or re.search(r"\.h\.(\d+)\.", name)
+    return int(match.group(1)) if match else None
+
+
+def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
+    freeze = spec.method.freeze
+    names = [n for n, _ in model.named_parameters()]
+    layers = sorted({i for n in names if (i := _layer_index(n)) is not None})
+    if freeze.modules:
+        trainable = lambda n: any(m in n for m in freeze.modules)  # noqa: E731
+    else:
+        if not layers:
+            raise ConfigError("spec.method.freeze: the model has no numbered decoder layers; name modules instead")
+        n = freeze.trainable_layers
+        chosen = set(layers[-n:]) if n > 0 else set(layers[: -n])
+        trainable = lambda name: _layer_index(name) in chosen  # noqa: E731
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = bool(trainable(name))
+        count += int(param.requires_grad)
+    if count == 0:
+        raise ConfigError(f"spec.method.freeze.modules: no parameter name contains any of {freeze.modules}")
+    return model
+
+
+def apply_method(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = None, task_type: str = "CAUSAL_LM") -> Any:
+    method = MethodType(spec.method.type)
+    if method == MethodType.FULL:
+        return model
+    if method == MethodType.FREEZE:
+        return apply_freeze(model, spec)
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.quantization is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
+    if adapter_path is not None:
+        log.info("continuing from adapter %s", adapter_path)
+        return PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    return get_peft_model(model, lora_config(spec, task_type))
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,105 @@
+"""run(config): the one place that sequences a training run.
+
+convert data (fail fast on bad data, before any weights) → fetch model → tokenizer/template
+→ tokenize → stage workflow (train) → save tokenizer → manifest (last) → publish.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.trainer.artifacts.manifest import build_manifest, write_manifest
+from kubetune.trainer.data.loader import check_reports, convert_all, tokenize_all
+from kubetune.trainer.data.templates import get_template
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.logging import get_logger, is_main
+from kubetune.trainer.models.loader import load_tokenizer, resolve_model
+from kubetune.trainer.stages import RunContext, get_stage
+from kubetune.trainer.storage.fetch import fetch
+from kubetune.trainer.storage.publish import publish
+
+log = get_logger(__name__)
+
+PhaseHook = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    output_uri: str
+    artifact_dir: Path
+    metrics: dict[str, Any]
+    reports: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: PhaseHook | None = None) -> RunResult:
+    phase = on_phase or (lambda _p: None)
+    spec = config.spec
+    scratch = Path(config.runtime.scratch_dir)
+    artifact_dir = scratch / "artifact"
+    work_dir = scratch / "trainer"
+    if is_main():
+        shutil.rmtree(artifact_dir, ignore_errors=True)
+    artifact_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    phase("loading_data")
+    converted = convert_all(config)
+    check_reports([ds.report for ds in converted[0] if len(ds.examples) == 0 and ds.report is not None])
+
+    phase("fetching_model")
+    model_ref = resolve_model(config)
+    tokenizer = load_tokenizer(model_ref, spec.model.trust_remote_code)
+    try:
+        template = get_template(spec.model.template, tokenizer)
+    except ValueError as exc:
+        raise ConfigError(f"spec.model.template: {exc}") from None
+
+    phase("loading_data")
+    data = tokenize_all(config, tokenizer, template, converted)
+    adapter_init = None
+    if spec.model.adapter is not None:
+        if spec.model.adapter.source is None:
+            raise ConfigError("spec.model.adapter.fromJob is resolved by the operator; `kubetune run` needs source:")
+        adapter_init = fetch(spec.model.adapter.source, field="spec.model.adapter.source",
+                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model")
+
+    phase("training")
+    ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
+                     artifact_dir=artifact_dir, work_dir=work_dir, callbacks=list(callbacks or []),
+                     adapter_init=adapter_init)
+    result = get_stage(spec.stage)(ctx)
+
+    if not is_main():
+        return RunResult(config.runtime.output_uri, artifact_dir, result.metrics)
+
+    phase("saving")
+    tokenizer.save_pretrained(str(artifact_dir))
+    (artifact_dir / "trainer_log.jsonl").write_text(
+        "".join(json.dumps(entry) + "\n" for entry in result.log_history), encoding="utf-8"
+    )
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
+    metrics["wall_seconds"] = round(time.time() - started, 2)
+    manifest = build_manifest(
+        artifact_dir,
+        job={"name": config.runtime.job_name, "namespace": config.runtime.namespace, "stage": spec.stage,
+             "method": spec.method.type},
+        model={"source": model_ref.source, "revision": model_ref.revision, "sha256": model_ref.sha256},
+        datasets=data.provenance,
+        config=config.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
+        metrics=metrics,
+    )
+    write_manifest(artifact_dir, manifest)
+
+    phase("uploading")
+    final_uri = publish(artifact_dir, config.runtime.output_uri, work_dir=config.runtime.work_dir)
+    log.info("artifact written to %s", final_uri)
+    phase("done")
+    return RunResult(final_uri, artifact_dir, metrics, [r.to_dict() for r in data.reports])

@@ -1,0 +1,94 @@
+"""What every stage workflow receives and returns, and the TRL/transformers arguments they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.trainer.data.loader import DataBundle
+from kubetune.trainer.data.templates import Template
+from kubetune.trainer.models.loader import ModelRef
+
+
+@dataclass
+class RunContext:
+    config: TrainerConfig
+    model_ref: ModelRef
+    tokenizer: Any
+    template: Template
+    data: DataBundle
+    artifact_dir: Path  # what gets published: adapter/model files, tokenizer, curves, manifest
+    work_dir: Path  # trainer scratch: HF output_dir, checkpoints
+    callbacks: list[Any] = field(default_factory=list)
+    resume_from: str | None = None
+    adapter_init: Path | None = None  # spec.model.adapter, fetched
+
+
+@dataclass
+class StageResult:
+    metrics: dict[str, Any]
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def common_args(ctx: RunContext) -> dict[str, Any]:
+    """TrainingArguments shared by every stage, from ``spec.training`` and ``spec.checkpointing``."""
+    from kubetune.trainer.models.loader import torch_dtype
+
+    import torch
+
+    spec = ctx.config.spec
+    t = spec.training
+    dtype = torch_dtype(t.precision)
+    ckpt = spec.checkpointing
+    eval_on = bool(ctx.data.eval)
+    args: dict[str, Any] = {
+        "output_dir": str(ctx.work_dir),
+        "per_device_train_batch_size": t.batch_size,
+        "per_device_eval_batch_size": t.batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation,
+        "learning_rate": t.learning_rate,
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps or -1,
+        "lr_scheduler_type": t.scheduler,
+        "warmup_steps": t.warmup_ratio,
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "bf16": dtype == torch.bfloat16 and not use_cpu(),
+        "fp16": dtype == torch.float16,
+        "gradient_checkpointing": t.gradient_checkpointing,
+        "report_to": list(t.report_to) or "none",
+        "save_strategy": "steps" if ckpt.every_steps else "no",
+        "save_steps": ckpt.every_steps or 500,
+        "save_total_limit": ckpt.keep,
+        "eval_strategy": ("steps" if t.eval_steps else "no") if eval_on else "no",
+        "eval_steps": t.eval_steps,
+        "remove_unused_columns": False,
+        "dataloader_num_workers": 0,
+        "use_cpu": use_cpu(),
+        "disable_tqdm": False,
+        "ddp_find_unused_parameters": False,
+    }
+    if t.gradient_checkpointing:
+        args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    return args
+
+
+def to_hf_dataset(rows: list[dict[str, Any]]) -> Any:
+    import datasets
+
+    if not rows:
+        return None
+    return datasets.Dataset.from_list(rows)

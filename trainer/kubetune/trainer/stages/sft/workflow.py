@@ -1,0 +1,36 @@
+"""run_sft: tokenizer → dataset(supervised) → model/adapters → SFTConfig → SFTTrainer → train → save → metrics."""
+
+from __future__ import annotations
+
+from kubetune.trainer.models.adapters import apply_method
+from kubetune.trainer.models.loader import load_model
+from kubetune.trainer.stages.base import RunContext, StageResult, common_args, to_hf_dataset
+
+
+def run_sft(ctx: RunContext) -> StageResult:
+    from trl import SFTConfig, SFTTrainer
+
+    spec = ctx.config.spec
+    model = load_model(ctx.model_ref, ctx.config)
+    model = apply_method(model, spec, ctx.adapter_init)
+    args = SFTConfig(
+        **common_args(ctx),
+        max_length=spec.training.cutoff_len,
+        packing=False,
+        padding_free=spec.packing,
+        dataset_kwargs={"skip_prepare_dataset": True},
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset(ctx.data.train),
+        eval_dataset=to_hf_dataset(ctx.data.eval),
+        processing_class=ctx.tokenizer,
+        callbacks=ctx.callbacks,
+    )
+    output = trainer.train(resume_from_checkpoint=ctx.resume_from)
+    metrics = dict(output.metrics)
+    if ctx.data.eval:
+        metrics.update(trainer.evaluate())
+    trainer.save_model(str(ctx.artifact_dir))
+    return StageResult(metrics=metrics, log_history=list(trainer.state.log_history))

@@ -1,0 +1,60 @@
+"""Bring models and data to the local disk.
+
+One fetcher per URI scheme, in a registry that fails loudly on an unknown scheme.
+Each returns a local path; remote sources land in the cache folder, keyed by
+(source, revision), and a partial download never counts as cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.storage.uris import Uri, file_path
+
+
+def _fetch_file(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: object) -> Path:
+    path = file_path(uri, work_dir)
+    if not path.exists():
+        raise ConfigError(f"{field}: {path} does not exist (from {uri})")
+    return path
+
+
+def _fetch_pvc(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: object) -> Path:
+    """pvc://claim/path: the operator mounts the claim read-only at /mnt/pvc/<claim>."""
+    parsed = Uri.parse(uri)
+    path = Path("/mnt/pvc") / parsed.rest
+    if not path.exists():
+        raise ConfigError(f"{field}: {path} does not exist (PVC {parsed.bucket!r} mounted at /mnt/pvc/{parsed.bucket})")
+    return path
+
+
+Fetcher = Callable[..., Path]
+FETCHERS: dict[str, Fetcher] = {"file": _fetch_file, "pvc": _fetch_pvc}
+
+
+def register(scheme: str, fetcher: Fetcher) -> None:
+    FETCHERS[scheme] = fetcher
+
+
+def fetch(uri: str, *, field: str, work_dir: str | Path, cache_dir: str | Path, **options: object) -> Path:
+    """Return a local path holding ``uri``'s content. ``field`` names the spec field for error messages."""
+    scheme = Uri.parse(uri).scheme
+    if scheme not in FETCHERS:
+        _load_optional_fetchers()
+    if scheme not in FETCHERS:
+        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({uri}); known: {', '.join(sorted(FETCHERS))}")
+    return FETCHERS[scheme](uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)
+
+
+def _load_optional_fetchers() -> None:
+    """Remote fetchers live in their own modules (boto3, huggingface_hub); importing them registers them."""
+    import importlib
+
+    for module in ("kubetune.trainer.storage.remote",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
