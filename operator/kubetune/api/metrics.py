@@ -1,0 +1,51 @@
+"""Prometheus metric names shared by the trainer (which exports them on rank 0) and the
+operator (which pulls them into ``FineTuneJob.status.progress``) and the dashboard.
+
+Names carry the ``kubetune_`` prefix and their unit. Trainer metrics are labelled with
+``TRAINER_LABELS``.
+"""
+
+from __future__ import annotations
+
+TRAINER_LABELS = ("job", "namespace", "stage", "method", "model")
+DEFAULT_METRICS_PORT = 9400  # trainer pods
+OPERATOR_METRICS_PORT = 8080
+
+# trainer gauges (one sample per job)
+TRAIN_LOSS = "kubetune_train_loss"
+EVAL_LOSS = "kubetune_eval_loss"
+LEARNING_RATE = "kubetune_train_learning_rate"
+GRAD_NORM = "kubetune_train_grad_norm"
+EPOCH = "kubetune_train_epoch"
+GLOBAL_STEP = "kubetune_train_global_step"
+TOTAL_STEPS = "kubetune_train_total_steps"
+PROGRESS_RATIO = "kubetune_train_progress_ratio"
+ETA_SECONDS = "kubetune_train_eta_seconds"
+TOKENS_PER_SECOND = "kubetune_train_tokens_per_second"
+SAMPLES_PER_SECOND = "kubetune_train_samples_per_second"
+TOKENS_TOTAL = "kubetune_train_tokens_total"  # counter
+MEMORY_ALLOCATED_BYTES = "kubetune_device_memory_allocated_bytes"  # label: device
+MEMORY_RESERVED_BYTES = "kubetune_device_memory_reserved_bytes"
+MFU_RATIO = "kubetune_train_mfu_ratio"
+CHECKPOINT_SECONDS = "kubetune_checkpoint_duration_seconds"  # histogram
+UPLOAD_SECONDS = "kubetune_upload_duration_seconds"  # histogram
+PHASE = "kubetune_trainer_phase"  # label: phase; 1 for the current phase, 0 otherwise
+PHASES = ("fetching_model", "loading_data", "training", "saving", "uploading", "done", "failed")
+
+# Which trainer gauge feeds which status.progress field (the operator's progress poller).
+PROGRESS_FIELDS = {
+    GLOBAL_STEP: "step",
+    TOTAL_STEPS: "totalSteps",
+    EPOCH: "epoch",
+    TRAIN_LOSS: "loss",
+    EVAL_LOSS: "evalLoss",
+    LEARNING_RATE: "learningRate",
+    TOKENS_PER_SECOND: "tokensPerSecond",
+    ETA_SECONDS: "etaSeconds",
+}
+
+# operator metrics
+OPERATOR_JOBS = "kubetune_operator_finetunejobs"  # gauge, label: phase
+OPERATOR_RECONCILE_SECONDS = "kubetune_operator_reconcile_duration_seconds"  # histogram, label: handler
+OPERATOR_API_ERRORS = "kubetune_operator_api_errors_total"  # counter, label: verb, code
+OPERATOR_PROGRESS_POLL_FAILURES = "kubetune_operator_progress_poll_failures_total"  # counter
