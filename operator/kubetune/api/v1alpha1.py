@@ -143,6 +143,12 @@ class ModelSpec(_Model):
     )
     trust_remote_code: bool = Field(False, description="Allow model repositories to run their own Python code.")
     adapter: ArtifactRef | None = Field(None, description="Start from an existing LoRA adapter (lora/qlora only).")
+    parameters: str | None = Field(
+        None,
+        pattern=r"^[0-9]*\.?[0-9]+([eE][0-9]+)?[kKmMbBtT]?$",
+        description="Approximate parameter count (e.g. 7B, 135M) for the GPU-fit check at validation time, before "
+        "the model is fetched; the trainer re-checks with the model's real config.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -502,6 +508,13 @@ class FineTuneJobSpec(_Model):
             problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
         if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
             problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
+        if not problems and self.model.parameters and self.resources.gpu_type:
+            from kubetune.api.memory import ModelShape, fit_problem, parse_parameters
+
+            shape = ModelShape.from_parameters(parse_parameters(self.model.parameters))
+            message = fit_problem(self, shape)
+            if message:
+                problems.append((("resources", "gpuType"), message))
         if problems:
             raise SpecProblems(problems)
         return self
