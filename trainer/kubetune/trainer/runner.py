@@ -21,6 +21,7 @@ from kubetune.trainer.data.templates import get_template
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger, is_main
 from kubetune.trainer.models.loader import load_tokenizer, resolve_model
+from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
@@ -56,6 +57,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
 
     phase("fetching_model")
     model_ref = resolve_model(config)
+    check_fit(config, model_ref.path)
     tokenizer = load_tokenizer(model_ref, spec.model.trust_remote_code)
     try:
         template = get_template(spec.model.template, tokenizer)
