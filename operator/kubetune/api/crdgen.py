@@ -181,8 +181,10 @@ def crd_json_schema(crd: dict[str, Any] | None = None) -> dict[str, Any]:
     def convert(node: dict[str, Any]) -> dict[str, Any]:
         node = dict(node)
         if node.pop("x-kubernetes-preserve-unknown-fields", False):
-            node.pop("type", None) if "properties" not in node else None
-            return {k: v for k, v in node.items() if k != "nullable"}
+            out = {k: v for k, v in node.items() if k != "nullable"}
+            if node.get("nullable") and "type" in out:
+                out["type"] = [out["type"], "null"]
+            return out
         if "properties" in node:
             node["properties"] = {k: convert(v) for k, v in node["properties"].items()}
             node.setdefault("additionalProperties", False)
