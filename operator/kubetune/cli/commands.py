@@ -146,3 +146,4 @@ def artifacts(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.uri}: every file matches manifest.json")
     return 1 if problems else 0
+from kubetune.cli import operator as _operator  # noqa: E402,F401

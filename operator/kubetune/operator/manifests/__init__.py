@@ -1,0 +1,92 @@
+"""Pure builders of a FineTuneJob's children: ConfigMap, headless Service, Indexed Job.
+
+Every function takes typed inputs and returns plain dicts; nothing here talks to the
+API server or imports kopf. Owner references are added by the handler (``kopf.adopt``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.api.metrics import DEFAULT_METRICS_PORT
+from kubetune.api.v1alpha1 import FineTuneJob
+
+MASTER_PORT = 29500
+DEFAULT_IMAGE = "ghcr.io/kubetune/kubetune-trainer:0.1.0"
+DEFAULT_GPU_RESOURCE = "nvidia.com/gpu"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Operator-wide defaults that shape the children (from ``kubetune operator`` flags)."""
+
+    trainer_image: str = DEFAULT_IMAGE
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    default_output_uri: str | None = None
+    metrics_port: int = DEFAULT_METRICS_PORT
+    image_pull_policy: str = "IfNotPresent"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """Facts the operator resolved before building: where output goes, upstream artifacts."""
+
+    output_uri: str
+    adapter_source: str | None = None
+    reward_model_source: str | None = None
+
+
+class MissingOutput(ValueError):
+    """spec.output.uri is unset and the operator has no default output base."""
+
+    path = "spec.output.uri"
+
+
+def output_uri(job: FineTuneJob, options: BuildOptions) -> str:
+    """spec.output.uri, else ``<default base>/<namespace>/<name>``."""
+    if job.spec.output.uri:
+        return job.spec.output.uri
+    if not options.default_output_uri:
+        raise MissingOutput(
+            "spec.output.uri is not set and the operator has no default (--default-output-uri / "
+            "KUBETUNE_DEFAULT_OUTPUT_URI); set spec.output.uri to s3://bucket/prefix or pvc://claim/path"
+        )
+    base = options.default_output_uri.rstrip("/")
+    return f"{base}/{job.metadata.namespace or 'default'}/{job.metadata.name}"
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    """Hash of what the children are built from; ``suspend`` may change after start, so it is left out."""
+    body = {k: v for k, v in spec.items() if k != "suspend"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def build_all(job: FineTuneJob, options: BuildOptions, resolved: Resolved | None = None) -> list[dict[str, Any]]:
+    """ConfigMap, Service and Job, in the order they must be created."""
+    from kubetune.operator.manifests.configmap import build_configmap
+    from kubetune.operator.manifests.job import build_job
+    from kubetune.operator.manifests.service import build_service
+
+    if not job.metadata.namespace:
+        job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": "default"})})
+    resolved = resolved or Resolved(output_uri=output_uri(job, options))
+    return [build_configmap(job, options, resolved), build_service(job, options), build_job(job, options)]
+
+
+def to_yaml(objs: list[dict[str, Any]]) -> str:
+    """Multi-document YAML; multi-line strings (trainer.json) as literal blocks, keys in build order."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    return yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)

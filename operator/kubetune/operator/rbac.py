@@ -1,0 +1,34 @@
+"""The exact API rules the operator uses: the chart's ClusterRole must grant these (a test checks).
+
+Every verb here is used by :mod:`kubetune.operator.kube` or by kopf itself; nothing more.
+The training pods get no API access at all (``automountServiceAccountToken: false``):
+progress is pulled by the operator from the rank-0 pod's metrics endpoint.
+"""
+
+from __future__ import annotations
+
+from kubetune.api.v1alpha1 import GROUP, PLURAL
+
+RULES: list[dict[str, list[str]]] = [
+    # the FineTuneJobs: watched by kopf, patched for kopf's progress annotations and status
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
+    # children (deleted by the garbage collector through ownerReferences, not by the operator)
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    # pods: restarts, termination messages, the rank-0 pod's IP for progress
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    # existence check of the credential Secrets named in the spec (values are never read into status or logs)
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # Events for phase changes and rejections (kopf posts core/v1 Events)
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    # kopf: runtime discovery of namespaces and CRDs
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    # kopf peering (HA: several replicas, one acts); unused with --standalone
+    {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings", "kopfpeerings"], "verbs": ["get", "list", "watch", "patch"]},
+]
+
+
+def allows(group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in RULES)

@@ -1,0 +1,116 @@
+"""Operator settings: ``kubetune operator`` flags, each also readable from ``KUBETUNE_<FLAG>``.
+
+=========================  ==================================  ==========================================
+flag                       env                                 meaning
+=========================  ==================================  ==========================================
+--namespace NS (repeat)    KUBETUNE_NAMESPACE (comma list)     watch only these namespaces
+--all-namespaces           KUBETUNE_ALL_NAMESPACES=true        watch the whole cluster (default when no
+                                                               namespace is given)
+--standalone               KUBETUNE_STANDALONE=true            single replica: no peering
+--peering NAME             KUBETUNE_PEERING                    kopf peering object for HA (default kubetune)
+--metrics-port 8080        KUBETUNE_METRICS_PORT               operator Prometheus metrics (0: off)
+--health-port 8081         KUBETUNE_HEALTH_PORT                kopf liveness at http://0.0.0.0:PORT/healthz
+--trainer-image IMAGE      KUBETUNE_TRAINER_IMAGE              default trainer image of the pods
+--default-output-uri URI   KUBETUNE_DEFAULT_OUTPUT_URI         base for jobs without spec.output.uri
+                                                               (<base>/<namespace>/<name>)
+--gpu-resource NAME        KUBETUNE_GPU_RESOURCE               extended resource of GPUs (nvidia.com/gpu)
+--trainer-metrics-port N   KUBETUNE_TRAINER_METRICS_PORT       port of the trainer's metrics (9400)
+--sync-interval SECONDS    KUBETUNE_SYNC_INTERVAL              status / progress refresh period (10)
+=========================  ==================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from kubetune.api.metrics import DEFAULT_METRICS_PORT, OPERATOR_METRICS_PORT
+from kubetune.operator.manifests import DEFAULT_GPU_RESOURCE, DEFAULT_IMAGE, BuildOptions  # noqa: F401
+
+ENV_PREFIX = "KUBETUNE_"
+
+
+@dataclass
+class OperatorSettings:
+    namespaces: list[str] = field(default_factory=list)
+    """Namespaces to watch; empty means all namespaces."""
+    standalone: bool = False
+    """Run without peering (a single replica)."""
+    peering: str = "kubetune"
+    """Name of the kopf peering object shared by the replicas."""
+    metrics_port: int = OPERATOR_METRICS_PORT
+    health_port: int = 8081
+    trainer_image: str = DEFAULT_IMAGE
+    default_output_uri: str | None = None
+    gpu_resource: str = DEFAULT_GPU_RESOURCE
+    trainer_metrics_port: int = DEFAULT_METRICS_PORT
+    sync_interval: float = 10.0
+    """Seconds between status / progress refreshes of a running FineTuneJob."""
+
+    def build_options(self) -> BuildOptions:
+        return BuildOptions(
+            trainer_image=self.trainer_image,
+            gpu_resource=self.gpu_resource,
+            default_output_uri=self.default_output_uri,
+            metrics_port=self.trainer_metrics_port,
+        )
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
+
+
+def _bool(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = OperatorSettings()
+    ns_env = [n for n in (_env("namespace") or "").split(",") if n]
+    p.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
+                   help=f"watch this namespace (repeatable; env {ENV_PREFIX}NAMESPACE, comma-separated)")
+    p.set_defaults(env_namespaces=ns_env)
+    p.add_argument("--all-namespaces", "-A", action="store_true", default=_bool(_env("all-namespaces")),
+                   help="watch all namespaces (the default without --namespace)")
+    p.add_argument("--standalone", action="store_true", default=_bool(_env("standalone")),
+                   help="single replica, no peering")
+    p.add_argument("--peering", default=_env("peering", d.peering), metavar="NAME",
+                   help="kopf peering name for several replicas (only one acts)")
+    p.add_argument("--metrics-port", type=int, default=int(_env("metrics-port", str(d.metrics_port))),
+                   help="port of the operator's /metrics (0 turns it off)")
+    p.add_argument("--health-port", type=int, default=int(_env("health-port", str(d.health_port))),
+                   help="port of the liveness endpoint /healthz (0 turns it off)")
+    p.add_argument("--trainer-image", default=_env("trainer-image", d.trainer_image), metavar="IMAGE",
+                   help="default trainer image (spec.resources.image overrides)")
+    p.add_argument("--default-output-uri", default=_env("default-output-uri"), metavar="URI",
+                   help="output base for FineTuneJobs without spec.output.uri")
+    p.add_argument("--gpu-resource", default=_env("gpu-resource", d.gpu_resource), metavar="NAME",
+                   help="extended resource name of GPUs (spec.resources.gpuResource overrides)")
+    p.add_argument("--trainer-metrics-port", type=int,
+                   default=int(_env("trainer-metrics-port", str(d.trainer_metrics_port))),
+                   help="port of the trainer's Prometheus endpoint on rank 0")
+    p.add_argument("--sync-interval", type=float, default=float(_env("sync-interval", str(d.sync_interval))),
+                   help="seconds between status/progress refreshes")
+
+
+def from_args(args: argparse.Namespace) -> OperatorSettings:
+    namespaces = [] if args.all_namespaces else (args.namespace or args.env_namespaces)
+    return OperatorSettings(
+        namespaces=list(namespaces),
+        standalone=args.standalone,
+        peering=args.peering,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        trainer_image=args.trainer_image,
+        default_output_uri=args.default_output_uri,
+        gpu_resource=args.gpu_resource,
+        trainer_metrics_port=args.trainer_metrics_port,
+        sync_interval=args.sync_interval,
+    )
+
+
+def from_env() -> OperatorSettings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_args(parser.parse_args([]))
