@@ -1,0 +1,58 @@
+"""Fixtures for storage tests: a fault proxy in front of moto, local HTTP(S) servers, fast retries."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.trainer.storage.faultproxy import FaultProxy
+
+LOCAL = ["127.0.0.1"]
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.trainer.storage import s3
+
+    monkeypatch.setattr(s3, "RETRY", s3.RetryPolicy(attempts=5, base_s=0.01, cap_s=0.05))
+
+
+@pytest.fixture
+def s3c(s3_endpoint: str):  # noqa: ANN201 - a boto3 client straight to moto (no proxy, no retries of ours)
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """AWS_ENDPOINT_URL points at a fault-injecting proxy in front of moto for this test."""
+    p = FaultProxy(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> Path:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def object_keys(client, bucket: str, prefix: str = "") -> list[str]:  # noqa: ANN001
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    assert "127.0.0.1" in os.environ["NO_PROXY"]

@@ -1,0 +1,105 @@
+"""A fault-injecting HTTP proxy for S3 tests: forwards to moto, but fails the requests it is told to.
+
+``proxy.inject("500", "503", "drop", "truncate", method="PUT")`` makes the next matching requests
+answer 500 InternalError, 503 SlowDown, close the connection without an answer, or send half a
+body; ``proxy.fail_always(match=...)`` fails every request whose path contains ``match``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+ERRORS = {
+    "500": (500, b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"),
+    "503": (503, b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"),
+}
+
+
+class FaultProxy:
+    def __init__(self, upstream: str):
+        parts = urlsplit(upstream)
+        self.upstream = (parts.hostname, parts.port)
+        self.faults: deque[tuple[str, str | None]] = deque()
+        self.always: list[str] = []
+        self.requests: list[tuple[str, str]] = []
+        self.injected: list[str] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._take(self.command, self.path)
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault in ERRORS:
+                    status, payload = ERRORS[fault]
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if fault == "truncate" and self.command == "GET" and len(data) > 1:
+                    self.wfile.write(data[: len(data) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def inject(self, *kinds: str, method: str | None = None) -> None:
+        with self.lock:
+            self.faults.extend((k, method) for k in kinds)
+
+    def fail_always(self, match: str) -> None:
+        self.always.append(match)
+
+    def _take(self, method: str, path: str) -> str | None:
+        with self.lock:
+            self.requests.append((method, path))
+            if any(m in path for m in self.always):
+                self.injected.append("500")
+                return "500"
+            if self.faults and self.faults[0][1] in (None, method):
+                kind = self.faults.popleft()[0]
+                self.injected.append(kind)
+                return kind
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

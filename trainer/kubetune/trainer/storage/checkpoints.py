@@ -1,0 +1,279 @@
+"""Periodic checkpoints in the output storage, uploaded without stopping training.
+
+Layout: ``<output uri>/checkpoints/step-<N>/`` holds the files of the Trainer's ``checkpoint-<N>``
+folder, and a ``COMPLETE`` object written last (JSON: step, file sizes). A checkpoint without
+``COMPLETE`` is an interrupted upload and is never resumed from.
+
+API (the resume logic in the stages calls these):
+
+- :class:`CheckpointUploader` — a ``transformers.TrainerCallback``. ``on_save`` hard-links the new
+  ``checkpoint-N`` into a staging folder (so the Trainer may rotate it away) and queues it; one
+  background thread uploads the newest queued checkpoint, then prunes to ``keep``. Training does not
+  wait. ``on_train_end`` waits for the queue to drain; ``errors`` lists failed uploads.
+  Called as ``uploader(folder, step)`` it is a stages checkpoint hook instead (``on_save=False``): the
+  stages call it once the checkpoint is marked complete on every rank, which is what the runner uses.
+- :func:`checkpoint_callback(config)` — the uploader for a TrainerConfig, or None when the output is
+  local or ``spec.checkpointing.everySteps`` is unset (the runner adds it to the callbacks, for the
+  wait at the end of training, and to the checkpoint hooks).
+- :func:`upload_checkpoint(local, output_uri, step)` — the synchronous upload (marker last).
+- :func:`list_checkpoints(output_uri)` — every ``step-N`` with its completeness, oldest first.
+- :func:`latest_complete_checkpoint(output_uri)` — the newest complete one, or None.
+- :func:`download_checkpoint(checkpoint, dest)` — bring one back into ``dest`` (sizes checked) for
+  ``trainer.train(resume_from_checkpoint=dest)``.
+
+``s3://`` and ``file://`` output URIs are supported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.logging import get_logger
+from kubetune.trainer.storage import s3
+from kubetune.trainer.storage.uris import Uri, file_path, join
+
+log = get_logger(__name__)
+
+FOLDER = "checkpoints"
+COMPLETE = "COMPLETE"
+FIELD = "spec.output.uri"
+_STEP = re.compile(r"^step-(\d+)$")
+# Checkpoint uploads share the CPU with training: fewer threads than artifact uploads.
+UPLOAD = s3.TransferConfig(part_size=16 * s3.MiB, threshold=16 * s3.MiB, concurrency=4)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    uri: str
+    complete: bool
+
+
+def checkpoint_uri(output_uri: str, step: int) -> str:
+    return join(output_uri, FOLDER, f"step-{step}")
+
+
+def _scheme(uri: str) -> str:
+    scheme = Uri.parse(uri).scheme
+    if scheme not in ("s3", "file"):
+        raise ConfigError(f"{FIELD}: checkpoints go to s3:// or file:// outputs, not {scheme}://")
+    return scheme
+
+
+def _marker(local: Path, step: int) -> bytes:
+    files = [{"path": p.relative_to(local).as_posix(), "size": p.stat().st_size}
+             for p in sorted(local.rglob("*")) if p.is_file()]
+    return json.dumps({"step": step, "files": files}, indent=1).encode()
+
+
+def upload_checkpoint(local: Path, output_uri: str, step: int, *, allow: Iterable[str] = (),
+                      config: s3.TransferConfig | None = None) -> Checkpoint:
+    """Upload ``local`` as ``step-<step>``, the COMPLETE marker last; return it."""
+    uri = checkpoint_uri(output_uri, step)
+    marker = _marker(local, step)
+    if _scheme(uri) == "file":
+        target = file_path(uri)
+        (target / COMPLETE).unlink(missing_ok=True)
+        shutil.copytree(local, target, dirs_exist_ok=True)
+        tmp = target / f".{COMPLETE}.partial"
+        tmp.write_bytes(marker)
+        tmp.replace(target / COMPLETE)
+        return Checkpoint(step, uri, True)
+    from kubetune.trainer.storage.remote import s3_client
+
+    cli = s3_client(field=FIELD, allow=allow)
+    bucket, key = s3.split(uri)
+    prefix = s3.prefix_of(key)
+    s3.delete_keys(cli, bucket, [prefix + COMPLETE])
+    s3.upload_dir(cli, local, bucket, prefix, config=config or UPLOAD)
+    s3.put_bytes(cli, bucket, prefix + COMPLETE, marker, ContentType="application/json")
+    return Checkpoint(step, uri, True)
+
+
+def list_checkpoints(output_uri: str, *, allow: Iterable[str] = ()) -> list[Checkpoint]:
+    """Every ``step-N`` under the output's checkpoints folder, oldest first."""
+    root = join(output_uri, FOLDER)
+    found: dict[int, bool] = {}
+    if _scheme(root) == "file":
+        folder = file_path(root)
+        for child in folder.iterdir() if folder.is_dir() else []:
+            if (m := _STEP.match(child.name)) and child.is_dir():
+                found[int(m.group(1))] = (child / COMPLETE).is_file()
+    else:
+        from kubetune.trainer.storage.remote import s3_client
+
+        cli = s3_client(field=FIELD, allow=allow)
+        bucket, key = s3.split(root)
+        prefix = s3.prefix_of(key)
+        for obj in s3.list_objects(cli, bucket, prefix):
+            head, _, rest = obj["Key"][len(prefix):].partition("/")
+            if m := _STEP.match(head):
+                step = int(m.group(1))
+                found[step] = found.get(step, False) or rest == COMPLETE
+    return [Checkpoint(step, checkpoint_uri(output_uri, step), done) for step, done in sorted(found.items())]
+
+
+def latest_complete_checkpoint(output_uri: str, *, allow: Iterable[str] = ()) -> Checkpoint | None:
+    """The newest checkpoint whose upload finished, or None."""
+    complete = [c for c in list_checkpoints(output_uri, allow=allow) if c.complete]
+    return complete[-1] if complete else None
+
+
+def download_checkpoint(checkpoint: Checkpoint | str, dest: Path, *, allow: Iterable[str] = ()) -> Path:
+    """Copy a complete checkpoint into ``dest`` (created; sizes checked against COMPLETE); return ``dest``."""
+    uri = checkpoint.uri if isinstance(checkpoint, Checkpoint) else checkpoint
+    dest.mkdir(parents=True, exist_ok=True)
+    if _scheme(uri) == "file":
+        src = file_path(uri)
+        if not (src / COMPLETE).is_file():
+            raise ConfigError(f"{uri}: not a complete checkpoint (no {COMPLETE} marker)")
+        marker = json.loads((src / COMPLETE).read_text(encoding="utf-8"))
+        shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
+    else:
+        from kubetune.trainer.storage.remote import s3_client
+
+        cli = s3_client(field=FIELD, allow=allow)
+        bucket, key = s3.split(uri)
+        prefix = s3.prefix_of(key)
+        if s3.head(cli, bucket, prefix + COMPLETE) is None:
+            raise ConfigError(f"{uri}: not a complete checkpoint (no {COMPLETE} marker)")
+        marker = json.loads(s3.get_bytes(cli, bucket, prefix + COMPLETE))
+        objects = [o for o in s3.list_objects(cli, bucket, prefix) if o["Key"] != prefix + COMPLETE]
+        s3.download_prefix(cli, bucket, prefix, dest, objects)
+    for entry in marker["files"]:
+        path = dest / entry["path"]
+        if not path.is_file() or path.stat().st_size != entry["size"]:
+            raise s3.StorageError(f"{uri}: {entry['path']} is missing or has the wrong size after download")
+    return dest
+
+
+def prune(output_uri: str, keep: int, *, allow: Iterable[str] = ()) -> list[int]:
+    """Delete all but the newest ``keep`` complete checkpoints (and older unfinished ones); return deleted steps."""
+    found = list_checkpoints(output_uri, allow=allow)
+    complete = [c for c in found if c.complete]
+    if not complete:
+        return []
+    kept = {c.step for c in complete[-keep:]}
+    newest = complete[-1].step
+    doomed = [c for c in found if c.step not in kept and (c.complete or c.step < newest)]
+    for c in doomed:
+        _delete(c.uri, allow)
+    return [c.step for c in doomed]
+
+
+def _delete(uri: str, allow: Iterable[str]) -> None:
+    """Delete the marker first, so a half-deleted checkpoint never looks complete."""
+    if _scheme(uri) == "file":
+        path = file_path(uri)
+        (path / COMPLETE).unlink(missing_ok=True)
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    from kubetune.trainer.storage.remote import s3_client
+
+    cli = s3_client(field=FIELD, allow=allow)
+    bucket, key = s3.split(uri)
+    prefix = s3.prefix_of(key)
+    s3.delete_keys(cli, bucket, [prefix + COMPLETE])
+    s3.delete_keys(cli, bucket, [o["Key"] for o in s3.list_objects(cli, bucket, prefix)])
+
+
+def _stage(src: Path, dest: Path) -> Path:
+    """Hard-link (or copy, across filesystems) ``src`` into ``dest``: a snapshot the Trainer cannot rotate away."""
+    shutil.rmtree(dest, ignore_errors=True)
+
+    def link(s: str, d: str) -> None:
+        try:
+            os.link(s, d)
+        except OSError:
+            shutil.copy2(s, d)
+
+    shutil.copytree(src, dest, copy_function=link)
+    return dest
+
+
+try:
+    from transformers import TrainerCallback as _CallbackBase
+except ImportError:  # the operator image has no transformers; the class is only used in the trainer
+    _CallbackBase = object  # type: ignore[assignment,misc]
+
+
+class CheckpointUploader(_CallbackBase):  # type: ignore[misc,valid-type]
+    """Upload each saved ``checkpoint-N`` to ``<output>/checkpoints/step-N/`` in the background."""
+
+    def __init__(self, output_uri: str, keep: int, *, allow: Iterable[str] = (), on_save: bool = True):
+        self.output_uri, self.keep, self.allow = output_uri, keep, list(allow)
+        self.use_on_save = on_save
+        self.uploaded: list[Checkpoint] = []
+        self.errors: list[str] = []
+        self._queue: queue.Queue[tuple[int, Path]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        if self.use_on_save and state.is_world_process_zero:
+            self(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
+
+    def __call__(self, folder: Path, step: int) -> None:
+        """Queue ``folder`` (a finished checkpoint) for upload as step ``step``: the stages' checkpoint hook."""
+        if not folder.is_dir():
+            log.warning("checkpoint folder %s not found; not uploading step %d", folder, step)
+            return
+        staged = _stage(folder, folder.parent / ".kubetune-upload" / f"step-{step}")
+        self._queue.put((step, staged))
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._work, name="kubetune-checkpoints", daemon=True)
+            self._thread.start()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.wait()
+
+    def wait(self) -> None:
+        """Block until every queued checkpoint is uploaded (or has failed)."""
+        self._queue.join()
+
+    def _work(self) -> None:
+        while True:
+            step, staged = self._queue.get()
+            try:
+                # Only the newest checkpoint matters: drop older ones still waiting.
+                while True:
+                    try:
+                        newer = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    shutil.rmtree(staged, ignore_errors=True)
+                    self._queue.task_done()
+                    step, staged = newer
+                self._upload(step, staged)
+            finally:
+                self._queue.task_done()
+
+    def _upload(self, step: int, staged: Path) -> None:
+        try:
+            self.uploaded.append(upload_checkpoint(staged, self.output_uri, step, allow=self.allow))
+            pruned = prune(self.output_uri, self.keep, allow=self.allow)
+            log.info("checkpoint step %d uploaded to %s (pruned %s)", step, checkpoint_uri(self.output_uri, step),
+                     pruned or "none")
+        except Exception as exc:  # noqa: BLE001 - training goes on; the next checkpoint tries again
+            self.errors.append(f"step {step}: {exc}")
+            log.warning("checkpoint step %d upload failed (training continues): %s", step, exc)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
+
+
+def checkpoint_callback(config: Any) -> CheckpointUploader | None:
+    """The uploader for a TrainerConfig when its output is remote and periodic checkpoints are on."""
+    uri = config.runtime.output_uri
+    if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme != "s3":
+        return None
+    return CheckpointUploader(uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls,
+                              on_save=False)

@@ -1,0 +1,283 @@
+"""Remote sources and targets; importing this module registers them with fetch and publish.
+
+Fetchers (all land in the cache, keyed by source and resolved revision, once per node):
+
+- ``s3://bucket/prefix/`` a folder (a Hugging Face model folder, a data folder) or ``s3://bucket/key``
+  one object; the revision is the object listing's ETags.
+- ``https://`` / ``http://`` one file (a data file, a ``dataset_info.json``); the revision is the
+  server's ETag or Last-Modified.
+- ``hf://org/name`` and ``ms://org/name``: see :mod:`kubetune.trainer.storage.hubs`.
+- ``configmap://name/key``: the key of a ConfigMap the operator mounts at
+  ``/etc/kubetune/configmaps/<name>/<key>`` (``$KUBETUNE_CONFIGMAP_ROOT`` overrides the root).
+
+Publisher ``s3://``: delete the old manifest, upload every file, delete stale objects, and
+upload ``manifest.json`` last, so its presence means the whole artifact is there.
+
+Every network host passes the URL guard (:mod:`kubetune.trainer.storage.guard`) first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from kubetune.trainer.artifacts.manifest import MANIFEST
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.logging import get_logger
+from kubetune.trainer.storage import fetch as _fetch
+from kubetune.trainer.storage import publish as _publish
+from kubetune.trainer.storage import s3
+from kubetune.trainer.storage.cache import cache_key, cached, safe_name
+from kubetune.trainer.storage.guard import check_url
+from kubetune.trainer.storage.uris import Uri
+
+log = get_logger(__name__)
+
+CONFIGMAP_ROOT = "/etc/kubetune/configmaps"
+CHECKPOINTS = "checkpoints"  # folder of periodic checkpoints inside an output prefix (not part of the artifact)
+
+
+def s3_client(*, field: str, allow: Iterable[str] = ()) -> Any:
+    """An S3 client whose endpoint has passed the URL guard."""
+    try:
+        cli = s3.client()
+    except Exception as exc:  # noqa: BLE001 - botocore config errors (bad region, bad endpoint URL)
+        raise ConfigError(f"{field}: cannot configure S3 access: {exc}") from None
+    check_url(s3.endpoint_of(cli), field=field, allow=allow, what="S3 endpoint")
+    return cli
+
+
+def _s3_error(field: str, uri: str, exc: Exception) -> ConfigError:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(exc, NoCredentialsError):
+        return ConfigError(f"{field}: no S3 credentials for {uri}; set credentialsSecret (AWS_ACCESS_KEY_ID/"
+                           "AWS_SECRET_ACCESS_KEY) or give the pod an AWS role")
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "?")
+        return ConfigError(f"{field}: S3 refused {uri}: {code} ({exc.response.get('Error', {}).get('Message', '')})")
+    return ConfigError(f"{field}: cannot read {uri}: {exc}")
+
+
+# ------------------------------------------------------------------------------------------------------- s3
+
+
+def _fetch_s3(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (),
+              **_: object) -> Path:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    cli = s3_client(field=field, allow=allow)
+    bucket, key = s3.split(uri)
+    try:
+        obj = s3.head(cli, bucket, key) if key and not key.endswith("/") else None
+        if obj is not None:  # one object
+            name = Path(key).name
+            target = cache_dir / f"{kind}s" / f"s3-{safe_name(name)}-{cache_key(uri, obj.get('ETag', ''))}"
+            cached(target, lambda tmp: s3.download_object(cli, bucket, key, tmp / name), marker=uri)
+            return target / name
+        prefix = s3.prefix_of(key)
+        objects = [o for o in s3.list_objects(cli, bucket, prefix) if not o["Key"].endswith("/")]
+    except (ClientError, BotoCoreError) as exc:
+        raise _s3_error(field, uri, exc) from None
+    if not objects:
+        raise ConfigError(f"{field}: nothing at {uri} (no object with that key, no objects under {prefix!r})")
+    listing = sorted(f"{o['Key']} {o.get('ETag', '')} {o.get('Size', 0)}" for o in objects)
+    label = safe_name(f"{bucket}-{prefix.rstrip('/').rsplit('/', 1)[-1]}")
+    target = cache_dir / f"{kind}s" / f"s3-{label}-{cache_key(f's3://{bucket}/{prefix}', *listing)}"
+    log.info("fetching %s (%d objects) into %s", uri, len(objects), target)
+    return cached(target, lambda tmp: s3.download_prefix(cli, bucket, prefix, tmp, objects), marker=uri)
+
+
+def _publish_s3(local: Path, uri: str, *, allow: Iterable[str] = (), **_: object) -> str:
+    field = "spec.output.uri"
+    cli = s3_client(field=field, allow=allow)
+    bucket, key = s3.split(uri)
+    prefix = s3.prefix_of(key)
+    manifest_key = prefix + MANIFEST
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    try:
+        s3.delete_keys(cli, bucket, [manifest_key])  # an old manifest must not vouch for new files
+        written = set(s3.upload_dir(cli, local, bucket, prefix, exclude=[MANIFEST]))
+        stale = [o["Key"] for o in s3.list_objects(cli, bucket, prefix)
+                 if o["Key"] not in written and o["Key"] != manifest_key
+                 and not o["Key"].startswith(prefix + CHECKPOINTS + "/")]
+        if stale:
+            log.info("removing %d objects of an earlier artifact under %s", len(stale), uri)
+            s3.delete_keys(cli, bucket, stale)
+        if (local / MANIFEST).exists():
+            s3.put_bytes(cli, bucket, manifest_key, (local / MANIFEST).read_bytes(), ContentType="application/json")
+    except (ClientError, NoCredentialsError) as exc:
+        raise _s3_error(field, uri, exc) from None
+    return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
+    """Re-hash an s3:// artifact against its manifest; return the problems (empty when it matches).
+
+    ``kubetune artifacts verify`` runs on the user's machine against the user's own endpoint, so the
+    URL guard is off unless ``allow`` is given.
+    """
+    parsed = Uri.parse(uri)
+    if parsed.scheme != "s3":
+        return [f"cannot verify {parsed.scheme}:// artifacts (file:// and s3:// only)"]
+    cli = s3.client() if allow is None else s3_client(field="URI", allow=allow)
+    bucket, key = s3.split(uri)
+    prefix = s3.prefix_of(key)
+    from botocore.exceptions import ClientError
+
+    try:
+        if s3.head(cli, bucket, prefix + MANIFEST) is None:
+            return [f"s3://{bucket}/{prefix}{MANIFEST}: no manifest (the artifact is incomplete or not a kubetune output)"]
+        manifest = json.loads(s3.get_bytes(cli, bucket, prefix + MANIFEST))
+        present = {o["Key"][len(prefix):]: o for o in s3.list_objects(cli, bucket, prefix)}
+    except ClientError as exc:
+        return [str(_s3_error("URI", uri, exc))]
+    problems = []
+    listed = {e["path"]: e for e in manifest.get("files", [])}
+    for rel, entry in listed.items():
+        obj = present.get(rel)
+        if obj is None:
+            problems.append(f"{rel}: missing")
+            continue
+        if obj["Size"] != entry["size"]:
+            problems.append(f"{rel}: size {obj['Size']} != {entry['size']}")
+            continue
+        digest = _stream_sha256(cli, bucket, prefix + rel)
+        if digest != entry["sha256"]:
+            problems.append(f"{rel}: sha256 mismatch")
+    for rel in sorted(present):
+        if rel not in listed and rel != MANIFEST and not rel.startswith(CHECKPOINTS + "/") and not rel.endswith("/"):
+            problems.append(f"{rel}: not in the manifest")
+    return problems
+
+
+def _stream_sha256(cli: Any, bucket: str, key: str) -> str:
+    def once() -> str:
+        digest = hashlib.sha256()
+        for chunk in cli.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
+            digest.update(chunk)
+        return digest.hexdigest()
+
+    return s3.call(once, what=f"GET s3://{bucket}/{key}")
+
+
+# ----------------------------------------------------------------------------------------------------- http(s)
+
+
+class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to hosts that pass the URL guard too."""
+
+    def __init__(self, field: str, allow: Iterable[str]):
+        self.field, self.allow = field, list(allow)
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        check_url(newurl, field=self.field, allow=self.allow, what="redirect")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _http_open(url: str, *, method: str, field: str, allow: Iterable[str], timeout: float = 30) -> Any:
+    opener = urllib.request.build_opener(_GuardedRedirects(field, allow))
+    request = urllib.request.Request(url, method=method, headers={"User-Agent": "kubetune"})
+    return opener.open(request, timeout=timeout)
+
+
+def _http_retry(url: str, *, field: str, action: Any) -> Any:
+    policy = s3.RETRY
+    for attempt in range(policy.attempts):
+        try:
+            return action()
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code != 429:
+                raise ConfigError(f"{field}: {url} answered HTTP {exc.code} {exc.reason}") from None
+            problem: Exception = exc
+        except (urllib.error.URLError, ConnectionError, TimeoutError, s3.ChecksumMismatch) as exc:
+            problem = exc
+        if attempt + 1 == policy.attempts:
+            raise ConfigError(f"{field}: cannot download {url} after {policy.attempts} attempts: {problem}")
+        pause = policy.delay(attempt)
+        log.warning("%s: %s; retrying in %.2fs", url, problem, pause)
+        time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (),
+                **_: object) -> Path:
+    check_url(uri, field=field, allow=allow)
+    name = unquote(urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]) or "index"
+    if "/" in name or name in {".", ".."}:
+        raise ConfigError(f"{field}: {uri} does not end in a file name")
+
+    def revision() -> str:
+        try:
+            with _http_open(uri, method="HEAD", field=field, allow=allow) as resp:
+                return resp.headers.get("ETag") or resp.headers.get("Last-Modified") or ""
+        except urllib.error.HTTPError as exc:
+            if exc.code in (405, 501):
+                return ""  # no HEAD support: no revision, download every time
+            raise
+
+    rev = _http_retry(uri, field=field, action=revision)
+    if not rev:
+        rev = f"unversioned-{time.time_ns()}"
+    target = cache_dir / f"{kind}s" / f"http-{safe_name(name)}-{cache_key(uri, rev)}"
+
+    def download(tmp: Path) -> None:
+        def once() -> None:
+            with _http_open(uri, method="GET", field=field, allow=allow) as resp, (tmp / name).open("wb") as fh:
+                expected = resp.headers.get("Content-Length")
+                size = 0
+                while block := resp.read(1 << 20):
+                    fh.write(block)
+                    size += len(block)
+            if expected is not None and int(expected) != size:
+                raise s3.ChecksumMismatch(f"got {size} of {expected} bytes")
+
+        _http_retry(uri, field=field, action=once)
+
+    return cached(target, download, marker=f"{uri} {rev}") / name
+
+
+# ---------------------------------------------------------------------------------------------------- configmap
+
+
+def _fetch_configmap(uri: str, *, field: str, **_: object) -> Path:
+    parsed = Uri.parse(uri)
+    name, key = parsed.bucket, parsed.key
+    if not name or not key or "/" in key or ".." in (name, key):
+        raise ConfigError(f"{field}: {uri} must be configmap://<name>/<key>")
+    root = Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", CONFIGMAP_ROOT))
+    path = root / name / key
+    if not path.is_file():
+        raise ConfigError(f"{field}: ConfigMap {name!r} key {key!r} is not mounted at {path} "
+                          "(does the ConfigMap exist in the job's namespace, and does it have that key?)")
+    return path
+
+
+def _fetch_hf(uri: str, **kwargs: Any) -> Path:
+    from kubetune.trainer.storage.hubs import fetch_hf
+
+    return fetch_hf(uri, **kwargs)
+
+
+def _fetch_ms(uri: str, **kwargs: Any) -> Path:
+    from kubetune.trainer.storage.hubs import fetch_ms
+
+    return fetch_ms(uri, **kwargs)
+
+
+_fetch.register("s3", _fetch_s3)
+_fetch.register("https", _fetch_http)
+_fetch.register("http", _fetch_http)
+_fetch.register("configmap", _fetch_configmap)
+_fetch.register("hf", _fetch_hf)
+_fetch.register("ms", _fetch_ms)
+_publish.PUBLISHERS["s3"] = _publish_s3
