@@ -71,7 +71,8 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         if spec.model.adapter.source is None:
             raise ConfigError("spec.model.adapter.fromJob is resolved by the operator; `kubetune run` needs source:")
         adapter_init = fetch(spec.model.adapter.source, field="spec.model.adapter.source",
-                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model")
+                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
+                             allow=config.runtime.allow_private_urls)
 
     phase("training")
     ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
@@ -101,7 +102,14 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     write_manifest(artifact_dir, manifest)
 
     phase("uploading")
-    final_uri = publish(artifact_dir, config.runtime.output_uri, work_dir=config.runtime.work_dir)
+    final_uri = publish(artifact_dir, config.runtime.output_uri, work_dir=config.runtime.work_dir,
+                        allow=config.runtime.allow_private_urls)
     log.info("artifact written to %s", final_uri)
+    if spec.output.hub is not None:
+        from kubetune.trainer.storage.hubs import push_to_hub
+
+        hub_url = push_to_hub(artifact_dir, repo=spec.output.hub.repo, private=spec.output.hub.private,
+                              allow=config.runtime.allow_private_urls)
+        log.info("artifact pushed to %s", hub_url)
     phase("done")
     return RunResult(final_uri, artifact_dir, metrics, [r.to_dict() for r in data.reports])
