@@ -19,6 +19,7 @@ from kubetune.api.crdgen import build_crd
 from kubetune.api.metrics import DEFAULT_METRICS_PORT, OPERATOR_METRICS_PORT
 from kubetune.operator import settings as op_settings
 from kubetune.operator.manifests.labels import COMPONENT_LABEL, MANAGED_BY, TRAINER
+from kubetune.operator.manifests.names import job_name
 from tests.chart.helm import CHART, NAMESPACE, find, helm, one, set_args, template
 from tests.chart.podsecurity import pod_spec_of, violations
 from tests.chart.values_cases import CASES, FULL, MINIMAL
@@ -367,6 +368,7 @@ def test_notes_tell_how_to_submit_and_watch_a_job(tmp_path):
     notes = _render_notes(tmp_path, {})
     assert "kubectl apply -f examples/qlora.yaml" in notes
     assert "kubectl get ftj -w" in notes
+    assert f"kubectl logs -f job/{job_name('<name>')} " in notes  # the operator names the Job after the FineTuneJob
     assert "all namespaces" in notes
     assert "must set\nspec.output.uri" in notes
     notes = _render_notes(tmp_path / "full", FULL)
