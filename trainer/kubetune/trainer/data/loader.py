@@ -16,7 +16,7 @@ from kubetune.api.stages import STAGE_CONTRACTS, Stage
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import DatasetSpec
 from kubetune.trainer.data.converters import get_converter
-from kubetune.trainer.data.processors import ProcessorOptions, Tokens, get_processor
+from kubetune.trainer.data.processors import ProcessorOptions, Tokens, finish, get_processor, texts_of
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.sources import data_files, read_rows
@@ -102,25 +102,46 @@ def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig) -> Loa
     return loaded
 
 
-def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig, template: Template, tokenizer: Any) -> list[dict]:
+def processor_options(config: TrainerConfig) -> ProcessorOptions:
+    training = config.spec.training
+    return ProcessorOptions(training.cutoff_len, training.train_on_prompt, training.mask_history, config.spec.packing)
+
+
+def token_length(item: dict[str, Any]) -> int:
+    if "input_ids" in item:
+        return len(item["input_ids"])
+    if "chosen_ids" in item:
+        return len(item["prompt_ids"]) + max(len(item["chosen_ids"]), len(item["rejected_ids"]))
+    return len(item.get("prompt_ids", [])) + len(item.get("completion_ids", []))
+
+
+PRIME_CHUNK = 512
+
+
+def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig, template: Template, tokenizer: Any,
+                     tokens: Tokens | None = None) -> list[dict]:
+    """Run the stage's per-row processor; every dropped row lands in the report with its index."""
     shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
     processor = get_processor(shape)
-    training = config.spec.training
-    opts = ProcessorOptions(training.cutoff_len, training.train_on_prompt, training.mask_history)
-    tokens = Tokens(tokenizer)
+    opts = processor_options(config)
+    tokens = tokens or Tokens(tokenizer)
     report = loaded.report
     assert report is not None
     out = []
-    for idx, ex in loaded.examples:
-        try:
-            item = processor(ex, template, tokens, opts)
-        except RowError as err:
-            report.drop(idx, err.reason, err.detail)
-            continue
-        report.valid += 1
-        report.truncated += int(item.pop("_truncated", False))
-        report.token_lengths.append(len(item.get("input_ids", item.get("chosen_input_ids", []))))
-        out.append(item)
+    examples = loaded.examples
+    for start in range(0, len(examples), PRIME_CHUNK):
+        chunk = examples[start : start + PRIME_CHUNK]
+        tokens.prime(text for _, ex in chunk for text in texts_of(ex, template))
+        for idx, ex in chunk:
+            try:
+                item = processor(ex, template, tokens, opts)
+            except RowError as err:
+                report.drop(idx, err.reason, err.detail)
+                continue
+            report.valid += 1
+            report.truncated += int(item.get("_truncated", False))
+            report.token_lengths.append(token_length(item))
+            out.append(item)
     return out
 
 
@@ -158,8 +179,9 @@ def tokenize_all(
 ) -> DataBundle:
     """Tokenize converted datasets, report, fail on empty ones, and split off the eval set."""
     train_sets, eval_sets = converted
-    train = [row for ds in train_sets for row in tokenize_dataset(ds, config, template, tokenizer)]
-    evaluation = [row for ds in eval_sets for row in tokenize_dataset(ds, config, template, tokenizer)]
+    tokens = Tokens(tokenizer)
+    train = [row for ds in train_sets for row in tokenize_dataset(ds, config, template, tokenizer, tokens)]
+    evaluation = [row for ds in eval_sets for row in tokenize_dataset(ds, config, template, tokenizer, tokens)]
     reports = [ds.report for ds in (*train_sets, *eval_sets) if ds.report is not None]
     for r in reports:
         for line in r.lines():
@@ -172,6 +194,12 @@ def tokenize_all(
         held = set(order[: max(1, round(len(train) * split))])
         evaluation = [train[i] for i in sorted(held)]
         train = [row for i, row in enumerate(train) if i not in held]
+    shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
+    opts = processor_options(config)
+    train, packing = finish(shape, train, opts, tokens)
+    evaluation, _ = finish(shape, evaluation, opts, tokens)
+    if packing is not None:
+        log.info("packed %d rows into %d (efficiency %.1f%%)", packing.rows_in, packing.rows_out, 100 * packing.efficiency)
     provenance = [
         {"name": ds.spec.name, "source": ds.spec.source, "sha256": ds.sha256, "rows": ds.report.rows,
          "valid": ds.report.valid, "dropped": ds.report.dropped, "role": role}

@@ -102,7 +102,7 @@ class JinjaTemplate(Template):
             messages.append({"role": "system", "content": system})
         convo = [*prompt, response]
         out: list[Turn] = []
-        done = self._render(messages, False) if messages else ""
+        done = ""  # turn 0 carries the system block
         for i in range(0, len(convo), 2):
             messages.append({"role": role_of[convo[i]["role"]], "content": convo[i]["content"]})
             with_prompt = self._render(messages, True)

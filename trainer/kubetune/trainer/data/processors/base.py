@@ -1,0 +1,102 @@
+"""What every processor shares: options, the token cache, LLaMA-Factory's truncation rule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.trainer.data.templates import Template
+
+IGNORE_INDEX = -100
+UNLIMITED = 1 << 62
+
+
+@dataclass
+class ProcessorOptions:
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    packing: bool = False
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """How many source and target tokens to keep when a turn does not fit the remaining budget.
+
+    LLaMA-Factory's rule: a short target is kept whole; else a short source is kept whole;
+    else both are cut in proportion to their lengths.
+    """
+    if target_len * 2 < cutoff_len:
+        max_target = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target = cutoff_len - source_len
+    else:
+        max_target = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target = min(max_target, target_len)
+    new_source = min(max(cutoff_len - new_target, 0), source_len)
+    return new_source, new_target
+
+
+class Tokens:
+    """``tokenizer(text).input_ids`` without special tokens, with a cache.
+
+    Templates repeat the same texts (system prompts, role headers) across rows, and the
+    loader primes the cache with one batched tokenizer call per chunk of rows, which is
+    where most of the preprocessing speed comes from.
+    """
+
+    def __init__(self, tokenizer: Any, cache_limit: int = 200_000):
+        self.tokenizer = tokenizer
+        self.cache: dict[str, list[int]] = {}
+        self.cache_limit = cache_limit
+        self.eos_id: int | None = tokenizer.eos_token_id
+        self.bos_id: int | None = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def prime(self, texts: Iterable[str]) -> None:
+        """Tokenize ``texts`` in one batch and remember them."""
+        if len(self.cache) > self.cache_limit:
+            self.cache.clear()
+        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if todo:
+            self.cache.update(zip(todo, self._encode(todo)))
+
+    def __call__(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        missing = [t for t in texts if t not in self.cache]
+        if missing:
+            self.prime(missing)
+        return [self.cache[t] for t in texts]
+
+    def one(self, text: str) -> list[int]:
+        return self([text])[0]
+
+
+def render_oneturn(
+    template: Template, example: dict[str, Any], answer: dict[str, str], tokens: Tokens
+) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids): every earlier turn plus the last prompt, then the answer (``encode_oneturn``)."""
+    turns = template.turns(example["prompt"], answer, example.get("system", ""), example.get("tools", ""))
+    flat = tokens([text for pair in turns for text in pair])
+    prompt_ids = [t for ids in flat[:-1] for t in ids]
+    return prompt_ids, list(flat[-1])
+
+
+def texts_of(example: dict[str, Any], template: Template) -> list[str]:
+    """Every text a processor will tokenize for ``example`` (for :meth:`Tokens.prime`)."""
+    prompt, response = example["prompt"], example["response"]
+    system, tools = example.get("system", ""), example.get("tools", "")
+    answers = response or [{"role": "assistant", "content": ""}]
+    out: list[str] = []
+    try:
+        for answer in answers[:2]:
+            out += [t for pair in template.turns(prompt, answer, system, tools) for t in pair]
+    except Exception:  # noqa: BLE001 - the processor reports the row; priming is best effort
+        return []
+    return out
+
+
+Processor = Callable[[dict[str, Any], Template, Tokens, ProcessorOptions], dict[str, Any]]
