@@ -190,11 +190,11 @@ def test_dockerignore_keeps_exactly_what_the_copies_need():
     assert {c.rstrip("/") for c in copied} == kept
 
 
-@pytest.mark.slow
-def test_wheel_stage_builds_the_named_wheel(tmp_path):
-    """The `wheel` stage's command, run here on the files it COPYs: one wheel with both halves of the
-    namespace package and both console scripts."""
-    src = tmp_path / "src"
+@pytest.fixture(scope="module")
+def built_wheel(tmp_path_factory) -> Path:
+    """The `wheel` stage's command, run here on exactly the files the stage COPYs."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    src = tmp / "src"
     src.mkdir()
     for item in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / item, src / item)
@@ -202,15 +202,44 @@ def test_wheel_stage_builds_the_named_wheel(tmp_path):
         shutil.copytree(ROOT / item, src / item, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     command = re.search(r"pip wheel ([^\\&]+)", _runs("wheel")).group(1).split()
     assert command[-1] == "." and command[command.index("--wheel-dir") + 1] == "/dist"
-    command[command.index("--wheel-dir") + 1] = str(tmp_path / "dist")
+    command[command.index("--wheel-dir") + 1] = str(tmp / "dist")
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", *command], cwd=src,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = tmp / "dist" / f"kubetune-{PYPROJECT['project']['version']}-py3-none-any.whl"
+    assert wheel.exists(), sorted(p.name for p in (tmp / "dist").iterdir())
+    return wheel
+
+
+@pytest.mark.slow
+def test_wheel_has_both_halves_and_both_console_scripts(built_wheel):
     version = PYPROJECT["project"]["version"]
-    wheel = zipfile.ZipFile(tmp_path / "dist" / f"kubetune-{version}-py3-none-any.whl")
+    wheel = zipfile.ZipFile(built_wheel)
     files = wheel.namelist()
     assert "kubetune/operator/rbac.py" in files and "kubetune/trainer/__main__.py" in files
     assert "kubetune/__init__.py" not in files, "kubetune must stay a namespace package"
     entry_points = wheel.read(f"kubetune-{version}.dist-info/entry_points.txt").decode()
     for script, target in PYPROJECT["project"]["scripts"].items():
         assert f"{script} = {target}" in entry_points
+
+
+@pytest.mark.slow
+def test_operator_target_runs_without_torch(built_wheel, tmp_path):
+    """The operator stage's install (`<wheel>[operator]`) in a clean venv: `kubetune operator` starts its
+    CLI and imports the kopf handlers, and torch is neither installed nor imported."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    py = venv / "bin" / "python"
+    install = re.search(r'pip install --no-cache-dir "([^"]+)"', _runs("operator")).group(1)
+    assert install.endswith("[operator]")
+    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                           f"{built_wheel}[operator]"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([str(venv / "bin" / "kubetune"), *json.loads(_last("operator", "ENTRYPOINT"))[1:], "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--all-namespaces" in proc.stdout, proc.stderr
+    check = ("import importlib.util, sys; import kubetune.operator.handlers.finetunejob, kubetune.cli; "
+             "assert 'torch' not in sys.modules, 'torch imported'; "
+             "assert importlib.util.find_spec('torch') is None, 'torch installed'")
+    proc = subprocess.run([str(py), "-c", check], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
