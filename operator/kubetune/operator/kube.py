@@ -1,0 +1,139 @@
+"""The only module that talks to the Kubernetes API server.
+
+It uses the official ``kubernetes`` client (``KUBECONFIG`` or in-cluster config, like any
+client), runs its blocking calls in threads, and speaks plain dicts: callers never see
+client model classes. Every failed call is counted in the operator's metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
+from kubetune.operator import metrics
+
+_api: client.ApiClient | None = None
+
+
+class Conflict(Exception):
+    """The object exists already (409 on create)."""
+
+
+def configure() -> client.Configuration:
+    """(Re)load the connection: in-cluster when running in a pod, else $KUBECONFIG / ~/.kube/config.
+
+    $KUBECONFIG is read now, not at import time (the client library's default is frozen at import)."""
+    global _api
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or None)
+    cfg = client.Configuration.get_default_copy()
+    _api = client.ApiClient(cfg)
+    return cfg
+
+
+def connection() -> dict[str, Any]:
+    """The loaded connection as keyword arguments of ``kopf.ConnectionInfo`` (kopf's own client)."""
+    cfg = configure()
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    return {
+        "server": cfg.host, "ca_path": cfg.ssl_ca_cert, "insecure": not cfg.verify_ssl,
+        "username": cfg.username or None, "password": cfg.password or None, "scheme": scheme, "token": token,
+        "certificate_path": cfg.cert_file, "private_key_path": cfg.key_file,
+    }
+
+
+def api() -> client.ApiClient:
+    if _api is None:
+        configure()
+    assert _api is not None
+    return _api
+
+
+def _raw(response: Any) -> dict[str, Any]:
+    data = response.data if hasattr(response, "data") else response
+    return json.loads(data) if data else {}
+
+
+async def _call(verb: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    try:
+        return _raw(await asyncio.to_thread(fn, *args, _preload_content=False, **kwargs))
+    except ApiException as exc:
+        metrics.API_ERRORS.labels(verb=verb, code=str(exc.status)).inc()
+        raise
+
+
+async def _get(fn: Any, *args: Any) -> dict[str, Any] | None:
+    try:
+        return await _call("get", fn, *args)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ reads
+
+
+async def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get(client.CustomObjectsApi(api()).get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+
+
+async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
+    return await _get(client.BatchV1Api(api()).read_namespaced_job, name, namespace)
+
+
+async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    got = await _call("list", client.CoreV1Api(api()).list_namespaced_pod, namespace, label_selector=selector)
+    return list(got.get("items") or [])
+
+
+async def secret_exists(namespace: str, name: str) -> bool:
+    # read only to learn whether it exists; the data is dropped at once and never logged
+    return await _get(client.CoreV1Api(api()).read_namespaced_secret, name, namespace) is not None
+
+
+# ------------------------------------------------------------------------------------------------ writes
+
+
+async def create(obj: dict[str, Any]) -> dict[str, Any]:
+    """Create one child; raise :class:`Conflict` if it exists."""
+    ns = obj["metadata"]["namespace"]
+    kind = obj["kind"]
+    fn = {
+        "ConfigMap": client.CoreV1Api(api()).create_namespaced_config_map,
+        "Service": client.CoreV1Api(api()).create_namespaced_service,
+        "Job": client.BatchV1Api(api()).create_namespaced_job,
+    }[kind]
+    try:
+        return await _call("create", fn, ns, obj)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(f"{kind} {ns}/{obj['metadata']['name']} exists") from None
+        raise
+
+
+async def ensure(objs: list[dict[str, Any]]) -> list[str]:
+    """Create each object unless it exists (idempotent across restarts and replays); names created."""
+    created = []
+    for obj in objs:
+        try:
+            await create(obj)
+            created.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        except Conflict:
+            pass
+    return created
+
+
+async def set_job_suspend(namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+    return await _call("patch", client.BatchV1Api(api()).patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}},
+                       _content_type="application/merge-patch+json")

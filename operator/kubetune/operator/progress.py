@@ -1,0 +1,74 @@
+"""Training progress pulled from the rank-0 pod's Prometheus endpoint into ``status.progress``.
+
+The operator scrapes ``http://<rank-0 pod IP>:<metrics port>/metrics`` on its timer, so
+training pods need no API token or RBAC. Parsing is pure; :func:`scrape` does one GET.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from kubetune.api.metrics import PROGRESS_FIELDS
+
+INT_FIELDS = {"step", "totalSteps"}
+
+
+def parse(text: str) -> dict[str, float]:
+    """Metric name → value of the first sample of every trainer gauge named in PROGRESS_FIELDS."""
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in PROGRESS_FIELDS and sample.name not in values and math.isfinite(sample.value):
+                values[sample.name] = sample.value
+    return values
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def progress(values: dict[str, float]) -> dict[str, Any]:
+    """``status.progress`` (camelCase) from scraped values; percent and eta derived."""
+    out: dict[str, Any] = {}
+    for metric, field in PROGRESS_FIELDS.items():
+        if metric in values:
+            v = values[metric]
+            out[field] = int(v) if field in INT_FIELDS else round(v, 6)
+    if out.get("totalSteps"):
+        out["percent"] = round(100.0 * out.get("step", 0) / out["totalSteps"], 1)
+    if "etaSeconds" in out:
+        out["etaSeconds"] = round(out["etaSeconds"], 1)
+        out["eta"] = format_eta(out["etaSeconds"])
+    return out
+
+
+def rank0_url(pods: list[dict[str, Any]], port: int) -> str | None:
+    """Metrics URL of the running rank-0 pod, if it has an IP yet."""
+    for pod in pods:
+        index = (pod.get("metadata", {}).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index")
+        st = pod.get("status") or {}
+        if index == "0" and st.get("phase") == "Running" and st.get("podIP"):
+            host = st["podIP"]
+            host = f"[{host}]" if ":" in host else host
+            return f"http://{host}:{port}/metrics"
+    return None
+
+
+async def scrape(url: str, timeout: float = 3.0) -> dict[str, Any]:
+    """GET the metrics page and turn it into ``status.progress``; raises on network errors."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+        async with session.get(url) as resp:
+            resp.raise_for_status()
+            return progress(parse(await resp.text()))
