@@ -362,7 +362,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         ns = request.namespace or ""
         method = request.method
         try:
-            if request.action == enums.action.WATCH:
+            if request.action == enums.action.WATCH or request.params.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, resource, ns)
             if method == enums.method.GET and request.name is None:
                 return self._table_or_json(request, resource, self._list(request, resource, ns))
