@@ -22,7 +22,7 @@ from kubetune.operator.manifests.labels import COMPONENT_LABEL, MANAGED_BY, TRAI
 from kubetune.operator.manifests.names import job_name
 from tests.chart.helm import CHART, NAMESPACE, find, helm, one, set_args, template
 from tests.chart.podsecurity import pod_spec_of, violations
-from tests.chart.values_cases import CASES, FULL, MINIMAL
+from tests.chart.values_cases import CASES, FULL
 
 KUBERNETES_VERSIONS = ["1.30.0", "1.37.0"]
 # Custom resources kubernetes-validate has no schema for (kubetune's own CRs, kopf peering objects,

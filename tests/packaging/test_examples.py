@@ -56,7 +56,7 @@ def test_operator_children_are_valid_and_restricted(name):
 
 def test_multinode_example_asks_for_two_eight_gpu_pods():
     (job,) = load_jobs(ROOT / "examples" / "multinode-deepspeed.yaml")
-    k8s_job = [c for c in build_all(job, OPTIONS) if c["kind"] == "Job"][0]
+    k8s_job = next(c for c in build_all(job, OPTIONS) if c["kind"] == "Job")
     assert k8s_job["spec"]["completions"] == k8s_job["spec"]["parallelism"] == 2
     assert k8s_job["spec"]["completionMode"] == "Indexed"
     limits = k8s_job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -66,11 +66,11 @@ def test_multinode_example_asks_for_two_eight_gpu_pods():
 
 def test_kueue_example_job_is_queued_and_suspended():
     (job,) = load_jobs(ROOT / "examples" / "kueue.yaml")
-    k8s_job = [c for c in build_all(job, OPTIONS) if c["kind"] == "Job"][0]
-    local_queue = [d for d in _docs("kueue.yaml") if d["kind"] == "LocalQueue"][0]
+    k8s_job = next(c for c in build_all(job, OPTIONS) if c["kind"] == "Job")
+    local_queue = next(d for d in _docs("kueue.yaml") if d["kind"] == "LocalQueue")
     assert k8s_job["metadata"]["labels"][QUEUE_LABEL] == local_queue["metadata"]["name"] == job.spec.queue_name
     assert k8s_job["spec"]["suspend"] is True
-    cluster_queue = [d for d in _docs("kueue.yaml") if d["kind"] == "ClusterQueue"][0]
+    cluster_queue = next(d for d in _docs("kueue.yaml") if d["kind"] == "ClusterQueue")
     assert local_queue["spec"]["clusterQueue"] == cluster_queue["metadata"]["name"]
     flavors = {d["metadata"]["name"] for d in _docs("kueue.yaml") if d["kind"] == "ResourceFlavor"}
     assert {f["name"] for g in cluster_queue["spec"]["resourceGroups"] for f in g["flavors"]} == flavors
@@ -83,7 +83,7 @@ def test_qlora_example_quantizes_to_four_bits():
 
 def test_s3_example_secret_holds_what_the_trainer_reads_and_is_only_referenced():
     docs = _docs("s3-output.yaml")
-    secret = [d for d in docs if d["kind"] == "Secret"][0]
+    secret = next(d for d in docs if d["kind"] == "Secret")
     assert {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(secret["stringData"])
     (job,) = load_jobs(ROOT / "examples" / "s3-output.yaml")
     assert job.spec.output.credentials_secret == secret["metadata"]["name"]

@@ -186,7 +186,7 @@ def test_argocd_health_on_recorded_operator_statuses(path):
 
 def _doc_block(language: str, marker: str) -> str:
     text = (ROOT / "docs" / "gitops.md").read_text()
-    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(rf"```{language}\n(.*?)```", text, flags=re.DOTALL)
     found = [b for b in blocks if marker in b]
     assert found, f"docs/gitops.md has no {language} block with {marker!r}"
     return found[0]
@@ -245,6 +245,6 @@ def test_reapplied_example_is_not_a_spec_change(path):
         assert created.spec_hash == reapplied.spec_hash
         job = _job(stored, active=1)
         decision = decide(stored, reapplied, OPTIONS, job=job, pods=[RUNNING_POD], at=AT)
-        stalled = [c for c in decision.status["conditions"] if c["type"] == "Stalled"][0]
+        stalled = next(c for c in decision.status["conditions"] if c["type"] == "Stalled")
         assert stalled["status"] == "False", stalled
         assert decision.children == [], "an existing Job must never be rebuilt"
