@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -39,11 +40,14 @@ def local_config(
 def run_local(job: FineTuneJob, job_file: Path, **options: object) -> int:
     setup()
     config = local_config(job, job_file, **options)  # type: ignore[arg-type]
+    from kubetune.trainer.callbacks.telemetry import Telemetry
     from kubetune.trainer.runner import run
 
     print(f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally", file=sys.stderr)
     try:
-        result = run(config)
+        with Telemetry(config, live=True, metrics_addr=os.environ.get("KUBETUNE_METRICS_ADDR", "127.0.0.1"),
+                       linger_seconds=float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "0"))) as tel:
+            result = run(config, callbacks=tel.callbacks, on_phase=tel.on_phase)
     except TrainerError as exc:
         print(f"{job_file}: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# @grafana/schema + typescript (npm) to type-check the Grafana dashboard with tsc.
+set -euo pipefail
+TOOLS="${1:-.tools}"
+DIR="$TOOLS/npm"
+GRAFANA_SCHEMA_VERSION=13.2.3
+TYPESCRIPT_VERSION=7.0.2
+if [ -x "$DIR/node_modules/.bin/tsc" ] && [ -f "$DIR/node_modules/@grafana/schema/package.json" ]; then
+  exit 0
+fi
+command -v npm >/dev/null 2>&1 || { echo "npm is missing: apt-get install -y nodejs npm" >&2; exit 1; }
+mkdir -p "$DIR"
+[ -f "$DIR/package.json" ] || echo '{"name": "kubetune-tools", "private": true}' > "$DIR/package.json"
+npm install --prefix "$DIR" --no-audit --no-fund --loglevel=error \
+  "@grafana/schema@$GRAFANA_SCHEMA_VERSION" "typescript@$TYPESCRIPT_VERSION"
