@@ -24,7 +24,6 @@ from kubetune.trainer.logging import get_logger, is_main
 from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
-from kubetune.trainer.storage.checkpoints import checkpoint_callback
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
 
@@ -75,20 +74,11 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         adapter_init = fetch(spec.model.adapter.source, field="spec.model.adapter.source",
                              work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
                              allow=config.runtime.allow_private_urls)
-    reward_model = None
-    if spec.training.reward_model is not None:
-        if spec.training.reward_model.source is None:
-            raise ConfigError("spec.training.rewardModel.fromJob is resolved by the operator; `kubetune run` needs source:")
-        reward_model = fetch(spec.training.reward_model.source, field="spec.training.rewardModel.source",
-                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model")
 
     phase("training")
-    uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
     ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
-                     artifact_dir=artifact_dir, work_dir=work_dir,
-                     callbacks=[*(callbacks or []), *([uploader] if uploader else [])],
-                     checkpoint_hooks=[uploader] if uploader else [],
-                     adapter_init=adapter_init, reward_model=reward_model)
+                     artifact_dir=artifact_dir, work_dir=work_dir, callbacks=list(callbacks or []),
+                     adapter_init=adapter_init)
     result = get_stage(spec.stage)(ctx)
 
     if not is_main():
