@@ -36,9 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     setup(os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
     try:
         config = TrainerConfig.from_file(args.config)
+        from kubetune.trainer.callbacks.telemetry import Telemetry
         from kubetune.trainer.runner import run
 
-        result = run(config)
+        linger = float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "20"))  # last scrape sees done/failed
+        with Telemetry(config, linger_seconds=linger) as telemetry:
+            result = run(config, callbacks=telemetry.callbacks, on_phase=telemetry.on_phase)
         write_termination_message(f"succeeded: {result.output_uri}")
         return 0
     except TrainerError as exc:

@@ -70,6 +70,7 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
         "fp16": dtype == torch.float16,
         "gradient_checkpointing": t.gradient_checkpointing,
         "report_to": list(t.report_to) or "none",
+        "include_num_input_tokens_seen": "non_padding",  # tokens/s and MFU in kubetune.trainer.callbacks
         "save_strategy": "steps" if ckpt.every_steps else "no",
         "save_steps": ckpt.every_steps or 500,
         "save_total_limit": ckpt.keep,
