@@ -72,6 +72,52 @@ def apply_method(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = 
     return get_peft_model(model, lora_config(spec, task_type))
 
 
+def optimizers(model: Any, spec: FineTuneJobSpec, args: Any) -> tuple[Any, Any]:
+    """The ``optimizers`` pair for a Trainer: LoRA+ (B matrices at ``loraplusRatio`` x lr) or the default."""
+    ratio = spec.method.lora.loraplus_ratio
+    if ratio is None or MethodType(spec.method.type) not in (MethodType.LORA, MethodType.QLORA):
+        return None, None
+    import torch
+    from peft.optimizers import create_loraplus_optimizer
+
+    optimizer = create_loraplus_optimizer(
+        model, torch.optim.AdamW, lr=args.learning_rate, loraplus_lr_ratio=ratio, weight_decay=args.weight_decay
+    )
+    return optimizer, None
+
+
+def export_merged(ctx: Any, model: Any = None, model_class: Any = None) -> Path | None:
+    """``spec.output.merge``: the base model (unquantized) merged with the saved adapter, in ``<artifact>/merged``."""
+    from kubetune.trainer.logging import is_main
+
+    spec = ctx.config.spec
+    if not spec.output.merge or not is_main():
+        return None
+    if MethodType(spec.method.type) in (MethodType.FULL, MethodType.FREEZE):
+        log.info("output.merge: method %s already saves the whole model; nothing to merge", spec.method.type)
+        return None
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.trainer.models.loader import torch_dtype
+
+    cls = model_class or AutoModelForCausalLM
+    base = cls.from_pretrained(ctx.model_ref.path, dtype=torch_dtype(spec.training.precision),
+                               trust_remote_code=spec.model.trust_remote_code, **_pad_kwargs(ctx, cls))
+    merged = PeftModel.from_pretrained(base, ctx.artifact_dir).merge_and_unload()
+    out = Path(ctx.artifact_dir) / "merged"
+    merged.save_pretrained(out)
+    ctx.tokenizer.save_pretrained(out)
+    log.info("merged model written to %s", out)
+    return out
+
+
+def _pad_kwargs(ctx: Any, cls: Any) -> dict[str, Any]:
+    if "SequenceClassification" in getattr(cls, "__name__", ""):
+        return {"num_labels": 1, "pad_token_id": ctx.tokenizer.pad_token_id}
+    return {}
+
+
 def trainable_parameters(model: Any) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

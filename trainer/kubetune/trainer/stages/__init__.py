@@ -12,7 +12,14 @@ from collections.abc import Callable
 from kubetune.trainer.stages.base import RunContext, StageResult
 
 STAGES: dict[str, str] = {
+    "pt": "kubetune.trainer.stages.pt.workflow:run_pt",
     "sft": "kubetune.trainer.stages.sft.workflow:run_sft",
+    "rm": "kubetune.trainer.stages.rm.workflow:run_rm",
+    "dpo": "kubetune.trainer.stages.dpo.workflow:run_dpo",
+    "kto": "kubetune.trainer.stages.kto.workflow:run_kto",
+    "orpo": "kubetune.trainer.stages.orpo.workflow:run_orpo",
+    "ppo": "kubetune.trainer.stages.ppo.workflow:run_ppo",
+    "grpo": "kubetune.trainer.stages.grpo.workflow:run_grpo",
 }
 
 

@@ -24,6 +24,8 @@ class RunContext:
     callbacks: list[Any] = field(default_factory=list)
     resume_from: str | None = None
     adapter_init: Path | None = None  # spec.model.adapter, fetched
+    reward_model: Path | None = None  # spec.training.rewardModel, fetched (ppo, grpo)
+    checkpoint_hooks: list[Any] = field(default_factory=list)  # (folder, step) -> None once a checkpoint is complete
 
 
 @dataclass
@@ -84,7 +86,46 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
     }
     if t.gradient_checkpointing:
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+    from kubetune.trainer.distributed import training_args as distributed_args
+
+    args.update(distributed_args(spec))
     return args
+
+
+def stage_callbacks(ctx: RunContext) -> list[Any]:
+    """The observers' callbacks plus the checkpoint/preemption one; pass to every trainer."""
+    from kubetune.trainer.stages.checkpoints import make_callback, spec_fingerprint
+
+    checkpoint = make_callback(spec_fingerprint(ctx.config.spec), ctx.checkpoint_hooks)
+    return [*ctx.callbacks, checkpoint]
+
+
+def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, save: bool = True) -> StageResult:
+    """The common tail of every workflow: resume → train → (preempted?) → evaluate → save → metrics."""
+    import math
+
+    from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
+
+    resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from)
+    output = trainer.train(resume_from_checkpoint=resume)
+    checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
+    if checkpoint is not None and checkpoint.preempted_at is not None:
+        raise Preempted(f"stopped by SIGTERM at step {checkpoint.preempted_at}; checkpoint saved for resume")
+    metrics: dict[str, Any] = dict(output.metrics)
+    metrics["global_step"] = trainer.state.global_step
+    if resume is not None:
+        from kubetune.trainer.stages.checkpoints import checkpoint_step
+
+        metrics["resumed_from_step"] = checkpoint_step(Path(resume))
+    if trainer.eval_dataset is not None:
+        metrics.update(trainer.evaluate())
+        if perplexity and "eval_loss" in metrics:
+            metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))
+    if save:
+        trainer.save_model(str(ctx.artifact_dir))
+    if trainer.is_world_process_zero():
+        clear_checkpoints(ctx.work_dir)
+    return StageResult(metrics=metrics, log_history=list(trainer.state.log_history))
 
 
 def to_hf_dataset(rows: list[dict[str, Any]]) -> Any:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method
+from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
 from kubetune.trainer.models.loader import load_model
-from kubetune.trainer.stages.base import RunContext, StageResult, common_args, to_hf_dataset
+from kubetune.trainer.stages.base import (
+    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+)
 
 
 def run_sft(ctx: RunContext) -> StageResult:
@@ -26,11 +28,9 @@ def run_sft(ctx: RunContext) -> StageResult:
         train_dataset=to_hf_dataset(ctx.data.train),
         eval_dataset=to_hf_dataset(ctx.data.eval),
         processing_class=ctx.tokenizer,
-        callbacks=ctx.callbacks,
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, spec, args),
     )
-    output = trainer.train(resume_from_checkpoint=ctx.resume_from)
-    metrics = dict(output.metrics)
-    if ctx.data.eval:
-        metrics.update(trainer.evaluate())
-    trainer.save_model(str(ctx.artifact_dir))
-    return StageResult(metrics=metrics, log_history=list(trainer.state.log_history))
+    result = train_and_save(ctx, trainer, perplexity=True)
+    export_merged(ctx, trainer.model)
+    return result

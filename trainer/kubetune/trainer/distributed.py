@@ -1,0 +1,180 @@
+"""Distribution: how many processes a pod runs, how they find each other, and what each one trains with.
+
+The operator sets the multi-node environment of a pod (``NNODES``, ``NODE_RANK``, ``NPROC_PER_NODE``,
+``MASTER_ADDR``, ``MASTER_PORT``). ``kubetune-train`` reads it with :func:`launch_plan`; when the pod
+needs more than one process it re-launches itself through ``torch.distributed.run`` (one worker per
+local GPU, or ``NPROC_PER_NODE`` CPU workers), and every worker then builds its TrainingArguments
+with :func:`training_args`: DDP, FSDP or DeepSpeed ZeRO-2/3 (optionally offloaded to CPU) from
+``spec.distributed``. CPU workers use the gloo backend, so two-process runs work without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from kubetune.api.v1alpha1 import DistributedSpec, FineTuneJobSpec
+
+WORKER_ENV = "KUBETUNE_WORKER"  # set in re-launched workers so they do not launch again
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    nnodes: int
+    nproc_per_node: int
+    node_rank: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @property
+    def needs_launcher(self) -> bool:
+        return self.world_size > 1
+
+
+def _int_env(env: dict[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    if value < 0 or (value == 0 and name != "NODE_RANK"):
+        raise ValueError(f"environment variable {name}={raw!r} must be positive")
+    return value
+
+
+def launch_plan(env: dict[str, str] | None = None) -> LaunchPlan:
+    """The process layout of this pod, from the environment the operator (or the user) sets."""
+    env = dict(os.environ if env is None else env)
+    node_rank = _int_env(env, "NODE_RANK", _int_env(env, "JOB_COMPLETION_INDEX", 0))
+    return LaunchPlan(
+        nnodes=_int_env(env, "NNODES", 1),
+        nproc_per_node=_int_env(env, "NPROC_PER_NODE", 1),
+        node_rank=node_rank,
+        master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
+        master_port=_int_env(env, "MASTER_PORT", 29500),
+    )
+
+
+def is_worker(env: dict[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return env.get(WORKER_ENV) == "1" or "LOCAL_RANK" in env
+
+
+def launch_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run … -m kubetune.trainer <argv>``: one worker per local process."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run",
+        f"--nnodes={plan.nnodes}",
+        f"--nproc-per-node={plan.nproc_per_node}",
+        f"--node-rank={plan.node_rank}",
+        f"--master-addr={plan.master_addr}",
+        f"--master-port={plan.master_port}",
+    ]
+    return [*cmd, "-m", "kubetune.trainer", *argv]
+
+
+def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
+    """Run the workers and return the launcher's exit code (the first failing worker's)."""
+    import subprocess
+
+    import signal
+
+    env = {**os.environ, WORKER_ENV: "1"}
+    if not _cuda_available():
+        env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.Popen(launch_command(plan, argv), env=env)
+    # Kubernetes signals PID 1 only: pass SIGTERM on so the workers save a checkpoint before exiting.
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+    try:
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover - torch is a trainer dependency
+        return False
+
+
+def strategy(spec: DistributedSpec, world_size: int) -> str:
+    """The effective strategy: ``single`` for one process; ``auto`` means DDP on several."""
+    if world_size <= 1 and spec.strategy in ("auto", "ddp"):
+        return "single"
+    return "ddp" if spec.strategy == "auto" else spec.strategy
+
+
+def deepspeed_config(spec: DistributedSpec) -> dict[str, Any]:
+    """A DeepSpeed config whose ``auto`` values transformers fills from the TrainingArguments."""
+    zero: dict[str, Any] = {
+        "stage": spec.zero_stage,
+        "overlap_comm": False,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if spec.zero_stage == 3:
+        zero.update({
+            "stage3_prefetch_bucket_size": "auto",
+            "stage3_param_persistence_threshold": "auto",
+            "stage3_gather_16bit_weights_on_model_save": True,
+        })
+    if spec.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": _cuda_available()}
+        if spec.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": _cuda_available()}
+    return {
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "zero_allow_untested_optimizer": True,
+        # transformers builds a torch optimizer; keep it even with offload (DeepSpeedCPUAdam needs a compiler)
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+    }
+
+
+def fsdp_args(spec: DistributedSpec) -> dict[str, Any]:
+    return {
+        "fsdp": "full_shard auto_wrap" + (" offload" if spec.offload else ""),
+        # the layer class to wrap comes from the model's _no_split_modules; orig params keep LoRA's frozen mix legal
+        "fsdp_config": {"use_orig_params": True},
+    }
+
+
+def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[str, Any]:
+    """The TrainingArguments entries that select the distribution strategy for this worker."""
+    world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    chosen = strategy(spec.distributed, world)
+    cpu = not _cuda_available()
+    args: dict[str, Any] = {}
+    if world > 1:
+        args["ddp_backend"] = "gloo" if cpu else "nccl"
+    if chosen == "deepspeed":
+        if cpu:
+            init_deepspeed_on_cpu()
+        args["deepspeed"] = deepspeed_config(spec.distributed)
+    elif chosen == "fsdp":
+        args.update(fsdp_args(spec.distributed))
+    return args
+
+
+def init_deepspeed_on_cpu() -> None:
+    """DeepSpeed picks NCCL by default; on CPU its process group must be gloo (done before transformers asks)."""
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo")

@@ -1,0 +1,163 @@
+"""Periodic checkpoints, resume from the newest complete one, and save-then-exit on SIGTERM.
+
+The HF Trainer writes ``<work_dir>/checkpoint-<step>/`` every ``spec.checkpointing.everySteps``
+and keeps the newest ``keep``. A checkpoint counts as *complete* only once :class:`CheckpointCallback`
+has written :data:`MARKER` into it, after the Trainer finished writing (and, in distributed runs,
+after every rank did): a run killed mid-save leaves no marker and is never resumed from. The marker
+holds a hash of the spec, so a changed FineTuneJob starts over instead of resuming a stale run.
+
+On SIGTERM (pod preemption, ``kubectl delete``) the step in flight finishes, a checkpoint is
+saved, and the stage raises :class:`Preempted`; the pod exits 143 and the Job's next pod resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.logging import get_logger, is_main
+
+log = get_logger(__name__)
+
+MARKER = ".kubetune-checkpoint-complete"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+CheckpointHook = Callable[[Path, int], None]
+"""Called on rank 0 with (checkpoint folder, step) once a checkpoint is complete (e.g. to upload it)."""
+
+
+class Preempted(TrainerError):
+    """SIGTERM arrived; a checkpoint was saved and the run stopped early. The next attempt resumes."""
+
+    exit_code = 143
+
+
+def spec_fingerprint(spec: FineTuneJobSpec) -> str:
+    """What a checkpoint must match to be resumed: everything that changes the training trajectory."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude={"output", "resources", "run_policy", "suspend",
+                                                                  "queue_name", "checkpointing"})
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = _CHECKPOINT.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def complete_checkpoints(work_dir: Path, fingerprint: str | None = None) -> list[Path]:
+    """Complete checkpoints in ``work_dir``, oldest first; with a fingerprint, only those it matches."""
+    if not work_dir.is_dir():
+        return []
+    found = []
+    for path in work_dir.iterdir():
+        step = checkpoint_step(path)
+        marker = path / MARKER
+        if step is None or not marker.is_file():
+            continue
+        if fingerprint is not None:
+            try:
+                if json.loads(marker.read_text(encoding="utf-8")).get("spec") != fingerprint:
+                    continue
+            except (OSError, ValueError):
+                continue
+        found.append((step, path))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(work_dir: Path, fingerprint: str | None = None) -> Path | None:
+    done = complete_checkpoints(work_dir, fingerprint)
+    return done[-1] if done else None
+
+
+def clear_checkpoints(work_dir: Path) -> None:
+    """After a finished run: a re-run of the same job starts from scratch, not from the final checkpoint."""
+    if not work_dir.is_dir():
+        return
+    for path in work_dir.iterdir():
+        if checkpoint_step(path) is not None and path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _any_rank(flag: bool) -> bool:
+    """True on every rank when any rank got SIGTERM (all ranks must save at the same step)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def make_callback(fingerprint: str, hooks: list[CheckpointHook] | None = None) -> Any:
+    """A TrainerCallback: marks finished checkpoints complete and turns SIGTERM into save-and-stop."""
+    from transformers import TrainerCallback
+
+    class CheckpointCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.terminated = False
+            self.preempted_at: int | None = None
+            self._previous: Any = None
+
+        def _on_sigterm(self, signum: int, frame: Any) -> None:
+            log.warning("SIGTERM: saving a checkpoint after the current step, then exiting")
+            self.terminated = True
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            try:
+                self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no preemption handling
+                self._previous = None
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self._previous is not None:
+                signal.signal(signal.SIGTERM, self._previous)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if _any_rank(self.terminated) and self.preempted_at is None:
+                self.preempted_at = state.global_step
+                control.should_save = True
+                control.should_training_stop = True
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            _barrier()  # every rank has written its shards
+            if not state.is_world_process_zero:
+                return
+            path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if not path.is_dir():
+                return
+            (path / MARKER).write_text(json.dumps({"step": state.global_step, "spec": fingerprint}), encoding="utf-8")
+            log.info("checkpoint %s complete", path.name)
+            for hook in hooks or []:
+                hook(path, state.global_step)
+
+    return CheckpointCallback()
+
+
+def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = None) -> str | None:
+    """The checkpoint to resume from: the one given, else the newest complete one (when resume is on)."""
+    if explicit:
+        return explicit
+    if not spec.checkpointing.resume:
+        return None
+    latest = latest_checkpoint(work_dir, spec_fingerprint(spec))
+    if latest is not None and is_main():
+        log.info("resuming from %s", latest.name)
+    return str(latest) if latest is not None else None

@@ -1,0 +1,1 @@
+"""Direct preference optimisation (TRL DPOTrainer; SimPO through trl.experimental.cpo)."""

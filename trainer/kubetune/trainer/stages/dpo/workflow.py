@@ -1,0 +1,86 @@
+"""run_dpo: tokenizer → dataset(pairwise) → model/adapters → DPOConfig → DPOTrainer → train → save → metrics.
+
+``spec.training.preference.loss`` picks the loss: sigmoid (DPO), ipo, hinge with TRL's DPOTrainer,
+whose reference model is the base with the adapter disabled (LoRA) or a frozen copy (full/freeze);
+simpo (reference-free) with ``trl.experimental.cpo``; orpo hands over to the orpo stage, as
+LLaMA-Factory allows. ``preference.ftx`` adds an SFT loss on the chosen answer.
+"""
+
+from __future__ import annotations
+
+from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.loader import load_model
+from kubetune.trainer.stages.base import (
+    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+)
+from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized, pretokenized
+
+
+def run_dpo(ctx: RunContext) -> StageResult:
+    pref = ctx.config.spec.training.preference
+    if pref.loss == "orpo":
+        from kubetune.trainer.stages.orpo.workflow import run_orpo
+
+        return run_orpo(ctx)
+    if pref.loss == "simpo":
+        return _run_simpo(ctx)
+    from trl import DPOConfig, DPOTrainer
+
+    spec = ctx.config.spec
+    model = load_model(ctx.model_ref, ctx.config)
+    model = apply_method(model, spec, ctx.adapter_init)
+    losses, weights = [pref.loss], [1.0]
+    if pref.ftx > 0:
+        losses, weights = [pref.loss, "sft"], [1.0, pref.ftx]
+    args = DPOConfig(
+        **common_args(ctx),
+        max_length=spec.training.cutoff_len,
+        beta=pref.beta,
+        loss_type=losses,
+        loss_weights=weights,
+    )
+    trainer = pretokenized(DPOTrainer)(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset(ctx.data.train),
+        eval_dataset=to_hf_dataset(ctx.data.eval),
+        processing_class=ctx.tokenizer,
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, spec, args),
+    )
+    result = train_and_save(ctx, trainer)
+    export_merged(ctx, trainer.model)
+    return result
+
+
+def _run_simpo(ctx: RunContext) -> StageResult:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    spec = ctx.config.spec
+    pref = spec.training.preference
+    model = load_model(ctx.model_ref, ctx.config)
+    model = apply_method(model, spec, ctx.adapter_init)
+    args = CPOConfig(
+        **common_args(ctx),
+        max_length=spec.training.cutoff_len,
+        loss_type="simpo",
+        beta=pref.beta,
+        simpo_gamma=pref.simpo_gamma,
+        cpo_alpha=pref.ftx,  # 0: pure SimPO; > 0 adds the NLL term on chosen (CPO-SimPO)
+    )
+    trainer = legacy_tokenized(CPOTrainer)(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.train]),
+        eval_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.eval]),
+        processing_class=ctx.tokenizer,
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, spec, args),
+    )
+    result = train_and_save(ctx, trainer)
+    export_merged(ctx, trainer.model)
+    return result

@@ -1,0 +1,1 @@
+"""Group relative policy optimisation against a reward model (TRL GRPOTrainer)."""

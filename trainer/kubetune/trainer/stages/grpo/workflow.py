@@ -1,0 +1,59 @@
+"""run_grpo: tokenizer → dataset(prompt-only) → model/adapters + reward model → GRPOConfig → GRPOTrainer
+→ train → save → metrics.
+
+Each prompt gets ``G = max(2, ppo.rolloutBatchSize)`` sampled completions of up to ``ppo.maxNewTokens``
+tokens, scored by the reward model (an ``rm`` job's output); advantages are relative within the group.
+A device's micro-batch holds ``batchSize`` prompts, i.e. ``batchSize × G`` completions.
+``ppo.klCoef`` is GRPO's beta (0 skips the reference model); ``ppo.temperature`` the sampling temperature.
+"""
+
+from __future__ import annotations
+
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.loader import load_model, torch_dtype
+from kubetune.trainer.models.reward import load_reward_model
+from kubetune.trainer.stages.base import (
+    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+)
+
+
+def run_grpo(ctx: RunContext) -> StageResult:
+    from trl import GRPOConfig, GRPOTrainer
+
+    spec = ctx.config.spec
+    t, ppo = spec.training, spec.training.ppo
+    if ctx.reward_model is None:
+        raise ConfigError("spec.training.rewardModel: stage grpo needs a reward model (the output of an rm job)")
+    group = max(2, ppo.rollout_batch_size)
+    model = load_model(ctx.model_ref, ctx.config)
+    model = apply_method(model, spec, ctx.adapter_init)
+    reward = load_reward_model(ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision),
+                               trust_remote_code=spec.model.trust_remote_code)
+    base = common_args(ctx)
+    base["per_device_train_batch_size"] = t.batch_size * group
+    base["per_device_eval_batch_size"] = t.batch_size * group
+    args = GRPOConfig(
+        **base,
+        num_generations=group,
+        max_completion_length=ppo.max_new_tokens,
+        temperature=ppo.temperature,
+        beta=ppo.kl_coef,
+        epsilon=ppo.clip_range,
+    )
+    rows = [{"prompt": r["prompt"]} for r in ctx.data.train]
+    evals = [{"prompt": r["prompt"]} for r in ctx.data.eval]
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=to_hf_dataset(rows),
+        eval_dataset=to_hf_dataset(evals),
+        processing_class=ctx.tokenizer,
+        reward_processing_classes=[ctx.tokenizer],
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, spec, args),
+    )
+    result = train_and_save(ctx, trainer)
+    export_merged(ctx, trainer.model)
+    return result

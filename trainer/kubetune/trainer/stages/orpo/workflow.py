@@ -1,0 +1,44 @@
+"""run_orpo: tokenizer → dataset(pairwise) → model/adapters → ORPOConfig → ORPOTrainer → train → save → metrics.
+
+ORPO lives in ``trl.experimental.orpo`` in TRL 1.16; it is imported here only, when the stage runs.
+It needs no reference model. ``spec.training.preference.beta`` is ORPO's lambda.
+"""
+
+from __future__ import annotations
+
+from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.loader import load_model
+from kubetune.trainer.stages.base import (
+    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+)
+from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized
+
+
+def run_orpo(ctx: RunContext) -> StageResult:
+    import warnings
+
+    with warnings.catch_warnings():  # the experimental-API notice says nothing a user can act on
+        warnings.simplefilter("ignore")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    spec = ctx.config.spec
+    model = load_model(ctx.model_ref, ctx.config)
+    model = apply_method(model, spec, ctx.adapter_init)
+    args = ORPOConfig(
+        **common_args(ctx),
+        max_length=spec.training.cutoff_len,
+        beta=spec.training.preference.beta,
+        padding_value=ctx.tokenizer.pad_token_id,
+    )
+    trainer = legacy_tokenized(ORPOTrainer)(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.train]),
+        eval_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.eval]),
+        processing_class=ctx.tokenizer,
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, spec, args),
+    )
+    result = train_and_save(ctx, trainer)
+    export_merged(ctx, trainer.model)
+    return result

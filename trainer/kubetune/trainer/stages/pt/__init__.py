@@ -1,0 +1,1 @@
+"""Pre-training: causal LM on packed text (TRL SFTTrainer over pre-tokenized blocks)."""

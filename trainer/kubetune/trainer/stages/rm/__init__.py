@@ -1,0 +1,1 @@
+"""Reward modelling on chosen/rejected pairs (TRL RewardTrainer, a sequence-classification head)."""
