@@ -12,17 +12,18 @@ from kubetune.api.v1alpha1 import GROUP, PLURAL
 RULES: list[dict[str, list[str]]] = [
     # the FineTuneJobs: watched by kopf, patched for kopf's progress annotations and status
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["get", "patch"]},
-    # children (deleted by the garbage collector through ownerReferences, not by the operator)
-    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["get", "create"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
+    # children: created once (a 409 means it exists already); deleted by the garbage collector through
+    # ownerReferences, not by the operator; the Job is read for its status and patched to (un)suspend it
+    {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["create"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "patch"]},
     # pods: restarts, termination messages, the rank-0 pod's IP for progress
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     # existence check of the credential Secrets named in the spec (values are never read into status or logs)
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Events for phase changes and rejections (kopf posts core/v1 Events)
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    # kopf: runtime discovery of namespaces and CRDs
+    # kopf: CRDs watched for resource discovery; namespaces watched only for glob patterns in --namespace
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
     # kopf peering (HA: several replicas, one acts); unused with --standalone
