@@ -147,3 +147,4 @@ def artifacts(args: argparse.Namespace) -> int:
         print(f"{args.uri}: every file matches manifest.json")
     return 1 if problems else 0
 from kubetune.cli import operator as _operator  # noqa: E402,F401
+from kubetune.cli import data as _data  # noqa: E402,F401

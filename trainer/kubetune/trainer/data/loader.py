@@ -1,21 +1,26 @@
-"""Run the data pipeline for a TrainerConfig: fetch → read → convert → process → report.
+"""Run the data pipeline for a TrainerConfig: fetch → read → sample → convert → tokenize → mix → split → finish.
 
-A dataset with zero valid rows fails here — before any model weights are loaded —
-naming the dataset and the reasons its rows were dropped.
+A dataset with zero valid rows fails before any model weights are loaded, naming the
+dataset and the reasons its rows were dropped. Tokenized rows are cached per dataset,
+keyed by content hash + conversion settings + tokenizer + template + cutoff + stage,
+so a restarted pod or a second job with the same data does not tokenize again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubetune.api.stages import STAGE_CONTRACTS, Stage
+from kubetune.api.stages import STAGE_CONTRACTS, DataShape, Stage
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import DatasetSpec
 from kubetune.trainer.data.converters import get_converter
+from kubetune.trainer.data.mixing import mix, split_eval
 from kubetune.trainer.data.processors import ProcessorOptions, Tokens, finish, get_processor, texts_of
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.schema import RowError
@@ -27,6 +32,10 @@ from kubetune.trainer.storage.fetch import fetch
 
 log = get_logger(__name__)
 
+CACHE_VERSION = "1"
+PRIME_CHUNK = 512
+MEDIA_PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
+
 
 @dataclass
 class LoadedDataset:
@@ -35,6 +44,7 @@ class LoadedDataset:
     sha256: str
     examples: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     report: DatasetReport | None = None
+    settings: str = ""  # what, besides the content, decided ``examples`` (part of the cache key)
 
 
 @dataclass
@@ -43,11 +53,12 @@ class DataBundle:
     eval: list[dict[str, Any]]
     reports: list[DatasetReport]
     provenance: list[dict[str, Any]]
+    packing: dict[str, Any] | None = None
 
 
-def _sha256_of(path: Path) -> str:
+def _sha256_of(path: Path, split: str | None = None, subset: str | None = None) -> str:
     digest = hashlib.sha256()
-    for f in data_files(path):
+    for f in data_files(path, split, subset):
         digest.update(f.name.encode())
         with f.open("rb") as fh:
             while block := fh.read(1 << 20):
@@ -64,34 +75,69 @@ def dataset_specs(config: TrainerConfig) -> list[DatasetSpec]:
     return specs
 
 
-def _sample(rows: list[Any], spec: DatasetSpec, max_samples: int | None, seed: int) -> list[tuple[int, Any]]:
+def sample_rows(rows: list[Any], num_samples: int | None, max_samples: int | None, seed: int) -> list[tuple[int, Any]]:
+    """``numSamples`` (seeded; beyond the dataset size, oversampled with replacement) then ``maxSamples`` (first N)."""
     indexed = list(enumerate(rows))
-    if spec.num_samples is not None:
+    if num_samples is not None and indexed:
         rng = random.Random(seed)
-        n = spec.num_samples
-        if n <= len(indexed):
-            indexed = sorted(rng.sample(indexed, n), key=lambda x: x[0])
+        if num_samples <= len(indexed):
+            indexed = sorted(rng.sample(indexed, num_samples), key=lambda x: x[0])
         else:
-            indexed = indexed + [rng.choice(indexed) for _ in range(n - len(indexed))]
+            indexed = indexed + [rng.choice(indexed) for _ in range(num_samples - len(indexed))]
     if max_samples is not None:
         indexed = indexed[:max_samples]
     return indexed
 
 
-def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig) -> LoadedDataset:
+def _media_base(path: Path) -> Path:
+    return path if path.is_dir() else path.parent
+
+
+def check_media(row: dict[str, Any], ex: dict[str, Any], spec: DatasetSpec, base: Path) -> None:
+    """Media columns: every path must exist (relative paths resolve against the dataset's folder), and the count
+    must match the ``<image>``/``<video>``/``<audio>`` placeholders in the messages."""
+    texts = [m["content"] for m in (*ex["prompt"], *ex["response"])]
+    for kind, placeholder in MEDIA_PLACEHOLDERS.items():
+        column = getattr(spec.columns, kind)
+        if not column:
+            continue
+        value = row.get(column)
+        paths = [] if value is None else [value] if isinstance(value, str) else value
+        if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+            raise RowError(f"malformed {kind}", f"column {column!r} must be a list of paths")
+        resolved = []
+        for p in paths:
+            full = Path(p) if Path(p).is_absolute() else base / p
+            if not full.is_file():
+                raise RowError(f"missing {kind[:-1]} file", f"{p} (looked at {full})")
+            resolved.append(str(full))
+        marks = sum(t.count(placeholder) for t in texts)
+        if marks and marks != len(paths):
+            raise RowError(f"{kind} count mismatch", f"{len(paths)} {kind} but {marks} {placeholder} placeholders")
+        if kind == "images":
+            ex["images"] = resolved
+
+
+def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig | None = None, *,
+                    max_samples: int | None = None, seed: int = 42) -> LoadedDataset:
     """Read and convert one dataset; every dropped row is counted with its index and reason."""
-    loaded = LoadedDataset(spec=spec, path=path, sha256=_sha256_of(path))
+    if config is not None:
+        max_samples, seed = config.spec.training.max_samples, config.spec.training.seed
+    loaded = LoadedDataset(spec=spec, path=path, sha256=_sha256_of(path, spec.split, spec.subset),
+                           settings=f"{spec.model_dump_json()}|max={max_samples}|seed={seed}")
     report = DatasetReport(name=spec.name, source=spec.source)
     converter = get_converter(spec.formatting)
-    rows = list(read_rows(path))
+    rows = list(read_rows(path, spec.split, spec.subset))
     report.rows = len(rows)
     kto_column = spec.columns.kto_tag
-    for idx, row in _sample(rows, spec, config.spec.training.max_samples, config.spec.training.seed):
+    base = _media_base(path)
+    for idx, row in sample_rows(rows, spec.num_samples, max_samples, seed):
         if isinstance(row, RowError):
             report.drop(idx, row.reason, row.detail)
             continue
         try:
             ex = converter(row, spec)
+            check_media(row, ex, spec, base)
         except RowError as err:
             report.drop(idx, err.reason, err.detail)
             continue
@@ -100,6 +146,9 @@ def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig) -> Loa
         loaded.examples.append((idx, ex))
     loaded.report = report
     return loaded
+
+
+# ---------------------------------------------------------------------------------------------------- tokenize
 
 
 def processor_options(config: TrainerConfig) -> ProcessorOptions:
@@ -115,18 +164,69 @@ def token_length(item: dict[str, Any]) -> int:
     return len(item.get("prompt_ids", [])) + len(item.get("completion_ids", []))
 
 
-PRIME_CHUNK = 512
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        digest.update(backend.to_str().encode())
+    else:
+        digest.update(f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}".encode())
+    for attr in ("eos_token", "bos_token", "add_bos_token", "chat_template"):
+        digest.update(f"|{attr}={getattr(tokenizer, attr, None)}".encode())
+    return digest.hexdigest()
 
 
-def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig, template: Template, tokenizer: Any,
-                     tokens: Tokens | None = None) -> list[dict]:
+def cache_key(loaded: LoadedDataset, shape: DataShape, opts: ProcessorOptions, template: Template, tokens: Tokens) -> str:
+    if not hasattr(tokens, "fingerprint"):
+        tokens.fingerprint = tokenizer_fingerprint(tokens.tokenizer)  # type: ignore[attr-defined]
+    parts = [CACHE_VERSION, loaded.sha256, loaded.settings, shape.value, repr(opts), template.fingerprint(),
+             tokens.fingerprint]  # type: ignore[attr-defined]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def _cache_path(cache_dir: Path | None, key: str) -> Path | None:
+    return None if cache_dir is None else Path(cache_dir) / "tokenized" / key[:2] / f"{key}.json"
+
+
+def _cache_load(path: Path | None) -> tuple[list[dict], DatasetReport] | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return doc["rows"], DatasetReport.from_state(doc["report"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable tokenized cache %s: %s", path, exc)
+        return None
+
+
+def _cache_store(path: Path | None, rows: list[dict], report: DatasetReport) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"report": report.state(), "rows": rows}, separators=(",", ":")), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, template: Template, tokenizer: Any,
+                     tokens: Tokens | None = None, *, shape: DataShape | None = None,
+                     opts: ProcessorOptions | None = None, cache_dir: Path | None = None) -> list[dict]:
     """Run the stage's per-row processor; every dropped row lands in the report with its index."""
-    shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
+    if config is not None:
+        shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
+        opts = processor_options(config)
+        cache_dir = Path(config.runtime.cache_dir)
+    assert shape is not None and opts is not None
     processor = get_processor(shape)
-    opts = processor_options(config)
     tokens = tokens or Tokens(tokenizer)
     report = loaded.report
     assert report is not None
+    path = _cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
+    hit = _cache_load(path)
+    if hit is not None:
+        log.info("dataset %s: tokenized rows from cache %s", loaded.spec.name, path)
+        loaded.report = hit[1]
+        return hit[0]
     out = []
     examples = loaded.examples
     for start in range(0, len(examples), PRIME_CHUNK):
@@ -142,7 +242,18 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig, template: Tem
             report.truncated += int(item.get("_truncated", False))
             report.token_lengths.append(token_length(item))
             out.append(item)
+    if out:
+        report.packing = _packing_preview(shape, out, opts, tokens)
+        _cache_store(path, out, report)
     return out
+
+
+def _packing_preview(shape: DataShape, rows: list[dict], opts: ProcessorOptions, tokens: Tokens) -> dict | None:
+    """Packing statistics for this dataset alone (the trainer packs the mix; this is the preflight's number)."""
+    if not opts.packing or shape not in (DataShape.PRETRAIN, DataShape.SUPERVISED):
+        return None
+    _, stats = finish(shape, rows, opts, tokens)
+    return stats.to_dict() if stats is not None else None
 
 
 def check_reports(reports: list[DatasetReport]) -> None:
@@ -162,8 +273,10 @@ def fetch_dataset(spec: DatasetSpec, config: TrainerConfig, field_path: str) -> 
 
 def convert_all(config: TrainerConfig) -> tuple[list[LoadedDataset], list[LoadedDataset]]:
     """Fetch and convert every train and eval dataset (no tokenizer needed)."""
+    inline = len(config.spec.datasets)
     train = [
-        convert_dataset(ds, fetch_dataset(ds, config, f"spec.datasets[{i}]"), config)
+        convert_dataset(ds, fetch_dataset(ds, config, f"spec.datasets[{i}]" if i < inline else
+                                          f"spec.datasetRegistry[{ds.name}]"), config)
         for i, ds in enumerate(dataset_specs(config))
     ]
     evals = [
@@ -177,23 +290,21 @@ def tokenize_all(
     config: TrainerConfig, tokenizer: Any, template: Template,
     converted: tuple[list[LoadedDataset], list[LoadedDataset]],
 ) -> DataBundle:
-    """Tokenize converted datasets, report, fail on empty ones, and split off the eval set."""
+    """Tokenize, report, fail on empty datasets, mix, split off the eval set, then pack (or pair, for KTO)."""
     train_sets, eval_sets = converted
     tokens = Tokens(tokenizer)
-    train = [row for ds in train_sets for row in tokenize_dataset(ds, config, template, tokenizer, tokens)]
-    evaluation = [row for ds in eval_sets for row in tokenize_dataset(ds, config, template, tokenizer, tokens)]
+    train_groups = [tokenize_dataset(ds, config, template, tokenizer, tokens) for ds in train_sets]
+    eval_groups = [tokenize_dataset(ds, config, template, tokenizer, tokens) for ds in eval_sets]
     reports = [ds.report for ds in (*train_sets, *eval_sets) if ds.report is not None]
     for r in reports:
         for line in r.lines():
             log.info(line)
     check_reports(reports)
-    split = config.spec.training.eval_split
-    if split > 0 and not evaluation:
-        order = list(range(len(train)))
-        random.Random(config.spec.training.seed).shuffle(order)
-        held = set(order[: max(1, round(len(train) * split))])
-        evaluation = [train[i] for i in sorted(held)]
-        train = [row for i, row in enumerate(train) if i not in held]
+    t = config.spec.training
+    train = mix(train_groups, t.mix_strategy, t.interleave_probs, t.seed)
+    evaluation = [row for group in eval_groups for row in group]
+    if t.eval_split > 0 and not evaluation:
+        train, evaluation = split_eval(train, t.eval_split, t.seed)
     shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
     opts = processor_options(config)
     train, packing = finish(shape, train, opts, tokens)
@@ -205,4 +316,5 @@ def tokenize_all(
          "valid": ds.report.valid, "dropped": ds.report.dropped, "role": role}
         for role, group in (("train", train_sets), ("eval", eval_sets)) for ds in group if ds.report is not None
     ]
-    return DataBundle(train=train, eval=evaluation, reports=reports, provenance=provenance)
+    return DataBundle(train=train, eval=evaluation, reports=reports, provenance=provenance,
+                      packing=packing.to_dict() if packing is not None else None)

@@ -26,6 +26,7 @@ class DatasetReport:
     warnings: dict[str, ReasonStats] = field(default_factory=dict)
     reasons: dict[str, ReasonStats] = field(default_factory=dict)
     token_lengths: list[int] = field(default_factory=list, repr=False)
+    packing: dict[str, Any] | None = None
 
     def drop(self, row: int, reason: str, detail: str = "") -> None:
         self.dropped += 1
@@ -58,13 +59,34 @@ class DatasetReport:
             "truncated": self.truncated,
             "truncatedPercent": round(100.0 * self.truncated / self.valid, 2) if self.valid else 0.0,
             "tokenLengths": self.percentiles(),
+            "packing": self.packing,
             "reasons": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.reasons.items()},
             "warnings": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.warnings.items()},
         }
 
+    def state(self) -> dict[str, Any]:
+        """Everything, for the tokenized-data cache."""
+        return {**self.to_dict(), "tokenLengthsAll": self.token_lengths}
+
+    @classmethod
+    def from_state(cls, doc: dict[str, Any]) -> DatasetReport:
+        def stats(table: dict[str, Any]) -> dict[str, ReasonStats]:
+            return {k: ReasonStats(v["count"], list(v["rows"]), v.get("example", "")) for k, v in table.items()}
+
+        return cls(name=doc["name"], source=doc.get("source", ""), rows=doc["rows"], valid=doc["valid"],
+                   dropped=doc["dropped"], truncated=doc["truncated"], warnings=stats(doc["warnings"]),
+                   reasons=stats(doc["reasons"]), token_lengths=list(doc["tokenLengthsAll"]), packing=doc.get("packing"))
+
     def lines(self) -> list[str]:
         out = [f"dataset {self.name}: {self.rows} rows read, {self.valid} valid, {self.dropped} dropped"
                + (f", {self.truncated} truncated" if self.truncated else "")]
+        if self.token_lengths:
+            p = self.percentiles()
+            out.append(f"  tokens per row: p50 {p['p50']}, p90 {p['p90']}, p99 {p['p99']}, max {p['max']}"
+                       + (f"; {100.0 * self.truncated / self.valid:.1f}% truncated" if self.valid else ""))
+        if self.packing:
+            out.append(f"  packing: {self.packing['rowsIn']} rows → {self.packing['rowsOut']} rows, "
+                       f"{100 * self.packing['efficiency']:.1f}% of the blocks filled")
         for reason, stats in self.reasons.items():
             rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
             out.append(f"  dropped {stats.count} × {reason} (rows {rows}){': ' + stats.example if stats.example else ''}")

@@ -8,6 +8,7 @@ never a silent skip.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,27 +28,54 @@ def file_type(path: Path) -> str:
     return kind
 
 
-def data_files(path: Path) -> list[Path]:
+def data_files(path: Path, split: str | None = None, subset: str | None = None) -> list[Path]:
+    """The data files of a file or folder. In a folder (a hub snapshot), ``subset`` picks a sub-folder and
+    ``split`` keeps the files whose path names it (``data/train-00000-of-00001.parquet``) when any do."""
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+    if subset and (path / subset).is_dir():
+        path = path / subset
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise DataError(f"{path}: folder holds no data files ({', '.join(SUFFIXES)})")
+    if split:
+        pattern = re.compile(rf"(^|[^a-z]){re.escape(split.lower())}([^a-z]|$)")
+        chosen = [p for p in files if pattern.search(str(p.relative_to(path)).lower())]
+        splits_named = [p for p in files if re.search(r"(^|[^a-z])(train|test|validation|valid|dev)([^a-z]|$)",
+                                                       str(p.relative_to(path)).lower())]
+        if chosen:
+            files = chosen
+        elif splits_named:
+            raise DataError(f"{path}: no files for split {split!r}; found {[str(p.relative_to(path)) for p in files]}")
     kinds = {file_type(p) for p in files}
     if len(kinds) > 1:
         raise DataError(f"{path}: all files of a folder must share one type, found {sorted(kinds)}")
     return files
 
 
+def _bad_bytes(value: Any) -> bool:
+    """Whether a value decoded with ``surrogateescape`` carries bytes that were not UTF-8."""
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, dict):
+        return any(_bad_bytes(k) or _bad_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_bad_bytes(v) for v in value)
+    return False
+
+
 def _read_json(path: Path) -> Iterator[Row]:
-    text = path.read_bytes()
+    raw = path.read_bytes()
     try:
-        data = json.loads(text.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        text, strict = raw.decode("utf-8"), True
+    except UnicodeDecodeError:
+        text, strict = raw.decode("utf-8", errors="surrogateescape"), False
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         # Maybe it is JSON Lines saved as .json, which LLaMA-Factory also accepts.
-        lines = text.decode("utf-8").splitlines()
+        lines = text.splitlines()
         if len(lines) > 1 and lines[0].strip().startswith("{"):
             yield from _read_jsonl(path)
             return
@@ -57,7 +85,12 @@ def _read_json(path: Path) -> Iterator[Row]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
     for item in data:
-        yield item if isinstance(item, dict) else RowError("not an object", f"got {type(item).__name__}")
+        if not isinstance(item, dict):
+            yield RowError("not an object", f"got {type(item).__name__}")
+        elif not strict and _bad_bytes(item):
+            yield RowError("not UTF-8", "the row holds bytes that are not UTF-8 text")
+        else:
+            yield item
 
 
 def _read_jsonl(path: Path) -> Iterator[Row]:
@@ -88,20 +121,47 @@ def _read_txt(path: Path) -> Iterator[Row]:
                 yield {"text": line}
 
 
+def _read_csv(path: Path) -> Iterator[Row]:
+    """CSV cells stay strings (no type guessing: an answer "1" is text); a row with bytes that are not UTF-8
+    or with more cells than the header becomes a RowError."""
+    import csv
+
+    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        for lineno, row in enumerate(csv.DictReader(fh), start=2):
+            if None in row:
+                yield RowError("malformed CSV", f"line {lineno}: more cells than header columns")
+            elif _bad_bytes(row):
+                yield RowError("not UTF-8", f"line {lineno}")
+            else:
+                yield {k: v for k, v in row.items() if v is not None}
+
+
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
-    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    loader = {"csv": "csv", "parquet": "parquet", "arrow": "arrow"}[kind]
-    table = datasets.load_dataset(loader, data_files=str(path), split="train")
-    yield from table
+    try:
+        if kind == "parquet":
+            table = pq.read_table(path)
+        else:
+            try:
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                with pa.memory_map(str(path)) as source:
+                    table = pa.ipc.open_file(source).read_all()
+    except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read as {kind}: {exc}") from None
+    for batch in table.to_batches(max_chunksize=4096):
+        yield from batch.to_pylist()
 
 
-READERS = {"json": _read_json, "jsonl": _read_jsonl, "txt": _read_txt}
+READERS = {"json": _read_json, "jsonl": _read_jsonl, "txt": _read_txt, "csv": _read_csv}
 
 
-def read_rows(path: Path) -> Iterator[Row]:
+def read_rows(path: Path, split: str | None = None, subset: str | None = None) -> Iterator[Row]:
     """Every row of a file or folder, in order; unreadable rows come out as RowError."""
-    for f in data_files(path):
+    for f in data_files(path, split, subset):
         kind = file_type(f)
         reader = READERS.get(kind)
         yield from (reader(f) if reader else _read_table(f, kind))

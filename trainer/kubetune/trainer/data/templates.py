@@ -43,6 +43,10 @@ class Template:
     name = "base"
     default_system = ""
 
+    def fingerprint(self) -> str:
+        """Identifies the rendering, for the tokenized-data cache key."""
+        return self.name
+
     def turns(self, prompt: list[Message], response: Message, system: str, tools: str) -> list[Turn]:
         raise NotImplementedError
 
@@ -65,20 +69,33 @@ class FormatTemplate(Template):
     prefix: str = ""
     default_system: str = ""
     stop: str = ""
+    system_in_user: bool = False
+    """Put the system text inside the first user turn (LLaMA-Factory's Llama2Template: mistral, gemma)."""
+    eos: str = ""
+    """Replaces ``{eos}`` in the formats: the tokenizer's eos token, bound by :func:`get_template`."""
 
-    def _render(self, m: Message) -> str:
+    def _render(self, m: Message, before: str = "") -> str:
         fmt = {USER: self.user, ASSISTANT: self.assistant, OBSERVATION: self.observation,
                FUNCTION: self.function or self.assistant}[m["role"]]
-        return fmt.format(content=m["content"])
+        return fmt.replace("{eos}", self.eos).replace("{content}", before + m["content"])
 
     def turns(self, prompt: list[Message], response: Message, system: str, tools: str) -> list[Turn]:
         messages = [*prompt, response]
         system = _system_with_tools(system or self.default_system, tools)
+        system_text = self.system_fmt.replace("{eos}", self.eos).replace("{content}", system) if system else ""
         out: list[Turn] = []
         for i in range(0, len(messages), 2):
-            head = (self.prefix + (self.system_fmt.format(content=system) if system else "")) if i == 0 else ""
-            out.append((head + self._render(messages[i]), self._render(messages[i + 1])))
+            if i == 0 and self.system_in_user:
+                source = self.prefix + self._render(messages[0], system_text)
+            elif i == 0:
+                source = self.prefix + system_text + self._render(messages[0])
+            else:
+                source = self._render(messages[i])
+            out.append((source, self._render(messages[i + 1])))
         return out
+
+    def fingerprint(self) -> str:
+        return repr(self)
 
 
 class JinjaTemplate(Template):
@@ -90,6 +107,9 @@ class JinjaTemplate(Template):
         if not getattr(tokenizer, "chat_template", None):
             raise ValueError("the tokenizer has no chat template; set spec.model.template (e.g. chatml)")
         self.tokenizer = tokenizer
+
+    def fingerprint(self) -> str:
+        return f"tokenizer:{self.tokenizer.chat_template}"
 
     def _render(self, messages: list[dict[str, str]], generation: bool) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
@@ -127,14 +147,86 @@ def _chatml(name: str = "chatml", default_system: str = "") -> FormatTemplate:
     )
 
 
-TEMPLATES: dict[str, Callable[[], Template]] = {
+def _llama3() -> FormatTemplate:
+    head = "<|start_header_id|>{role}<|end_header_id|>\n\n"
+    answer = head.format(role="assistant")
+    return FormatTemplate(
+        name="llama3",
+        prefix="<|begin_of_text|>",
+        system_fmt=head.format(role="system") + "{content}<|eot_id|>",
+        user=head.format(role="user") + "{content}<|eot_id|>" + answer,
+        assistant="{content}<|eot_id|>",
+        observation=head.format(role="ipython") + "{content}<|eot_id|>" + answer,
+        stop="<|eot_id|>",
+    )
+
+
+def _mistral() -> FormatTemplate:
+    return FormatTemplate(
+        name="mistral", prefix="<s>", system_fmt="{content}\n\n", system_in_user=True,
+        user="[INST] {content}[/INST]", assistant="{content}</s>",
+        observation="[TOOL_RESULTS] {content}[/TOOL_RESULTS]", function="[TOOL_CALLS] {content}</s>", stop="</s>",
+    )
+
+
+def _gemma() -> FormatTemplate:
+    return FormatTemplate(
+        name="gemma", prefix="<bos>", system_fmt="{content}\n\n", system_in_user=True,
+        user="<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+        assistant="{content}<end_of_turn>\n",
+        observation="<start_of_turn>tool\n{content}<end_of_turn>\n<start_of_turn>model\n",
+        stop="<end_of_turn>",
+    )
+
+
+def _phi() -> FormatTemplate:
+    return FormatTemplate(
+        name="phi", system_fmt="<|system|>\n{content}<|end|>\n",
+        user="<|user|>\n{content}<|end|>\n<|assistant|>\n", assistant="{content}<|end|>\n",
+        observation="<|tool|>\n{content}<|end|>\n<|assistant|>\n", stop="<|end|>",
+    )
+
+
+def _deepseek() -> FormatTemplate:
+    return FormatTemplate(
+        name="deepseek", prefix="<｜begin▁of▁sentence｜>", system_fmt="{content}\n\n",
+        user="User: {content}\n\nAssistant:", assistant="{content}<｜end▁of▁sentence｜>",
+        observation="Observation: {content}\n\nAssistant:", stop="<｜end▁of▁sentence｜>",
+    )
+
+
+def _deepseek3() -> FormatTemplate:
+    return FormatTemplate(
+        name="deepseek3", prefix="<｜begin▁of▁sentence｜>", system_fmt="{content}",
+        user="<｜User｜>{content}<｜Assistant｜>", assistant="{content}<｜end▁of▁sentence｜>",
+        observation="<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{content}<｜tool▁output▁end｜>"
+        "<｜tool▁outputs▁end｜>", stop="<｜end▁of▁sentence｜>",
+    )
+
+
+def _default() -> FormatTemplate:
+    return FormatTemplate(
+        name="default", user="Human: {content}{eos}\nAssistant:", assistant="{content}{eos}\n",
+        system_fmt="System: {content}{eos}\n", observation="Observation: {content}{eos}\nAssistant:",
+    )
+
+
+TEMPLATES: dict[str, Callable[[], FormatTemplate]] = {
     "chatml": _chatml,
     "qwen": lambda: _chatml("qwen", "You are a helpful assistant."),
-    "default": lambda: FormatTemplate(
-        name="default", user="Human: {content}\nAssistant:", assistant=" {content}\n", system_fmt="System: {content}\n",
-        observation="Observation: {content}\nAssistant:",
-    ),
+    "llama3": _llama3,
+    "mistral": _mistral,
+    "gemma": _gemma,
+    "phi": _phi,
+    "deepseek": _deepseek,
+    "deepseek3": _deepseek3,
+    "default": _default,
 }
+
+
+def _bind(template: FormatTemplate, tokenizer: Any) -> FormatTemplate:
+    template.eos = getattr(tokenizer, "eos_token", None) or ""
+    return template
 
 
 def get_template(name: str | None, tokenizer: Any) -> Template:
@@ -144,10 +236,10 @@ def get_template(name: str | None, tokenizer: Any) -> Template:
             return JinjaTemplate(tokenizer)
         if name == "tokenizer":
             raise ValueError("the tokenizer has no chat template; set spec.model.template")
-        return TEMPLATES["default"]()
+        return _bind(TEMPLATES["default"](), tokenizer)
     if name not in TEMPLATES:
         raise ValueError(f"unknown template {name!r}; known: tokenizer, {', '.join(sorted(TEMPLATES))}")
-    return TEMPLATES[name]()
+    return _bind(TEMPLATES[name](), tokenizer)
 
 
 _ = SYSTEM  # re-exported for template authors
