@@ -61,6 +61,10 @@ async def test_two_node_job_runs_to_success(kube_api: KubeEmulator, cluster: Clu
     assert st["observedGeneration"] == 1 and st["completionTime"] and st["startTime"]
     await eventually(lambda: ("Normal", "TrainingCompleted") in events(kube_api))
     assert ("Normal", "Training") in events(kube_api)
+    # ttlSecondsAfterFinished: the Job controller deletes the finished Job; nothing is trained again
+    kube_api.delete("batch/v1/jobs", NS, "demo")
+    await __import__("asyncio").sleep(0.6)
+    assert kube_api.get("batch/v1/jobs", NS, "demo") is None and status(kube_api)["phase"] == "Succeeded"
 
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "golden"

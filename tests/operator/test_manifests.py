@@ -168,3 +168,15 @@ def test_spec_hash_ignores_suspend() -> None:
     spec = yaml.safe_load(CASES["pipeline"].read_text())["spec"]
     assert spec_hash(spec) == spec_hash({**spec, "suspend": False})
     assert spec_hash(spec) != spec_hash({**spec, "stage": "sft"})
+
+
+def test_kubetune_render_prints_the_children(capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune.cli import main
+
+    assert main(["render", str(CASES["multinode"]), "--trainer-image", OPTIONS.trainer_image]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert docs == render("multinode")
+    assert main(["render", str(CASES["pipeline"])]) == 1
+    assert "spec.output.uri" in capsys.readouterr().err
+    assert main(["render", str(CASES["pipeline"]), "--default-output-uri", "s3://b/p", "-n", "other"]) == 0
+    assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(capsys.readouterr().out)} == {"other"}

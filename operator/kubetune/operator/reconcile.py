@@ -100,6 +100,13 @@ def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tup
     return None, sources
 
 
+def finished(body: dict[str, Any]) -> bool:
+    """Training ended (Succeeded or Failed after its Job ran): the status is final, even once the Job is
+    deleted by ``ttlSecondsAfterFinished``; a finished FineTuneJob is never trained again."""
+    old = body.get("status") or {}
+    return old.get("phase") in st.TERMINAL and bool(old.get("jobName"))
+
+
 def decide(
     body: dict[str, Any],
     parsed: Parsed,
@@ -114,6 +121,8 @@ def decide(
     at = at or st.now()
     pods = pods or []
     old = dict(body.get("status") or {})
+    if finished(body):
+        return Decision(status=old)
     spec = body.get("spec") or {}
     children: list[dict[str, Any]] = []
     suspend_job: bool | None = None

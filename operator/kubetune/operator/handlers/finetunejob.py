@@ -33,6 +33,8 @@ def plain(value: Any) -> Any:
 
 async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: Any) -> reconcile.Decision:
     """One pass for one FineTuneJob; returns the decision (the caller patches status and posts events)."""
+    if reconcile.finished(body):
+        return reconcile.Decision(status=dict(body.get("status") or {}))
     parsed = reconcile.parse(body, options)
     ns = parsed.namespace
     job = await kube.get_job(ns, parsed.job_name)
