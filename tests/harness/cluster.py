@@ -31,7 +31,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from tests.harness.emulator import KubeEmulator
 
@@ -62,7 +62,7 @@ class ClusterSimulator:
 
     # ------------------------------------------------------------------------------------------ control
 
-    async def __aenter__(self) -> ClusterSimulator:
+    async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._loop())
         return self
 
@@ -148,7 +148,7 @@ class ClusterSimulator:
             return
         deadline = spec.get("activeDeadlineSeconds")
         if deadline and status.get("startTime"):
-            started = dt.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+            started = dt.datetime.fromisoformat(status["startTime"])
             if (dt.datetime.now(dt.UTC) - started).total_seconds() > deadline:
                 fail("DeadlineExceeded", "Job was active longer than specified deadline")
                 return
@@ -278,7 +278,7 @@ class ClusterSimulator:
         argv = [rewrite(a) for a in container["command"] + container.get("args", [])]
         exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or shutil.which(argv[0])
         assert exe, f"{argv[0]} not found next to {sys.executable}"
-        log = open(root / "container.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(root / "container.log", "wb")  # noqa: SIM115, ASYNC230 - closed with the process
         proc = await asyncio.create_subprocess_exec(exe, *argv[1:], env=env, cwd=str(root), stdout=log, stderr=asyncio.subprocess.STDOUT)
         key = f"{meta['namespace']}/{meta['name']}"
         self.processes[key] = proc

@@ -288,7 +288,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 meta[fixed] = old["metadata"][fixed]
         if old["metadata"].get("deletionTimestamp"):
             meta["deletionTimestamp"] = old["metadata"]["deletionTimestamp"]
-        body_of = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}  # noqa: E731
+        body_of = lambda o: {k: v for k, v in o.items() if k not in ("metadata", "status")}
         if body_of(new) != body_of(old):
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
@@ -413,7 +413,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             for path, col in zip(paths, columns[1:], strict=True):
                 value = _jsonpath(obj, path)
                 if col["type"] == "date" and value:
-                    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                    age = dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(value)
                     value = f"{int(age.total_seconds())}s"
                 cells.append(value)
             partial = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]}

@@ -5,7 +5,6 @@ kubetune operator, in this event loop, against the emulator)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable

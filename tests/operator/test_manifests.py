@@ -17,7 +17,15 @@ import yaml
 from kubetune.api import TrainerConfig
 from kubetune.api.conditions import NON_RETRYABLE_EXIT_CODES
 from kubetune.api.validation import load_jobs
-from kubetune.operator.manifests import BuildOptions, MissingOutput, Resolved, build_all, output_uri, spec_hash, to_yaml
+from kubetune.operator.manifests import (
+    BuildOptions,
+    MissingOutput,
+    Resolved,
+    build_all,
+    output_uri,
+    spec_hash,
+    to_yaml,
+)
 from kubetune.operator.manifests.labels import FINETUNEJOB_LABEL
 
 HERE = Path(__file__).parent
@@ -138,7 +146,7 @@ def test_default_output_and_pvc_mounts() -> None:
     assert output_uri(job, OPTIONS) == "pvc://outputs/kubetune/ml/0-dpo-after-sft"
     with pytest.raises(MissingOutput, match="spec.output.uri"):
         output_uri(job, BuildOptions())
-    cm, svc, kjob = render("pipeline")
+    _cm, svc, kjob = render("pipeline")
     assert svc["metadata"]["name"] == "ftj-0-dpo-after-sft", "a Service name must start with a letter"
     pod = kjob["spec"]["template"]["spec"]
     vols = {v["name"]: v for v in pod["volumes"]}
@@ -159,7 +167,7 @@ def test_upstream_adapter_is_resolved_into_the_config() -> None:
 def test_long_names_fit_pod_hostnames() -> None:
     (job,) = load_jobs(CASES["quickstart"])
     long = job.model_copy(update={"metadata": job.metadata.model_copy(update={"name": "a" * 63})})
-    cm, svc, kjob = build_all(long, OPTIONS)
+    cm, _svc, kjob = build_all(long, OPTIONS)
     assert len(kjob["metadata"]["name"]) + len("-1023") <= 63
     assert len(cm["metadata"]["name"]) <= 63
 

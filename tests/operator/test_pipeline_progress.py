@@ -52,12 +52,12 @@ async def test_reward_model_from_a_failed_job_fails(kube_api: KubeEmulator, clus
 async def test_progress_is_pulled_from_rank0(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
     port = free_port()
     registry = CollectorRegistry()
-    labels = dict(job="watched", namespace=NS, stage="sft", method="lora", model="smollm2")
+    labels = {"job": "watched", "namespace": NS, "stage": "sft", "method": "lora", "model": "smollm2"}
     values = {m.GLOBAL_STEP: 5, m.TOTAL_STEPS: 20, m.EPOCH: 0.25, m.TRAIN_LOSS: 1.75, m.LEARNING_RATE: 1e-4,
               m.TOKENS_PER_SECOND: 1234.5, m.ETA_SECONDS: 3725}
     for name, value in values.items():
         Gauge(name, name, list(labels), registry=registry).labels(**labels).set(value)
-    server, thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
         await start_operator(trainer_metrics_port=port)
         kube_api.create(FTJ, ftj("watched", resources={"nodes": 1, "gpusPerNode": 0}))

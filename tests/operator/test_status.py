@@ -66,7 +66,7 @@ def test_transition_time_kept_while_status_unchanged() -> None:
     first = status.conditions(status.Verdict("Running", "Training"), None, 1, "T1")
     again = status.conditions(status.Verdict("Running", "Training", "2 of 2"), first, 1, "T2")
     done = status.conditions(status.Verdict("Succeeded", "TrainingCompleted"), again, 1, "T3")
-    by = lambda cs: {c["type"]: c["lastTransitionTime"] for c in cs}  # noqa: E731
+    by = lambda cs: {c["type"]: c["lastTransitionTime"] for c in cs}
     assert by(again)["Running"] == "T1" and by(done)["Running"] == "T3" and by(done)["Validated"] == "T1"
 
 

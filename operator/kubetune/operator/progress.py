@@ -27,7 +27,7 @@ def parse(text: str) -> dict[str, float]:
 
 
 def format_eta(seconds: float) -> str:
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     if h:
@@ -68,7 +68,6 @@ async def scrape(url: str, timeout: float = 3.0) -> dict[str, Any]:
     """GET the metrics page and turn it into ``status.progress``; raises on network errors."""
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-        async with session.get(url) as resp:
-            resp.raise_for_status()
-            return progress(parse(await resp.text()))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, session.get(url) as resp:
+        resp.raise_for_status()
+        return progress(parse(await resp.text()))

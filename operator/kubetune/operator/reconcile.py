@@ -170,8 +170,9 @@ def decide(
             verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, valid=False,
                                  invalid_reason=Reason.INVALID_SPEC, invalid_message=msg)
         elif created_hash and created_hash != parsed.spec_hash and not terminal:
-            stalled = (Reason.SPEC_CHANGED, "the spec changed after the training Job was created; the running Job "
-                       "keeps the original spec. Delete and re-create the FineTuneJob to train with the new spec")
+            stalled = (Reason.SPEC_CHANGED, ("the spec changed after the training Job was created; the running Job "
+                                             "keeps the original spec. Delete and re-create the FineTuneJob to train "
+                                             "with the new spec"))
             verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, stalled=stalled)
 
     new: dict[str, Any] = {

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass, field
 
 from kubetune.api.metrics import DEFAULT_METRICS_PORT, OPERATOR_METRICS_PORT
-from kubetune.operator.manifests import DEFAULT_GPU_RESOURCE, DEFAULT_IMAGE, BuildOptions  # noqa: F401
+from kubetune.operator.manifests import DEFAULT_GPU_RESOURCE, DEFAULT_IMAGE, BuildOptions
 
 ENV_PREFIX = "KUBETUNE_"
 

@@ -16,7 +16,14 @@ from kubetune.api.v1alpha1 import FineTuneJob, uri_scheme
 from kubetune.operator.manifests import MASTER_PORT, BuildOptions, spec_hash
 from kubetune.operator.manifests.configmap import CACHE_DIR, STATE_DIR
 from kubetune.operator.manifests.labels import QUEUE_LABEL, SPEC_HASH_ANNOTATION, TRAINER, labels, selector
-from kubetune.operator.manifests.names import CONFIG_DIR, CONFIG_PATH, configmap_name, job_name, master_addr, service_name
+from kubetune.operator.manifests.names import (
+    CONFIG_DIR,
+    CONFIG_PATH,
+    configmap_name,
+    job_name,
+    master_addr,
+    service_name,
+)
 
 CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
