@@ -34,6 +34,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="trainer.json written by the operator or `kubetune run`")
     args = parser.parse_args(argv)
     setup(os.environ.get("KUBETUNE_LOG_LEVEL", "INFO"))
+    from kubetune.trainer.distributed import is_worker, launch_plan, relaunch
+
+    plan = launch_plan()
+    if plan.needs_launcher and not is_worker():
+        log.info("launching %d x %d workers (node %d)", plan.nnodes, plan.nproc_per_node, plan.node_rank)
+        return relaunch(plan, ["--config", args.config])
     try:
         config = TrainerConfig.from_file(args.config)
         from kubetune.trainer.callbacks.telemetry import Telemetry

@@ -74,11 +74,18 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         adapter_init = fetch(spec.model.adapter.source, field="spec.model.adapter.source",
                              work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
                              allow=config.runtime.allow_private_urls)
+    reward_model = None
+    if spec.training.reward_model is not None:
+        if spec.training.reward_model.source is None:
+            raise ConfigError("spec.training.rewardModel.fromJob is resolved by the operator; `kubetune run` needs source:")
+        reward_model = fetch(spec.training.reward_model.source, field="spec.training.rewardModel.source",
+                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
+                             allow=config.runtime.allow_private_urls)
 
     phase("training")
     ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
                      artifact_dir=artifact_dir, work_dir=work_dir, callbacks=list(callbacks or []),
-                     adapter_init=adapter_init)
+                     adapter_init=adapter_init, reward_model=reward_model)
     result = get_stage(spec.stage)(ctx)
 
     if not is_main():
