@@ -163,6 +163,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
         )
         self.ftj_schema = jsonschema.Draft4Validator(crd_json_schema())
+        # kopf's peering CRDs (installed by the chart for HA)
+        for plural, kind, namespaced in (("clusterkopfpeerings", "ClusterKopfPeering", False), ("kopfpeerings", "KopfPeering", True)):
+            self.resources[f"kopf.dev/v1/{plural}"] = kmock.ResourceInfo(
+                kind=kind, singular=kind.lower(), namespaced=namespaced,
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
 
     # ---------------------------------------------------------------------------------- direct access (tests)
 

@@ -5,6 +5,7 @@ kubetune operator, in this event loop, against the emulator)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,14 +26,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-async def kube_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeEmulator]:
+@contextlib.asynccontextmanager
+async def emulated_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeEmulator]:
+    """The emulator on a free port of 127.0.0.1, with $KUBECONFIG pointing at it."""
     emulator = KubeEmulator()
     async with emulator, kmock.Server(emulator) as server:
         path = tmp_path / "kubeconfig.yaml"
         path.write_text(yaml.safe_dump(kubeconfig(str(server.url).rstrip("/"))), encoding="utf-8")
         monkeypatch.setenv("KUBECONFIG", str(path))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        yield emulator
+
+
+@pytest.fixture
+async def kube_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[KubeEmulator]:
+    async with emulated_api(tmp_path, monkeypatch) as emulator:
         yield emulator
 
 

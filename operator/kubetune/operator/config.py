@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+import random
 
 import kopf
 
 from kubetune.api.v1alpha1 import GROUP
+from kubetune.operator.settings import OperatorSettings
 
 FINALIZER = f"{GROUP}/finalizer"
 
 
-def configure(settings: kopf.OperatorSettings) -> None:
+def configure(settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
+    # kopf pauses every replica when the highest priority is shared, so each replica draws its own.
+    settings.peering.priority = op.peering_priority if op.peering_priority is not None else random.randint(1, 1_000_000)
     # Our own keys on the object, not kopf's defaults, so several kopf operators never collide.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

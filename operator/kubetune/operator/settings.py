@@ -8,6 +8,8 @@ flag                       env                                 meaning
                                                                namespace is given)
 --standalone               KUBETUNE_STANDALONE=true            single replica: no peering
 --peering NAME             KUBETUNE_PEERING                    kopf peering object for HA (default kubetune)
+--peering-priority N       KUBETUNE_PEERING_PRIORITY           this replica's priority (default: random; the
+                                                               highest live replica acts, the others wait)
 --metrics-port 8080        KUBETUNE_METRICS_PORT               operator Prometheus metrics (0: off)
 --health-port 8081         KUBETUNE_HEALTH_PORT                kopf liveness at http://0.0.0.0:PORT/healthz
 --trainer-image IMAGE      KUBETUNE_TRAINER_IMAGE              default trainer image of the pods
@@ -39,6 +41,8 @@ class OperatorSettings:
     """Run without peering (a single replica)."""
     peering: str = "kubetune"
     """Name of the kopf peering object shared by the replicas."""
+    peering_priority: int | None = None
+    """Priority among replicas; replicas with equal priority would all pause, so the default is random."""
     metrics_port: int = OPERATOR_METRICS_PORT
     health_port: int = 8081
     trainer_image: str = DEFAULT_IMAGE
@@ -77,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="single replica, no peering")
     p.add_argument("--peering", default=_env("peering", d.peering), metavar="NAME",
                    help="kopf peering name for several replicas (only one acts)")
+    prio = _env("peering-priority")
+    p.add_argument("--peering-priority", type=int, default=int(prio) if prio else None, metavar="N",
+                   help="priority of this replica among its peers (default: random)")
     p.add_argument("--metrics-port", type=int, default=int(_env("metrics-port", str(d.metrics_port))),
                    help="port of the operator's /metrics (0 turns it off)")
     p.add_argument("--health-port", type=int, default=int(_env("health-port", str(d.health_port))),
@@ -100,6 +107,7 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         namespaces=list(namespaces),
         standalone=args.standalone,
         peering=args.peering,
+        peering_priority=args.peering_priority,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
         trainer_image=args.trainer_image,

@@ -68,7 +68,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.startup(registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        config.configure(settings)
+        config.configure(settings, op)
         metrics.serve(op.metrics_port)
 
     @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
