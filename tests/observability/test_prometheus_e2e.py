@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -230,10 +231,12 @@ def test_scraped_values_describe_the_run(scraped):
 
 
 def test_live_view_printed_step_loss_tokens_and_eta(scraped):
-    lines = [line for line in scraped.run.stderr.splitlines() if line.startswith("kubetune: step ")]
+    # tqdm.write keeps the lines whole even with the Trainer's progress bar on the same stream
+    lines = re.findall(r"^kubetune: step .*$", scraped.run.stderr, flags=re.MULTILINE)
     assert lines, scraped.run.stderr[-3000:]
     assert lines[-1].startswith(f"kubetune: step {MAX_STEPS}/{MAX_STEPS} 100% | loss ")
-    assert all(" tok/s | ETA " in line for line in lines)
+    assert all(re.fullmatch(r"kubetune: step \d+/\d+ +\d+% \| loss [\d.]+( \| eval [\d.]+)? \| lr [\d.e+-]+ "
+                            r"\| [\d.]+k? tok/s \| ETA \S+", line) for line in lines), lines
 
 
 def test_curves_and_tracker_logs_are_published_in_the_manifest(scraped):

@@ -47,6 +47,7 @@ def write_curves(log_history: list[dict[str, Any]], out_dir: Path, *, title: str
 
     matplotlib.use("Agg", force=True)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     written = []
     for filename, (key, label, ylabel) in CURVES.items():
@@ -62,6 +63,7 @@ def write_curves(log_history: list[dict[str, Any]], out_dir: Path, *, title: str
             ax.plot(steps, smooth(values), color="#1f77b4", linewidth=2, label="smoothed")
             ax.legend(loc="upper right")
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}: {label}" if title else label)
         ax.grid(True, alpha=0.3)

@@ -39,7 +39,7 @@ class LiveView(TrainerCallback):
 
     def __init__(self, stream: TextIO | None = None, progress_file: str | os.PathLike[str] | None = None,
                  min_interval: float = 1.0, throughput: Throughput | None = None) -> None:
-        self.stream = stream or sys.stderr
+        self.stream = stream if stream is not None else sys.stderr
         self.progress_file = Path(progress_file) if progress_file else None
         self.min_interval = min_interval
         self.throughput = throughput or Throughput()
@@ -86,7 +86,12 @@ class LiveView(TrainerCallback):
         line = format_line(step=snap["step"], total=snap["totalSteps"], loss=self.loss, eval_loss=self.eval_loss,
                            lr=self.lr, tokens_per_second=snap["tokensPerSecond"], eta=snap["etaSeconds"])
         self.lines.append(line)
-        print(f"kubetune: {line}", file=self.stream, flush=True)
+        if self.stream is sys.stderr:
+            from tqdm.auto import tqdm  # clears and redraws the Trainer's progress bar around the line
+
+            tqdm.write(f"kubetune: {line}", file=sys.stderr)
+        else:
+            print(f"kubetune: {line}", file=self.stream, flush=True)
         if self.progress_file is not None:
             tmp = self.progress_file.with_name(f".{self.progress_file.name}.tmp")
             tmp.parent.mkdir(parents=True, exist_ok=True)
