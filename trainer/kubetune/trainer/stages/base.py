@@ -100,6 +100,15 @@ def stage_callbacks(ctx: RunContext) -> list[Any]:
     return [*ctx.callbacks, checkpoint]
 
 
+def _strategy_name(trainer: Any) -> str:
+    """What actually ran (recorded in the manifest): single, ddp, fsdp or deepspeed-zeroN."""
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        return f"deepspeed-zero{trainer.accelerator.state.deepspeed_plugin.zero_stage}"
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return "fsdp"
+    return "ddp" if trainer.args.world_size > 1 else "single"
+
+
 def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, save: bool = True) -> StageResult:
     """The common tail of every workflow: resume → train → (preempted?) → evaluate → save → metrics."""
     import math
@@ -113,6 +122,8 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
         raise Preempted(f"stopped by SIGTERM at step {checkpoint.preempted_at}; checkpoint saved for resume")
     metrics: dict[str, Any] = dict(output.metrics)
     metrics["global_step"] = trainer.state.global_step
+    metrics["world_size"] = trainer.args.world_size
+    metrics["distributed"] = _strategy_name(trainer)
     if resume is not None:
         from kubetune.trainer.stages.checkpoints import checkpoint_step
 

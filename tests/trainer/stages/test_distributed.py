@@ -1,0 +1,58 @@
+"""Two worker processes on CPU (gloo) through `kubetune-train`'s own launcher: DDP and DeepSpeed ZeRO-2."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubetune.api.validation import load_jobs
+from kubetune.trainer.local import local_config
+from tests.trainer.stages.helpers import ROOT, losses, manifest, tiny_job
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def trainer_config(job_file: Path, cache_dir: Path) -> Path:
+    (job,) = load_jobs(job_file)
+    path = job_file.with_name("trainer.json")
+    path.write_text(local_config(job, job_file, cache_dir=cache_dir).to_json(), encoding="utf-8")
+    return path
+
+
+def train(config: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
+            "KUBETUNE_TERMINATION_LOG": str(config.with_name("termination-log")),
+            "KUBETUNE_METRICS_LINGER_SECONDS": "0", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.run([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], env=full,
+                          capture_output=True, text=True, timeout=timeout, cwd=config.parent)
+
+
+@pytest.mark.parametrize("distributed", [{"strategy": "ddp"}, {"strategy": "deepspeed", "zeroStage": 2}],
+                         ids=["ddp", "deepspeed-zero2"])
+def test_two_processes_on_cpu(tmp_path, tiny_model_dir, cache_dir, distributed):
+    job = tiny_job(tmp_path, tiny_model_dir, "sft", "sft", name=f"dist-{distributed['strategy']}",
+                   distributed=distributed, training={"maxSteps": 3, "batchSize": 2})
+    proc = train(trainer_config(job, cache_dir), {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    assert "launching 1 x 2 workers" in log
+    out = tmp_path / "out"
+    values = losses(out)
+    data = manifest(out)
+    assert data["metrics"]["global_step"] == 3, data["metrics"]
+    # 2 ranks x batch 2 = 4 rows per step: an epoch of the 30 rows is 8 steps (7.5), not 15 as on one rank
+    assert data["metrics"]["epoch"] == pytest.approx(3 / 7.5, abs=0.05), data["metrics"]
+    assert values[-1] < values[0], values
+    expected = "deepspeed-zero2" if distributed["strategy"] == "deepspeed" else "ddp"
+    assert (data["metrics"]["distributed"], data["metrics"]["world_size"]) == (expected, 2), data["metrics"]
