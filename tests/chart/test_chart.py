@@ -218,8 +218,6 @@ def test_every_kubetune_env_var_is_an_operator_flag(rendered):
     flags = {a.dest.upper() for a in parser._actions}
     env = [e["name"] for e in _container(rendered["full"])["env"] if e["name"].startswith("KUBETUNE_")]
     unknown = [name for name in env if name.removeprefix("KUBETUNE_") not in flags]
-    if unknown == ["KUBETUNE_DEFAULT_CREDENTIALS_SECRET"]:
-        pytest.xfail("the operator has no --default-credentials-secret flag yet (storage.credentialsSecret)")
     assert not unknown
 
 

@@ -188,3 +188,19 @@ def test_kubetune_render_prints_the_children(capsys: pytest.CaptureFixture[str])
     assert "spec.output.uri" in capsys.readouterr().err
     assert main(["render", str(CASES["pipeline"]), "--default-output-uri", "s3://b/p", "-n", "other"]) == 0
     assert {d["metadata"]["namespace"] for d in yaml.safe_load_all(capsys.readouterr().out)} == {"other"}
+
+
+def test_default_storage_secret_applies_only_when_the_job_names_none() -> None:
+    import dataclasses
+
+    from kubetune.operator.manifests.job import credential_secrets
+
+    options = dataclasses.replace(OPTIONS, default_credentials_secret="kubetune-storage")
+    (job,) = load_jobs(CASES["quickstart"])
+    kjob = build_all(job, options)[2]
+    env_from = kjob["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert env_from == [{"secretRef": {"name": "kubetune-storage"}}]
+    named = job.model_copy(update={"spec": job.spec.model_copy(update={
+        "output": job.spec.output.model_copy(update={"credentials_secret": "team-s3"})})})
+    assert credential_secrets(named, options) == ["team-s3"]
+    assert credential_secrets(job) == []

@@ -74,7 +74,7 @@ def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
         parsed.upstream["spec.model.adapter.fromJob"] = job.spec.model.adapter.from_job
     if job.spec.training.reward_model is not None and job.spec.training.reward_model.from_job:
         parsed.upstream["spec.training.rewardModel.fromJob"] = job.spec.training.reward_model.from_job
-    parsed.secrets = credential_secrets(job)
+    parsed.secrets = credential_secrets(job, options)
     return parsed
 
 

@@ -15,6 +15,7 @@ flag                       env                                 meaning
 --trainer-image IMAGE      KUBETUNE_TRAINER_IMAGE              default trainer image of the pods
 --default-output-uri URI   KUBETUNE_DEFAULT_OUTPUT_URI         base for jobs without spec.output.uri
                                                                (<base>/<namespace>/<name>)
+--default-credentials-secret NAME KUBETUNE_DEFAULT_CREDENTIALS_SECRET  storage Secret for jobs naming none
 --gpu-resource NAME        KUBETUNE_GPU_RESOURCE               extended resource of GPUs (nvidia.com/gpu)
 --trainer-metrics-port N   KUBETUNE_TRAINER_METRICS_PORT       port of the trainer's metrics (9400)
 --sync-interval SECONDS    KUBETUNE_SYNC_INTERVAL              status / progress refresh period (10)
@@ -47,6 +48,8 @@ class OperatorSettings:
     health_port: int = 8081
     trainer_image: str = DEFAULT_IMAGE
     default_output_uri: str | None = None
+    default_credentials_secret: str | None = None
+    """Storage Secret (AWS_* keys) for jobs without spec.output.credentialsSecret."""
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     trainer_metrics_port: int = DEFAULT_METRICS_PORT
     sync_interval: float = 10.0
@@ -57,6 +60,7 @@ class OperatorSettings:
             trainer_image=self.trainer_image,
             gpu_resource=self.gpu_resource,
             default_output_uri=self.default_output_uri,
+            default_credentials_secret=self.default_credentials_secret,
             metrics_port=self.trainer_metrics_port,
         )
 
@@ -92,6 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default trainer image (spec.resources.image overrides)")
     p.add_argument("--default-output-uri", default=_env("default-output-uri"), metavar="URI",
                    help="output base for FineTuneJobs without spec.output.uri")
+    p.add_argument("--default-credentials-secret", default=_env("default-credentials-secret"), metavar="NAME",
+                   help="Secret with storage credentials for jobs without spec.output.credentialsSecret")
     p.add_argument("--gpu-resource", default=_env("gpu-resource", d.gpu_resource), metavar="NAME",
                    help="extended resource name of GPUs (spec.resources.gpuResource overrides)")
     p.add_argument("--trainer-metrics-port", type=int,
@@ -112,6 +118,7 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         health_port=args.health_port,
         trainer_image=args.trainer_image,
         default_output_uri=args.default_output_uri,
+        default_credentials_secret=args.default_credentials_secret,
         gpu_resource=args.gpu_resource,
         trainer_metrics_port=args.trainer_metrics_port,
         sync_interval=args.sync_interval,

@@ -26,6 +26,8 @@ class BuildOptions:
     trainer_image: str = DEFAULT_IMAGE
     gpu_resource: str = DEFAULT_GPU_RESOURCE
     default_output_uri: str | None = None
+    default_credentials_secret: str | None = None
+    """Secret with storage credentials (AWS_* keys) for jobs that name none in spec.output.credentialsSecret."""
     metrics_port: int = DEFAULT_METRICS_PORT
     image_pull_policy: str = "IfNotPresent"
     extra_env: dict[str, str] = field(default_factory=dict)

@@ -230,10 +230,12 @@ def with_data_volumes(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptio
     return job
 
 
-def credential_secrets(ftj: FineTuneJob) -> list[str]:
-    """Secrets the pods read, in envFrom order (later ones win on duplicate keys)."""
+def credential_secrets(ftj: FineTuneJob, options: BuildOptions | None = None) -> list[str]:
+    """Secrets the pods read, in envFrom order (later ones win on duplicate keys). A job that names no output
+    Secret gets the operator's default storage Secret (``--default-credentials-secret``), if one is configured."""
     spec = ftj.spec
-    names = [spec.model.credentials_secret, spec.output.credentials_secret, spec.output.hub.credentials_secret if spec.output.hub else None]
+    output_secret = spec.output.credentials_secret or (options.default_credentials_secret if options else None)
+    names = [spec.model.credentials_secret, output_secret, spec.output.hub.credentials_secret if spec.output.hub else None]
     out: list[str] = []
     for n in names:
         if n and n not in out:
@@ -243,7 +245,7 @@ def credential_secrets(ftj: FineTuneJob) -> list[str]:
 
 def with_credentials(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
     """Credentials reach the pod only as references to the named Secrets, never as values."""
-    secrets = credential_secrets(ftj)
+    secrets = credential_secrets(ftj, options)
     if secrets:
         _container(job)["envFrom"] = [{"secretRef": {"name": s}} for s in secrets]
     return job
