@@ -45,7 +45,7 @@ def _int_env(env: dict[str, str], name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
-    if value < 0 or (value == 0 and name != "NODE_RANK"):
+    if value < 0 or (value == 0 and name not in ("NODE_RANK", "JOB_COMPLETION_INDEX")):
         raise ValueError(f"environment variable {name}={raw!r} must be positive")
     return value
 
