@@ -16,7 +16,9 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
-_PACKAGES = ("kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "bitsandbytes")
+_PACKAGES = ("kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "bitsandbytes",
+             "safetensors", "tokenizers", "huggingface_hub", "boto3")
+CHECKPOINTS = "checkpoints"  # periodic checkpoints may live beside an artifact; they are not part of it
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -92,6 +94,6 @@ def verify_dir(root: Path) -> list[str]:
         elif sha256_file(f) != entry["sha256"]:
             problems.append(f"{rel}: sha256 mismatch")
     for extra in file_entries(root):
-        if extra["path"] not in listed:
+        if extra["path"] not in listed and not extra["path"].startswith(CHECKPOINTS + "/"):
             problems.append(f"{extra['path']}: not in the manifest")
     return problems

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.trainer.artifacts.manifest import CHECKPOINTS
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import s3
@@ -44,12 +45,12 @@ from kubetune.trainer.storage.uris import Uri, file_path, join
 
 log = get_logger(__name__)
 
-FOLDER = "checkpoints"
+FOLDER = CHECKPOINTS
 COMPLETE = "COMPLETE"
 FIELD = "spec.output.uri"
 _STEP = re.compile(r"^step-(\d+)$")
 # Checkpoint uploads share the CPU with training: fewer threads than artifact uploads.
-UPLOAD = s3.TransferConfig(part_size=16 * s3.MiB, threshold=16 * s3.MiB, concurrency=4)
+UPLOAD = s3.TransferConfig(concurrency=4)
 
 
 @dataclass(frozen=True)

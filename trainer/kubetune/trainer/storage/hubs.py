@@ -15,6 +15,7 @@ without network fails at once with a message naming the field, not after minutes
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -109,11 +110,7 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
                               endpoint=endpoint, allow_patterns=[f"{folder.strip('/')}/*"] if folder else None)
         except Exception as exc:  # noqa: BLE001
             raise _hf_problem(field, repo, revision, exc) from None
-        for junk in (tmp / ".cache",):
-            if junk.exists():
-                import shutil
-
-                shutil.rmtree(junk)
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
         (tmp / REVISION).write_text(commit + "\n", encoding="utf-8")
 
     path = cached(target, download, marker=f"{uri}@{commit}")

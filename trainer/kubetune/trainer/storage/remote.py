@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kubetune.trainer.artifacts.manifest import MANIFEST
+from kubetune.trainer.artifacts.manifest import CHECKPOINTS, MANIFEST
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import fetch as _fetch
@@ -42,7 +42,6 @@ from kubetune.trainer.storage.uris import Uri
 log = get_logger(__name__)
 
 CONFIGMAP_ROOT = "/etc/kubetune/configmaps"
-CHECKPOINTS = "checkpoints"  # folder of periodic checkpoints inside an output prefix (not part of the artifact)
 
 
 def s3_client(*, field: str, allow: Iterable[str] = ()) -> Any:

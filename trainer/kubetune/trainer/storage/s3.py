@@ -54,9 +54,16 @@ class RetryPolicy:
 
 @dataclass
 class TransferConfig:
-    part_size: int = 16 * MiB
-    threshold: int = 16 * MiB
+    part_size: int = 8 * MiB  # the smallest part; big files get bigger ones (see part_size_for)
+    threshold: int = 8 * MiB
     concurrency: int = 10
+    max_part_size: int = 32 * MiB  # bounds memory: at most concurrency × this in flight
+
+    def part_size_for(self, size: int) -> int:
+        """Enough parts to keep every thread busy, parts no smaller than ``part_size``, at most 10,000 parts."""
+        wanted = -(-size // self.concurrency)
+        part = max(self.part_size, min(self.max_part_size, -(-wanted // MiB) * MiB))
+        return max(part, -(-size // 10_000))
 
 
 RETRY = RetryPolicy()
@@ -113,6 +120,9 @@ def client(max_pool: int | None = None) -> Any:
         max_pool_connections=max(max_pool or 0, TRANSFER.concurrency + 2),
         request_checksum_calculation="when_required",  # we send Content-MD5 ourselves
         response_checksum_validation="when_required",
+        # Every body carries Content-MD5, so a SHA-256 of the payload in the signature adds CPU and no safety
+        # (botocore already skips it over https; this also skips it over plain-http MinIO endpoints).
+        s3={"payload_signing_enabled": False},
     )
     return boto3.session.Session().client("s3", config=config)
 
@@ -207,8 +217,9 @@ def upload_files(cli: Any, bucket: str, files: Iterable[tuple[Path, str]], confi
                                what=f"start multipart upload of s3://{bucket}/{key}")
                 mp = _Multipart(path, key, created["UploadId"], [])
                 multiparts.append(mp)
-                for number, offset in enumerate(range(0, size, config.part_size), start=1):
-                    length = min(config.part_size, size - offset)
+                part_size = config.part_size_for(size)
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    length = min(part_size, size - offset)
                     mp.parts.append(pool.submit(_put_part, cli, path, bucket, key, mp.upload_id, number, offset, length))
             for fut in singles:
                 fut.result()
