@@ -301,3 +301,48 @@ def test_missing_tracker_package_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"spec.training.reportTo: wandb .* pip install wandb"):
         check_installed(config(tmp_path, reportTo=["wandb"]))
+
+
+# ------------------------------------------------------------------------------------------ the pod entry point
+
+
+@pytest.mark.slow
+def test_pod_entry_point_exports_the_failed_phase_before_exiting(tmp_path):
+    """`kubetune-train` with a bad dataset: exit code 3/4, and /metrics shows phase failed while it lingers."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = config(tmp_path).model_copy(update={"runtime": config(tmp_path).runtime.model_copy(
+        update={"metrics_port": port, "work_dir": str(tmp_path)})})
+    (tmp_path / "trainer.json").write_text(cfg.to_json())
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "KUBETUNE_METRICS_LINGER_SECONDS": "5", "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term"),
+           "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "trainer")])}
+    proc = subprocess.Popen([sys.executable, "-m", "kubetune.trainer", "--config", str(tmp_path / "trainer.json")],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    failed = None
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and failed is None:
+            try:
+                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+                if 'phase="failed",stage="sft"} 1.0' in body:
+                    failed = body
+            except OSError:
+                if proc.poll() is not None:
+                    break
+            time.sleep(0.3)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert failed is not None, stderr[-3000:]
+    assert proc.returncode in (3, 4), stderr[-3000:]  # bad config / bad data: not retried by the Job
+    assert 'phase="training"' in failed and 'phase="training",stage="sft"} 0.0' in failed
+    assert "d.json" in (tmp_path / "term").read_text()  # the reason, for the FineTuneJob's status

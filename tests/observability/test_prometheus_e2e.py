@@ -29,7 +29,7 @@ import pytest
 
 from kubetune.api import metrics as names
 from tests.conftest import write_job
-from tests.observability.tools import ROOT, dashboard, panel_queries, prometheus, substitute
+from tests.observability.tools import ROOT, dashboard, panel_queries, prometheus, promtool, substitute
 
 pytestmark = pytest.mark.slow
 
@@ -123,7 +123,7 @@ scrape_configs:
     honor_labels: true
     static_configs: [{{targets: ["127.0.0.1:{operator_port}"]}}]
 """)
-    check = subprocess.run([prometheus().replace("prometheus", "promtool"), "check", "config",
+    check = subprocess.run([promtool(), "check", "config",
                             str(work / "prometheus.yml")], capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
 
