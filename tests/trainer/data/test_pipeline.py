@@ -198,3 +198,32 @@ def test_cli_data_check_json(registry: Path, tmp_path: Path, smollm_gguf: Path, 
     bad[bad.index("sft")] = "dpo"
     assert main(bad) == 4  # EXIT_DATA_ERROR, before any tokenizer loads
     assert "dataset 'alpaca_local': ranking: stage dpo needs pairwise data" in capsys.readouterr().err
+
+
+def test_eval_split_and_eval_datasets(registry: Path, tmp_path: Path, tokenizer: Any) -> None:
+    template = get_template("chatml", tokenizer)
+    cfg = config(tmp_path, f"file://{registry}/dataset_info.json", ["alpaca_local", "openai_http"], evalSplit=0.25)
+    data = tokenize_all(cfg, tokenizer, template, convert_all(cfg))
+    assert (len(data.train), len(data.eval)) == (3, 1)
+    cfg.spec.training.eval_split = 0.0
+    from kubetune.api.v1alpha1 import DatasetSpec
+
+    cfg.spec.eval_datasets = [DatasetSpec.model_validate({"name": "held", "source": f"file://{registry}/images.json",
+                                                          "columns": {"images": "images"}})]
+    data = tokenize_all(cfg, tokenizer, template, convert_all(cfg))
+    assert (len(data.train), len(data.eval)) == (4, 1)
+    assert [p["role"] for p in data.provenance] == ["train", "train", "eval"]
+
+
+def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.trainer.errors import ConfigError
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    spec = FineTuneJobSpec.model_validate({"model": {"source": "file:///unused"},
+                                           "datasets": [{"name": "hub", "source": "hf://org/some-dataset"}]})
+    cfg = TrainerConfig(spec=spec, runtime=RuntimeSpec(job_name="t", output_uri="file:///dev/null",
+                                                       cache_dir=str(tmp_path), scratch_dir=str(tmp_path),
+                                                       allow_private_urls=["127.0.0.1"]))
+    with pytest.raises(ConfigError, match="spec.datasets\\[0\\].source: the Hugging Face Hub at http://127.0.0.1:9 is "
+                                          "unreachable"):
+        convert_all(cfg)

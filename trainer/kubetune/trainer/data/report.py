@@ -46,7 +46,7 @@ class DatasetReport:
         if not self.token_lengths:
             return {}
         ordered = sorted(self.token_lengths)
-        pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]  # noqa: E731
+        pick = lambda q: ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1) + 0.5))]
         return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1]}
 
     def to_dict(self) -> dict[str, Any]:

@@ -51,24 +51,29 @@ class Tokens:
         self.cache_limit = cache_limit
         self.eos_id: int | None = tokenizer.eos_token_id
         self.bos_id: int | None = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+        # A fast tokenizer's Rust backend, called directly: what ``tokenizer(texts, add_special_tokens=False)``
+        # does underneath, without building offsets, masks and BatchEncoding objects.
+        backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+        self._batch = getattr(backend, "encode_batch_fast", None) or getattr(backend, "encode_batch", None)
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
+        if self._batch is not None:
+            return [enc.ids for enc in self._batch(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
 
-    def prime(self, texts: Iterable[str]) -> None:
-        """Tokenize ``texts`` in one batch and remember them."""
-        if len(self.cache) > self.cache_limit:
-            self.cache.clear()
-        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
+    def _add(self, texts: Iterable[str]) -> None:
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if todo:
             self.cache.update(zip(todo, self._encode(todo)))
 
+    def prime(self, texts: Iterable[str]) -> None:
+        """Tokenize ``texts`` in one batch and remember them (the loader calls this between chunks of rows)."""
+        if len(self.cache) > self.cache_limit:
+            self.cache.clear()
+        self._add(texts)
+
     def __call__(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        missing = [t for t in texts if t not in self.cache]
-        if missing:
-            self.prime(missing)
+        self._add(texts)
         return [self.cache[t] for t in texts]
 
     def one(self, text: str) -> list[int]:
