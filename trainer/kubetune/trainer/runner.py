@@ -24,6 +24,7 @@ from kubetune.trainer.logging import get_logger, is_main
 from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
+from kubetune.trainer.storage.checkpoints import checkpoint_callback
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
 
@@ -83,8 +84,11 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
                              allow=config.runtime.allow_private_urls)
 
     phase("training")
+    uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
     ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
-                     artifact_dir=artifact_dir, work_dir=work_dir, callbacks=list(callbacks or []),
+                     artifact_dir=artifact_dir, work_dir=work_dir,
+                     callbacks=[*(callbacks or []), *([uploader] if uploader else [])],
+                     checkpoint_hooks=[uploader] if uploader else [],
                      adapter_init=adapter_init, reward_model=reward_model)
     result = get_stage(spec.stage)(ctx)
 
