@@ -4,7 +4,8 @@ background upload from the Trainer's folder, download for resume."""
 from __future__ import annotations
 
 import os
-import time
+import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,8 +33,6 @@ def test_upload_list_latest_download(scheme: str, s3_bucket: str, tmp_path: Path
     if scheme == "s3":
         s3.upload_dir(s3.client(), partial, s3_bucket, "job/checkpoints/step-6/")
     else:
-        import shutil
-
         shutil.copytree(partial, tmp_path / "out" / "checkpoints" / "step-6")
     found = ck.list_checkpoints(out, allow=LOCAL)
     assert [(c.step, c.complete) for c in found] == [(2, True), (4, True), (6, False)]
@@ -53,21 +52,30 @@ def test_no_checkpoints_yet(s3_bucket: str) -> None:
     assert ck.latest_complete_checkpoint(f"s3://{s3_bucket}/fresh", allow=LOCAL) is None
 
 
-def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path,
-                                                               proxy) -> None:  # noqa: ANN001
+def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path, proxy,
+                                                               monkeypatch) -> None:  # noqa: ANN001
     out = f"s3://{s3_bucket}/bg"
     uploader = ck.CheckpointUploader(out, keep=2, allow=LOCAL)
     args = SimpleNamespace(output_dir=str(tmp_path))
     control = SimpleNamespace()
     proxy.inject("503", "drop", method="PUT")  # retried in the background
+    gate = threading.Event()
+    real_upload = ck.upload_checkpoint
+
+    def gated(*a, **kw):  # noqa: ANN002, ANN003, ANN202 - holds every upload until the test opens the gate
+        assert gate.wait(30)
+        return real_upload(*a, **kw)
+
+    monkeypatch.setattr(ck, "upload_checkpoint", gated)
     for step in (1, 2, 3):
         folder = make_checkpoint(tmp_path, step, size=200_000)
-        started = time.perf_counter()
+        gate.clear()
         uploader.on_save(args, SimpleNamespace(global_step=step, is_world_process_zero=True), control)
-        assert time.perf_counter() - started < 0.5  # the training loop only pays for hard links
-        import shutil
-
+        # on_save returned while the upload is still held: the training loop does not wait for the network
+        assert ck.latest_complete_checkpoint(out, allow=LOCAL) in (None, ck.Checkpoint(step - 1, ck.checkpoint_uri(
+            out, step - 1), True))
         shutil.rmtree(folder)  # the Trainer rotates checkpoints away: the staged snapshot must survive it
+        gate.set()
         uploader.wait()
     uploader.on_train_end(args, SimpleNamespace(), control)
     assert uploader.errors == []
