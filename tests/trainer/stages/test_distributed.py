@@ -1,4 +1,5 @@
-"""Two worker processes on CPU (gloo) through `kubetune-train`'s own launcher: DDP and DeepSpeed ZeRO-2."""
+"""Two worker processes on CPU (gloo) through `kubetune-train`'s own launcher: DDP, DeepSpeed ZeRO-2 and ZeRO-3
+with CPU offload. The adapter saved from the sharded run must load back with peft."""
 
 from __future__ import annotations
 
@@ -38,8 +39,11 @@ def train(config: Path, env: dict[str, str], timeout: float = 600) -> subprocess
                           capture_output=True, text=True, timeout=timeout, cwd=config.parent)
 
 
-@pytest.mark.parametrize("distributed", [{"strategy": "ddp"}, {"strategy": "deepspeed", "zeroStage": 2}],
-                         ids=["ddp", "deepspeed-zero2"])
+@pytest.mark.parametrize("distributed", [
+    {"strategy": "ddp"},
+    {"strategy": "deepspeed", "zeroStage": 2},
+    {"strategy": "deepspeed", "zeroStage": 3, "offload": True},
+], ids=["ddp", "deepspeed-zero2", "deepspeed-zero3-offload"])
 def test_two_processes_on_cpu(tmp_path, tiny_model_dir, cache_dir, distributed):
     job = tiny_job(tmp_path, tiny_model_dir, "sft", "sft", name=f"dist-{distributed['strategy']}",
                    distributed=distributed, training={"maxSteps": 3, "batchSize": 2})
@@ -54,5 +58,11 @@ def test_two_processes_on_cpu(tmp_path, tiny_model_dir, cache_dir, distributed):
     # 2 ranks x batch 2 = 4 rows per step: an epoch of the 30 rows is 8 steps (7.5), not 15 as on one rank
     assert data["metrics"]["epoch"] == pytest.approx(3 / 7.5, abs=0.05), data["metrics"]
     assert values[-1] < values[0], values
-    expected = "deepspeed-zero2" if distributed["strategy"] == "deepspeed" else "ddp"
+    expected = f"deepspeed-zero{distributed['zeroStage']}" if distributed["strategy"] == "deepspeed" else "ddp"
     assert (data["metrics"]["distributed"], data["metrics"]["world_size"]) == (expected, 2), data["metrics"]
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # trained weights, not an empty ZeRO-3 shard

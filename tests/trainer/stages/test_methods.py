@@ -74,8 +74,8 @@ def test_loraplus_gives_b_matrices_a_higher_learning_rate(tiny_model_dir):
     assert rates == {0.001, 0.016}
 
 
-@pytest.mark.parametrize("quantization", [{"bits": 4, "type": "nf4", "doubleQuant": True}, {"bits": 4, "type": "fp4"}],
-                         ids=["nf4-double", "fp4"])
+@pytest.mark.parametrize("quantization", [{"bits": 4, "type": "nf4", "doubleQuant": True}, {"bits": 4, "type": "fp4"},
+                                          {"bits": 8}], ids=["nf4-double", "fp4", "int8"])
 def test_qlora_on_cpu_with_merged_export(tmp_path, tiny_model_dir, cache_dir, quantization):
     job = tiny_job(tmp_path, tiny_model_dir, "sft", "sft", model={"source": f"file://{tiny_model_dir}",
                                                                    "quantization": quantization},
@@ -93,3 +93,21 @@ def test_qlora_on_cpu_with_merged_export(tmp_path, tiny_model_dir, cache_dir, qu
     base = _weights(tiny_model_dir)
     key = "model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[key], base[key])  # the adapter is folded in
+
+
+@pytest.mark.parametrize("bits, layer", [(4, "Linear4bit"), (8, "Linear8bitLt")])
+def test_qlora_base_is_really_quantized(tmp_path, tiny_model_dir, bits, layer):
+    from kubetune.api.trainer_config import TrainerConfig
+    from kubetune.trainer.models.adapters import apply_method
+    from kubetune.trainer.models.loader import ModelRef, load_model
+
+    config = TrainerConfig.model_validate({
+        "spec": {"model": {"source": f"file://{tiny_model_dir}", "quantization": {"bits": bits}},
+                 "datasets": [{"name": "d", "source": "file:///d.json"}], "method": {"type": "qlora"}},
+        "runtime": {"jobName": "q", "outputUri": "file:///o", "cacheDir": str(tmp_path), "scratchDir": str(tmp_path)},
+    })
+    model = apply_method(load_model(ModelRef(path=tiny_model_dir, source="file://m"), config), config.spec)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert layer in kinds, sorted(kinds)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)

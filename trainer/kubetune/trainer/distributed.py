@@ -168,6 +168,11 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
             init_deepspeed_on_cpu()
         args["deepspeed"] = deepspeed_config(spec.distributed)
     elif chosen == "fsdp":
+        if cpu:
+            from kubetune.trainer.logging import get_logger
+
+            get_logger(__name__).warning("spec.distributed.strategy fsdp: accelerate shards only on GPUs; "
+                                         "these CPU workers run plain DDP (use deepspeed to shard on CPU)")
         args.update(fsdp_args(spec.distributed))
     return args
 
