@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -73,7 +73,7 @@ def machine_info(extra_packages: Iterable[str] = (), note: str | None = None) ->
         "packages": package_versions(["kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
                                       *extra_packages]),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if note:
         info["note"] = note

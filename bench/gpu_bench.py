@@ -212,10 +212,7 @@ def run_case(case: Case, *, device: str, dtype_name: str, attn: str, peak: float
     }
     if device.startswith("cuda"):
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    del model, optim, batch
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    return result
+    return result  # the model and optimizer go with this frame; main() empties the CUDA cache
 
 
 def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: float) -> dict[str, Any]:
@@ -228,8 +225,8 @@ def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: 
     if not Path(cli).exists():
         return {"skipped": "llamafactory-cli not found"}
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     work = Path(tempfile.mkdtemp(prefix="lf-gpu-"))
     try:
@@ -267,7 +264,7 @@ def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: 
         env = dict(os.environ, DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1", WANDB_DISABLED="true")
         t0 = time.perf_counter()
         proc = subprocess.run([cli, "train", str(work / "lf.yaml")], env=env, capture_output=True, text=True,
-                              timeout=max(30.0, budget_s))
+                              timeout=max(30.0, budget_s), check=False)
         wall = time.perf_counter() - t0
         results = work / "out" / "train_results.json"
         if proc.returncode != 0 or not results.exists():
@@ -343,8 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         attn = "sdpa"
     peak, source = peak_for(name, p.peak_tflops)
     p.out.mkdir(parents=True, exist_ok=True)
-    import transformers
     import peft
+    import transformers
 
     result: dict[str, Any] = {
         "benchmark": "gpu", "smoke": p.smoke, "peak_tflops": peak, "peak_source": source, "budget_s": p.budget_s,
@@ -367,11 +364,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu_bench: {case}", file=sys.stderr, flush=True)
         try:
             row = run_case(case, device=device, dtype_name=dtype, attn=attn, peak=peak, rank=p.rank)
-        except Exception as exc:  # OOM or a kernel error: record it and go on with the other cases
+        except Exception as exc:  # noqa: BLE001 - OOM or a kernel error: record it, go on with the other cases
             row = {"shape": case.shape, "method": case.method, "packed": case.packed,
                    "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             if device == "cuda":
                 torch.cuda.empty_cache()
+        if device == "cuda":
+            torch.cuda.empty_cache()
         result["cases"].append(row)
         print(f"gpu_bench: {json.dumps(row)}", file=sys.stderr, flush=True)
         save()

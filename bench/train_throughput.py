@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchlib  # noqa: E402
+import benchlib
 
 GGUF = benchlib.REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = Path(os.environ.get("KUBETUNE_CACHE_DIR", benchlib.REPO_ROOT / ".cache" / "kubetune"))
@@ -42,16 +42,7 @@ SYSTEM = "You are a helpful assistant."
 TOOLS = ("kubetune", "llamafactory")
 SETTINGS = ("identical", "defaults")
 
-WORDS = (
-    "cluster node pod job model adapter token batch epoch gradient learning rate schedule data set row column "
-    "value field label prompt answer question system user assistant train evaluate metric loss accuracy memory "
-    "storage bucket object upload download cache folder file path version release image container operator "
-    "resource request limit status condition event watch update create delete patch apply reconcile queue "
-    "the a an of to in on for with from by and or but not is are was were be been has have had will would can "
-    "could should may might must this that these those it its they them their we our you your he she his her "
-    "quick brown fox jumps over lazy dog river mountain city garden window kitchen music story paper letter "
-    "number small large short long early late fast slow bright dark warm cold simple careful useful clear"
-).split()
+WORDS = ["cluster", "node", "pod", "job", "model", "adapter", "token", "batch", "epoch", "gradient", "learning", "rate", "schedule", "data", "set", "row", "column", "value", "field", "label", "prompt", "answer", "question", "system", "user", "assistant", "train", "evaluate", "metric", "loss", "accuracy", "memory", "storage", "bucket", "object", "upload", "download", "cache", "folder", "file", "path", "version", "release", "image", "container", "operator", "resource", "request", "limit", "status", "condition", "event", "watch", "update", "create", "delete", "patch", "apply", "reconcile", "queue", "the", "a", "an", "of", "to", "in", "on", "for", "with", "from", "by", "and", "or", "but", "not", "is", "are", "was", "were", "be", "been", "has", "have", "had", "will", "would", "can", "could", "should", "may", "might", "must", "this", "that", "these", "those", "it", "its", "they", "them", "their", "we", "our", "you", "your", "he", "she", "his", "her", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "river", "mountain", "city", "garden", "window", "kitchen", "music", "story", "paper", "letter", "number", "small", "large", "short", "long", "early", "late", "fast", "slow", "bright", "dark", "warm", "cold", "simple", "careful", "useful", "clear"]
 INSTRUCTIONS = (
     "Explain how {a} relates to {b}.", "Summarize the following notes about {a}.", "Write a short story about {a}.",
     "List the steps to configure {a} for {b}.", "Translate this description of {a} into plain words.",
@@ -284,7 +275,7 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
         })
     lf_versions = subprocess.run([lf_python, "-c", "import importlib.metadata as m, json; print(json.dumps("
                                   "{p: m.version(p) for p in ['llamafactory','torch','transformers','peft','trl',"
-                                  "'accelerate','datasets']}))"], capture_output=True, text=True).stdout.strip()
+                                  "'accelerate','datasets']}))"], capture_output=True, text=True, check=False).stdout.strip()
     return {
         "benchmark": "train_throughput",
         "machine": benchlib.machine_info(note=p.note),

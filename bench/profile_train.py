@@ -1,0 +1,239 @@
+"""Where kubetune's training time goes on CPU (SmolLM2-135M, LoRA).
+
+    .venv/bin/python bench/profile_train.py       # ~10 min on 2 shared cores; writes bench/results/profile.{json,md}
+                                                  # and bench/results/profile-kubetune.txt (pyinstrument call tree)
+
+Two parts:
+
+1. **pyinstrument** over a whole `kubetune run` of a small job (in-process ``runner.run``), with the
+   wall time of each runner phase (data, model, training, saving).
+2. **The loss path, isolated.** kubetune's SFT stage trains with TRL's ``SFTTrainer``, which scores
+   tokens through TRL's fused, chunked LM head (log-probs, entropy and top-1 for its metrics);
+   LLaMA-Factory's trainer uses the model's own cross-entropy. The same LoRA model and padded batch
+   take forward+backward+optimizer steps both ways, each in a fresh process (so peak RSS is its own),
+   alternating A B A B; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import benchlib
+
+GGUF = benchlib.REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = Path(os.environ.get("KUBETUNE_CACHE_DIR", benchlib.REPO_ROOT / ".cache" / "kubetune"))
+WORK = benchlib.WORK_DIR / "profile"
+VARIANTS = {"trl_fused_head": "TRL SFTTrainer loss path (fused chunked LM head + entropy/top-1)",
+            "model_loss": "model's own cross-entropy (transformers Trainer / LLaMA-Factory)"}
+
+
+# ------------------------------------------------------------------------------------------- part 2: one step
+
+
+def make_batch(rows: int, seed: int, vocab: int, cutoff: int) -> dict[str, Any]:
+    """A padded batch shaped like the benchmark's alpaca rows: varied lengths, prompt masked."""
+    import torch
+
+    rng = random.Random(seed)
+    lengths = [rng.randint(cutoff // 4, cutoff) for _ in range(rows)]
+    longest = -(-max(lengths) // 8) * 8
+    ids = torch.full((rows, longest), 2, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    g = torch.Generator().manual_seed(seed)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = torch.randint(3, vocab, (n,), generator=g)
+        mask[r, :n] = 1
+        labels[r, n // 3:n] = ids[r, n // 3:n]
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels, "tokens": sum(lengths)}
+
+
+def one_variant(variant: str, model_dir: str, steps: int, rows: int, cutoff: int) -> dict[str, Any]:
+    """Runs in a child process: load, wrap with LoRA, time ``steps`` optimizer steps after one warm-up."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if variant == "trl_fused_head":
+        from trl.trainer.utils import add_fused_lm_head
+
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", task_type="CAUSAL_LM"))
+    model.train()
+    optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    batch = make_batch(rows, 0, model.config.vocab_size, cutoff)
+    tokens = batch.pop("tokens")
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def step() -> float:
+        if variant == "trl_fused_head":
+            out = model(**batch, fused_lm_head=True, use_cache=False)
+            loss = -out.log_probs.sum() / out.label_mask.sum()
+            # the metrics TRL computes on every step
+            _ = (out.entropy.detach().sum() / out.label_mask.sum()).item(), out.is_top1.sum().item()
+        else:
+            loss = model(**batch, use_cache=False).loss
+        loss.backward()
+        optim.step()
+        optim.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    first_loss = step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return {"variant": variant, "step_times_s": [round(t, 3) for t in times],
+            "median_step_s": round(sorted(times)[len(times) // 2], 3), "first_loss": round(first_loss, 4),
+            "tokens_per_step": tokens, "rss_after_load_mib": round(rss_before, 1),
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def loss_path(model_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
+    runs = []
+    for rep, variant in benchlib.alternate(list(VARIANTS), p.reps):
+        print(f"loss path: rep {rep + 1}/{p.reps} {variant} ...", file=sys.stderr, flush=True)
+        out = WORK / f"step-{variant}-{rep}.json"
+        m = benchlib.run_measured(
+            [sys.executable, __file__, "--variant", variant, "--model-dir", str(model_dir), "--steps", str(p.steps),
+             "--rows", str(p.rows), "--cutoff", str(p.cutoff), "--variant-out", str(out)],
+            env=dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false"),
+            log_file=WORK / f"step-{variant}-{rep}.log")
+        row = json.loads(out.read_text()) if m.returncode == 0 and out.exists() else {
+            "variant": variant, "error": m.output_tail[-1000:]}
+        row["rep"] = rep
+        print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
+        runs.append(row)
+    summary = {}
+    for variant in VARIANTS:
+        good = [r for r in runs if r["variant"] == variant and "median_step_s" in r]
+        summary[variant] = {
+            "what": VARIANTS[variant],
+            "median_step_s": benchlib.median(r["median_step_s"] for r in good),
+            "peak_rss_mib": benchlib.median(r["peak_rss_mib"] for r in good),
+            "first_loss": good[0]["first_loss"] if good else None, "ok_runs": len(good),
+        }
+    summary["slowdown_trl_vs_model_loss"] = benchlib.ratio(summary["trl_fused_head"]["median_step_s"],
+                                                           summary["model_loss"]["median_step_s"])
+    return {"runs": runs, "summary": summary}
+
+
+# ------------------------------------------------------------------------------------------- part 1: whole run
+
+
+def whole_run(model_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
+    from pyinstrument import Profiler
+    from train_throughput import make_rows, write_inputs
+
+    from kubetune.api.v1alpha1 import FineTuneJob
+    from kubetune.trainer.local import local_config
+    from kubetune.trainer.runner import run
+
+    data_dir = write_inputs(make_rows(p.profile_rows, 1234), WORK)
+    job = {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "profile"},
+        "spec": {"stage": "sft", "model": {"source": f"file://{model_dir}"},
+                 "datasets": [{"name": "bench", "source": f"file://{data_dir / 'alpaca.json'}",
+                               "columns": {"system": "system"}}],
+                 "method": {"type": "lora", "lora": {"rank": 16, "target": ["all"]}},
+                 "training": {"epochs": 1, "batchSize": 4, "cutoffLen": p.cutoff, "scheduler": "constant"},
+                 "output": {"uri": f"file://{WORK / 'out'}"}},
+    }
+    job_file = WORK / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    config = local_config(FineTuneJob.model_validate(job), job_file, cache_dir=CACHE)
+    phases: list[tuple[str, float]] = []
+    profiler = Profiler(interval=0.01)
+    t0 = time.perf_counter()
+    profiler.start()
+    result = run(config, on_phase=lambda name: phases.append((name, time.perf_counter())))
+    profiler.stop()
+    total = time.perf_counter() - t0
+    (benchlib.RESULTS_DIR / "profile-kubetune.txt").write_text(
+        profiler.output_text(unicode=False, color=False, show_all=False, short_mode=False), encoding="utf-8")
+    durations: dict[str, float] = {}
+    marks = [("start", t0), *phases, ("end", t0 + total)]
+    for (name, start), (_, end) in zip(marks[:-1], marks[1:]):
+        durations[name] = round(durations.get(name, 0.0) + end - start, 2)
+    return {"rows": p.profile_rows, "steps": -(-p.profile_rows // 4), "total_s": round(total, 2),
+            "phase_s": durations, "train_runtime_s": result.metrics.get("train_runtime")}
+
+
+# ------------------------------------------------------------------------------------------- report
+
+
+def render(result: dict[str, Any]) -> str:
+    lp = result["loss_path"]["summary"]
+    table = benchlib.markdown_table(
+        [{"v": v, "what": lp[v]["what"], "step": lp[v]["median_step_s"], "rss": lp[v]["peak_rss_mib"],
+          "loss": lp[v]["first_loss"]} for v in VARIANTS],
+        [("v", "variant"), ("what", "what"), ("step", "median step s"), ("rss", "peak RSS MiB"),
+         ("loss", "first-step loss")])
+    w = result.get("whole_run") or {}
+    phase_rows = [{"phase": k, "s": v} for k, v in (w.get("phase_s") or {}).items()]
+    phases = benchlib.markdown_table(phase_rows, [("phase", "runner phase"), ("s", "seconds")]) if phase_rows else ""
+    return (
+        "# Profile: kubetune's training hot path (CPU)\n\n"
+        "`.venv/bin/python bench/profile_train.py` — raw numbers in profile.json; the pyinstrument call tree of "
+        "a whole run in profile-kubetune.txt.\n\n"
+        f"## The loss path, isolated (SmolLM2-135M + LoRA r=16, {result['settings']['rows']} rows padded, "
+        f"cutoff {result['settings']['cutoff']}, alternating fresh processes)\n\n{table}\n"
+        f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time.\n\n"
+        f"## A whole `kubetune run` ({w.get('rows')} rows, {w.get('steps')} steps), wall time by runner phase\n\n"
+        f"{phases}\n" + result.get("findings_md", "") +
+        "\n## Machine\n\n" + benchlib.machine_markdown(result["machine"])
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=4)
+    ap.add_argument("--cutoff", type=int, default=256)
+    ap.add_argument("--profile-rows", type=int, default=8)
+    ap.add_argument("--skip-whole-run", action="store_true")
+    ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
+    ap.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    ap.add_argument("--model-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--variant-out", type=Path, help=argparse.SUPPRESS)
+    p = ap.parse_args(argv)
+    if p.variant:  # child process of the loss-path comparison
+        p.variant_out.write_text(json.dumps(one_variant(p.variant, p.model_dir, p.steps, p.rows, p.cutoff)))
+        return 0
+    from kubetune.trainer.models.loader import gguf_to_folder
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir, _ = gguf_to_folder(GGUF, CACHE)
+    result: dict[str, Any] = {
+        "benchmark": "profile", "machine": benchlib.machine_info(
+            note="2 vCPUs shared with other engineers' processes; compare variants with each other, not across runs"),
+        "settings": {"rows": p.rows, "cutoff": p.cutoff, "steps": p.steps, "reps": p.reps},
+        "loss_path": loss_path(model_dir, p),
+    }
+    if not p.skip_whole_run:
+        result["whole_run"] = whole_run(model_dir, p)
+    findings = benchlib.RESULTS_DIR / "profile-findings.md"
+    if findings.exists():
+        result["findings_md"] = findings.read_text(encoding="utf-8")
+    _, md = benchlib.write_results("profile", result, render(result), p.out)
+    print(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
