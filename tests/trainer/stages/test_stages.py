@@ -118,3 +118,38 @@ def test_grpo_against_the_rm_output(tmp_path, tiny_model_dir, cache_dir, reward_
     assert len(logged) == 2 and all(h["reward"] == h["reward"] for h in logged)
     manifest(out)
     _load_adapter(tiny_model_dir, out)
+
+
+def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, reward_model):
+    """Our PPO loop honours the same checkpoint contract as the TRL stages: SIGTERM → save → resume."""
+    import os
+    import signal
+    import uuid
+
+    from transformers import TrainerCallback
+
+    from kubetune.api.validation import load_jobs
+    from kubetune.trainer.local import local_config
+    from kubetune.trainer.runner import run
+    from kubetune.trainer.stages.checkpoints import Preempted, complete_checkpoints
+
+    class SigtermAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    job = tiny_job(tmp_path, tiny_model_dir, "ppo", "prompts", name=f"ppo-{uuid.uuid4().hex[:8]}", training={
+        "maxSteps": 4, "rewardModel": {"source": f"file://{reward_model}"},
+        "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2, "ppoEpochs": 1},
+    }, checkpointing={"everySteps": 10})
+    (spec,) = load_jobs(job)
+    config = local_config(spec, job, cache_dir=cache_dir)
+    with pytest.raises(Preempted, match="step 2"):
+        run(config, callbacks=[SigtermAt()])
+    work_dir = cache_dir / "runs" / "default" / spec.metadata.name / "trainer"
+    assert [p.name for p in complete_checkpoints(work_dir)] == ["checkpoint-2"]
+
+    result = run(config)
+    assert result.metrics["resumed_from_step"] == 2 and result.metrics["global_step"] == 4
+    assert [h["step"] for h in history(tmp_path / "out") if "reward" in h] == [1, 2, 3, 4]
+    assert complete_checkpoints(work_dir) == []
