@@ -22,6 +22,7 @@ from kubetune.api.v1alpha1 import DatasetSpec
 from kubetune.trainer.data.converters import get_converter
 from kubetune.trainer.data.mixing import mix, split_eval
 from kubetune.trainer.data.processors import ProcessorOptions, Tokens, finish, get_processor, texts_of
+from kubetune.trainer.data.processors.base import RENDERED
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.sources import data_files, read_rows
@@ -131,13 +132,15 @@ def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig | None 
     report.rows = len(rows)
     kto_column = spec.columns.kto_tag
     base = _media_base(path)
+    has_media = any(getattr(spec.columns, kind) for kind in MEDIA_PLACEHOLDERS)
     for idx, row in sample_rows(rows, spec.num_samples, max_samples, seed):
         if isinstance(row, RowError):
             report.drop(idx, row.reason, row.detail)
             continue
         try:
             ex = converter(row, spec)
-            check_media(row, ex, spec, base)
+            if has_media:
+                check_media(row, ex, spec, base)
         except RowError as err:
             report.drop(idx, err.reason, err.detail)
             continue
@@ -238,6 +241,8 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
             except RowError as err:
                 report.drop(idx, err.reason, err.detail)
                 continue
+            finally:
+                ex.pop(RENDERED, None)
             report.valid += 1
             report.truncated += int(item.get("_truncated", False))
             report.token_lengths.append(token_length(item))

@@ -80,27 +80,44 @@ class Tokens:
         return self([text])[0]
 
 
+RENDERED = "_rendered"  # example key where :func:`texts_of` leaves the turns it rendered, for the processor to reuse
+
+
+def render(template: Template, example: dict[str, Any], answer: dict[str, str]) -> list[tuple[str, str]]:
+    """``template.turns`` for the example with ``answer`` as the last response (reusing the loader's rendering)."""
+    key = (answer["role"], answer["content"])
+    memo = example.get(RENDERED)
+    if memo is not None and key in memo:
+        return memo[key]
+    return template.turns(example["prompt"], answer, example.get("system", ""), example.get("tools", ""))
+
+
 def render_oneturn(
     template: Template, example: dict[str, Any], answer: dict[str, str], tokens: Tokens
 ) -> tuple[list[int], list[int]]:
     """(prompt ids, answer ids): every earlier turn plus the last prompt, then the answer (``encode_oneturn``)."""
-    turns = template.turns(example["prompt"], answer, example.get("system", ""), example.get("tools", ""))
+    turns = render(template, example, answer)
     flat = tokens([text for pair in turns for text in pair])
     prompt_ids = [t for ids in flat[:-1] for t in ids]
     return prompt_ids, list(flat[-1])
 
 
 def texts_of(example: dict[str, Any], template: Template) -> list[str]:
-    """Every text a processor will tokenize for ``example`` (for :meth:`Tokens.prime`)."""
+    """Every text a processor will tokenize for ``example`` (for :meth:`Tokens.prime`). The rendered turns
+    are left in ``example["_rendered"]`` for the processor; the loader removes them after processing."""
     prompt, response = example["prompt"], example["response"]
     system, tools = example.get("system", ""), example.get("tools", "")
-    answers = response or [{"role": "assistant", "content": ""}]
+    answers = response[:2] or [{"role": "assistant", "content": ""}]
+    memo: dict[tuple[str, str], list[tuple[str, str]]] = {}
     out: list[str] = []
     try:
-        for answer in answers[:2]:
-            out += [t for pair in template.turns(prompt, answer, system, tools) for t in pair]
+        for answer in answers:
+            turns = template.turns(prompt, answer, system, tools)
+            memo[(answer["role"], answer["content"])] = turns
+            out += [t for pair in turns for t in pair]
     except Exception:  # noqa: BLE001 - the processor reports the row; priming is best effort
         return []
+    example[RENDERED] = memo
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.trainer.data.processors.base import ProcessorOptions, Tokens
+from kubetune.trainer.data.processors.base import ProcessorOptions, Tokens, render
 from kubetune.trainer.data.schema import ASSISTANT, RowError
 from kubetune.trainer.data.templates import Template
 
@@ -18,7 +18,7 @@ def process_prompt_only(example: dict[str, Any], template: Template, tokens: Tok
     prompt, response = example["prompt"], example["response"]
     if len(prompt) % 2 != 1:
         raise RowError("not a prompt", f"{len(prompt)} prompt messages; the conversation must end with a user turn")
-    turns = template.turns(prompt, {"role": ASSISTANT, "content": ""}, example.get("system", ""), example.get("tools", ""))
+    turns = render(template, example, {"role": ASSISTANT, "content": ""})
     pieces = [t for pair in turns[:-1] for t in pair] + [turns[-1][0]]
     prompt_ids = [t for ids in tokens(pieces) for t in ids]
     if len(prompt_ids) > opts.cutoff_len:

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.trainer.data.processors.base import IGNORE_INDEX, UNLIMITED, ProcessorOptions, Tokens, infer_seqlen
+from kubetune.trainer.data.processors.base import (
+    IGNORE_INDEX,
+    UNLIMITED,
+    ProcessorOptions,
+    Tokens,
+    infer_seqlen,
+    render,
+)
 from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
 
@@ -50,7 +57,7 @@ def process_supervised(
     prompt, response = example["prompt"], example["response"]
     if len(prompt) % 2 != 1 or len(response) != 1:
         raise RowError("not a supervised example", f"{len(prompt)} prompt / {len(response)} response messages")
-    turns = template.turns(prompt, response[0], example.get("system", ""), example.get("tools", ""))
+    turns = render(template, example, response[0])
     flat = tokens([t for pair in turns for t in pair])
     pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     if opts.packing:
@@ -60,6 +67,6 @@ def process_supervised(
         input_ids, labels, truncated = encode_turns(pairs, opts, UNLIMITED)
     else:
         input_ids, labels, truncated = encode_turns(pairs, opts)
-    if all(label == IGNORE_INDEX for label in labels):
+    if labels.count(IGNORE_INDEX) == len(labels):
         raise RowError("no trainable tokens", f"the prompt fills cutoffLen={opts.cutoff_len}")
     return {"input_ids": input_ids, "labels": labels, "_truncated": truncated}
