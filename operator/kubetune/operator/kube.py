@@ -137,3 +137,18 @@ async def ensure(objs: list[dict[str, Any]]) -> list[str]:
 async def set_job_suspend(namespace: str, name: str, suspend: bool) -> dict[str, Any]:
     return await _call("patch", client.BatchV1Api(api()).patch_namespaced_job, name, namespace, {"spec": {"suspend": suspend}},
                        _content_type="application/merge-patch+json")
+
+
+async def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any] | None:
+    """Merge-patch ``status`` through the status subresource; None if the object is gone.
+
+    Done here rather than through kopf's ``patch`` so a failed write (409, 5xx) surfaces in the
+    handler as a retryable error instead of ending kopf's timer for this object."""
+    try:
+        return await _call("patch", client.CustomObjectsApi(api()).patch_namespaced_custom_object_status,
+                           GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+                           _content_type="application/merge-patch+json")
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise

@@ -61,6 +61,10 @@ async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: An
 
 def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     options = op.build_options()
+    # uid -> (the status we last wrote, when). Until the watch brings our own write back, a pass would
+    # decide on a stale status and announce the same transition twice, so it waits (at most STALE_WAIT).
+    written: dict[str, tuple[dict[str, Any], float]] = {}
+    stale_wait = max(30.0, 10 * op.sync_interval)
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -76,6 +80,12 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
         started = time.monotonic()
         raw = plain(body)
+        uid = raw["metadata"].get("uid", "")
+        if uid in written:
+            ours, when = written[uid]
+            if st.status_patch(raw.get("status"), ours) and time.monotonic() - when < stale_wait:
+                return  # our last write has not reached this body yet
+            del written[uid]
         try:
             decision = await reconcile_once(raw, options, logger)
         except ApiException as exc:
@@ -93,13 +103,18 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)
         changes = st.status_patch(raw.get("status"), new)
-        for key, value in changes.items():
-            patch.status[key] = value
+        if changes:
+            try:
+                await kube.patch_status(raw["metadata"]["namespace"], raw["metadata"]["name"], changes)
+            except ApiException as exc:  # events wait for the status they announce; the next pass retries both
+                raise kopf.TemporaryError(f"status write failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
+            written[uid] = (new, time.monotonic())
         for kind, reason, message in decision.events:
             kopf.event(body, type=kind, reason=reason, message=message[:1024])
         metrics.observe_phase(raw["metadata"]["namespace"], raw["metadata"]["name"], new.get("phase"))
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
-    def forget(name: str, namespace: str, **_: Any) -> None:
+    def forget(name: str, namespace: str, uid: str, **_: Any) -> None:
+        written.pop(uid, None)
         # children go with the garbage collector (ownerReferences); only our gauge needs updating
         metrics.observe_phase(namespace, name, None)
