@@ -227,3 +227,16 @@ def test_hub_dataset_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ConfigError, match="spec.datasets\\[0\\].source: the Hugging Face Hub at http://127.0.0.1:9 is "
                                           "unreachable"):
         convert_all(cfg)
+
+
+def test_registry_from_a_configmap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "configmaps"
+    (root / "my-data").mkdir(parents=True)
+    (root / "my-data" / "dataset_info.json").write_text(json.dumps({"chat": {"file_name": "chat.jsonl",
+                                                                              "formatting": "sharegpt"}}))
+    (root / "my-data" / "chat.jsonl").write_bytes(jsonl([{"conversations": sg(("human", "hi"), ("gpt", "hello"))}]))
+    monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(root))
+    cfg = config(tmp_path, "configmap://my-data/dataset_info.json", ["chat"])
+    train, _ = convert_all(cfg)
+    assert train[0].spec.source == "configmap://my-data/chat.jsonl"
+    assert train[0].report is not None and (train[0].report.rows, len(train[0].examples)) == (1, 1)
