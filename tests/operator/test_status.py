@@ -87,6 +87,36 @@ def test_progress_from_prometheus_text() -> None:
     assert progress.rank0_url([pod("Pending")], 9400) is None
 
 
+def test_status_facts_from_the_trainers_own_exporter() -> None:
+    """The operator parses exactly what the trainer exports (the trainer's TrainerMetrics, a real registry)."""
+    from prometheus_client import generate_latest
+
+    from kubetune.trainer.callbacks.prometheus import TrainerMetrics
+
+    labels = {"job": "a", "namespace": "ns", "stage": "sft", "method": "lora", "model": "tiny"}
+    metrics = TrainerMetrics(labels)
+    metrics.set_facts(memory_estimate_gib=3.5, datasets=[{"name": "b", "rows": 10, "valid": 8, "dropped": 2},
+                                                         {"name": "a", "rows": 5, "valid": 5, "dropped": 0}])
+    metrics.bind(metrics.checkpoint_step).set(40)
+    text = generate_latest(metrics.registry).decode()
+    assert progress.facts(text, "s3://out/run/") == {
+        "memoryEstimateGib": 3.5,
+        "lastCheckpoint": "s3://out/run/checkpoints/step-40",
+        "datasets": [{"name": "a", "rows": 5, "valid": 5, "dropped": 0}, {"name": "b", "rows": 10, "valid": 8, "dropped": 2}],
+    }
+
+
+def test_memory_estimate_from_declared_parameters() -> None:
+    from kubetune.api.validation import parse_job
+    from kubetune.operator.reconcile import memory_estimate_gib
+
+    job = parse_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "m"},
+                     "spec": {"model": {"source": "hf://a/b", "parameters": "7B"}, "method": {"type": "qlora"},
+                              "training": {"gradientCheckpointing": True},
+                              "datasets": [{"name": "d", "source": "s3://b/d.json"}]}})
+    assert 4 < memory_estimate_gib(job) < 8  # LLaMA-Factory's table: 6 GB for 7B QLoRA 4-bit
+
+
 def test_decide_waits_for_upstream_then_builds_children() -> None:
     body = ftj("down", model={"source": "hf://a/b", "adapter": {"fromJob": "up"}})
     body["metadata"]["generation"] = 1

@@ -17,22 +17,6 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _rank0_index_rejected() -> bool:
-    """The trainer must accept JOB_COMPLETION_INDEX=0, which the Job controller sets on rank 0's pod."""
-    try:
-        from kubetune.trainer.distributed import launch_plan
-    except ImportError:
-        return False
-    try:
-        launch_plan({"JOB_COMPLETION_INDEX": "0"})
-    except ValueError:
-        return True
-    return False
-
-
-@pytest.mark.xfail(_rank0_index_rejected(), strict=True,
-                   reason="trainer bug: kubetune.trainer.distributed._int_env rejects JOB_COMPLETION_INDEX=0")
-
 async def test_finetunejob_trains_for_real(kube_api: KubeEmulator, start_operator: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "artifacts" / "e2e"
     port = free_port()
@@ -64,6 +48,8 @@ async def test_finetunejob_trains_for_real(kube_api: KubeEmulator, start_operato
         assert status["phase"] == "Succeeded", status["conditions"]
     assert status["artifacts"]["adapterUri"] == f"file://{out}"
     assert status["progress"]["totalSteps"] == 3 and status["progress"]["percent"] == 100.0, "progress was scraped"
+    assert status["datasets"] == [{"name": "identity", "rows": 30, "valid": 30, "dropped": 0}], "dataset report scraped"
+    assert 0 < status["memoryEstimateGib"] < 16, "the trainer's estimate from the real model config"
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "adapter_model.safetensors").exists() and manifest["config"]["stage"] == "sft"
     pod = kube_api.list("v1/pods", "default")[0]

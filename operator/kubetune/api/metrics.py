@@ -29,6 +29,9 @@ MEMORY_RESERVED_BYTES = "kubetune_device_memory_reserved_bytes"
 MFU_RATIO = "kubetune_train_mfu_ratio"
 CHECKPOINT_SECONDS = "kubetune_checkpoint_duration_seconds"  # histogram
 UPLOAD_SECONDS = "kubetune_upload_duration_seconds"  # histogram
+MEMORY_ESTIMATE_BYTES = "kubetune_memory_estimate_bytes"  # per-GPU estimate from the model's real config
+DATASET_ROWS = "kubetune_dataset_rows"  # labels: dataset, state (read, valid, dropped, truncated)
+CHECKPOINT_LAST_STEP = "kubetune_checkpoint_last_step"  # step of the newest checkpoint written
 PHASE = "kubetune_trainer_phase"  # label: phase; 1 for the current phase, 0 otherwise
 PHASES = ("fetching_model", "loading_data", "training", "saving", "uploading", "done", "failed")
 
@@ -43,6 +46,9 @@ PROGRESS_FIELDS = {
     TOKENS_PER_SECOND: "tokensPerSecond",
     ETA_SECONDS: "etaSeconds",
 }
+
+# Trainer gauges the operator turns into other status fields (datasets, memoryEstimateGib, lastCheckpoint).
+STATUS_FACTS = (MEMORY_ESTIMATE_BYTES, DATASET_ROWS, CHECKPOINT_LAST_STEP)
 
 # operator metrics
 OPERATOR_JOBS = "kubetune_operator_finetunejobs"  # gauge, label: phase

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetune.api.metrics import PROGRESS_FIELDS
+from kubetune.api.metrics import CHECKPOINT_LAST_STEP, DATASET_ROWS, MEMORY_ESTIMATE_BYTES, PROGRESS_FIELDS
 
 INT_FIELDS = {"step", "totalSteps"}
 
@@ -64,10 +64,33 @@ def rank0_url(pods: list[dict[str, Any]], port: int) -> str | None:
     return None
 
 
-async def scrape(url: str, timeout: float = 3.0) -> dict[str, Any]:
-    """GET the metrics page and turn it into ``status.progress``; raises on network errors."""
+def facts(text: str, output_uri: str | None = None) -> dict[str, Any]:
+    """Status fields besides progress: ``datasets`` (rows read/valid/dropped per dataset), ``memoryEstimateGib``
+    (from the model's real config), ``lastCheckpoint`` (``<output>/checkpoints/step-N``)."""
+    out: dict[str, Any] = {}
+    datasets: dict[str, dict[str, int]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not math.isfinite(sample.value):
+                continue
+            if sample.name == MEMORY_ESTIMATE_BYTES:
+                out["memoryEstimateGib"] = round(sample.value / 2**30, 2)
+            elif sample.name == DATASET_ROWS and {"dataset", "state"} <= set(sample.labels):
+                field = {"read": "rows", "valid": "valid", "dropped": "dropped"}.get(sample.labels["state"])
+                if field:
+                    datasets.setdefault(sample.labels["dataset"], {"name": sample.labels["dataset"]})[field] = int(sample.value)
+            elif sample.name == CHECKPOINT_LAST_STEP and sample.value > 0 and output_uri:
+                out["lastCheckpoint"] = f"{output_uri.rstrip('/')}/checkpoints/step-{int(sample.value)}"
+    if datasets:
+        out["datasets"] = [datasets[name] for name in sorted(datasets)]
+    return out
+
+
+async def scrape(url: str, timeout: float = 3.0, output_uri: str | None = None) -> dict[str, Any]:
+    """GET the metrics page: ``{"progress": {...}, **facts}`` for the status; raises on network errors."""
     import aiohttp
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, session.get(url) as resp:
         resp.raise_for_status()
-        return progress(parse(await resp.text()))
+        text = await resp.text()
+    return {"progress": progress(parse(text)), **facts(text, output_uri)}

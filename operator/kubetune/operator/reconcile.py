@@ -100,6 +100,14 @@ def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tup
     return None, sources
 
 
+def memory_estimate_gib(job: Any) -> float:
+    """Per-GPU memory estimate from ``spec.model.parameters`` (the trainer replaces it with one from the real config)."""
+    from kubetune.api.memory import ModelShape, estimate_for_spec, parse_parameters
+
+    shape = ModelShape.from_parameters(parse_parameters(job.spec.model.parameters))
+    return round(estimate_for_spec(job.spec, shape).total_gib, 2)
+
+
 def finished(body: dict[str, Any]) -> bool:
     """Training ended (Succeeded or Failed after its Job ran): the status is final, even once the Job is
     deleted by ``ttlSecondsAfterFinished``; a finished FineTuneJob is never trained again."""
@@ -186,6 +194,8 @@ def decide(
     for key in ("startTime", "completionTime", "progress", "lastCheckpoint", "datasets", "memoryEstimateGib"):
         if old.get(key) is not None:
             new[key] = old[key]
+    if "memoryEstimateGib" not in new and parsed.job is not None and parsed.job.spec.model.parameters:
+        new["memoryEstimateGib"] = memory_estimate_gib(parsed.job)
     if job is not None:
         new["restarts"] = st.restarts(job, pods)
         jstatus = job.get("status") or {}

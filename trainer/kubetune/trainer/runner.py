@@ -30,7 +30,7 @@ from kubetune.trainer.storage.publish import publish
 
 log = get_logger(__name__)
 
-PhaseHook = Callable[[str], None]
+PhaseHook = Callable[..., None]  # (phase, **facts): facts are memory_estimate_gib, datasets
 
 
 @dataclass
@@ -42,7 +42,7 @@ class RunResult:
 
 
 def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: PhaseHook | None = None) -> RunResult:
-    phase = on_phase or (lambda _p: None)
+    phase = on_phase or (lambda _phase, **_facts: None)
     spec = config.spec
     scratch = Path(config.runtime.scratch_dir)
     artifact_dir = scratch / "artifact"
@@ -59,7 +59,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
 
     phase("fetching_model")
     model_ref = resolve_model(config)
-    check_fit(config, model_ref.path)
+    memory_estimate = check_fit(config, model_ref.path)
     tokenizer = load_tokenizer(model_ref, spec.model.trust_remote_code)
     try:
         template = get_template(spec.model.template, tokenizer)
@@ -83,7 +83,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
                              work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
                              allow=config.runtime.allow_private_urls)
 
-    phase("training")
+    phase("training", memory_estimate_gib=memory_estimate, datasets=[r.to_dict() for r in data.reports])
     uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
     ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
                      artifact_dir=artifact_dir, work_dir=work_dir,

@@ -98,7 +98,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 selector(raw["metadata"]["name"]))), op.trainer_metrics_port)
             if url:
                 try:
-                    new = {**new, "progress": {**(new.get("progress") or {}), **await progress.scrape(url)}}
+                    scraped = await progress.scrape(url, output_uri=reconcile.parse(raw, options).output_uri)
+                    new = {**new, **scraped, "progress": {**(new.get("progress") or {}), **scraped["progress"]}}
                 except Exception as exc:  # noqa: BLE001 - a slow or starting trainer must not fail the pass
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)

@@ -89,6 +89,10 @@ class TrainerMetrics:
         self.upload_seconds = Histogram(names.UPLOAD_SECONDS, "Time to publish the artifact folder.", keys,
                                         buckets=DURATION_BUCKETS, registry=r)
         self.phase_gauge = gauge(names.PHASE, "1 for the trainer's current phase, 0 for the others.", ("phase",))
+        self.memory_estimate = gauge(names.MEMORY_ESTIMATE_BYTES, "Estimated memory per GPU from the model config.")
+        self.dataset_rows = gauge(names.DATASET_ROWS, "Rows of each dataset by state (read, valid, dropped, truncated).",
+                                  ("dataset", "state"))
+        self.checkpoint_step = gauge(names.CHECKPOINT_LAST_STEP, "Step of the newest checkpoint written.")
         ProcessCollector(registry=r)
 
         # Children exist from the start, so every series is scrapeable (0) before the first step.
@@ -113,6 +117,15 @@ class TrainerMetrics:
             self.bind(self.phase_gauge, phase=name).set(1 if name == phase else 0)
         self.current_phase = phase
         self._phase_started = now
+
+    def set_facts(self, memory_estimate_gib: float | None = None, datasets: list[dict[str, Any]] | None = None) -> None:
+        """Run facts the operator copies into status (memoryEstimateGib, datasets)."""
+        if memory_estimate_gib is not None:
+            self.bind(self.memory_estimate).set(memory_estimate_gib * 2**30)
+        for report in datasets or []:
+            for state in ("rows", "valid", "dropped", "truncated"):
+                self.bind(self.dataset_rows, dataset=report["name"], state="read" if state == "rows" else state).set(
+                    report.get(state, 0))
 
     def update_memory(self) -> None:
         for device, allocated, reserved in device_memory():
@@ -253,6 +266,7 @@ class PrometheusCallback(TrainerCallback):
     def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         # on_save fires right after the checkpoint is on disk; logging/eval in between reset the mark
         self.metrics.bind(self.metrics.checkpoint_seconds).observe(time.monotonic() - self._mark)
+        self.metrics.bind(self.metrics.checkpoint_step).set(state.global_step)
         self._mark = time.monotonic()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:

@@ -60,9 +60,11 @@ class Telemetry:
             self.server = serve(self.metrics, self.config.runtime.metrics_port, self.metrics_addr)
         return self
 
-    def on_phase(self, phase: str) -> None:
+    def on_phase(self, phase: str, **facts: Any) -> None:
         if not self.main:
             return
+        if facts and self.metrics is not None:
+            self.metrics.set_facts(**facts)
         if phase == "saving":
             # before the runner writes the manifest: the tracker files become part of the artifact
             artifact_dir = Path(self.config.runtime.scratch_dir) / "artifact"
