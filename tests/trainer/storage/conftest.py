@@ -18,6 +18,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetune.trainer.storage import s3
 
     monkeypatch.setattr(s3, "RETRY", s3.RetryPolicy(attempts=5, base_s=0.01, cap_s=0.05))
+    monkeypatch.setenv("KUBETUNE_S3_ATTEMPTS", "5")  # the same for upload subprocesses
+    monkeypatch.setenv("KUBETUNE_S3_BACKOFF_S", "0.01")
 
 
 @pytest.fixture

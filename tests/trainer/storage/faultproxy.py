@@ -28,6 +28,8 @@ class FaultProxy:
         self.requests: list[tuple[str, str]] = []
         self.injected: list[str] = []
         self.lock = threading.Lock()
+        self.gate = threading.Event()  # clear it to hold every request until it is set again
+        self.gate.set()
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -39,6 +41,7 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
+                proxy.gate.wait(60)
                 fault = proxy._take(self.command, self.path)
                 if fault == "drop":
                     self.close_connection = True

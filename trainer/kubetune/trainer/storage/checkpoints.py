@@ -6,9 +6,10 @@ folder, and a ``COMPLETE`` object written last (JSON: step, file sizes). A check
 
 API (the resume logic in the stages calls these):
 
-- :class:`CheckpointUploader` — a ``transformers.TrainerCallback``. ``on_save`` hard-links the new
-  ``checkpoint-N`` into a staging folder (so the Trainer may rotate it away) and queues it; one
-  background thread uploads the newest queued checkpoint, then prunes to ``keep``. Training does not
+- :class:`CheckpointUploader` — a ``transformers.TrainerCallback`` (in :mod:`.uploader`, re-exported
+  here). ``on_save`` hard-links the new ``checkpoint-N`` into a staging folder (so the Trainer may
+  rotate it away) and queues it; a background thread uploads the newest queued checkpoint in a child
+  process at a lower CPU priority (this module's ``main``), then prunes to ``keep``. Training does not
   wait. ``on_train_end`` waits for the queue to drain; ``errors`` lists failed uploads.
   Called as ``uploader(folder, step)`` it is a stages checkpoint hook instead (``on_save=False``): the
   stages call it once the checkpoint is marked complete on every rank, which is what the runner uses.
@@ -28,10 +29,8 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,79 +201,53 @@ def _stage(src: Path, dest: Path) -> Path:
     return dest
 
 
-try:
-    from transformers import TrainerCallback as _CallbackBase
-except ImportError:  # the operator image has no transformers; the class is only used in the trainer
-    _CallbackBase = object  # type: ignore[assignment,misc]
-
-
-class CheckpointUploader(_CallbackBase):  # type: ignore[misc,valid-type]
-    """Upload each saved ``checkpoint-N`` to ``<output>/checkpoints/step-N/`` in the background."""
-
-    def __init__(self, output_uri: str, keep: int, *, allow: Iterable[str] = (), on_save: bool = True):
-        self.output_uri, self.keep, self.allow = output_uri, keep, list(allow)
-        self.use_on_save = on_save
-        self.uploaded: list[Checkpoint] = []
-        self.errors: list[str] = []
-        self._queue: queue.Queue[tuple[int, Path]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        if self.use_on_save and state.is_world_process_zero:
-            self(Path(args.output_dir) / f"checkpoint-{state.global_step}", state.global_step)
-
-    def __call__(self, folder: Path, step: int) -> None:
-        """Queue ``folder`` (a finished checkpoint) for upload as step ``step``: the stages' checkpoint hook."""
-        if not folder.is_dir():
-            log.warning("checkpoint folder %s not found; not uploading step %d", folder, step)
-            return
-        staged = _stage(folder, folder.parent / ".kubetune-upload" / f"step-{step}")
-        self._queue.put((step, staged))
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._work, name="kubetune-checkpoints", daemon=True)
-            self._thread.start()
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
-        self.wait()
-
-    def wait(self) -> None:
-        """Block until every queued checkpoint is uploaded (or has failed)."""
-        self._queue.join()
-
-    def _work(self) -> None:
-        while True:
-            step, staged = self._queue.get()
-            try:
-                # Only the newest checkpoint matters: drop older ones still waiting.
-                while True:
-                    try:
-                        newer = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    shutil.rmtree(staged, ignore_errors=True)
-                    self._queue.task_done()
-                    step, staged = newer
-                self._upload(step, staged)
-            finally:
-                self._queue.task_done()
-
-    def _upload(self, step: int, staged: Path) -> None:
-        try:
-            self.uploaded.append(upload_checkpoint(staged, self.output_uri, step, allow=self.allow))
-            pruned = prune(self.output_uri, self.keep, allow=self.allow)
-            log.info("checkpoint step %d uploaded to %s (pruned %s)", step, checkpoint_uri(self.output_uri, step),
-                     pruned or "none")
-        except Exception as exc:  # noqa: BLE001 - training goes on; the next checkpoint tries again
-            self.errors.append(f"step {step}: {exc}")
-            log.warning("checkpoint step %d upload failed (training continues): %s", step, exc)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
-
-
-def checkpoint_callback(config: Any) -> CheckpointUploader | None:
-    """The uploader for a TrainerConfig when its output is remote and periodic checkpoints are on."""
+def checkpoint_callback(config: Any) -> Any:
+    """The uploader for a TrainerConfig when its output is remote and periodic checkpoints are on, else None."""
     uri = config.runtime.output_uri
     if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme != "s3":
         return None
+    from kubetune.trainer.storage.uploader import CheckpointUploader
+
     return CheckpointUploader(uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls,
                               on_save=False)
+
+
+def __getattr__(name: str) -> Any:
+    # The callback class needs transformers; keep this module light for the upload subprocess.
+    if name == "CheckpointUploader":
+        from kubetune.trainer.storage.uploader import CheckpointUploader
+
+        return CheckpointUploader
+    raise AttributeError(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kubetune.trainer.storage.checkpoints LOCAL OUTPUT_URI STEP --keep N [--allow HOST]``:
+    upload one staged checkpoint and prune (what the uploader's subprocess runs, at a lower CPU priority)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kubetune.trainer.storage.checkpoints")
+    parser.add_argument("local", type=Path)
+    parser.add_argument("output_uri")
+    parser.add_argument("step", type=int)
+    parser.add_argument("--keep", type=int, required=True)
+    parser.add_argument("--allow", action="append", default=[])
+    parser.add_argument("--nice", type=int, default=10)
+    args = parser.parse_args(argv)
+    try:
+        os.nice(args.nice)  # training threads first; the upload takes what is left
+    except OSError:
+        pass
+    try:
+        done = upload_checkpoint(args.local, args.output_uri, args.step, allow=args.allow)
+        pruned = prune(args.output_uri, args.keep, allow=args.allow)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent through the exit code and stderr
+        print(f"{exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps({"step": done.step, "uri": done.uri, "pruned": pruned}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -66,7 +67,8 @@ class TransferConfig:
         return max(part, -(-size // 10_000))
 
 
-RETRY = RetryPolicy()
+RETRY = RetryPolicy(attempts=int(os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")),
+                    base_s=float(os.environ.get("KUBETUNE_S3_BACKOFF_S", "0.25")))
 TRANSFER = TransferConfig()
 
 
