@@ -35,7 +35,7 @@ def train(config: Path, env: dict[str, str], timeout: float = 600) -> subprocess
     full = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
             "KUBETUNE_TERMINATION_LOG": str(config.with_name("termination-log")),
             "KUBETUNE_METRICS_LINGER_SECONDS": "0", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], env=full,
+    return subprocess.run([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], check=False, env=full,
                           capture_output=True, text=True, timeout=timeout, cwd=config.parent)
 
 

@@ -8,10 +8,21 @@ import pytest
 
 from kubetune.api.v1alpha1 import DistributedSpec, FineTuneJobSpec
 from kubetune.trainer.distributed import (
-    deepspeed_config, fsdp_args, is_worker, launch_command, launch_plan, strategy, training_args,
+    deepspeed_config,
+    fsdp_args,
+    is_worker,
+    launch_command,
+    launch_plan,
+    strategy,
+    training_args,
 )
 from kubetune.trainer.stages.checkpoints import (
-    MARKER, clear_checkpoints, complete_checkpoints, latest_checkpoint, resume_point, spec_fingerprint,
+    MARKER,
+    clear_checkpoints,
+    complete_checkpoints,
+    latest_checkpoint,
+    resume_point,
+    spec_fingerprint,
 )
 
 

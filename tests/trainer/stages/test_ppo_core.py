@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from kubetune.trainer.stages.ppo.core import (
-    compute_gae, kl_penalized_rewards, last_token_index, masked_mean, masked_whiten, policy_loss, response_mask,
+    compute_gae,
+    kl_penalized_rewards,
+    last_token_index,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    response_mask,
     value_loss,
 )
 

@@ -83,9 +83,8 @@ def launch_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
 
 def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
     """Run the workers and return the launcher's exit code (the first failing worker's)."""
-    import subprocess
-
     import signal
+    import subprocess
 
     env = {**os.environ, WORKER_ENV: "1"}
     if not _cuda_available():

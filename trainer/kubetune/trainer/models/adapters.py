@@ -40,13 +40,13 @@ def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
     names = [n for n, _ in model.named_parameters()]
     layers = sorted({i for n in names if (i := _layer_index(n)) is not None})
     if freeze.modules:
-        trainable = lambda n: any(m in n for m in freeze.modules)  # noqa: E731
+        trainable = lambda n: any(m in n for m in freeze.modules)
     else:
         if not layers:
             raise ConfigError("spec.method.freeze: the model has no numbered decoder layers; name modules instead")
         n = freeze.trainable_layers
         chosen = set(layers[-n:]) if n > 0 else set(layers[: -n])
-        trainable = lambda name: _layer_index(name) in chosen  # noqa: E731
+        trainable = lambda name: _layer_index(name) in chosen
     count = 0
     for name, param in model.named_parameters():
         param.requires_grad = bool(trainable(name))

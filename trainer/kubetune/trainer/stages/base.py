@@ -43,9 +43,9 @@ def use_cpu() -> bool:
 
 def common_args(ctx: RunContext) -> dict[str, Any]:
     """TrainingArguments shared by every stage, from ``spec.training`` and ``spec.checkpointing``."""
-    from kubetune.trainer.models.loader import torch_dtype
-
     import torch
+
+    from kubetune.trainer.models.loader import torch_dtype
 
     spec = ctx.config.spec
     t = spec.training

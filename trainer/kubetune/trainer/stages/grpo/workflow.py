@@ -14,7 +14,12 @@ from kubetune.trainer.models.adapters import apply_method, export_merged, optimi
 from kubetune.trainer.models.loader import load_model, torch_dtype
 from kubetune.trainer.models.reward import load_reward_model
 from kubetune.trainer.stages.base import (
-    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+    RunContext,
+    StageResult,
+    common_args,
+    stage_callbacks,
+    to_hf_dataset,
+    train_and_save,
 )
 
 

@@ -104,7 +104,12 @@ def run_ppo(ctx: RunContext) -> StageResult:
 
     from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
     from kubetune.trainer.stages.ppo.core import (
-        PpoStats, compute_gae, kl_penalized_rewards, masked_mean, masked_whiten, policy_loss, response_mask,
+        PpoStats,
+        compute_gae,
+        kl_penalized_rewards,
+        masked_whiten,
+        policy_loss,
+        response_mask,
         value_loss,
     )
 

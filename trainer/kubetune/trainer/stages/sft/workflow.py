@@ -5,7 +5,12 @@ from __future__ import annotations
 from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
 from kubetune.trainer.models.loader import load_model
 from kubetune.trainer.stages.base import (
-    RunContext, StageResult, common_args, stage_callbacks, to_hf_dataset, train_and_save,
+    RunContext,
+    StageResult,
+    common_args,
+    stage_callbacks,
+    to_hf_dataset,
+    train_and_save,
 )
 
 
