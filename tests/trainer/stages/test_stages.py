@@ -44,11 +44,12 @@ def test_rm_learns_to_rank(reward_model, tiny_model_dir):
 
 
 def test_pt_packed_text_with_eval_perplexity(tmp_path, tiny_model_dir, cache_dir):
-    job = tiny_job(tmp_path, tiny_model_dir, "pt", "text", training={"maxSteps": 5, "evalSplit": 0.2})
+    job = tiny_job(tmp_path, tiny_model_dir, "pt", "text", training={"maxSteps": 5, "evalSplit": 0.2, "evalSteps": 2})
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     values = losses(out)
     assert decreasing(values), values
+    assert [h["step"] for h in history(out) if "eval_loss" in h][:2] == [2, 4]  # every evalSteps, then at the end
     metrics = manifest(out)["metrics"]
     assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-4)
     _load_adapter(tiny_model_dir, out)
@@ -153,3 +154,20 @@ def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, 
     assert result.metrics["resumed_from_step"] == 2 and result.metrics["global_step"] == 4
     assert [h["step"] for h in history(tmp_path / "out") if "reward" in h] == [1, 2, 3, 4]
     assert complete_checkpoints(work_dir) == []
+
+
+def test_dpo_continues_an_sft_adapter(tmp_path, tiny_model_dir, cache_dir):
+    """sft → dpo with spec.model.adapter.source: DPO trains the SFT adapter further."""
+    from safetensors.torch import load_file
+
+    sft_dir = tmp_path / "sft"
+    sft_dir.mkdir()
+    assert run_job(tiny_job(sft_dir, tiny_model_dir, "sft", "sft", training={"maxSteps": 2}), cache_dir) == 0
+    job = tiny_job(tmp_path, tiny_model_dir, "dpo", "pairwise", training={"maxSteps": 2},
+                   model={"source": f"file://{tiny_model_dir}", "adapter": {"source": f"file://{sft_dir / 'out'}"}})
+    assert run_job(job, cache_dir) == 0
+    before = load_file(str(sft_dir / "out" / "adapter_model.safetensors"))
+    after = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert any(not (before[k] == after[k]).all() for k in before)
+    assert all(before[k].shape == after[k].shape for k in before)
