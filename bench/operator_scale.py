@@ -144,6 +144,7 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
         """The test emulator, counting every HTTP request (all of them come from the operator here)."""
 
         counts: collections.Counter = attrs.field(factory=collections.Counter, init=False)
+        service_s: list = attrs.field(factory=list, init=False)  # time the emulator spent on each request
         per_job: collections.defaultdict = attrs.field(factory=lambda: collections.defaultdict(collections.Counter),
                                                        init=False)
 
@@ -162,6 +163,11 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
                     (request.body or b"").decode(errors="replace") if verb == "POST" else "")
                 if found:
                     self.per_job[found.group(0)][key] += 1
+                if not watch:
+                    started = time.perf_counter()
+                    response = await super()._handle(request)
+                    self.service_s.append(time.perf_counter() - started)
+                    return response
             return await super()._handle(request)
 
     loop = asyncio.get_running_loop()
@@ -232,6 +238,7 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
                 sampler.sample()
                 idle_rss = sampler.rss_mib[-1]
                 api.counts.clear()
+                api.service_s.clear()
                 cpu0 = sampler.cpu_s()
                 t0 = time.perf_counter()
                 names = [f"scale-{i:04d}" for i in range(p.jobs)]
@@ -271,6 +278,7 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
             "job_complete_to_ftj_succeeded": latency_summary(tl.deltas(tl.job_complete, tl.ftj_succeeded)),
             "delete_to_gone": latency_summary(tl.deltas(tl.delete_sent, tl.ftj_gone)),
             "create_to_succeeded": latency_summary(tl.deltas(tl.created, tl.ftj_succeeded)),
+            "emulator_service_per_request": latency_summary(api.service_s),
         },
         "requests": requests_per_job(dict(api.counts), p.jobs),
         "writes_per_lifecycle": lifecycle_writes({n: dict(api.per_job[n]) for n in tl.ftj_gone}),

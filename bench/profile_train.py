@@ -17,9 +17,11 @@ Two parts:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import random
+import re
 import resource
 import sys
 import time
@@ -173,30 +175,63 @@ def whole_run(model_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
             "phase_s": durations, "train_runtime_s": result.metrics.get("train_runtime")}
 
 
+# ------------------------------------------------------------------------------------------- py-spy
+
+
+def summarize_pyspy(raw: str, top: int = 45) -> dict[str, Any]:
+    """Inclusive share of samples per function from py-spy's ``--format raw`` output (``a;b;c COUNT`` lines).
+
+    A function counts once per sample however deep it recurs; frames are named ``function (module path)``.
+    """
+    total = 0
+    inclusive: collections.Counter = collections.Counter()
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        names = set()
+        for frame in stack.split(";"):
+            match = re.match(r"^(.*?) \((.*?)(?::\d+)?\)$", frame)
+            func, path = (match.group(1), match.group(2)) if match else (frame, "")
+            names.add(f"{func} ({path.split('site-packages/')[-1].split('/work/main/')[-1]})")
+        for name in names:
+            inclusive[name] += n
+    rows = [{"share": round(n / total, 4), "function": name} for name, n in inclusive.most_common(top)] if total else []
+    return {"samples": total, "top": rows}
+
+
 # ------------------------------------------------------------------------------------------- report
 
 
 def render(result: dict[str, Any]) -> str:
-    lp = result["loss_path"]["summary"]
-    table = benchlib.markdown_table(
-        [{"v": v, "what": lp[v]["what"], "step": lp[v]["median_step_s"], "rss": lp[v]["peak_rss_mib"],
-          "loss": lp[v]["first_loss"]} for v in VARIANTS],
-        [("v", "variant"), ("what", "what"), ("step", "median step s"), ("rss", "peak RSS MiB"),
-         ("loss", "first-step loss")])
+    out = ["# Profile: kubetune's training hot path (CPU)\n\n"
+           "`.venv/bin/python bench/profile_train.py [--pyspy RAW]` — raw numbers in profile.json.\n\n"]
+    out.append(result.get("findings_md", ""))
+    for spy in result.get("pyspy") or []:
+        out.append(f"\n## py-spy: {spy['what']} ({spy['samples']} samples)\n\n"
+                   "Inclusive share of samples per function (a function counts once per sample):\n\n")
+        out.append(benchlib.markdown_table([{"share": f"{100 * r['share']:.1f}%", "function": r["function"]}
+                                            for r in spy["top"]], [("share", "share"), ("function", "function")]))
+    lp = (result.get("loss_path") or {}).get("summary")
+    if lp:
+        table = benchlib.markdown_table(
+            [{"v": v, "what": lp[v]["what"], "step": lp[v]["median_step_s"], "rss": lp[v]["peak_rss_mib"],
+              "loss": lp[v]["first_loss"]} for v in VARIANTS],
+            [("v", "variant"), ("what", "what"), ("step", "median step s"), ("rss", "peak RSS MiB"),
+             ("loss", "first-step loss")])
+        out.append(f"\n## The loss path, isolated (SmolLM2-135M + LoRA r=16, {result['settings']['rows']} rows "
+                   f"padded, cutoff {result['settings']['cutoff']}, alternating fresh processes)\n\n{table}\n"
+                   f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time.\n")
     w = result.get("whole_run") or {}
-    phase_rows = [{"phase": k, "s": v} for k, v in (w.get("phase_s") or {}).items()]
-    phases = benchlib.markdown_table(phase_rows, [("phase", "runner phase"), ("s", "seconds")]) if phase_rows else ""
-    return (
-        "# Profile: kubetune's training hot path (CPU)\n\n"
-        "`.venv/bin/python bench/profile_train.py` — raw numbers in profile.json; the pyinstrument call tree of "
-        "a whole run in profile-kubetune.txt.\n\n"
-        f"## The loss path, isolated (SmolLM2-135M + LoRA r=16, {result['settings']['rows']} rows padded, "
-        f"cutoff {result['settings']['cutoff']}, alternating fresh processes)\n\n{table}\n"
-        f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time.\n\n"
-        f"## A whole `kubetune run` ({w.get('rows')} rows, {w.get('steps')} steps), wall time by runner phase\n\n"
-        f"{phases}\n" + result.get("findings_md", "") +
-        "\n## Machine\n\n" + benchlib.machine_markdown(result["machine"])
-    )
+    if w:
+        phase_rows = [{"phase": k, "s": v} for k, v in (w.get("phase_s") or {}).items()]
+        out.append(f"\n## A whole `kubetune run` ({w.get('rows')} rows, {w.get('steps')} steps), wall time by "
+                   "runner phase (pyinstrument call tree in profile-kubetune.txt)\n\n"
+                   + benchlib.markdown_table(phase_rows, [("phase", "runner phase"), ("s", "seconds")]))
+    out.append("\n## Machine\n\n" + benchlib.machine_markdown(result["machine"]))
+    return "".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cutoff", type=int, default=256)
     ap.add_argument("--profile-rows", type=int, default=8)
     ap.add_argument("--skip-whole-run", action="store_true")
+    ap.add_argument("--skip-loss-path", action="store_true")
+    ap.add_argument("--pyspy", nargs="*", default=[], metavar="LABEL=RAW",
+                    help="py-spy `record --format raw` outputs to summarize, e.g. "
+                         "'kubetune run (steady-state training)=bench/.work/pyspy/kubetune.txt'")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     ap.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -223,8 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "profile", "machine": benchlib.machine_info(
             note="2 vCPUs shared with other engineers' processes; compare variants with each other, not across runs"),
         "settings": {"rows": p.rows, "cutoff": p.cutoff, "steps": p.steps, "reps": p.reps},
-        "loss_path": loss_path(model_dir, p),
     }
+    result["pyspy"] = [{"what": label, **summarize_pyspy(Path(path).read_text())}
+                       for label, _, path in (item.rpartition("=") for item in p.pyspy)]
+    if not p.skip_loss_path:
+        result["loss_path"] = loss_path(model_dir, p)
     if not p.skip_whole_run:
         result["whole_run"] = whole_run(model_dir, p)
     findings = benchlib.RESULTS_DIR / "profile-findings.md"

@@ -7,9 +7,10 @@ kubetune's ``gguf_to_folder``) on the same deterministic alpaca rows, with the s
 rendering (checked token by token before timing), cutoff, LoRA rank/alpha/targets, batch, one
 epoch, learning rate/schedule and seed. Two settings:
 
-* ``identical``: no packing on either side;
+* ``identical``: no packing and no gradient checkpointing on either side;
 * ``defaults``: each tool's recommended setting for the speed knobs (kubetune: ``packing: true``,
-  padding-free batches; LLaMA-Factory: its defaults, which do not pack SFT data).
+  padding-free batches; LLaMA-Factory: its defaults, which do not pack SFT data and turn gradient
+  checkpointing on).
 
 Runs alternate kubetune, LLaMA-Factory, kubetune, ... (``--reps`` each) so that load from other
 processes on the machine hits both alike; the report gives medians and the kubetune/LLaMA-Factory
@@ -103,10 +104,16 @@ def kubetune_job(name: str, model_dir: Path, data_dir: Path, out_dir: Path, p: a
     }
 
 
-def llamafactory_config(model_dir: Path, data_dir: Path, out_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
+def llamafactory_config(model_dir: Path, data_dir: Path, out_dir: Path, p: argparse.Namespace,
+                        defaults: bool = False) -> dict[str, Any]:
     """LLaMA-Factory's YAML for the same run. ``chatml`` renders exactly like SmolLM2's tokenizer template
-    when a system prompt is given (checked token by token in ``check_same_tokens``)."""
-    return {
+    when a system prompt is given (checked token by token in ``check_same_tokens``).
+
+    LLaMA-Factory turns gradient checkpointing on unless told otherwise (kubetune leaves it off), so the
+    identical setting disables it; ``defaults`` keeps LLaMA-Factory's own choice.
+    """
+    extra = {} if defaults else {"disable_gradient_checkpointing": True}
+    return {**extra,
         "model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
         "lora_rank": p.rank, "lora_alpha": 2 * p.rank, "lora_dropout": 0.0, "lora_target": "all",
         "dataset": "bench_alpaca", "dataset_dir": str(data_dir), "template": "chatml", "cutoff_len": p.cutoff,
@@ -245,9 +252,10 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
     steps = math.ceil(len(rows) / p.batch)
     padded = padded_tokens(rows, p.batch, p.seed)
 
-    runs: list[dict[str, Any]] = []
+    runs, first_rep = merged_runs(p)
     for setting in p.settings:
         for rep, tool in benchlib.alternate(TOOLS, p.reps):
+            rep += first_rep
             name = f"{tool[:2]}-{setting}-{rep}"
             run_dir = WORK / "runs" / name
             print(f"[{setting}] rep {rep + 1}/{p.reps} {tool} ...", file=sys.stderr, flush=True)
@@ -255,15 +263,15 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
                 job = kubetune_job(f"bench-{name}", model_dir, data_dir, run_dir / "out", p, setting == "defaults")
                 raw = run_kubetune(name, job, run_dir)
             else:
-                raw = run_llamafactory(lf_python, llamafactory_config(model_dir, data_dir, run_dir / "out", p),
-                                       run_dir)
+                raw = run_llamafactory(lf_python, llamafactory_config(model_dir, data_dir, run_dir / "out", p,
+                                                                      defaults=setting == "defaults"), run_dir)
             row = record(tool, setting, rep, raw, tokens, steps)
             print(f"    {json.dumps({k: v for k, v in row.items() if k != 'error_tail'})}", file=sys.stderr)
             runs.append(row)
 
     keys = ("tokens_per_s", "step_time_s", "train_runtime_s", "wall_s", "peak_rss_mib", "train_loss", "final_loss")
     summary = []
-    for setting in p.settings:
+    for setting in [s for s in SETTINGS if any(r["setting"] == s for r in runs)]:
         per_tool = {tool: benchlib.summarize([r for r in runs if r["tool"] == tool and r["setting"] == setting], keys)
                     for tool in TOOLS}
         summary.append({
@@ -290,12 +298,34 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
             "template": "kubetune: tokenizer chat template; LLaMA-Factory: chatml (system prompt given per row)",
             "non_padding_tokens": tokens, "trainable_tokens": trainable,
             "padded_tokens_without_packing_estimate": padded,
-            "reps_per_tool": p.reps, "order": "alternating kubetune, llamafactory, kubetune, ...",
+            "reps_per_tool": p.reps + first_rep, "order": "alternating kubetune, llamafactory, kubetune, ...",
         },
         "token_check": tokens_check,
         "summary": summary,
         "runs": runs,
     }
+
+
+def merged_runs(p: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
+    """Runs kept from an earlier results file (``--merge``), with ``--exclude``d ones marked not ok.
+
+    Lets one more alternating round join an earlier session, e.g. when a run was disturbed (say so in
+    ``--exclude TOOL:SETTING:REP=why``); the workload must be the same, which is checked.
+    """
+    if p.merge is None:
+        return [], 0
+    old = json.loads(p.merge.read_text())
+    w = old["workload"]
+    if (w["rows"], w["cutoff_len"], w["batch_size"], w["lora"]["rank"], w["seed"]) != (
+            p.rows, p.cutoff, p.batch, p.rank, p.seed):
+        raise SystemExit(f"--merge {p.merge}: a different workload ({w}); use the same --rows/--cutoff/--batch/...")
+    excluded = dict(item.split("=", 1) if "=" in item else (item, "excluded") for item in p.exclude)
+    runs = old["runs"]
+    for r in runs:
+        key = f"{r['tool']}:{r['setting']}:{r['rep']}"
+        if key in excluded:
+            r["ok"], r["excluded"] = False, excluded[key]
+    return runs, 1 + max(r["rep"] for r in runs)
 
 
 def padded_tokens(rows: list[dict[str, Any]], batch: int, seed: int) -> int:
@@ -343,7 +373,9 @@ def render(result: dict[str, Any]) -> str:
         "`.venv/bin/python bench/train_throughput.py` — medians over alternating runs "
         f"(kubetune, LLaMA-Factory, ... × {w['reps_per_tool']} each).\n\n"
         f"{ratios}\n{table}\n"
-        "## Workload\n\n"
+        + "".join(f"- Not counted: {r['tool']} {r['setting']} run {r['rep'] + 1}: {r['excluded']}\n"
+                  for r in result["runs"] if r.get("excluded")) +
+        "\n## Workload\n\n"
         f"- {w['model']}\n"
         f"- {w['rows']} deterministic alpaca rows (seed {w['data_seed']}), one epoch = {w['steps']} steps of batch "
         f"{w['batch_size']}, cutoff {w['cutoff_len']}; LoRA r={w['lora']['rank']} alpha={w['lora']['alpha']} on "
@@ -352,8 +384,9 @@ def render(result: dict[str, Any]) -> str:
         f"compute about {w['padded_tokens_without_packing_estimate']:,} positions\n"
         f"- Same tokens on both sides: {tc['same_input_ids']}/{tc['rows_kubetune']} rows identical input_ids, "
         f"{tc['same_labels']} identical labels ({w['template']})\n"
-        "- identical = no packing on both; defaults = kubetune `packing: true` (padding-free batches), "
-        "LLaMA-Factory defaults (no packing for SFT)\n"
+        "- identical = no packing and no gradient checkpointing on both; defaults = kubetune `packing: true` "
+        "(padding-free batches, no gradient checkpointing), LLaMA-Factory defaults (no packing for SFT, gradient "
+        "checkpointing on)\n"
         "- tokens/s = non-padding tokens of the epoch / the trainer's `train_runtime`; step time = "
         "train_runtime / steps; process wall includes imports, data preparation and model loading; peak RSS of "
         "the training process\n\n"
@@ -376,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--allow-token-mismatch", action="store_true")
     ap.add_argument("--note", default="2 vCPUs shared with other engineers' processes during the run; "
                                       "alternating runs keep the comparison fair, absolute numbers vary with load")
+    ap.add_argument("--merge", type=Path, help="keep the runs of this earlier results JSON (same workload)")
+    ap.add_argument("--exclude", nargs="*", default=[], metavar="TOOL:SETTING:REP=WHY",
+                    help="runs of --merge not to count, with the reason (kept in the JSON)")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
     p = ap.parse_args(argv)
     result = measure(p)

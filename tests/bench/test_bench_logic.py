@@ -194,6 +194,9 @@ def test_both_tools_get_the_same_hyperparameters(tt, tmp_path):
     t = spec["training"]
     assert (t["batchSize"], t["learningRate"], t["cutoffLen"], t["seed"], t["scheduler"]) == (
         lf["per_device_train_batch_size"], lf["learning_rate"], lf["cutoff_len"], lf["seed"], lf["lr_scheduler_type"])
+    # LLaMA-Factory checkpoints gradients unless told not to; kubetune does not by default
+    assert lf["disable_gradient_checkpointing"] is True and not t.get("gradientCheckpointing")
+    assert "disable_gradient_checkpointing" not in tt.llamafactory_config(tmp_path, tmp_path, tmp_path, p, defaults=True)
     # the FineTuneJob is valid against the API
     from kubetune.api.v1alpha1 import FineTuneJob
 
@@ -204,3 +207,17 @@ def test_padded_tokens_estimate(tt):
     rows = [{"input_ids": [0] * n} for n in (5, 9, 17, 2)]
     assert tt.padded_tokens(rows, batch=4, seed=0) == 24 * 4
     assert math.isclose(tt.padded_tokens(rows, batch=1, seed=0), 8 + 16 + 24 + 8)
+
+
+def test_pyspy_summary_counts_each_function_once_per_sample():
+    sys.path.insert(0, str(BENCH))
+    try:
+        prof = importlib.import_module("profile_train")
+    finally:
+        sys.path.remove(str(BENCH))
+    raw = ("main (x/site-packages/a.py:1);step (x/site-packages/b.py:2);step (x/site-packages/b.py:9) 3\n"
+           "main (x/site-packages/a.py:1);collate (/work/main/trainer/c.py:5) 1\n")
+    summary = prof.summarize_pyspy(raw)
+    assert summary["samples"] == 4
+    shares = {r["function"]: r["share"] for r in summary["top"]}
+    assert shares == {"main (a.py)": 1.0, "step (b.py)": 0.75, "collate (trainer/c.py)": 0.25}
