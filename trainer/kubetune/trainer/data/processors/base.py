@@ -68,9 +68,17 @@ class Tokens:
 
     def prime(self, texts: Iterable[str]) -> None:
         """Tokenize ``texts`` in one batch and remember them (the loader calls this between chunks of rows)."""
+        self.remember(self.encode_missing(texts))
+
+    def encode_missing(self, texts: Iterable[str]) -> dict[str, list[int]]:
+        """The texts not cached yet, tokenized in one batch; does not touch the cache (safe in a helper thread)."""
+        todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
+        return dict(zip(todo, self._encode(todo))) if todo else {}
+
+    def remember(self, encoded: dict[str, list[int]]) -> None:
         if len(self.cache) > self.cache_limit:
             self.cache.clear()
-        self._add(texts)
+        self.cache.update(encoded)
 
     def __call__(self, texts: list[str]) -> list[list[int]]:
         self._add(texts)
