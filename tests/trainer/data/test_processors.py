@@ -236,3 +236,17 @@ def test_tokenizer_chat_template_matches_apply_chat_template(tokenizer: Any, tok
     assert tokenizer.decode(out["input_ids"]) == tokenizer.apply_chat_template(messages, tokenize=False)
     trained = tokenizer.decode([t for t in out["labels"] if t != M])
     assert trained == "A1<|im_end|>\nHello<|im_end|>\n"
+
+
+def test_packed_rows_feed_trl_padding_free_collator(chatml: Any, tokens: Tokens) -> None:
+    """TRL's collator restarts positions at each packed example (from ``seq_lengths``): no cross-example attention."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    opts = {"cutoff_len": 20, "packing": True}
+    a = run(DataShape.SUPERVISED, example([user("Hi")], [bot("Hello")]), chatml, tokens, **opts)
+    b = {"input_ids": [7, 8, 9, 10, 11], "labels": [M, M, 9, 10, 11]}
+    rows, _ = finish(DataShape.SUPERVISED, [a, b], ProcessorOptions(**opts), tokens)
+    batch = DataCollatorForLanguageModeling(pad_token_id=2, padding_free=True)(rows)
+    assert batch["position_ids"].tolist() == [rows[0]["position_ids"]] == [list(range(13)) + list(range(5))]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 13, 18]
+    assert batch["labels"].tolist() == [[M] * 10 + HELLO + [M, M, 9, 10, 11]]
