@@ -105,3 +105,23 @@ def test_fingerprint_ignores_where_but_not_what():
     a = _spec()
     assert spec_fingerprint(a) == spec_fingerprint(_spec(output={"uri": "file:///elsewhere"}, checkpointing={"keep": 5}))
     assert spec_fingerprint(a) != spec_fingerprint(_spec(training={"learningRate": 0.5}))
+
+
+def test_a_new_pod_resumes_from_the_uploaded_checkpoint(tmp_path):
+    """Scratch is empty on a new pod: the newest completely uploaded checkpoint is downloaded and used."""
+    from kubetune.trainer.storage.checkpoints import upload_checkpoint
+
+    spec = _spec(checkpointing={"everySteps": 2})
+    old_pod = tmp_path / "old-pod"
+    old_pod.mkdir()
+    output = f"file://{tmp_path / 'output'}"
+    upload_checkpoint(_checkpoint(old_pod, 2, spec_fingerprint(spec)), output, 2)
+    upload_checkpoint(_checkpoint(old_pod, 4, spec_fingerprint(spec)), output, 4)
+    (tmp_path / "output" / "checkpoints" / "step-6").mkdir()  # an upload cut short: no COMPLETE object
+
+    new_pod = tmp_path / "new-pod"
+    resumed = resume_point(new_pod, spec, output_uri=output)
+    assert resumed == str(new_pod / "checkpoint-4")
+    assert (new_pod / "checkpoint-4" / "model.safetensors").read_bytes() == b"x"
+    assert resume_point(tmp_path / "other", _spec(checkpointing={"everySteps": 2}, training={"seed": 1}),
+                        output_uri=output) is None  # a changed spec does not resume someone else's run

@@ -115,7 +115,8 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
 
     from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
 
-    resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from)
+    runtime = ctx.config.runtime
+    resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
     output = trainer.train(resume_from_checkpoint=resume)
     checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
     if checkpoint is not None and checkpoint.preempted_at is not None:

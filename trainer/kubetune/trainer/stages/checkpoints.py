@@ -151,13 +151,42 @@ def make_callback(fingerprint: str, hooks: list[CheckpointHook] | None = None) -
     return CheckpointCallback()
 
 
-def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = None) -> str | None:
-    """The checkpoint to resume from: the one given, else the newest complete one (when resume is on)."""
+def fetch_uploaded(work_dir: Path, output_uri: str, allow: list[str] | None = None) -> Path | None:
+    """Bring the newest completely uploaded checkpoint (``<output>/checkpoints/step-N``) into ``work_dir``.
+
+    A new pod starts with an empty scratch folder; what survives a preemption is the output storage.
+    The first process of each node downloads, the others wait for it.
+    """
+    import os
+
+    from kubetune.trainer.storage.checkpoints import download_checkpoint, latest_complete_checkpoint
+
+    if not output_uri.startswith(("s3://", "file://")):
+        return None
+    remote = latest_complete_checkpoint(output_uri, allow=allow or [])
+    if remote is None:
+        return None
+    dest = Path(work_dir) / f"checkpoint-{remote.step}"
+    if os.environ.get("LOCAL_RANK", "0") == "0" and not (dest / MARKER).is_file():
+        log.info("downloading checkpoint step %d from %s", remote.step, remote.uri)
+        download_checkpoint(remote, dest, allow=allow or [])
+    _barrier()
+    return dest
+
+
+def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = None,
+                 output_uri: str | None = None, allow: list[str] | None = None) -> str | None:
+    """The checkpoint to resume from: the one given, else the newest complete one of this spec, local or
+    (with ``output_uri``) uploaded — when ``spec.checkpointing.resume`` is on."""
     if explicit:
         return explicit
     if not spec.checkpointing.resume:
         return None
-    latest = latest_checkpoint(work_dir, spec_fingerprint(spec))
+    fingerprint = spec_fingerprint(spec)
+    latest = latest_checkpoint(work_dir, fingerprint)
+    if latest is None and output_uri and spec.checkpointing.every_steps:
+        fetch_uploaded(work_dir, output_uri, allow)
+        latest = latest_checkpoint(work_dir, fingerprint)
     if latest is not None and is_main():
         log.info("resuming from %s", latest.name)
     return str(latest) if latest is not None else None

@@ -151,7 +151,8 @@ def run_ppo(ctx: RunContext) -> StageResult:
     handler = CallbackHandler([DefaultFlowCallback(), *stage_callbacks(ctx)], policy, tokenizer, optimizer, scheduler)
     control = handler.on_init_end(args, state, TrainerControl())
 
-    resume = resume_point(ctx.work_dir, spec, ctx.resume_from)
+    runtime = ctx.config.runtime
+    resume = resume_point(ctx.work_dir, spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
     start = 0
     if resume is not None:
         start = _load_checkpoint(Path(resume), policy, head, optimizer, scheduler, state)
