@@ -74,6 +74,15 @@ def test_training_args_for_ddp_and_fsdp():
     assert fsdp["fsdp"].startswith("full_shard") and fsdp["fsdp_config"]["use_orig_params"]
     assert "offload" in fsdp_args(DistributedSpec.model_validate({"strategy": "fsdp"}).model_copy(update={"offload": True}))["fsdp"]
     assert training_args(_spec(), world_size=1) == {}
+    if not torch_cuda():
+        # one CPU process: DeepSpeed would only get in the way (and needs a process group)
+        assert training_args(_spec(distributed={"strategy": "deepspeed"}), world_size=1) == {}
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _checkpoint(root, step, spec=None, complete=True):

@@ -162,7 +162,12 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
     args: dict[str, Any] = {}
     if world > 1:
         args["ddp_backend"] = "gloo" if cpu else "nccl"
-    if chosen == "deepspeed":
+    if chosen == "deepspeed" and cpu and world <= 1:
+        from kubetune.trainer.logging import get_logger
+
+        get_logger(__name__).warning("spec.distributed.strategy deepspeed: one CPU process has nothing to shard; "
+                                     "training without DeepSpeed (set NPROC_PER_NODE>1 or use GPUs)")
+    elif chosen == "deepspeed":
         if cpu:
             init_deepspeed_on_cpu()
         args["deepspeed"] = deepspeed_config(spec.distributed)
