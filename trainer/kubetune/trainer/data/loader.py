@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import random
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,32 +231,23 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
         loaded.report = hit[1]
         return hit[0]
     out = []
-    chunks = [loaded.examples[i : i + PRIME_CHUNK] for i in range(0, len(loaded.examples), PRIME_CHUNK)]
-
-    def prepare(chunk: list[tuple[int, dict[str, Any]]]) -> dict[str, list[int]]:
-        # render the chunk's turns and tokenize them in one batch; the Rust tokenizer releases the GIL,
-        # so this overlaps with the processing of the previous chunk on the main thread
-        return tokens.encode_missing([text for _, ex in chunk for text in texts_of(ex, template)])
-
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
-        pending = pool.submit(prepare, chunks[0]) if chunks else None
-        for k, chunk in enumerate(chunks):
-            assert pending is not None
-            encoded = pending.result()
-            pending = pool.submit(prepare, chunks[k + 1]) if k + 1 < len(chunks) else None
-            tokens.remember(encoded)
-            for idx, ex in chunk:
-                try:
-                    item = processor(ex, template, tokens, opts)
-                except RowError as err:
-                    report.drop(idx, err.reason, err.detail)
-                    continue
-                finally:
-                    ex.pop(RENDERED, None)
-                report.valid += 1
-                report.truncated += int(item.get("_truncated", False))
-                report.token_lengths.append(token_length(item))
-                out.append(item)
+    for start in range(0, len(loaded.examples), PRIME_CHUNK):
+        chunk = loaded.examples[start : start + PRIME_CHUNK]
+        # one batched call into the tokenizer for the whole chunk (Rust, no per-string Python round trips);
+        # the processors then find every text in the cache
+        tokens.prime(text for _, ex in chunk for text in texts_of(ex, template))
+        for idx, ex in chunk:
+            try:
+                item = processor(ex, template, tokens, opts)
+            except RowError as err:
+                report.drop(idx, err.reason, err.detail)
+                continue
+            finally:
+                ex.pop(RENDERED, None)
+            report.valid += 1
+            report.truncated += int(item.get("_truncated", False))
+            report.token_lengths.append(token_length(item))
+            out.append(item)
     if out:
         report.packing = _packing_preview(shape, out, opts, tokens)
         _cache_store(path, out, report)

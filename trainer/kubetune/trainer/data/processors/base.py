@@ -71,7 +71,7 @@ class Tokens:
         self.remember(self.encode_missing(texts))
 
     def encode_missing(self, texts: Iterable[str]) -> dict[str, list[int]]:
-        """The texts not cached yet, tokenized in one batch; does not touch the cache (safe in a helper thread)."""
+        """The texts not cached yet, tokenized in one batch (the cache is left as it is)."""
         todo = [t for t in dict.fromkeys(texts) if t not in self.cache]
         return dict(zip(todo, self._encode(todo))) if todo else {}
 
