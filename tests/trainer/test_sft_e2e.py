@@ -83,3 +83,22 @@ def test_smollm2_sft_learns_identity(tmp_path, smollm_gguf, cache_dir):
                              cache_dir=cache_dir, max_new_tokens=24)
     assert before != after
     assert "kubetune" in after[0].lower(), after
+
+
+def test_tiny_model_sft_with_packing(tmp_path, tiny_model_dir, cache_dir):
+    """packing: true → padding-free batches of packed rows (position_ids restart per example)."""
+    shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
+    job = write_job(tmp_path / "job.yaml", {
+        "model": {"source": f"file://{tiny_model_dir}"},
+        "datasets": [{"name": "identity", "source": "file://identity.json"}],
+        "method": {"type": "lora", "lora": {"rank": 4}},
+        "training": {"maxSteps": 6, "batchSize": 2, "learningRate": 0.01, "cutoffLen": 256, "packing": True,
+                     "scheduler": "constant"},
+        "output": {"uri": "file://out"},
+    })
+    assert _run(job, cache_dir) == 0
+    manifest = _check_artifact(tmp_path / "out")
+    history = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in history if "loss" in h]
+    assert losses and all(math.isfinite(x) for x in losses)
+    assert manifest["datasets"][0]["valid"] == 30

@@ -22,7 +22,9 @@ def run_sft(ctx: RunContext) -> StageResult:
     model = apply_method(model, spec, ctx.adapter_init)
     args = SFTConfig(
         **common_args(ctx),
-        max_length=spec.training.cutoff_len,
+        # kubetune's processors already cut (or pack) every row to cutoffLen; TRL refuses max_length with
+        # padding-free batches that it did not pack itself
+        max_length=None if spec.packing else spec.training.cutoff_len,
         packing=False,
         padding_free=spec.packing,
         dataset_kwargs={"skip_prepare_dataset": True},
