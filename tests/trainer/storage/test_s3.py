@@ -93,13 +93,19 @@ def test_kubetune_artifacts_verify_cli(s3_bucket: str, tmp_path: Path, capsys) -
     assert main(["artifacts", "verify", f"s3://{s3_bucket}/nothing-here"]) == 1
 
 
-def test_republish_removes_stale_files_but_keeps_checkpoints(s3_bucket: str, s3c, tmp_path: Path) -> None:  # noqa: ANN001
-    s3c.put_object(Bucket=s3_bucket, Key="o/old-shard.safetensors", Body=b"old")
+def test_republish_replaces_the_old_artifact_and_touches_nothing_else(s3_bucket: str, s3c,
+                                                                      tmp_path: Path) -> None:  # noqa: ANN001
+    old = artifact(tmp_path / "v1")
+    (old / "model-00002-of-00002.safetensors").write_bytes(b"old shard")
+    write_manifest(old, build_manifest(old, job={}, model={}, datasets=[], config={}, metrics={}))
+    publish(old, f"s3://{s3_bucket}/o", allow=LOCAL)
     s3c.put_object(Bucket=s3_bucket, Key="o/checkpoints/step-5/COMPLETE", Body=b"{}")
-    uri = publish(artifact(tmp_path), f"s3://{s3_bucket}/o", allow=LOCAL)
+    s3c.put_object(Bucket=s3_bucket, Key="o/someone-elses/file.txt", Body=b"not ours")
+    uri = publish(artifact(tmp_path / "v2"), f"s3://{s3_bucket}/o", allow=LOCAL)
     keys = object_keys(s3c, s3_bucket, "o/")
-    assert "o/old-shard.safetensors" not in keys and "o/checkpoints/step-5/COMPLETE" in keys
-    assert verify_remote(uri) == []
+    assert "o/model-00002-of-00002.safetensors" not in keys  # listed by the old manifest only: replaced
+    assert {"o/checkpoints/step-5/COMPLETE", "o/someone-elses/file.txt"} <= set(keys)  # never listed: kept
+    assert verify_remote(uri) == ["someone-elses/file.txt: not in the manifest"]
 
 
 def test_fetch_s3_folder_into_the_cache_once(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:  # noqa: ANN001

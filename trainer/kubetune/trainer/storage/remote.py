@@ -10,8 +10,9 @@ Fetchers (all land in the cache, keyed by source and resolved revision, once per
 - ``configmap://name/key``: the key of a ConfigMap the operator mounts at
   ``/etc/kubetune/configmaps/<name>/<key>`` (``$KUBETUNE_CONFIGMAP_ROOT`` overrides the root).
 
-Publisher ``s3://``: delete the old manifest, upload every file, delete stale objects, and
-upload ``manifest.json`` last, so its presence means the whole artifact is there.
+Publisher ``s3://``: delete the old manifest, upload every file, delete the files only the old
+manifest listed (nothing else under the prefix is touched), and upload ``manifest.json`` last, so
+its presence means the whole artifact is there.
 
 Every network host passes the URL guard (:mod:`kubetune.trainer.storage.guard`) first.
 """
@@ -104,11 +105,10 @@ def _publish_s3(local: Path, uri: str, *, allow: Iterable[str] = (), **_: object
     from botocore.exceptions import ClientError, NoCredentialsError
 
     try:
+        previous = _previous_files(cli, bucket, manifest_key)
         s3.delete_keys(cli, bucket, [manifest_key])  # an old manifest must not vouch for new files
         written = set(s3.upload_dir(cli, local, bucket, prefix, exclude=[MANIFEST]))
-        stale = [o["Key"] for o in s3.list_objects(cli, bucket, prefix)
-                 if o["Key"] not in written and o["Key"] != manifest_key
-                 and not o["Key"].startswith(prefix + CHECKPOINTS + "/")]
+        stale = sorted(prefix + rel for rel in previous if prefix + rel not in written)
         if stale:
             log.info("removing %d objects of an earlier artifact under %s", len(stale), uri)
             s3.delete_keys(cli, bucket, stale)
@@ -117,6 +117,18 @@ def _publish_s3(local: Path, uri: str, *, allow: Iterable[str] = (), **_: object
     except (ClientError, NoCredentialsError) as exc:
         raise _s3_error(field, uri, exc) from None
     return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+def _previous_files(cli: Any, bucket: str, manifest_key: str) -> list[str]:
+    """Files an earlier kubetune artifact at this prefix listed (safe to replace); none when there is none."""
+    if s3.head(cli, bucket, manifest_key) is None:
+        return []
+    try:
+        entries = json.loads(s3.get_bytes(cli, bucket, manifest_key)).get("files", [])
+        return [e["path"] for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)
+                and ".." not in e["path"].split("/") and not e["path"].startswith(CHECKPOINTS + "/")]
+    except ValueError:
+        return []
 
 
 def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
