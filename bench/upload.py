@@ -256,9 +256,10 @@ def main() -> int:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Upload benchmark", "", f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}; "
-             f"{result['server']}; medians of alternating runs. The 1-minute load average is recorded per run in "
-             "upload.json: on a busy shared machine the step-time numbers move with it more than with the upload.", "",
+    header = (f"Machine: {result['machine']['cpus']} CPUs, {result['machine']['platform']}; {result['server']}; "
+              "medians of alternating runs. The 1-minute load average is recorded per run in upload.json: on a busy "
+              "shared machine the step-time numbers move with it more than with the upload.")
+    lines = ["# Upload benchmark", "", header, "",
              "| workload | size (MiB) | files | boto3 upload_file (MiB/s) | kubetune (MiB/s) | ratio (target ≥ 1.0) |",
              "|---|---|---|---|---|---|"]
     for name, r in result.get("throughput", {}).items():

@@ -23,7 +23,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def s3c(s3_endpoint: str):  # noqa: ANN201 - a boto3 client straight to moto (no proxy, no retries of ours)
+def s3c(s3_endpoint: str):
     import boto3
 
     return boto3.client("s3", endpoint_url=s3_endpoint)
@@ -47,7 +47,7 @@ def write_tree(root: Path, files: dict[str, bytes]) -> Path:
     return root
 
 
-def object_keys(client, bucket: str, prefix: str = "") -> list[str]:  # noqa: ANN001
+def object_keys(client, bucket: str, prefix: str = "") -> list[str]:
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 

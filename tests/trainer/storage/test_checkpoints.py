@@ -52,7 +52,7 @@ def test_no_checkpoints_yet(s3_bucket: str) -> None:
 
 
 def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path,
-                                                               proxy) -> None:  # noqa: ANN001
+                                                               proxy) -> None:
     out = f"s3://{s3_bucket}/bg"
     uploader = ck.CheckpointUploader(out, keep=2, allow=LOCAL)
     args = SimpleNamespace(output_dir=str(tmp_path))
@@ -76,7 +76,7 @@ def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3
 
 
 def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: str, tmp_path: Path,
-                                                                    proxy) -> None:  # noqa: ANN001
+                                                                    proxy) -> None:
     uploader = ck.CheckpointUploader(f"s3://{s3_bucket}/hook", keep=3, allow=LOCAL, on_save=False)
     uploader.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=1,
                      is_world_process_zero=True), SimpleNamespace())  # ignored in hook mode

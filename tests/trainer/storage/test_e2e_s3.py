@@ -16,7 +16,7 @@ from tests.trainer.storage.conftest import LOCAL, object_keys
 pytestmark = pytest.mark.slow
 
 
-def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, s3c, capsys) -> None:  # noqa: ANN001
+def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, s3c, capsys) -> None:
     from kubetune.cli import main
 
     cli = s3.client()

@@ -17,7 +17,7 @@ from tests.trainer.storage.test_s3 import SMALL, artifact
 
 
 def test_publish_survives_5xx_and_dropped_connections(s3_bucket: str, s3c, proxy, tmp_path: Path,
-                                                      monkeypatch) -> None:  # noqa: ANN001
+                                                      monkeypatch) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     root = artifact(tmp_path, big=11 * s3.MiB)  # 3 parts + 4 small files
     proxy.inject("500", "drop", "503", "drop", "500", method="PUT")
@@ -29,7 +29,7 @@ def test_publish_survives_5xx_and_dropped_connections(s3_bucket: str, s3c, proxy
     assert s3c.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
 
-def test_download_survives_cut_bodies_and_5xx(s3_bucket: str, s3c, proxy, tmp_path: Path) -> None:  # noqa: ANN001
+def test_download_survives_cut_bodies_and_5xx(s3_bucket: str, s3c, proxy, tmp_path: Path) -> None:
     data = os.urandom(400_000)
     s3c.put_object(Bucket=s3_bucket, Key="m/model.safetensors", Body=data)
     s3c.put_object(Bucket=s3_bucket, Key="m/config.json", Body=b"{}")
@@ -40,7 +40,7 @@ def test_download_survives_cut_bodies_and_5xx(s3_bucket: str, s3c, proxy, tmp_pa
 
 
 def test_persistent_failure_leaves_no_manifest(s3_bucket: str, s3c, proxy, tmp_path: Path,
-                                               monkeypatch) -> None:  # noqa: ANN001
+                                               monkeypatch) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     uri = publish(artifact(tmp_path / "v1"), f"s3://{s3_bucket}/run", allow=LOCAL)
     assert verify_remote(uri) == []  # a complete earlier artifact

@@ -46,7 +46,7 @@ def test_allow_list_by_address_or_name() -> None:
         check_url("http://169.254.169.254/", field="f", allow=["127.0.0.1"])
 
 
-def test_fetch_refuses_a_loopback_s3_endpoint(s3_endpoint: str, tmp_path) -> None:  # noqa: ANN001
+def test_fetch_refuses_a_loopback_s3_endpoint(s3_endpoint: str, tmp_path) -> None:
     from kubetune.trainer.storage.fetch import fetch
 
     with pytest.raises(ConfigError, match=r"spec.model.source: S3 endpoint host '127.0.0.1' is a loopback"):
@@ -55,7 +55,7 @@ def test_fetch_refuses_a_loopback_s3_endpoint(s3_endpoint: str, tmp_path) -> Non
         fetch("http://127.0.0.1:1/d.jsonl", field="spec.datasets.0.source", work_dir=tmp_path, cache_dir=tmp_path)
 
 
-def test_publish_refuses_a_loopback_s3_endpoint(s3_endpoint: str, tmp_path) -> None:  # noqa: ANN001
+def test_publish_refuses_a_loopback_s3_endpoint(s3_endpoint: str, tmp_path) -> None:
     from kubetune.trainer.storage.publish import publish
 
     (tmp_path / "a.txt").write_text("x")

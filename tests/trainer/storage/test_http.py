@@ -26,13 +26,13 @@ class Server:
         server = self
 
         class Handler(SimpleHTTPRequestHandler):
-            def __init__(self, *a, **kw):  # noqa: ANN002, ANN003
+            def __init__(self, *a, **kw):
                 super().__init__(*a, directory=str(root), **kw)
 
             def log_message(self, *args: object) -> None:
                 pass
 
-            def send_head(self):  # noqa: ANN202
+            def send_head(self):
                 server.hits.append(f"{self.command} {self.path}")
                 if self.path.startswith("/to-metadata"):
                     self.send_response(302)
@@ -68,7 +68,7 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(days=1))

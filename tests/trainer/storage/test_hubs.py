@@ -117,7 +117,7 @@ def test_hf_download_pins_the_resolved_commit(local_hub: LocalHub, tmp_path: Pat
                  kind="model", revision="main", allow=LOCAL)
     assert (path / REVISION).read_text().strip() == COMMIT
     assert all((path / f).read_bytes() == d for f, d in FILES.items())
-    assert f"GET /api/models/org/tiny/revision/main" in local_hub.requests
+    assert "GET /api/models/org/tiny/revision/main" in local_hub.requests
     before = len(local_hub.requests)
     again = fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
                   kind="model", revision=COMMIT, allow=LOCAL)

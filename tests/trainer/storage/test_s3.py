@@ -36,7 +36,7 @@ def artifact(tmp: Path, big: int = 0) -> Path:
     return root
 
 
-def test_upload_files_multipart_etag_and_content(s3_bucket: str, s3c, tmp_path: Path) -> None:  # noqa: ANN001
+def test_upload_files_multipart_etag_and_content(s3_bucket: str, s3c, tmp_path: Path) -> None:
     data = os.urandom(11 * s3.MiB + 123)
     (tmp_path / "big.bin").write_bytes(data)
     (tmp_path / "small.bin").write_bytes(b"hello")
@@ -51,13 +51,13 @@ def test_upload_files_multipart_etag_and_content(s3_bucket: str, s3c, tmp_path: 
 
 
 def test_publish_writes_everything_then_the_manifest_and_verify_passes(s3_bucket: str, s3c, tmp_path: Path,
-                                                                        monkeypatch) -> None:  # noqa: ANN001
+                                                                        monkeypatch) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     root = artifact(tmp_path, big=6 * s3.MiB)
     order: list[str] = []
     real_put = s3.put_bytes
 
-    def spy(cli, bucket, key, data, **kw):  # noqa: ANN001, ANN202 - records the order of whole-object PUTs
+    def spy(cli, bucket, key, data, **kw):
         order.append(key)
         return real_put(cli, bucket, key, data, **kw)
 
@@ -72,7 +72,7 @@ def test_publish_writes_everything_then_the_manifest_and_verify_passes(s3_bucket
     assert verify_remote(uri) == []
 
 
-def test_verify_remote_finds_tampering_missing_and_extra(s3_bucket: str, s3c, tmp_path: Path) -> None:  # noqa: ANN001
+def test_verify_remote_finds_tampering_missing_and_extra(s3_bucket: str, s3c, tmp_path: Path) -> None:
     uri = publish(artifact(tmp_path), f"s3://{s3_bucket}/out", allow=LOCAL)
     s3c.put_object(Bucket=s3_bucket, Key="out/tokenizer.json", Body=b"[]" * 100)  # same size, other bytes
     s3c.delete_object(Bucket=s3_bucket, Key="out/sub/curves.csv")
@@ -84,7 +84,7 @@ def test_verify_remote_finds_tampering_missing_and_extra(s3_bucket: str, s3c, tm
     assert "no manifest" in verify_remote(uri)[0]
 
 
-def test_kubetune_artifacts_verify_cli(s3_bucket: str, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+def test_kubetune_artifacts_verify_cli(s3_bucket: str, tmp_path: Path, capsys) -> None:
     from kubetune.cli import main
 
     uri = publish(artifact(tmp_path), f"s3://{s3_bucket}/cli", allow=LOCAL)
@@ -94,7 +94,7 @@ def test_kubetune_artifacts_verify_cli(s3_bucket: str, tmp_path: Path, capsys) -
 
 
 def test_republish_replaces_the_old_artifact_and_touches_nothing_else(s3_bucket: str, s3c,
-                                                                      tmp_path: Path) -> None:  # noqa: ANN001
+                                                                      tmp_path: Path) -> None:
     old = artifact(tmp_path / "v1")
     (old / "model-00002-of-00002.safetensors").write_bytes(b"old shard")
     write_manifest(old, build_manifest(old, job={}, model={}, datasets=[], config={}, metrics={}))
@@ -108,7 +108,7 @@ def test_republish_replaces_the_old_artifact_and_touches_nothing_else(s3_bucket:
     assert verify_remote(uri) == ["someone-elses/file.txt: not in the manifest"]
 
 
-def test_fetch_s3_folder_into_the_cache_once(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:  # noqa: ANN001
+def test_fetch_s3_folder_into_the_cache_once(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:
     files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(300_000), "nested/x.txt": b"x"}
     for rel, data in files.items():
         s3c.put_object(Bucket=s3_bucket, Key=f"models/m1/{rel}", Body=data)
@@ -130,7 +130,7 @@ def test_fetch_s3_folder_into_the_cache_once(s3_bucket: str, s3c, tmp_path: Path
     assert newer != path and (newer / "config.json").read_bytes() == b'{"a": 2}'
 
 
-def test_fetch_single_object_and_missing_prefix(s3_bucket: str, s3c, tmp_path: Path) -> None:  # noqa: ANN001
+def test_fetch_single_object_and_missing_prefix(s3_bucket: str, s3c, tmp_path: Path) -> None:
     s3c.put_object(Bucket=s3_bucket, Key="data/train.jsonl", Body=b'{"instruction": "a", "output": "b"}\n')
     path = fetch(f"s3://{s3_bucket}/data/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
                  cache_dir=tmp_path / "c", kind="dataset", allow=LOCAL)
@@ -143,7 +143,7 @@ def test_fetch_single_object_and_missing_prefix(s3_bucket: str, s3c, tmp_path: P
               allow=LOCAL)
 
 
-def test_a_failed_download_never_counts_as_cached(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:  # noqa: ANN001
+def test_a_failed_download_never_counts_as_cached(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:
     s3c.put_object(Bucket=s3_bucket, Key="m/config.json", Body=b"{}")
     s3c.put_object(Bucket=s3_bucket, Key="m/weights.bin", Body=os.urandom(50_000))
     proxy.fail_always("m/weights.bin")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ def build_manifest(
 ) -> dict[str, Any]:
     return {
         "manifestVersion": MANIFEST_VERSION,
-        "createdAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "createdAt": datetime.now(UTC).isoformat(timespec="seconds"),
         "job": job,
         "baseModel": model,
         "datasets": datasets,

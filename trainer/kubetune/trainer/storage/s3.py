@@ -100,7 +100,7 @@ def call(fn: Callable[..., T], *args: Any, what: str, policy: RetryPolicy | None
     for attempt in range(policy.attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - classified below
+        except Exception as exc:
             if not is_retryable(exc):
                 raise
             if attempt + 1 == policy.attempts:
