@@ -224,7 +224,7 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
     tokens = tokens or Tokens(tokenizer)
     report = loaded.report
     assert report is not None
-    path = _cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
+    path = None if cache_dir is None else _cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
     hit = _cache_load(path)
     if hit is not None:
         log.info("dataset %s: tokenized rows from cache %s", loaded.spec.name, path)
