@@ -224,6 +224,7 @@ def run_ppo(ctx: RunContext) -> StageResult:
         )
         losses.append(record.policy_loss + record.value_loss)
         state.global_step = step + 1
+        state.num_input_tokens_seen = (state.num_input_tokens_seen or 0) + int(full_mask.sum())  # tokens/s metrics
         state.epoch = (step + 1) * ppo.rollout_batch_size / len(prompts)
         control = handler.on_step_end(args, state, control)
         if state.global_step % t.logging_steps == 0 or state.global_step == 1 or state.global_step == total:
@@ -297,5 +298,6 @@ def _load_checkpoint(path: Path, policy: Any, head: Any, optimizer: Any, schedul
     state.global_step = loaded["global_step"]
     state.epoch = loaded.get("epoch", 0.0)
     state.log_history = loaded.get("log_history", [])
+    state.num_input_tokens_seen = loaded.get("num_input_tokens_seen", 0)
     log.info("resumed PPO at step %d from %s", state.global_step, path.name)
     return state.global_step
