@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,3 +63,4 @@ def test_sigterm_saves_and_restart_resumes(tmp_path, tiny_model_dir, cache_dir):
     assert steps == list(range(1, TOTAL + 1)), steps  # the log runs on from the saved step, nothing repeated
     assert complete_checkpoints(work_dir) == []  # a finished job leaves no checkpoint to resume from
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["config"]["checkpointing"]["everySteps"] == 3
+    shutil.rmtree(work_dir.parent, ignore_errors=True)  # this run's scratch in the shared cache

@@ -124,6 +124,7 @@ def test_grpo_against_the_rm_output(tmp_path, tiny_model_dir, cache_dir, reward_
 def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, reward_model):
     """Our PPO loop honours the same checkpoint contract as the TRL stages: SIGTERM → save → resume."""
     import os
+    import shutil
     import signal
     import uuid
 
@@ -154,6 +155,7 @@ def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, 
     assert result.metrics["resumed_from_step"] == 2 and result.metrics["global_step"] == 4
     assert [h["step"] for h in history(tmp_path / "out") if "reward" in h] == [1, 2, 3, 4]
     assert complete_checkpoints(work_dir) == []
+    shutil.rmtree(work_dir.parent, ignore_errors=True)  # this run's scratch in the shared cache
 
 
 def test_dpo_continues_an_sft_adapter(tmp_path, tiny_model_dir, cache_dir):
