@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import subprocess
 import resource
 import sys
 import time
@@ -100,7 +101,7 @@ def one_variant(variant: str, model_dir: str, steps: int, rows: int, cutoff: int
         step()
         times.append(time.perf_counter() - t0)
     return {"variant": variant, "step_times_s": [round(t, 3) for t in times],
-            "median_step_s": round(sorted(times)[len(times) // 2], 3), "first_loss": round(first_loss, 4),
+            "median_step_s": round(benchlib.median(times), 3), "first_loss": round(first_loss, 4),
             "tokens_per_step": tokens, "rss_after_load_mib": round(rss_before, 1),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
 
@@ -120,18 +121,50 @@ def loss_path(model_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
         row["rep"] = rep
         print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
         runs.append(row)
-    summary = {}
+    return {"runs": runs, "summary": summarize_loss_path(runs)}
+
+
+def venv_compare(model_dir: Path, p: argparse.Namespace) -> dict[str, Any]:
+    """The model_loss step under two interpreters (kubetune's venv and e.g. LLaMA-Factory's), alternating:
+    the same code on different torch/transformers/peft versions."""
+    pythons = {"kubetune venv": sys.executable, "other venv": p.compare_python}
+    runs = []
+    for rep, label in benchlib.alternate(list(pythons), p.reps):
+        print(f"venv compare: rep {rep + 1}/{p.reps} {label} ...", file=sys.stderr, flush=True)
+        out = WORK / f"venv-{rep}-{label.split()[0]}.json"
+        m = benchlib.run_measured(
+            [pythons[label], __file__, "--variant", "model_loss", "--model-dir", str(model_dir), "--steps",
+             str(p.steps), "--rows", str(p.rows), "--cutoff", str(p.cutoff), "--variant-out", str(out)],
+            env=dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false"),
+            log_file=WORK / f"venv-{rep}-{label.split()[0]}.log")
+        row = json.loads(out.read_text()) if m.returncode == 0 and out.exists() else {"error": m.output_tail[-800:]}
+        versions = subprocess.run([pythons[label], "-c", "import torch, transformers, peft; print(torch.__version__,"
+                                   " transformers.__version__, peft.__version__)"], capture_output=True, text=True,
+                                  check=False).stdout.strip()
+        row.update(rep=rep, venv=label, python=pythons[label], versions=versions, cpu_s=m.cpu_s)
+        print(f"    {json.dumps(row)}", file=sys.stderr, flush=True)
+        runs.append(row)
+    summary = {label: {"median_step_s": benchlib.median(t for r in runs if r["venv"] == label
+                                                        for t in r.get("step_times_s", [])),
+                       "versions": next((r["versions"] for r in runs if r["venv"] == label), None)}
+               for label in pythons}
+    return {"runs": runs, "summary": summary}
+
+
+def summarize_loss_path(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per variant: the median of every timed step of its successful runs, and the median peak RSS."""
+    summary: dict[str, Any] = {}
     for variant in VARIANTS:
-        good = [r for r in runs if r["variant"] == variant and "median_step_s" in r]
+        good = [r for r in runs if r["variant"] == variant and "step_times_s" in r]
         summary[variant] = {
             "what": VARIANTS[variant],
-            "median_step_s": benchlib.median(r["median_step_s"] for r in good),
+            "median_step_s": benchlib.median(t for r in good for t in r["step_times_s"]),
             "peak_rss_mib": benchlib.median(r["peak_rss_mib"] for r in good),
             "first_loss": good[0]["first_loss"] if good else None, "ok_runs": len(good),
         }
     summary["slowdown_trl_vs_model_loss"] = benchlib.ratio(summary["trl_fused_head"]["median_step_s"],
                                                            summary["model_loss"]["median_step_s"])
-    return {"runs": runs, "summary": summary}
+    return summary
 
 
 # ------------------------------------------------------------------------------------------- part 1: whole run
@@ -224,6 +257,13 @@ def render(result: dict[str, Any]) -> str:
         out.append(f"\n## The loss path, isolated (SmolLM2-135M + LoRA r=16, {result['settings']['rows']} rows "
                    f"padded, cutoff {result['settings']['cutoff']}, alternating fresh processes)\n\n{table}\n"
                    f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time.\n")
+    vc = (result.get("venv_compare") or {}).get("summary")
+    if vc:
+        out.append("\n## The same model-loss step in two environments (alternating fresh processes)\n\n" +
+                   benchlib.markdown_table([{"venv": k, "versions": v["versions"], "step": v["median_step_s"]}
+                                            for k, v in vc.items()],
+                                           [("venv", "environment"), ("versions", "torch transformers peft"),
+                                            ("step", "median step s")]))
     w = result.get("whole_run") or {}
     if w:
         phase_rows = [{"phase": k, "s": v} for k, v in (w.get("phase_s") or {}).items()]
@@ -243,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-rows", type=int, default=8)
     ap.add_argument("--skip-whole-run", action="store_true")
     ap.add_argument("--skip-loss-path", action="store_true")
+    ap.add_argument("--compare-python", help="also time the model_loss step under this interpreter (another venv)")
     ap.add_argument("--pyspy", nargs="*", default=[], metavar="LABEL=RAW",
                     help="py-spy `record --format raw` outputs to summarize, e.g. "
                          "'kubetune run (steady-state training)=bench/.work/pyspy/kubetune.txt'")
@@ -267,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                        for label, _, path in (item.rpartition("=") for item in p.pyspy)]
     if not p.skip_loss_path:
         result["loss_path"] = loss_path(model_dir, p)
+    if p.compare_python:
+        result["venv_compare"] = venv_compare(model_dir, p)
     if not p.skip_whole_run:
         result["whole_run"] = whole_run(model_dir, p)
     findings = benchlib.RESULTS_DIR / "profile-findings.md"

@@ -187,6 +187,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def hms_seconds(text: str) -> float:
+    """LLaMA-Factory's ``elapsed_time`` ("H:MM:SS") in seconds."""
+    seconds = 0.0
+    for part in text.split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
+def steady_step_s(points: list[tuple[int, float]]) -> float | None:
+    """Seconds per step after the first logged step (which carries the warm-up), from (step, elapsed) points."""
+    points = sorted(points)
+    if len(points) < 2 or points[-1][0] == points[0][0]:
+        return None
+    return round((points[-1][1] - points[0][1]) / (points[-1][0] - points[0][0]), 3)
+
+
 def run_kubetune(name: str, job: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     job_file = run_dir / "job.yaml"
@@ -198,7 +214,9 @@ def run_kubetune(name: str, job: dict[str, Any], run_dir: Path) -> dict[str, Any
     metrics: dict[str, Any] = {}
     if (out / "manifest.json").exists():
         metrics = json.loads((out / "manifest.json").read_text()).get("metrics", {})
-    return {"measured": m, "metrics": metrics, "log": read_jsonl(out / "trainer_log.jsonl")}
+    log = read_jsonl(out / "trainer_log.jsonl")
+    points = [(e["step"], e["train_runtime"]) for e in log if "loss" in e and "train_runtime" in e and "step" in e]
+    return {"measured": m, "metrics": metrics, "log": log, "steady_step_s": steady_step_s(points)}
 
 
 def run_llamafactory(lf_python: str, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -210,7 +228,10 @@ def run_llamafactory(lf_python: str, config: dict[str, Any], run_dir: Path) -> d
     out = Path(config["output_dir"])
     metrics = json.loads((out / "train_results.json").read_text()) if (out / "train_results.json").exists() else {}
     state = json.loads((out / "trainer_state.json").read_text()) if (out / "trainer_state.json").exists() else {}
-    return {"measured": m, "metrics": metrics, "log": state.get("log_history", [])}
+    points = [(e["current_steps"], hms_seconds(e["elapsed_time"])) for e in read_jsonl(out / "trainer_log.jsonl")
+              if "loss" in e and e.get("elapsed_time")]
+    return {"measured": m, "metrics": metrics, "log": state.get("log_history", []),
+            "steady_step_s": steady_step_s(points)}
 
 
 def record(tool: str, setting: str, rep: int, raw: dict[str, Any], tokens: int, steps: int) -> dict[str, Any]:
@@ -222,6 +243,7 @@ def record(tool: str, setting: str, rep: int, raw: dict[str, Any], tokens: int, 
         "train_runtime_s": runtime, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "peak_rss_mib": m.peak_rss_mib,
         "tokens_per_s": round(tokens / runtime, 1) if ok else None,
         "step_time_s": round(runtime / steps, 3) if ok else None,
+        "steady_step_time_s": raw.get("steady_step_s") if ok else None,
         "train_loss": raw["metrics"].get("train_loss"), "final_loss": last_loss(raw["log"]),
         "logged_steps": sum(1 for e in raw["log"] if "loss" in e),
     }
@@ -258,7 +280,7 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
             rep += first_rep
             name = f"{tool[:2]}-{setting}-{rep}"
             run_dir = WORK / "runs" / name
-            print(f"[{setting}] rep {rep + 1}/{p.reps} {tool} ...", file=sys.stderr, flush=True)
+            print(f"[{setting}] run {rep + 1} {tool} ...", file=sys.stderr, flush=True)
             if tool == "kubetune":
                 job = kubetune_job(f"bench-{name}", model_dir, data_dir, run_dir / "out", p, setting == "defaults")
                 raw = run_kubetune(name, job, run_dir)
@@ -269,18 +291,7 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
             print(f"    {json.dumps({k: v for k, v in row.items() if k != 'error_tail'})}", file=sys.stderr)
             runs.append(row)
 
-    keys = ("tokens_per_s", "step_time_s", "train_runtime_s", "wall_s", "peak_rss_mib", "train_loss", "final_loss")
-    summary = []
-    for setting in [s for s in SETTINGS if any(r["setting"] == s for r in runs)]:
-        per_tool = {tool: benchlib.summarize([r for r in runs if r["tool"] == tool and r["setting"] == setting], keys)
-                    for tool in TOOLS}
-        summary.append({
-            "setting": setting, "kubetune": per_tool["kubetune"], "llamafactory": per_tool["llamafactory"],
-            "ratio_tokens_per_s": benchlib.ratio(per_tool["kubetune"]["tokens_per_s"],
-                                                 per_tool["llamafactory"]["tokens_per_s"]),
-            "ratio_wall": benchlib.ratio(per_tool["llamafactory"]["wall_s"], per_tool["kubetune"]["wall_s"]),
-            "target_ratio": 1.0 if setting == "identical" else 1.5,
-        })
+    summary = summarize(runs)
     lf_versions = subprocess.run([lf_python, "-c", "import importlib.metadata as m, json; print(json.dumps("
                                   "{p: m.version(p) for p in ['llamafactory','torch','transformers','peft','trl',"
                                   "'accelerate','datasets']}))"], capture_output=True, text=True, check=False).stdout.strip()
@@ -304,6 +315,27 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
         "summary": summary,
         "runs": runs,
     }
+
+
+KEYS = ("tokens_per_s", "step_time_s", "steady_step_time_s", "train_runtime_s", "wall_s", "cpu_s", "peak_rss_mib",
+        "train_loss", "final_loss")
+
+
+def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per setting: medians per tool over the counted runs, and the kubetune / LLaMA-Factory ratios."""
+    summary = []
+    for setting in [s for s in SETTINGS if any(r["setting"] == s for r in runs)]:
+        per_tool = {tool: benchlib.summarize([r for r in runs if r["tool"] == tool and r["setting"] == setting], KEYS)
+                    for tool in TOOLS}
+        summary.append({
+            "setting": setting, "kubetune": per_tool["kubetune"], "llamafactory": per_tool["llamafactory"],
+            "ratio_tokens_per_s": benchlib.ratio(per_tool["kubetune"]["tokens_per_s"],
+                                                 per_tool["llamafactory"]["tokens_per_s"]),
+            "ratio_wall": benchlib.ratio(per_tool["llamafactory"]["wall_s"], per_tool["kubetune"]["wall_s"]),
+            "ratio_cpu": benchlib.ratio(per_tool["llamafactory"]["cpu_s"], per_tool["kubetune"]["cpu_s"]),
+            "target_ratio": 1.0 if setting == "identical" else 1.5,
+        })
+    return summary
 
 
 def merged_runs(p: argparse.Namespace) -> tuple[list[dict[str, Any]], int]:
@@ -346,6 +378,11 @@ def padded_tokens(rows: list[dict[str, Any]], batch: int, seed: int) -> int:
 # ------------------------------------------------------------------------------------------- report
 
 
+def last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "")[:300]
+
+
 def render(result: dict[str, Any]) -> str:
     w = result["workload"]
     rows = []
@@ -353,28 +390,32 @@ def render(result: dict[str, Any]) -> str:
         for tool in TOOLS:
             t = s[tool]
             rows.append({"setting": s["setting"], "tool": tool, "ok": f"{t['ok_runs']}/{t['runs']}",
-                         "tps": t["tokens_per_s"], "step": t["step_time_s"], "runtime": t["train_runtime_s"],
-                         "wall": t["wall_s"], "rss": t["peak_rss_mib"], "loss": t["train_loss"],
+                         "tps": t["tokens_per_s"], "step": t["step_time_s"],
+                         "steady": t.get("steady_step_time_s"), "runtime": t["train_runtime_s"],
+                         "wall": t["wall_s"], "cpu": t.get("cpu_s"), "rss": t["peak_rss_mib"], "loss": t["train_loss"],
                          "final": t["final_loss"]})
     table = benchlib.markdown_table(rows, [
         ("setting", "setting"), ("tool", "tool"), ("ok", "ok runs"), ("tps", "non-padding tokens/s (median)"),
-        ("step", "step time s"), ("runtime", "train_runtime s"), ("wall", "process wall s"),
-        ("rss", "peak RSS MiB"), ("loss", "train_loss (mean)"), ("final", "final step loss")])
+        ("step", "step time s"), ("steady", "step time after step 1 s"), ("runtime", "train_runtime s"), ("wall", "process wall s"),
+        ("cpu", "process CPU s"), ("rss", "peak RSS MiB"), ("loss", "train_loss (mean)"), ("final", "final step loss")])
     ratios = benchlib.markdown_table(
         [{"setting": s["setting"], "ratio": s["ratio_tokens_per_s"], "target": s["target_ratio"],
           "met": (s["ratio_tokens_per_s"] or 0) >= s["target_ratio"] if s["ratio_tokens_per_s"] else None,
-          "wall": s["ratio_wall"]} for s in result["summary"]],
+          "wall": s["ratio_wall"], "cpu": s.get("ratio_cpu")} for s in result["summary"]],
         [("setting", "setting"), ("ratio", "tokens/s ratio kubetune / LLaMA-Factory"), ("target", "target"),
-         ("met", "met"), ("wall", "process wall ratio LLaMA-Factory / kubetune")])
+         ("met", "met"), ("wall", "process wall ratio LLaMA-Factory / kubetune"),
+         ("cpu", "process CPU ratio LLaMA-Factory / kubetune")])
     tc = result["token_check"]
     lfv = result.get("llamafactory_venv_packages") or {}
     return (
         "# Trainer throughput: kubetune vs LLaMA-Factory (CPU)\n\n"
         "`.venv/bin/python bench/train_throughput.py` — medians over alternating runs "
-        f"(kubetune, LLaMA-Factory, ... × {w['reps_per_tool']} each).\n\n"
+        "(kubetune, LLaMA-Factory, kubetune, ...; the ok-runs column counts them).\n\n"
         f"{ratios}\n{table}\n"
         + "".join(f"- Not counted: {r['tool']} {r['setting']} run {r['rep'] + 1}: {r['excluded']}\n"
-                  for r in result["runs"] if r.get("excluded")) +
+                  for r in result["runs"] if r.get("excluded"))
+        + "".join(f"- Failed: {r['tool']} {r['setting']} run {r['rep'] + 1}: `{last_line(r['error_tail'])}`\n"
+                  for r in result["runs"] if not r.get("ok") and r.get("error_tail")) +
         "\n## Workload\n\n"
         f"- {w['model']}\n"
         f"- {w['rows']} deterministic alpaca rows (seed {w['data_seed']}), one epoch = {w['steps']} steps of batch "
@@ -413,8 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude", nargs="*", default=[], metavar="TOOL:SETTING:REP=WHY",
                     help="runs of --merge not to count, with the reason (kept in the JSON)")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
+    ap.add_argument("--render-only", type=Path, help="recompute the summary and tables of this results JSON")
     p = ap.parse_args(argv)
-    result = measure(p)
+    if p.render_only:
+        result = json.loads(p.render_only.read_text())
+        result["summary"] = summarize(result["runs"])
+    else:
+        result = measure(p)
     js, md = benchlib.write_results("train_throughput", result, render(result), p.out)
     print(md.read_text())
     print(f"wrote {js} and {md}", file=sys.stderr)

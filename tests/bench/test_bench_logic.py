@@ -221,3 +221,9 @@ def test_pyspy_summary_counts_each_function_once_per_sample():
     assert summary["samples"] == 4
     shares = {r["function"]: r["share"] for r in summary["top"]}
     assert shares == {"main (a.py)": 1.0, "step (b.py)": 0.75, "collate (trainer/c.py)": 0.25}
+
+
+def test_steady_step_time_skips_the_warm_up_step(tt):
+    assert tt.hms_seconds("1:02:03") == 3723.0
+    assert tt.steady_step_s([(3, 160.0), (1, 98.0), (2, 129.0)]) == 31.0
+    assert tt.steady_step_s([(1, 98.0)]) is None
