@@ -6,7 +6,6 @@ CACHE := $(CURDIR)/.cache
 MODEL := $(CACHE)/models/SmolLM2-135M-Instruct.Q4_1.gguf
 STAMP := $(VENV)/.kubetune-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 export KUBETUNE_CACHE_DIR ?= $(CACHE)/kubetune
-export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::UserWarning
 

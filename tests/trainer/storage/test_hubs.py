@@ -85,6 +85,10 @@ def local_hub(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None) -> Iterator[L
     hub = LocalHub()
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    import huggingface_hub.constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: a user's offline setting must not hide the local Hub
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     yield hub
     hub.close()
 
