@@ -43,7 +43,17 @@ SYSTEM = "You are a helpful assistant."
 TOOLS = ("kubetune", "llamafactory")
 SETTINGS = ("identical", "defaults")
 
-WORDS = ["cluster", "node", "pod", "job", "model", "adapter", "token", "batch", "epoch", "gradient", "learning", "rate", "schedule", "data", "set", "row", "column", "value", "field", "label", "prompt", "answer", "question", "system", "user", "assistant", "train", "evaluate", "metric", "loss", "accuracy", "memory", "storage", "bucket", "object", "upload", "download", "cache", "folder", "file", "path", "version", "release", "image", "container", "operator", "resource", "request", "limit", "status", "condition", "event", "watch", "update", "create", "delete", "patch", "apply", "reconcile", "queue", "the", "a", "an", "of", "to", "in", "on", "for", "with", "from", "by", "and", "or", "but", "not", "is", "are", "was", "were", "be", "been", "has", "have", "had", "will", "would", "can", "could", "should", "may", "might", "must", "this", "that", "these", "those", "it", "its", "they", "them", "their", "we", "our", "you", "your", "he", "she", "his", "her", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "river", "mountain", "city", "garden", "window", "kitchen", "music", "story", "paper", "letter", "number", "small", "large", "short", "long", "early", "late", "fast", "slow", "bright", "dark", "warm", "cold", "simple", "careful", "useful", "clear"]
+WORDS = tuple((
+    "cluster node pod job model adapter token batch epoch gradient learning rate schedule data set row column "
+    "value field label prompt answer question system user assistant train evaluate metric loss accuracy "
+    "memory storage bucket object upload download cache folder file path version release image container "
+    "operator resource request limit status condition event watch update create delete patch apply reconcile "
+    "queue the a an of to in on for with from by and or but not is are was were be been has have had will "
+    "would can could should may might must this that these those it its they them their we our you your he "
+    "she his her quick brown fox jumps over lazy dog river mountain city garden window kitchen music story "
+    "paper letter number small large short long early late fast slow bright dark warm cold simple careful "
+    "useful clear"
+).split())
 INSTRUCTIONS = (
     "Explain how {a} relates to {b}.", "Summarize the following notes about {a}.", "Write a short story about {a}.",
     "List the steps to configure {a} for {b}.", "Translate this description of {a} into plain words.",
@@ -238,14 +248,16 @@ def record(tool: str, setting: str, rep: int, raw: dict[str, Any], tokens: int, 
     m: benchlib.Measured = raw["measured"]
     runtime = raw["metrics"].get("train_runtime")
     ok = m.returncode == 0 and runtime is not None
+    logged = sum(1 for e in raw["log"] if "loss" in e)  # logging_steps=1: one entry per optimizer step
+    # (packing turns the rows into fewer, fuller sequences, so a packed epoch has fewer steps)
     row = {
         "tool": tool, "setting": setting, "rep": rep, "ok": ok, "returncode": m.returncode,
         "train_runtime_s": runtime, "wall_s": m.wall_s, "cpu_s": m.cpu_s, "peak_rss_mib": m.peak_rss_mib,
         "tokens_per_s": round(tokens / runtime, 1) if ok else None,
-        "step_time_s": round(runtime / steps, 3) if ok else None,
+        "step_time_s": round(runtime / (logged or steps), 3) if ok else None,
         "steady_step_time_s": raw.get("steady_step_s") if ok else None,
         "train_loss": raw["metrics"].get("train_loss"), "final_loss": last_loss(raw["log"]),
-        "logged_steps": sum(1 for e in raw["log"] if "loss" in e),
+        "logged_steps": logged,
     }
     if not ok:
         row["error_tail"] = m.output_tail[-1500:]
@@ -294,7 +306,8 @@ def measure(p: argparse.Namespace) -> dict[str, Any]:
     summary = summarize(runs)
     lf_versions = subprocess.run([lf_python, "-c", "import importlib.metadata as m, json; print(json.dumps("
                                   "{p: m.version(p) for p in ['llamafactory','torch','transformers','peft','trl',"
-                                  "'accelerate','datasets']}))"], capture_output=True, text=True, check=False).stdout.strip()
+                                  "'accelerate','datasets']}))"], capture_output=True, text=True,
+                                 check=False).stdout.strip()
     return {
         "benchmark": "train_throughput",
         "machine": benchlib.machine_info(note=p.note),
@@ -396,7 +409,8 @@ def render(result: dict[str, Any]) -> str:
                          "final": t["final_loss"]})
     table = benchlib.markdown_table(rows, [
         ("setting", "setting"), ("tool", "tool"), ("ok", "ok runs"), ("tps", "non-padding tokens/s (median)"),
-        ("step", "step time s"), ("steady", "step time after step 1 s"), ("runtime", "train_runtime s"), ("wall", "process wall s"),
+        ("step", "step time s"), ("steady", "step time after step 1 s"), ("runtime", "train_runtime s"),
+        ("wall", "process wall s"),
         ("cpu", "process CPU s"), ("rss", "peak RSS MiB"), ("loss", "train_loss (mean)"), ("final", "final step loss")])
     ratios = benchlib.markdown_table(
         [{"setting": s["setting"], "ratio": s["ratio_tokens_per_s"], "target": s["target_ratio"],
@@ -415,7 +429,7 @@ def render(result: dict[str, Any]) -> str:
         + "".join(f"- Not counted: {r['tool']} {r['setting']} run {r['rep'] + 1}: {r['excluded']}\n"
                   for r in result["runs"] if r.get("excluded"))
         + "".join(f"- Failed: {r['tool']} {r['setting']} run {r['rep'] + 1}: `{last_line(r['error_tail'])}`\n"
-                  for r in result["runs"] if not r.get("ok") and r.get("error_tail")) +
+                  for r in result["runs"] if not r.get("ok") and r.get("error_tail") and not r.get("excluded")) +
         "\n## Workload\n\n"
         f"- {w['model']}\n"
         f"- {w['rows']} deterministic alpaca rows (seed {w['data_seed']}), one epoch = {w['steps']} steps of batch "
@@ -429,7 +443,8 @@ def render(result: dict[str, Any]) -> str:
         "(padding-free batches, no gradient checkpointing), LLaMA-Factory defaults (no packing for SFT, gradient "
         "checkpointing on)\n"
         "- tokens/s = non-padding tokens of the epoch / the trainer's `train_runtime`; step time = "
-        "train_runtime / steps; process wall includes imports, data preparation and model loading; peak RSS of "
+        "train_runtime / optimizer steps (a packed epoch has fewer, fuller steps); process wall includes "
+        "imports, data preparation and model loading; peak RSS of "
         "the training process\n\n"
         "## Machine\n\n" + benchlib.machine_markdown(result["machine"]) +
         f"- LLaMA-Factory venv: {', '.join(f'{k} {v}' for k, v in lfv.items())}\n"
@@ -458,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     p = ap.parse_args(argv)
     if p.render_only:
         result = json.loads(p.render_only.read_text())
+        for r in result["runs"]:
+            if r.get("ok") and r.get("logged_steps"):
+                r["step_time_s"] = round(r["train_runtime_s"] / r["logged_steps"], 3)
         result["summary"] = summarize(result["runs"])
     else:
         result = measure(p)
