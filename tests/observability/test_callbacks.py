@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from kubetune.api import metrics as names
+from kubetune.api.metrics import format_duration
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.trainer.callbacks.throughput import (
     Throughput,
     flops_per_token,
-    format_duration,
     format_rate,
     mfu,
     peak_flops,

@@ -7,6 +7,8 @@ Names carry the ``kubetune_`` prefix and their unit. Trainer metrics are labelle
 
 from __future__ import annotations
 
+import math
+
 TRAINER_LABELS = ("job", "namespace", "stage", "method", "model")
 DEFAULT_METRICS_PORT = 9400  # trainer pods
 OPERATOR_METRICS_PORT = 8080
@@ -55,3 +57,17 @@ OPERATOR_JOBS = "kubetune_operator_finetunejobs"  # gauge, label: phase
 OPERATOR_RECONCILE_SECONDS = "kubetune_operator_reconcile_duration_seconds"  # histogram, label: handler
 OPERATOR_API_ERRORS = "kubetune_operator_api_errors_total"  # counter, label: verb, code
 OPERATOR_PROGRESS_POLL_FAILURES = "kubetune_operator_progress_poll_failures_total"  # counter
+
+
+def format_duration(seconds: float | None) -> str:
+    """How durations and ETAs read everywhere (live view, ``status.progress.eta``): 1h02m, 4m05s, 12s; '?' unknown."""
+    if seconds is None or math.isnan(seconds) or seconds < 0:
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

@@ -11,7 +11,13 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetune.api.metrics import CHECKPOINT_LAST_STEP, DATASET_ROWS, MEMORY_ESTIMATE_BYTES, PROGRESS_FIELDS
+from kubetune.api.metrics import (
+    CHECKPOINT_LAST_STEP,
+    DATASET_ROWS,
+    MEMORY_ESTIMATE_BYTES,
+    PROGRESS_FIELDS,
+    format_duration,
+)
 
 INT_FIELDS = {"step", "totalSteps"}
 
@@ -26,17 +32,6 @@ def parse(text: str) -> dict[str, float]:
     return values
 
 
-def format_eta(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m:02d}m"
-    if m:
-        return f"{m}m{s:02d}s"
-    return f"{s}s"
-
-
 def progress(values: dict[str, float]) -> dict[str, Any]:
     """``status.progress`` (camelCase) from scraped values; percent and eta derived."""
     out: dict[str, Any] = {}
@@ -48,7 +43,7 @@ def progress(values: dict[str, float]) -> dict[str, Any]:
         out["percent"] = round(100.0 * out.get("step", 0) / out["totalSteps"], 1)
     if "etaSeconds" in out:
         out["etaSeconds"] = round(out["etaSeconds"], 1)
-        out["eta"] = format_eta(out["etaSeconds"])
+        out["eta"] = format_duration(out["etaSeconds"])
     return out
 
 

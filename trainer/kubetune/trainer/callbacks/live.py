@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 from transformers import TrainerCallback
 
-from kubetune.trainer.callbacks.throughput import Throughput, format_duration, format_rate
+from kubetune.api.metrics import format_duration
+from kubetune.trainer.callbacks.throughput import Throughput, format_rate
 
 
 def format_line(*, step: int, total: int, loss: float | None, eval_loss: float | None, lr: float | None,

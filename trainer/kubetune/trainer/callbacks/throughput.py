@@ -10,7 +10,6 @@ on CPU (or an unknown device) MFU is reported as 0.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -117,20 +116,6 @@ class Throughput:
         if per_step is None or total_steps <= 0:
             return None
         return max(total_steps - step, 0) * per_step
-
-
-def format_duration(seconds: float | None) -> str:
-    """1h02m, 4m05s, 12s; '?' while unknown."""
-    if seconds is None or math.isnan(seconds) or seconds < 0:
-        return "?"
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def format_rate(value: float) -> str:
