@@ -35,6 +35,9 @@ async def test_operator_killed_and_restarted_ten_times_mid_job(kube_api: KubeEmu
     cluster.finish("restarts", 1)
     await eventually(lambda: status(kube_api, "restarts").get("phase") == "Succeeded")
     assert cond(kube_api, "Ready", "restarts")["status"] == "True"
+    # Events are posted right after the status they announce; wait for it, then make sure no replay adds one
+    await eventually(lambda: ("Normal", "TrainingCompleted") in events(kube_api, "restarts"))
+    await asyncio.sleep(1.0)
     assert events(kube_api, "restarts").count(("Normal", "TrainingCompleted")) == 1, events(kube_api, "restarts")
 
 
