@@ -41,6 +41,16 @@ class RunResult:
     reports: list[dict[str, Any]] = field(default_factory=list)
 
 
+def fetch_artifact(config: TrainerConfig, ref: Any, field: str) -> Path | None:
+    """A model artifact given by ``source:`` (the operator turns ``fromJob:`` into a source before the pod runs)."""
+    if ref is None:
+        return None
+    if ref.source is None:
+        raise ConfigError(f"{field}.fromJob is resolved by the operator; `kubetune run` needs {field}.source")
+    return fetch(ref.source, field=f"{field}.source", work_dir=config.runtime.work_dir,
+                 cache_dir=config.runtime.cache_dir, kind="model", allow=config.runtime.allow_private_urls)
+
+
 def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: PhaseHook | None = None) -> RunResult:
     phase = on_phase or (lambda _phase, **_facts: None)
     spec = config.spec
@@ -68,20 +78,8 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
 
     phase("loading_data")
     data = tokenize_all(config, tokenizer, template, converted)
-    adapter_init = None
-    if spec.model.adapter is not None:
-        if spec.model.adapter.source is None:
-            raise ConfigError("spec.model.adapter.fromJob is resolved by the operator; `kubetune run` needs source:")
-        adapter_init = fetch(spec.model.adapter.source, field="spec.model.adapter.source",
-                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
-                             allow=config.runtime.allow_private_urls)
-    reward_model = None
-    if spec.training.reward_model is not None:
-        if spec.training.reward_model.source is None:
-            raise ConfigError("spec.training.rewardModel.fromJob is resolved by the operator; `kubetune run` needs source:")
-        reward_model = fetch(spec.training.reward_model.source, field="spec.training.rewardModel.source",
-                             work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir, kind="model",
-                             allow=config.runtime.allow_private_urls)
+    adapter_init = fetch_artifact(config, spec.model.adapter, "spec.model.adapter")
+    reward_model = fetch_artifact(config, spec.training.reward_model, "spec.training.rewardModel")
 
     phase("training", memory_estimate_gib=memory_estimate, datasets=[r.to_dict() for r in data.reports])
     uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
