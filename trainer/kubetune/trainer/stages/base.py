@@ -140,6 +140,26 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     return StageResult(metrics=metrics, log_history=list(trainer.state.log_history))
 
 
+def fit(ctx: RunContext, trainer_cls: Any, model: Any, args: Any, train: list[dict[str, Any]],
+        evaluation: list[dict[str, Any]], *, perplexity: bool = False, **kwargs: Any) -> StageResult:
+    """Build a TRL/transformers trainer the way every stage does, train and save it, export the merged model."""
+    from kubetune.trainer.models.adapters import export_merged, optimizers
+
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=to_hf_dataset(train),
+        eval_dataset=to_hf_dataset(evaluation),
+        processing_class=ctx.tokenizer,
+        callbacks=stage_callbacks(ctx),
+        optimizers=optimizers(model, ctx.config.spec, args),
+        **kwargs,
+    )
+    result = train_and_save(ctx, trainer, perplexity=perplexity)
+    export_merged(ctx, trainer.model)
+    return result
+
+
 def to_hf_dataset(rows: list[dict[str, Any]]) -> Any:
     import datasets
 

@@ -8,15 +8,13 @@ LLaMA-Factory allows. ``preference.ftx`` adds an SFT loss on the chosen answer.
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.adapters import apply_method
 from kubetune.trainer.models.loader import load_model
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
     common_args,
-    stage_callbacks,
-    to_hf_dataset,
-    train_and_save,
+    fit,
 )
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized, pretokenized
 
@@ -44,18 +42,7 @@ def run_dpo(ctx: RunContext) -> StageResult:
         loss_type=losses,
         loss_weights=weights,
     )
-    trainer = pretokenized(DPOTrainer)(
-        model=model,
-        args=args,
-        train_dataset=to_hf_dataset(ctx.data.train),
-        eval_dataset=to_hf_dataset(ctx.data.eval),
-        processing_class=ctx.tokenizer,
-        callbacks=stage_callbacks(ctx),
-        optimizers=optimizers(model, spec, args),
-    )
-    result = train_and_save(ctx, trainer)
-    export_merged(ctx, trainer.model)
-    return result
+    return fit(ctx, pretokenized(DPOTrainer), model, args, ctx.data.train, ctx.data.eval)
 
 
 def _run_simpo(ctx: RunContext) -> StageResult:
@@ -77,15 +64,4 @@ def _run_simpo(ctx: RunContext) -> StageResult:
         simpo_gamma=pref.simpo_gamma,
         cpo_alpha=pref.ftx,  # 0: pure SimPO; > 0 adds the NLL term on chosen (CPO-SimPO)
     )
-    trainer = legacy_tokenized(CPOTrainer)(
-        model=model,
-        args=args,
-        train_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.train]),
-        eval_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.eval]),
-        processing_class=ctx.tokenizer,
-        callbacks=stage_callbacks(ctx),
-        optimizers=optimizers(model, spec, args),
-    )
-    result = train_and_save(ctx, trainer)
-    export_merged(ctx, trainer.model)
-    return result
+    return fit(ctx, legacy_tokenized(CPOTrainer), model, args, [legacy_pairwise(r) for r in ctx.data.train], [legacy_pairwise(r) for r in ctx.data.eval])

@@ -5,15 +5,13 @@ The reference model is the base with the adapter disabled (LoRA) or a frozen cop
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.adapters import apply_method
 from kubetune.trainer.models.loader import load_model
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
     common_args,
-    stage_callbacks,
-    to_hf_dataset,
-    train_and_save,
+    fit,
 )
 from kubetune.trainer.stages.pretokenized import pretokenized
 
@@ -32,15 +30,4 @@ def run_kto(ctx: RunContext) -> StageResult:
         desirable_weight=kto.desirable_weight,
         undesirable_weight=kto.undesirable_weight,
     )
-    trainer = pretokenized(KTOTrainer)(
-        model=model,
-        args=args,
-        train_dataset=to_hf_dataset(ctx.data.train),
-        eval_dataset=to_hf_dataset(ctx.data.eval),
-        processing_class=ctx.tokenizer,
-        callbacks=stage_callbacks(ctx),
-        optimizers=optimizers(model, spec, args),
-    )
-    result = train_and_save(ctx, trainer)
-    export_merged(ctx, trainer.model)
-    return result
+    return fit(ctx, pretokenized(KTOTrainer), model, args, ctx.data.train, ctx.data.eval)

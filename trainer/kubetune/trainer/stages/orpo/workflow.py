@@ -6,15 +6,13 @@ It needs no reference model. ``spec.training.preference.beta`` is ORPO's lambda.
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.adapters import apply_method
 from kubetune.trainer.models.loader import load_model
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
     common_args,
-    stage_callbacks,
-    to_hf_dataset,
-    train_and_save,
+    fit,
 )
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized
 
@@ -35,15 +33,4 @@ def run_orpo(ctx: RunContext) -> StageResult:
         beta=spec.training.preference.beta,
         padding_value=ctx.tokenizer.pad_token_id,
     )
-    trainer = legacy_tokenized(ORPOTrainer)(
-        model=model,
-        args=args,
-        train_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.train]),
-        eval_dataset=to_hf_dataset([legacy_pairwise(r) for r in ctx.data.eval]),
-        processing_class=ctx.tokenizer,
-        callbacks=stage_callbacks(ctx),
-        optimizers=optimizers(model, spec, args),
-    )
-    result = train_and_save(ctx, trainer)
-    export_merged(ctx, trainer.model)
-    return result
+    return fit(ctx, legacy_tokenized(ORPOTrainer), model, args, [legacy_pairwise(r) for r in ctx.data.train], [legacy_pairwise(r) for r in ctx.data.eval])

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
+from kubetune.trainer.models.adapters import apply_method
 from kubetune.trainer.models.loader import load_model
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
     common_args,
-    stage_callbacks,
-    to_hf_dataset,
-    train_and_save,
+    fit,
 )
 
 
@@ -29,15 +27,4 @@ def run_sft(ctx: RunContext) -> StageResult:
         padding_free=spec.packing,
         dataset_kwargs={"skip_prepare_dataset": True},
     )
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_hf_dataset(ctx.data.train),
-        eval_dataset=to_hf_dataset(ctx.data.eval),
-        processing_class=ctx.tokenizer,
-        callbacks=stage_callbacks(ctx),
-        optimizers=optimizers(model, spec, args),
-    )
-    result = train_and_save(ctx, trainer, perplexity=True)
-    export_merged(ctx, trainer.model)
-    return result
+    return fit(ctx, SFTTrainer, model, args, ctx.data.train, ctx.data.eval, perplexity=True)
