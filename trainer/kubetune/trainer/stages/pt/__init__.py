@@ -1,1 +1,1 @@
-"""Pre-training: causal LM on packed text (TRL SFTTrainer over pre-tokenized blocks)."""
+"""Pre-training: causal LM on packed text (transformers Trainer over pre-tokenized blocks)."""

@@ -1,1 +1,1 @@
-"""Supervised fine-tuning (TRL SFTTrainer)."""
+"""Supervised fine-tuning (transformers Trainer over kubetune's tokenized, prompt-masked rows)."""
