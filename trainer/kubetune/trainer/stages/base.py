@@ -160,28 +160,6 @@ def fit(ctx: RunContext, trainer_cls: Any, model: Any, args: Any, train: list[di
     return result
 
 
-def fit_causal_lm(ctx: RunContext, *, padding_free: bool) -> StageResult:
-    """pt and sft: next-token loss on rows kubetune already tokenized, masked and (optionally) packed.
-
-    A plain ``transformers.Trainer`` with the model's own cross-entropy, not TRL's ``SFTTrainer``: on
-    the rows kubetune prepares, ``SFTTrainer`` only adds its fused chunked LM head, which scores every
-    position (prompt and padding too) for entropy/accuracy log lines and cost 1.34x the step time on
-    CPU (bench/results/profile.md). TRL's collator still does the padding and the padding-free
-    flattening (position ids, sequence boundaries) so packed rows never attend across documents.
-    """
-    from transformers import Trainer, TrainingArguments
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
-
-    from kubetune.trainer.models.adapters import apply_method
-    from kubetune.trainer.models.loader import load_model
-
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, ctx.config.spec, ctx.adapter_init)
-    collator = DataCollatorForLanguageModeling(pad_token_id=ctx.tokenizer.pad_token_id, padding_free=padding_free)
-    args = TrainingArguments(**common_args(ctx))
-    return fit(ctx, Trainer, model, args, ctx.data.train, ctx.data.eval, perplexity=True, data_collator=collator)
-
-
 def to_hf_dataset(rows: list[dict[str, Any]]) -> Any:
     import datasets
 
