@@ -97,7 +97,9 @@ async def test_golden_statuses_pending_running_succeeded(kube_api: KubeEmulator,
     await eventually(lambda: status(kube_api, "golden").get("conditions")[1]["reason"] == "PodsPending")
     golden_status(kube_api, "golden", "pending")
     cluster.start_after = 0
-    await eventually(lambda: status(kube_api, "golden").get("phase") == "Running")
+    # the operator reacts to each pod: "1 of 2 pods running" first, then both
+    await eventually(lambda: status(kube_api, "golden").get("phase") == "Running"
+                     and status(kube_api, "golden")["conditions"][1]["message"] == "2 of 2 pods running")
     golden_status(kube_api, "golden", "running")
     cluster.finish("golden", 0)
     cluster.finish("golden", 1)
@@ -170,7 +172,9 @@ async def test_failed_job_reports_the_termination_message(kube_api: KubeEmulator
 async def test_suspend_and_resume(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("pause", suspend=True))
-    await eventually(lambda: status(kube_api, "pause").get("phase") == "Suspended")
+    # "the Job is created suspended" at first, then, once the Job is seen: "pods are stopped"
+    await eventually(lambda: status(kube_api, "pause").get("phase") == "Suspended"
+                     and status(kube_api, "pause")["conditions"][1]["message"].endswith("pods are stopped"))
     assert kube_api.get("batch/v1/jobs", NS, "pause")["spec"]["suspend"] is True and not cluster.pods("pause")
     golden_status(kube_api, "pause", "suspended")
     kube_api.update(FTJ, NS, "pause", {"spec": {"suspend": False}})

@@ -45,5 +45,7 @@ async def test_every_request_is_allowed_by_the_rules(kube_api: KubeEmulator, clu
         used.add(key)
     granted = {(g, r, v) for rule in rbac.RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     unused = {k for k in granted - used if k[0] != "kopf.dev"}
-    # namespaces are watched by kopf only with namespace patterns; the CRD watch is kopf's resource discovery
-    assert unused <= {("", "namespaces", "list"), ("", "namespaces", "watch")}, f"rules granted but never used: {sorted(unused)}"
+    # namespaces are watched by kopf only with namespace patterns; the CRD watch is kopf's resource discovery;
+    # a Job is read only when the status names one the Job watch has not delivered yet (a lagging watch)
+    rare = {("", "namespaces", "list"), ("", "namespaces", "watch"), ("batch", "jobs", "get")}
+    assert unused <= rare, f"rules granted but never used: {sorted(unused)}"

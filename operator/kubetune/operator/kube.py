@@ -92,17 +92,8 @@ async def _get(fn: Any, *args: Any) -> dict[str, Any] | None:
 # ------------------------------------------------------------------------------------------------ reads
 
 
-async def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
-    return await _get(client.CustomObjectsApi(api()).get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
-
-
 async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return await _get(client.BatchV1Api(api()).read_namespaced_job, name, namespace)
-
-
-async def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    got = await _call("list", client.CoreV1Api(api()).list_namespaced_pod, namespace, label_selector=selector)
-    return list(got.get("items") or [])
 
 
 async def secret_exists(namespace: str, name: str) -> bool:

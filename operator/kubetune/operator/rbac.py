@@ -10,15 +10,17 @@ from __future__ import annotations
 from kubetune.api.v1alpha1 import GROUP, PLURAL
 
 RULES: list[dict[str, list[str]]] = [
-    # the FineTuneJobs: watched by kopf, patched for kopf's progress annotations and status
-    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
+    # the FineTuneJobs: watched by kopf (and indexed: upstream jobs are looked up there), patched for kopf's
+    # finalizer and progress annotations and for the status
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
     # children: created once (a 409 means it exists already); deleted by the garbage collector through
-    # ownerReferences, not by the operator; the Job is read for its status and patched to (un)suspend it
+    # ownerReferences, not by the operator. Jobs are watched (kopf index + event trigger), read when the
+    # index has not seen a new one yet, and patched to (un)suspend them
     {"apiGroups": [""], "resources": ["configmaps", "services"], "verbs": ["create"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "create", "patch"]},
-    # pods: restarts, termination messages, the rank-0 pod's IP for progress
-    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch"]},
+    # pods, watched: restarts, termination messages, the rank-0 pod's IP for progress
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     # existence check of the credential Secrets named in the spec (values are never read into status or logs)
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Events for phase changes and rejections (kopf posts core/v1 Events)

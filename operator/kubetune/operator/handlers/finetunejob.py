@@ -1,14 +1,18 @@
 """The FineTuneJob handlers: glue between kopf, the pure decisions and :mod:`kube`.
 
-One level-triggered timer per FineTuneJob (first tick at once, then every
-``--sync-interval`` seconds) runs :func:`reconcile_once`: parse → look up → decide →
-ensure children → patch the status when it changed → post Events.
+Informer-style: kopf indexes keep the FineTuneJobs, their training Jobs and pods in memory (filled from
+watches), and every watch event of one of them runs :func:`reconcile_once` for its FineTuneJob at once:
+read the indexes → decide → ensure children → patch the status when it changed → post Events. Nothing
+is read from the API server on a pass except, rarely, a Job the index has not seen yet and the
+existence of credential Secrets. A timer per FineTuneJob (every ``--sync-interval`` seconds) resyncs
+and, while training runs, pulls progress from the rank-0 pod. Passes for one FineTuneJob never overlap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -18,8 +22,11 @@ from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
 from kubetune.operator import config, kube, metrics, progress, reconcile
 from kubetune.operator import status as st
 from kubetune.operator.manifests import BuildOptions
-from kubetune.operator.manifests.labels import selector, selector_string
+from kubetune.operator.manifests.labels import COMPONENT_LABEL, FINETUNEJOB_LABEL, TRAINER
 from kubetune.operator.settings import OperatorSettings
+
+Key = tuple[str, str]  # (namespace, FineTuneJob name)
+UPSTREAM_FIELDS = (("model", "adapter"), ("training", "rewardModel"))  # spec.<a>.<b>.fromJob
 
 
 def plain(value: Any) -> Any:
@@ -31,23 +38,46 @@ def plain(value: Any) -> Any:
     return value
 
 
-async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: Any) -> reconcile.Decision:
-    """One pass for one FineTuneJob; returns the decision (the caller patches status and posts events)."""
+def slim(body: Any) -> dict[str, Any]:
+    """What the decisions read of a child (Job or pod): metadata without managedFields, spec, status."""
+    doc = plain(body)
+    meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k != "managedFields"}
+    return {"metadata": meta, "spec": doc.get("spec") or {}, "status": doc.get("status") or {}}
+
+
+def first(values: Iterable[Any] | None) -> Any:
+    return next(iter(values), None) if values is not None else None
+
+
+def upstream_names(spec: Mapping[str, Any]) -> list[str]:
+    """FineTuneJobs this spec trains on top of (``spec.model.adapter.fromJob``, ``spec.training.rewardModel.fromJob``)."""
+    names = []
+    for section, field in UPSTREAM_FIELDS:
+        ref = (spec.get(section) or {}).get(field)
+        if isinstance(ref, Mapping) and ref.get("fromJob"):
+            names.append(str(ref["fromJob"]))
+    return names
+
+
+async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: Any, *, job: dict[str, Any] | None,
+                         pods: list[dict[str, Any]], finetunejobs: Mapping[Key, Any]) -> reconcile.Decision:
+    """One pass for one FineTuneJob over what the indexes hold; returns the decision (the caller patches
+    status and posts events)."""
     if reconcile.finished(body):
         return reconcile.Decision(status=dict(body.get("status") or {}))
     parsed = reconcile.parse(body, options)
     ns = parsed.namespace
-    job = await kube.get_job(ns, parsed.job_name)
-    pods: list[dict[str, Any]] = []
+    if job is None and (body.get("status") or {}).get("jobName"):
+        # created by an earlier pass, but its watch event has not reached the index yet
+        job = await kube.get_job(ns, parsed.job_name)
     upstream: dict[str, dict[str, Any] | None] = {}
     missing: list[str] = []
-    if job is not None:
-        pods = await kube.list_pods(ns, selector_string(selector(parsed.name)))
-    elif parsed.job is not None:
+    if job is None and parsed.job is not None:
         for name in set(parsed.upstream.values()):
-            upstream[name] = await kube.get_finetunejob(ns, name)
+            upstream[name] = first(finetunejobs.get((ns, name)))
         missing = [s for s in parsed.secrets if not await kube.secret_exists(ns, s)]
-    decision = reconcile.decide(body, parsed, options, job=job, pods=pods, upstream=upstream, missing_secrets=missing)
+    decision = reconcile.decide(body, parsed, options, job=job, pods=pods if job is not None else [],
+                                upstream=upstream, missing_secrets=missing)
     if decision.children:
         kopf.adopt(decision.children, owner=body)
         created = await kube.ensure(decision.children)
@@ -65,6 +95,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     # decide on a stale status and announce the same transition twice, so it waits (at most STALE_WAIT).
     written: dict[str, tuple[dict[str, Any], float]] = {}
     stale_wait = max(30.0, 10 * op.sync_interval)
+    locks: dict[Key, asyncio.Lock] = {}
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -75,27 +106,56 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         config.configure(settings, op)
         metrics.serve(op.metrics_port)
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
+    # ------------------------------------------------------------------ the in-memory view (kopf indexes)
+
+    # index ids are the kwargs names handlers receive them by
+    @kopf.index(GROUP, VERSION, PLURAL, id="finetunejobs", registry=registry)
+    def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {(namespace, name): plain(body)}
+
+    @kopf.index(GROUP, VERSION, PLURAL, id="dependents", registry=registry)
+    def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, str]:
+        return {(namespace, upstream): name for upstream in upstream_names(spec)}
+
+    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="training_jobs",
                 registry=registry)
-    async def reconcile_finetunejob(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
+
+    @kopf.index("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER}, id="training_pods",
+                registry=registry)
+    def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
+
+    # ------------------------------------------------------------------ one pass
+
+    async def sync(key: Key, indexes: Mapping[str, Any], logger: Any, *, poll: bool = False) -> None:
+        """Reconcile the FineTuneJob ``key`` from the indexes; ``poll`` also scrapes training progress."""
+        async with locks.setdefault(key, asyncio.Lock()):
+            raw = first(indexes["finetunejobs"].get(key))  # the newest body, read once the lock is ours
+            if raw is None or (raw.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            await _pass(key, raw, indexes, logger, poll=poll)
+
+    async def _pass(key: Key, raw: dict[str, Any], indexes: Mapping[str, Any], logger: Any, *, poll: bool) -> None:
         started = time.monotonic()
-        raw = plain(body)
         uid = raw["metadata"].get("uid", "")
         if uid in written:
             ours, when = written[uid]
             if st.status_patch(raw.get("status"), ours) and time.monotonic() - when < stale_wait:
                 return  # our last write has not reached this body yet
             del written[uid]
+        pods = list(indexes["training_pods"].get(key, ()))
         try:
-            decision = await reconcile_once(raw, options, logger)
+            decision = await reconcile_once(raw, options, logger, job=first(indexes["training_jobs"].get(key)),
+                                            pods=pods, finetunejobs=indexes["finetunejobs"])
         except ApiException as exc:
             raise kopf.TemporaryError(f"API call failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
         finally:
             metrics.RECONCILE_SECONDS.labels(handler="reconcile").observe(time.monotonic() - started)
         new = decision.status
-        if decision.poll_progress:
-            url = progress.rank0_url(await kube.list_pods(raw["metadata"]["namespace"], selector_string(
-                selector(raw["metadata"]["name"]))), op.trainer_metrics_port)
+        if decision.poll_progress and poll:
+            url = progress.rank0_url(pods, op.trainer_metrics_port)
             if url:
                 try:
                     scraped = await progress.scrape(url, output_uri=reconcile.parse(raw, options).output_uri)
@@ -106,16 +166,52 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         changes = st.status_patch(raw.get("status"), new)
         if changes:
             try:
-                await kube.patch_status(raw["metadata"]["namespace"], raw["metadata"]["name"], changes)
+                await kube.patch_status(key[0], key[1], changes)
             except ApiException as exc:  # events wait for the status they announce; the next pass retries both
                 raise kopf.TemporaryError(f"status write failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
             written[uid] = (new, time.monotonic())
         for kind, reason, message in decision.events:
-            kopf.event(body, type=kind, reason=reason, message=message[:1024])
-        metrics.observe_phase(raw["metadata"]["namespace"], raw["metadata"]["name"], new.get("phase"))
+            kopf.event(raw, type=kind, reason=reason, message=message[:1024])
+        metrics.observe_phase(key[0], key[1], new.get("phase"))
+
+    # ------------------------------------------------------------------ triggers
+
+    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
+                registry=registry)
+    async def resync(namespace: str, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
+        await sync((namespace, name), kwargs, logger, poll=True)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="changed", registry=registry)
+    async def finetunejob_changed(type: str | None, namespace: str, name: str, status: kopf.Status,
+                                  logger: kopf.Logger, **kwargs: Any) -> None:
+        if type == "DELETED":
+            return
+        try:
+            await sync((namespace, name), kwargs, logger)
+            if status.get("phase") in st.TERMINAL:  # jobs that train on top of this one may start (or fail) now
+                for dependent in set(kwargs["dependents"].get((namespace, name), ())):
+                    await sync((namespace, dependent), kwargs, logger)
+        except kopf.TemporaryError as exc:
+            logger.debug("event-triggered pass: %s; the timer retries", exc)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job-changed", registry=registry)
+    async def job_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
+        try:
+            await sync((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+        except kopf.TemporaryError as exc:
+            logger.debug("event-triggered pass: %s; the timer retries", exc)
+
+    @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER},
+                   id="pod-changed", registry=registry)
+    async def pod_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
+        try:
+            await sync((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+        except kopf.TemporaryError as exc:
+            logger.debug("event-triggered pass: %s; the timer retries", exc)
 
     @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
     def forget(name: str, namespace: str, uid: str, **_: Any) -> None:
         written.pop(uid, None)
+        locks.pop((namespace, name), None)
         # children go with the garbage collector (ownerReferences); only our gauge needs updating
         metrics.observe_phase(namespace, name, None)
