@@ -97,9 +97,9 @@ async def test_golden_statuses_pending_running_succeeded(kube_api: KubeEmulator,
     await eventually(lambda: status(kube_api, "golden").get("conditions")[1]["reason"] == "PodsPending")
     golden_status(kube_api, "golden", "pending")
     cluster.start_after = 0
-    # the operator reacts to each pod: "1 of 2 pods running" first, then both
+    # the operator reacts to each pod: "1 of 2 pods started" first, then both
     await eventually(lambda: status(kube_api, "golden").get("phase") == "Running"
-                     and status(kube_api, "golden")["conditions"][1]["message"] == "2 of 2 pods running")
+                     and status(kube_api, "golden")["conditions"][1]["message"] == "2 of 2 pods started")
     golden_status(kube_api, "golden", "running")
     cluster.finish("golden", 0)
     cluster.finish("golden", 1)

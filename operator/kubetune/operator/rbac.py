@@ -10,8 +10,8 @@ from __future__ import annotations
 from kubetune.api.v1alpha1 import GROUP, PLURAL
 
 RULES: list[dict[str, list[str]]] = [
-    # the FineTuneJobs: watched by kopf (and indexed: upstream jobs are looked up there), patched for kopf's
-    # finalizer and progress annotations and for the status
+    # the FineTuneJobs: watched by kopf (and indexed: upstream jobs are looked up there); patched only with
+    # peering, for the finalizer kopf puts on objects with per-object timers; the status through /status
     {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
     # children: created once (a 409 means it exists already); deleted by the garbage collector through

@@ -161,7 +161,9 @@ def decide(
             elif s.queue_name:
                 verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {s.queue_name}")
             else:
-                verdict = st.Verdict(Phase.PENDING.value, Reason.CREATED, "created ConfigMap, Service and Job")
+                # the status the first look at the new Job gives (pods pending), so that look writes nothing;
+                # the Event says what this pass did
+                verdict = st.Verdict(Phase.PENDING.value, Reason.POD_PENDING, st.POD_PENDING_MESSAGE)
     else:
         user_suspend = bool(spec.get("suspend"))
         queued = bool(spec.get("queueName"))
@@ -196,6 +198,8 @@ def decide(
             new[key] = old[key]
     if "memoryEstimateGib" not in new and parsed.job is not None and parsed.job.spec.model.parameters:
         new["memoryEstimateGib"] = memory_estimate_gib(parsed.job)
+    if children:
+        new["restarts"] = 0  # what the first look at the new Job reports: that look then writes nothing
     if job is not None:
         new["restarts"] = st.restarts(job, pods)
         jstatus = job.get("status") or {}
@@ -215,11 +219,15 @@ def decide(
     elif old.get("artifacts") is not None:
         new["artifacts"] = old["artifacts"]
 
+    events = _events(old, new, verdict)
+    if children and verdict.reason == Reason.POD_PENDING:  # the phase event of this pass says what it did
+        events = [(kind, Reason.CREATED, message.replace(": ", ": created ConfigMap, Service and Job; ", 1))
+                  if reason == verdict.reason else (kind, reason, message) for kind, reason, message in events]
     return Decision(
         status=new,
         children=children,
         suspend_job=suspend_job,
-        events=_events(old, new, verdict),
+        events=events,
         poll_progress=verdict.phase == Phase.RUNNING.value,
     )
 

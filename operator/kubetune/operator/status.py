@@ -110,6 +110,9 @@ def restarts(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> int:
     return failed + in_pod
 
 
+POD_PENDING_MESSAGE = "waiting for the training pods to start"
+
+
 def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspended: bool, queued: bool) -> Verdict:
     """Phase and reason of a FineTuneJob whose training Job exists."""
     status = job.get("status") or {}
@@ -125,10 +128,14 @@ def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspend
         if user_suspended or not queued:
             return Verdict(Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; pods are stopped")
         return Verdict(Phase.PENDING.value, Reason.QUEUED, "waiting for Kueue to admit the Job")
-    running = [p for p in pods if (p.get("status") or {}).get("phase") == "Running"]
-    if running and int(status.get("active") or 0) > 0:
-        return Verdict(Phase.RUNNING.value, Reason.TRAINING, f"{len(running)} of {job['spec'].get('parallelism', 1)} pods running")
-    return Verdict(Phase.PENDING.value, Reason.POD_PENDING, "waiting for the training pods to start")
+    phases = [(p.get("status") or {}).get("phase") for p in pods]
+    running = phases.count("Running") if int(status.get("active") or 0) > 0 else 0
+    # a pod that finished its training stays counted until the Job controller marks the Job Complete
+    # (without it, the FineTuneJob would drop back to Pending in between)
+    started = running + phases.count("Succeeded")
+    if started:
+        return Verdict(Phase.RUNNING.value, Reason.TRAINING, f"{started} of {job['spec'].get('parallelism', 1)} pods started")
+    return Verdict(Phase.PENDING.value, Reason.POD_PENDING, POD_PENDING_MESSAGE)
 
 
 def status_patch(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,12 @@ Informer-style: kopf indexes keep the FineTuneJobs, their training Jobs and pods
 watches), and every watch event of one of them runs :func:`reconcile_once` for its FineTuneJob at once:
 read the indexes → decide → ensure children → patch the status when it changed → post Events. Nothing
 is read from the API server on a pass except, rarely, a Job the index has not seen yet and the
-existence of credential Secrets. A timer per FineTuneJob (every ``--sync-interval`` seconds) resyncs
-and, while training runs, pulls progress from the rank-0 pod. Passes for one FineTuneJob never overlap.
+existence of credential Secrets. Passes for one FineTuneJob never overlap.
+
+Every ``--sync-interval`` seconds each unfinished FineTuneJob is passed again (a resync that also pulls
+progress from the rank-0 pod and retries what failed). A single replica (``--standalone``) does that
+in one loop over the index, so kopf puts no finalizer on the objects; with peering it is a kopf timer
+per object, which kopf pauses on the replicas that must not act (kopf adds a finalizer for it).
 """
 
 from __future__ import annotations
@@ -101,10 +105,20 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     def login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(**kube.connection())
 
+    resyncing: list[asyncio.Task[None]] = []
+
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
         config.configure(settings, op)
         metrics.serve(op.metrics_port)
+        if op.standalone:
+            resyncing.append(asyncio.create_task(resync_all(kwargs, logger), name="kubetune-resync"))
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        for task in resyncing:
+            task.cancel()
+        await asyncio.gather(*resyncing, return_exceptions=True)
 
     # ------------------------------------------------------------------ the in-memory view (kopf indexes)
 
@@ -176,15 +190,33 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
 
     # ------------------------------------------------------------------ triggers
 
-    @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
-                registry=registry)
-    async def resync(namespace: str, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
-        await sync((namespace, name), kwargs, logger, poll=True)
+    async def resync_all(indexes: Mapping[str, Any], logger: Any) -> None:
+        """The standalone resync: every unfinished FineTuneJob, every sync interval, a bounded number at once."""
+        limit = asyncio.Semaphore(kube.CONCURRENCY)
+
+        async def one(key: Key) -> None:
+            async with limit:
+                try:
+                    await sync(key, indexes, logger, poll=True)
+                except kopf.TemporaryError as exc:
+                    logger.warning("resync of %s/%s: %s", key[0], key[1], exc)
+
+        while True:
+            await asyncio.sleep(op.sync_interval)
+            keys = [key for key, bodies in indexes["finetunejobs"].items() if not reconcile.finished(first(bodies) or {})]
+            await asyncio.gather(*(one(key) for key in keys))
+
+    if not op.standalone:
+        @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
+                    registry=registry)
+        async def resync(namespace: str, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
+            await sync((namespace, name), kwargs, logger, poll=True)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="changed", registry=registry)
-    async def finetunejob_changed(type: str | None, namespace: str, name: str, status: kopf.Status,
+    async def finetunejob_changed(type: str | None, namespace: str, name: str, uid: str, status: kopf.Status,
                                   logger: kopf.Logger, **kwargs: Any) -> None:
         if type == "DELETED":
+            forget(namespace, name, uid)
             return
         try:
             await sync((namespace, name), kwargs, logger)
@@ -209,8 +241,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         except kopf.TemporaryError as exc:
             logger.debug("event-triggered pass: %s; the timer retries", exc)
 
-    @kopf.on.delete(GROUP, VERSION, PLURAL, id="forget", optional=True, registry=registry)
-    def forget(name: str, namespace: str, uid: str, **_: Any) -> None:
+    def forget(namespace: str, name: str, uid: str) -> None:
         written.pop(uid, None)
         locks.pop((namespace, name), None)
         # children go with the garbage collector (ownerReferences); only our gauge needs updating
