@@ -43,6 +43,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _job_of(pod: dict[str, Any]) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
+
+
 def _cond(obj: dict[str, Any], ctype: str) -> bool:
     return any(c.get("type") == ctype and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or [])
 
@@ -79,7 +83,7 @@ class ClusterSimulator:
                 await proc.wait()
 
     def pods(self, job: str, namespace: str = "default") -> list[dict[str, Any]]:
-        return [p for p in self.api.list(PODS, namespace) if (p["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name") == job]
+        return self.api.list(PODS, namespace, labels=f"batch.kubernetes.io/job-name={job}")
 
     def finish(self, job: str, index: int, exit_code: int = 0, message: str = "", namespace: str = "default") -> None:
         """End the running container of one index, as if the trainer exited with ``exit_code``."""
@@ -101,19 +105,21 @@ class ClusterSimulator:
 
     async def _loop(self) -> None:
         while True:
+            by_job: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for pod in self.api.list(PODS):  # once per tick, not once per Job: the loop stays linear
+                by_job.setdefault((pod["metadata"]["namespace"], _job_of(pod)), []).append(pod)
             for job in self.api.list(JOBS):
-                self._job_controller(job)
+                self._job_controller(job, by_job.get((job["metadata"]["namespace"], job["metadata"]["name"]), []))
             for pod in self.api.list(PODS):
                 await self._kubelet(pod)
             await asyncio.sleep(self.tick)
 
-    def _job_controller(self, job: dict[str, Any]) -> None:
+    def _job_controller(self, job: dict[str, Any], pods: list[dict[str, Any]]) -> None:
         meta, spec = job["metadata"], job["spec"]
         ns, name = meta["namespace"], meta["name"]
         status = dict(job.get("status") or {})
         if _cond(job, "Complete") or _cond(job, "Failed"):
             return
-        pods = self.pods(name, ns)
         by_phase = {ph: [p for p in pods if p["status"]["phase"] == ph] for ph in ("Pending", "Running", "Succeeded", "Failed")}
         active = by_phase["Pending"] + by_phase["Running"]
         done = {p["metadata"]["annotations"][INDEX] for p in by_phase["Succeeded"]}

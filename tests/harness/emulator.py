@@ -161,6 +161,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     compacted_rv: int = attrs.field(default=0, init=False)  # watches resuming below this get 410 Gone
     faults: list[list[Any]] = attrs.field(factory=list, init=False)  # [method, resource, subresource, count, error]
     fault_hits: int = attrs.field(default=0, init=False)
+    owned: dict[str, set[Key]] = attrs.field(factory=lambda: defaultdict(set), init=False)  # owner uid -> dependents
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -183,9 +184,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(self, resource: str, namespace: str | None = None, labels: str | None = None) -> list[dict[str, Any]]:
-        return [copy.deepcopy(o) for (r, ns, _), o in sorted(self.store.items())
-                if r == resource and (namespace is None or ns == namespace)
-                and label_matches(labels, o["metadata"].get("labels"))]
+        found = [(key, o) for key, o in self.store.items()
+                 if key[0] == resource and (namespace is None or key[1] == namespace)
+                 and label_matches(labels, o["metadata"].get("labels"))]
+        return [copy.deepcopy(o) for _, o in sorted(found, key=lambda item: item[0])]
 
     def create(self, resource: str, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create as the API server would (used by the Job/kubelet simulator)."""
@@ -278,6 +280,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta.pop("deletionTimestamp", None)
         self._validate(resource, obj)
         self.store[key] = obj
+        self._own(key, None, obj)
         self._emit(resource, "ADDED", obj)
         return copy.deepcopy(obj)
 
@@ -331,6 +334,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return copy.deepcopy(old)  # no-op patches do not bump the resourceVersion
         self._validate(resource, new)
         meta["resourceVersion"] = self._bump()
+        self._own(key, old, new)
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
             self.store[key] = new
             return self._finalize(resource, key)
@@ -354,6 +358,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _finalize(self, resource: str, key: Key) -> dict[str, Any]:
         obj = self.store.pop(key)
+        self._own(key, obj, None)
         obj["metadata"]["resourceVersion"] = self._bump()
         self._emit(resource, "DELETED", obj)
         self._collect_garbage(obj["metadata"]["uid"])
@@ -361,10 +366,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _collect_garbage(self, owner_uid: str) -> None:
         """Background cascading deletion of everything whose ownerReferences name the deleted owner."""
-        for (res, ns, name), obj in list(self.store.items()):
-            refs = obj["metadata"].get("ownerReferences") or []
-            if any(r.get("uid") == owner_uid for r in refs) and (res, ns, name) in self.store:
-                self._delete(res, ns, name)
+        for key in sorted(self.owned.pop(owner_uid, ())):
+            if key in self.store:
+                self._delete(*key)
+
+    def _own(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        """Keep ``owned`` (owner uid -> dependents) in step with the ownerReferences of ``key``."""
+        def owners(obj: dict[str, Any] | None) -> set[str]:
+            return {r.get("uid") for r in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []}
+
+        before, after = owners(old), owners(new)
+        for uid in before - after:
+            self.owned.get(uid, set()).discard(key)
+        for uid in after - before:
+            self.owned[uid].add(key)
 
     # ---------------------------------------------------------------------------------- HTTP
 
