@@ -33,6 +33,7 @@ def test_packed_padding_free_batch_equals_the_rows_padded(tiny_model_dir):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     from kubetune.trainer.data.processors.packing import pack_examples
+    from kubetune.trainer.stages.causal_lm import Collator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
@@ -43,9 +44,15 @@ def test_packed_padding_free_batch_equals_the_rows_padded(tiny_model_dir):
     padded = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id)(rows)
     flat = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(packed)
     assert "attention_mask" not in flat and flat["input_ids"].shape[0] == 1
+    # kubetune's collator keeping packed rows as rows: two packed rows (two documents + one), padded
+    two, _ = pack_examples(rows, cutoff_len=len(rows[0]["input_ids"]) + len(rows[1]["input_ids"]))
+    assert sorted(len(r["seq_lengths"]) for r in two) == [1, 2]
+    as_rows = Collator(pad_token_id=tokenizer.pad_token_id, flatten=lambda _lengths: False)(two)
+    assert as_rows["input_ids"].shape[0] == 2 and "attention_mask" not in as_rows
     with torch.no_grad():
         separate = _summed_loss(model, padded)
         together = _summed_loss(model, flat)
+        assert _summed_loss(model, as_rows).item() == pytest.approx(separate.item(), abs=1e-3)
         # the same tokens in one row *with* cross-document attention give a different loss: the check can fail
         leaky = _summed_loss(model, {"input_ids": flat["input_ids"], "labels": flat["labels"]})
     assert together.item() == pytest.approx(separate.item(), abs=1e-3)
@@ -89,8 +96,14 @@ def test_collator_flattens_per_batch_and_always_for_packed_rows():
     uneven = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, 8, 9]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
     assert uneven["input_ids"].shape == (1, 7) and "attention_mask" not in uneven
     assert uneven["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1]]
-    packed = collate([{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8], "seq_lengths": [2, 2]}] * 2)
-    assert packed["position_ids"].tolist() == [[0, 1, 0, 1, 0, 1, 0, 1]]
+    packed = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
+                      {"input_ids": [5, 6], "labels": [5, 6], "seq_lengths": [2]}])
+    assert packed["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1]] and "attention_mask" not in packed
+    # packed rows of even length stay rows: positions restart per document, no attention mask
+    rows = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
+                    {"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8], "seq_lengths": [4]}])
+    assert rows["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 0]] and "attention_mask" not in rows
+    assert rows["labels"].tolist() == [[-100, 6, -100, 8, 9], [-100, 6, 7, 8, -100]]
 
 
 # ------------------------------------------------------------------ the loss (tiny model)

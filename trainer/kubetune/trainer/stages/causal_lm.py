@@ -5,8 +5,8 @@ Two things make it cheaper than a model's own loss on a padded batch, with the s
 * **Padding-free batches when they cost less.** A batch of rows of uneven length is flattened into one
   row (TRL's collator: position ids restart per row, so the model's block-diagonal causal mask keeps
   the rows apart) when that computes fewer FLOPs than padding every row to the longest one
-  (:func:`flatten_is_cheaper`). Packed rows (``training.packing``) are always flattened: they hold
-  several documents.
+  (:func:`flatten_is_cheaper`). Packed rows (``training.packing``) hold several documents: padded, they
+  carry position ids that restart per document and no attention mask, so they stay apart either way.
 * **Logits only where a label is trained.** The LM head (a ``vocab x hidden`` matmul, a softmax over
   the vocabulary, and the same again backwards) runs only on the positions whose next token is
   trained, not on prompts and padding: a pre-forward hook on the output embeddings hands it those
@@ -87,13 +87,20 @@ class Collator:
         from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
         self._padded = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id)
+        self._positions = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, return_position_ids=True)
         self._flat = DataCollatorForLanguageModeling(pad_token_id=self.pad_token_id, padding_free=True)
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        packed = "seq_lengths" in examples[0]
-        if packed or self.flatten([len(e["input_ids"]) for e in examples]):
+        if self.flatten([len(e["input_ids"]) for e in examples]):
             return self._flat(examples)
-        return self._padded(examples)
+        if "seq_lengths" not in examples[0]:
+            return self._padded(examples)
+        # packed rows, padded: position ids restart at every document and, without an attention mask, the
+        # model keeps the documents of each row apart (padding only ever follows the real tokens)
+        batch = self._positions(examples)
+        del batch["attention_mask"]
+        batch["labels"][batch["position_ids"] == 0] = -100
+        return batch
 
 
 def make_trainer_class() -> type:
