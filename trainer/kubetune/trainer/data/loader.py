@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,26 +232,44 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
         loaded.report = hit[1]
         return hit[0]
     out = []
-    for start in range(0, len(loaded.examples), PRIME_CHUNK):
-        chunk = loaded.examples[start : start + PRIME_CHUNK]
-        # one batched call into the tokenizer for the whole chunk (Rust, no per-string Python round trips);
-        # the processors then find every text in the cache
-        tokens.prime(text for _, ex in chunk for text in texts_of(ex, template))
-        for idx, ex in chunk:
-            try:
-                item = processor(ex, template, tokens, opts)
-            except RowError as err:
-                report.drop(idx, err.reason, err.detail)
-                continue
-            finally:
-                ex.pop(RENDERED, None)
-            report.valid += 1
-            report.truncated += int(item.get("_truncated", False))
-            report.token_lengths.append(token_length(item))
-            out.append(item)
+    chunks = [loaded.examples[start : start + PRIME_CHUNK] for start in range(0, len(loaded.examples), PRIME_CHUNK)]
+    # one batched call into the tokenizer per chunk (Rust, no per-string Python round trips), made in a
+    # thread for the next chunk while this one is processed: the tokenizer releases the GIL, so its
+    # Rust work and the processors' Python work overlap; the processors then find every text in the cache
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize") as pool:
+        ahead = pool.submit(tokens.encode_missing, _texts(chunks[0], template)) if chunks else None
+        for number, chunk in enumerate(chunks):
+            assert ahead is not None
+            tokens.remember(ahead.result())
+            if number + 1 < len(chunks):
+                ahead = pool.submit(tokens.encode_missing, _texts(chunks[number + 1], template))
+            out.extend(_process_chunk(chunk, processor, template, tokens, opts, report))
     if out:
         report.packing = _packing_preview(shape, out, opts, tokens)
         _cache_store(path, out, report)
+    return out
+
+
+def _texts(chunk: list[tuple[int, dict[str, Any]]], template: Template) -> list[str]:
+    """Every text the processors will tokenize for these rows (rendered now, in the calling thread)."""
+    return [text for _, ex in chunk for text in texts_of(ex, template)]
+
+
+def _process_chunk(chunk: list[tuple[int, dict[str, Any]]], processor: Any, template: Template, tokens: Tokens,
+                   opts: ProcessorOptions, report: DatasetReport) -> list[dict]:
+    out = []
+    for idx, ex in chunk:
+        try:
+            item = processor(ex, template, tokens, opts)
+        except RowError as err:
+            report.drop(idx, err.reason, err.detail)
+            continue
+        finally:
+            ex.pop(RENDERED, None)
+        report.valid += 1
+        report.truncated += int(item.get("_truncated", False))
+        report.token_lengths.append(token_length(item))
+        out.append(item)
     return out
 
 
