@@ -253,3 +253,22 @@ async def test_missing_secret_waits(kube_api: KubeEmulator, cluster: ClusterSimu
     job = await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "creds"))
     assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-writer"}}]
     await eventually(lambda: cond(kube_api, "Waiting", "creds").get("status") == "False")
+
+
+async def test_status_follows_watch_events_not_the_sync_interval(kube_api: KubeEmulator, cluster: ClusterSimulator,
+                                                                start_operator: Any) -> None:
+    """With a one-hour resync, every step still happens within seconds: each watch event reconciles."""
+    import time
+
+    await start_operator(sync_interval=3600)
+    started = time.monotonic()
+    kube_api.create(FTJ, ftj("quick", resources={"nodes": 1, "gpusPerNode": 1}))
+    await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "quick"), timeout=5)
+    await eventually(lambda: status(kube_api, "quick").get("phase") == "Running", timeout=5)
+    cluster.finish("quick", 0)
+    await eventually(lambda: status(kube_api, "quick").get("phase") == "Succeeded", timeout=5)
+    assert time.monotonic() - started < 15
+    assert kube_api.get(FTJ, NS, "quick")["metadata"].get("finalizers") is None, "standalone: no kopf finalizer"
+    # the phase events, once each; no flapping back to Pending between the pod finishing and the Job completing
+    phases = sorted(r for t, r in events(kube_api, "quick"))
+    assert phases == ["ChildrenCreated", "Training", "TrainingCompleted"], phases

@@ -404,6 +404,9 @@ class CheckpointingSpec(_Model):
     every_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: no periodic ones).")
     keep: int = Field(2, gt=0, le=1000, description="Keep the newest N complete checkpoints.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint when one exists.")
+    keep_after_success: bool = Field(
+        False, description="Keep the uploaded checkpoints once the artifact is published (default: delete them; "
+        "they hold optimizer state and exist for resuming an unfinished run).")
 
 
 class HubSpec(_Model):

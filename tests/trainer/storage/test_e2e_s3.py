@@ -4,6 +4,7 @@ periodic checkpoints uploaded in the background; then `kubetune artifacts verify
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
         "datasets": [{"name": "identity", "source": f"s3://{s3_bucket}/data/identity.json"}],
         "method": {"type": "lora", "lora": {"rank": 4}},
         "training": {"maxSteps": 6, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64, "scheduler": "constant"},
-        "checkpointing": {"everySteps": 2, "keep": 2},
+        "checkpointing": {"everySteps": 2, "keep": 2, "keepAfterSuccess": True},
         "output": {"uri": f"s3://{s3_bucket}/runs/e2e"},
     })
     cache = tmp_path / "cache"
@@ -54,3 +55,25 @@ def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
     cached = [p for p in (cache / "models").iterdir() if p.name.startswith("s3-")]
     assert len([p for p in cached if not p.name.endswith(".lock")]) == 1
     assert "runs/e2e/manifest.json" in object_keys(s3c, s3_bucket, "runs/e2e/")
+
+
+@pytest.mark.slow
+def test_uploaded_checkpoints_are_deleted_after_publishing(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
+                                                           s3c) -> None:
+    """By default the checkpoints (optimizer state) go once the manifest is published; the artifact stays."""
+    from kubetune.cli import main
+
+    shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
+    job = write_job(tmp_path / "job.yaml", {
+        "model": {"source": f"file://{tiny_model_dir}"},
+        "datasets": [{"name": "identity", "source": "file://identity.json"}],
+        "method": {"type": "lora", "lora": {"rank": 4}},
+        "training": {"maxSteps": 4, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64, "scheduler": "constant"},
+        "checkpointing": {"everySteps": 2, "keep": 2},
+        "output": {"uri": f"s3://{s3_bucket}/runs/cleaned"},
+    })
+    assert main(["run", str(job), "--cache-dir", str(tmp_path / "cache"), "--allow-private-url", "127.0.0.1"]) == 0
+    uri = f"s3://{s3_bucket}/runs/cleaned"
+    assert ck.list_checkpoints(uri, allow=LOCAL) == []
+    assert not [k for k in object_keys(s3c, s3_bucket, "runs/cleaned/") if "/checkpoints/" in k]
+    assert main(["artifacts", "verify", uri]) == 0

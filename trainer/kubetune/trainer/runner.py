@@ -25,6 +25,7 @@ from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
 from kubetune.trainer.storage.checkpoints import checkpoint_callback
+from kubetune.trainer.storage.checkpoints import delete_all as delete_checkpoints
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
 
@@ -116,6 +117,10 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     final_uri = publish(artifact_dir, config.runtime.output_uri, work_dir=config.runtime.work_dir,
                         allow=config.runtime.allow_private_urls)
     log.info("artifact written to %s", final_uri)
+    if uploader is not None and not spec.checkpointing.keep_after_success:
+        # the manifest is published: the checkpoints (optimizer state included) have done their job
+        deleted = delete_checkpoints(config.runtime.output_uri, allow=config.runtime.allow_private_urls)
+        log.info("deleted %d uploaded checkpoint(s) (spec.checkpointing.keepAfterSuccess is false)", len(deleted))
     if spec.output.hub is not None:
         from kubetune.trainer.storage.hubs import push_to_hub
 

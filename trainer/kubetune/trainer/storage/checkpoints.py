@@ -21,6 +21,8 @@ API (the resume logic in the stages calls these):
 - :func:`latest_complete_checkpoint(output_uri)` — the newest complete one, or None.
 - :func:`download_checkpoint(checkpoint, dest)` — bring one back into ``dest`` (sizes checked) for
   ``trainer.train(resume_from_checkpoint=dest)``.
+- :func:`delete_all(output_uri)` — remove every checkpoint once the artifact is published (the runner
+  calls it unless ``spec.checkpointing.keepAfterSuccess``).
 
 ``s3://`` and ``file://`` output URIs are supported.
 """
@@ -169,6 +171,14 @@ def prune(output_uri: str, keep: int, *, allow: Iterable[str] = ()) -> list[int]
     for c in doomed:
         _delete(c.uri, allow)
     return [c.step for c in doomed]
+
+
+def delete_all(output_uri: str, *, allow: Iterable[str] = ()) -> list[int]:
+    """Delete every checkpoint under ``output_uri`` (after a successful publish); return the deleted steps."""
+    found = list_checkpoints(output_uri, allow=allow)
+    for c in found:
+        _delete(c.uri, allow)
+    return [c.step for c in found]
 
 
 def _delete(uri: str, allow: Iterable[str]) -> None:
