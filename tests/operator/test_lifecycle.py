@@ -270,5 +270,7 @@ async def test_status_follows_watch_events_not_the_sync_interval(kube_api: KubeE
     assert time.monotonic() - started < 15
     assert kube_api.get(FTJ, NS, "quick")["metadata"].get("finalizers") is None, "standalone: no kopf finalizer"
     # the phase events, once each; no flapping back to Pending between the pod finishing and the Job completing
+    await eventually(lambda: len(events(kube_api, "quick")) >= 3)  # each Event follows the status it announces
+    await __import__("asyncio").sleep(0.3)
     phases = sorted(r for t, r in events(kube_api, "quick"))
     assert phases == ["ChildrenCreated", "Training", "TrainingCompleted"], phases

@@ -204,3 +204,16 @@ def test_default_storage_secret_applies_only_when_the_job_names_none() -> None:
         "output": job.spec.output.model_copy(update={"credentials_secret": "team-s3"})})})
     assert credential_secrets(named, options) == ["team-s3"]
     assert credential_secrets(job) == []
+
+
+def test_spec_hash_ignores_defaults_so_new_defaulted_fields_do_not_look_like_changes() -> None:
+    """Hashed without defaults: a field an upgrade adds with its default (here written out explicitly) keeps the
+    hash the children of a running job were annotated with; a real change does not."""
+    from kubetune.api.validation import parse_job
+
+    doc = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    with_default = yaml.safe_load((ROOT / "examples" / "quickstart.yaml").read_text())
+    with_default["spec"].setdefault("checkpointing", {})["keepAfterSuccess"] = False
+    assert spec_hash(parse_job(doc).spec) == spec_hash(parse_job(with_default).spec)
+    with_default["spec"]["checkpointing"]["keepAfterSuccess"] = True
+    assert spec_hash(parse_job(doc).spec) != spec_hash(parse_job(with_default).spec)

@@ -69,7 +69,7 @@ def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
         parsed.problems = [f"{exc.path}: {exc}"]
         return parsed
     parsed.job = job
-    parsed.spec_hash = spec_hash(job.spec.to_dict())  # the same hash the builders annotate the children with
+    parsed.spec_hash = spec_hash(job.spec)  # the same hash the builders annotate the children with
     if job.spec.model.adapter is not None and job.spec.model.adapter.from_job:
         parsed.upstream["spec.model.adapter.fromJob"] = job.spec.model.adapter.from_job
     if job.spec.training.reward_model is not None and job.spec.training.reward_model.from_job:

@@ -61,8 +61,13 @@ def output_uri(job: FineTuneJob, options: BuildOptions) -> str:
     return f"{base}/{job.metadata.namespace or 'default'}/{job.metadata.name}"
 
 
-def spec_hash(spec: dict[str, Any]) -> str:
-    """Hash of what the children are built from; ``suspend`` may change after start, so it is left out."""
+def spec_hash(spec: Any) -> str:
+    """Hash of what the children are built from; ``suspend`` may change after start, so it is left out.
+
+    A parsed spec is hashed without its defaults, so an operator upgrade that adds a defaulted field
+    does not make every running FineTuneJob look changed."""
+    if hasattr(spec, "model_dump"):
+        spec = spec.model_dump(by_alias=True, exclude_defaults=True, mode="json")
     body = {k: v for k, v in spec.items() if k != "suspend"}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 

@@ -48,7 +48,7 @@ def build_configmap(job: FineTuneJob, options: BuildOptions, resolved: Resolved)
             "name": configmap_name(job.metadata.name),
             "namespace": job.metadata.namespace,
             "labels": labels(job.metadata.name, CONFIG),
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(job.spec.to_dict())},
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(job.spec)},
         },
         "data": {CONFIG_FILE: trainer_config(job, options, resolved).to_json() + "\n"},
     }

@@ -105,7 +105,7 @@ def base_job(ftj: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
             "name": job_name(name),
             "namespace": ftj.metadata.namespace,
             "labels": meta_labels,
-            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec.to_dict())},
+            "annotations": {SPEC_HASH_ANNOTATION: spec_hash(spec)},
         },
         "spec": job_spec,
     }
