@@ -56,6 +56,10 @@ def check_installed(config: TrainerConfig) -> None:
             )
 
 
+def _symlinks(folder: str, names: list[str]) -> list[str]:
+    return [name for name in names if os.path.islink(os.path.join(folder, name))]
+
+
 class Trackers:
     """Sets the tracker environment before training and publishes their files after it."""
 
@@ -88,7 +92,7 @@ class Trackers:
             import wandb
 
             if wandb.run is not None:
-                wandb.finish(quiet=True)
+                wandb.finish()  # quiet through WANDB_SILENT (finish() lost its quiet= argument)
         gc.collect()  # drops TensorBoard writers left behind by the Trainer, which flushes and closes them
 
     def publish(self, artifact_dir: Path) -> list[str]:
@@ -99,7 +103,8 @@ class Trackers:
         copied = []
         for child in sorted(self.root.iterdir()) if self.root.exists() else []:
             if child.is_dir() and any(child.rglob("*")):
-                shutil.copytree(child, artifact_dir / "logs" / child.name, dirs_exist_ok=True)
+                # without symlinks: W&B's latest-run points at the run folder, which is copied anyway
+                shutil.copytree(child, artifact_dir / "logs" / child.name, dirs_exist_ok=True, ignore=_symlinks)
                 copied.append(child.name)
         return copied
 
