@@ -43,7 +43,8 @@ def plain(value: Any) -> Any:
 
 
 def slim(body: Any) -> dict[str, Any]:
-    """What the decisions read of a child (Job or pod): metadata without managedFields, spec, status."""
+    """What the decisions read of an object: metadata without managedFields (often larger than the rest), spec,
+    status."""
     doc = plain(body)
     meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k != "managedFields"}
     return {"metadata": meta, "spec": doc.get("spec") or {}, "status": doc.get("status") or {}}
@@ -125,7 +126,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     # index ids are the kwargs names handlers receive them by
     @kopf.index(GROUP, VERSION, PLURAL, id="finetunejobs", registry=registry)
     def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace, name): plain(body)}
+        return {(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), **slim(body)}}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="dependents", registry=registry)
     def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, str]:

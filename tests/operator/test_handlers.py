@@ -1,0 +1,21 @@
+"""Pure helpers of the FineTuneJob handlers."""
+
+from __future__ import annotations
+
+from kubetune.operator.handlers.finetunejob import first, slim, upstream_names
+
+
+def test_slim_keeps_what_decisions_read_and_drops_managed_fields() -> None:
+    body = {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}, "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"suspend": False}, "status": {"active": 1}}
+    assert slim(body) == {"metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}},
+                          "spec": {"suspend": False}, "status": {"active": 1}}
+    assert slim({"metadata": {"name": "b"}}) == {"metadata": {"name": "b"}, "spec": {}, "status": {}}
+
+
+def test_upstream_names_and_first() -> None:
+    spec = {"model": {"adapter": {"fromJob": "sft"}}, "training": {"rewardModel": {"fromJob": "rm"}}}
+    assert upstream_names(spec) == ["sft", "rm"]
+    assert upstream_names({"model": {"adapter": {"source": "s3://x"}}}) == []
+    assert first(None) is None and first([]) is None and first(iter([3, 4])) == 3
