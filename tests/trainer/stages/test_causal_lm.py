@@ -150,6 +150,9 @@ def test_loss_on_trained_positions_equals_the_models_own_loss(tiny_model_dir, tm
     assert trainer.compute_loss(model, dict(flat), num_items_in_batch=2 * n).item() == pytest.approx(reference.item() / 2, rel=1e-5)
     # the hook is off outside compute_loss: a plain forward still scores every position
     assert model(**padded, use_cache=False).logits.shape[:2] == padded["input_ids"].shape
+    # a model whose head the hook never sees (it scores with the embedding matrix itself) gets the same loss
+    trainer._hook.remove()
+    assert trainer.compute_loss(model, dict(padded)).item() == pytest.approx(reference.item(), rel=1e-5)
 
 
 def test_padding_free_batches_count_every_token_seen(tiny_model_dir, tmp_path):

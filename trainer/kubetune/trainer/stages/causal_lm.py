@@ -112,24 +112,30 @@ def make_trainer_class() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._keep: torch.Tensor | None = None
+            self._selected = False
             head = self.model.get_output_embeddings()
-            head.register_forward_pre_hook(self._select_trained_positions)
+            self._hook = head.register_forward_pre_hook(self._select_trained_positions)
 
         def _select_trained_positions(self, _module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             if self._keep is None:
                 return None
+            self._selected = True
             return (args[0][self._keep].unsqueeze(0), *args[1:])
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             labels = inputs.pop("labels")
             targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
-            self._keep = targets != -100
+            keep = self._keep = targets != -100
+            self._selected = False
             try:
                 outputs = model(**inputs, use_cache=False)
             finally:
                 self._keep = None
-            logits = outputs.logits.reshape(-1, outputs.logits.size(-1)).float()
+            logits = outputs.logits
+            if not self._selected:  # a model that scores without calling its output embeddings: select afterwards
+                logits = logits[keep]
+            logits = logits.reshape(-1, logits.size(-1)).float()
             loss = torch.nn.functional.cross_entropy(logits, targets[targets != -100], reduction="sum")
             if num_items_in_batch is None:
                 loss = loss / (targets != -100).sum().clamp(min=1)
