@@ -142,7 +142,7 @@ async def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dic
     """Merge-patch ``status`` through the status subresource; None if the object is gone.
 
     Done here rather than through kopf's ``patch`` so a failed write (409, 5xx) surfaces in the
-    handler as a retryable error instead of ending kopf's timer for this object."""
+    handler as a retryable error (the next watch event or resync retries it)."""
     try:
         return await _call("patch", client.CustomObjectsApi(api()).patch_namespaced_custom_object_status,
                            GROUP, VERSION, namespace, PLURAL, name, {"status": status},

@@ -1,7 +1,7 @@
 """Training progress pulled from the rank-0 pod's Prometheus endpoint into ``status.progress``.
 
-The operator scrapes ``http://<rank-0 pod IP>:<metrics port>/metrics`` on its timer, so
-training pods need no API token or RBAC. Parsing is pure; :func:`scrape` does one GET.
+The operator scrapes ``http://<rank-0 pod IP>:<metrics port>/metrics`` on its resync (every sync
+interval), so training pods need no API token or RBAC. Parsing is pure; :func:`scrape` does one GET.
 """
 
 from __future__ import annotations
