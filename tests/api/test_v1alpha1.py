@@ -39,6 +39,13 @@ def test_minimal_job_gets_defaults():
     assert (cols.prompt, cols.query, cols.response, cols.messages) == ("q", "input", "output", "conversations")
 
 
+def test_grpo_trains_on_rule_rewards_without_a_reward_model():
+    spec = with_changes(stage="grpo", training={"rewardFunctions": [
+        {"type": "answer"}, {"type": "regex", "pattern": "<think>.*</think>", "weight": 0.5}]})
+    rules = parse_job(job_doc(spec)).spec.training.reward_functions
+    assert [(r.type, r.pattern, r.weight) for r in rules] == [("answer", None, 1.0), ("regex", "<think>.*</think>", 0.5)]
+
+
 def test_qlora_implies_4bit_nf4_and_pt_implies_packing():
     job = parse_job(job_doc(with_changes(method={"type": "qlora"})))
     assert job.spec.quantization.bits == 4 and job.spec.quantization.type == "nf4"
@@ -67,6 +74,14 @@ def test_qlora_implies_4bit_nf4_and_pt_implies_packing():
         pytest.param(with_changes(datasets__0__formating="alpaca"), "spec.datasets[0].formating: unknown field (did you mean 'formatting'?)", id="typo"),
         pytest.param(with_changes(stage="ppo"), "spec.training.rewardModel: stage ppo needs a reward model", id="ppo-needs-rm"),
         pytest.param(with_changes(stage="kto"), "spec.datasets[0].columns.ktoTag: stage kto needs a boolean label column", id="kto-needs-tag"),
+        pytest.param(with_changes(stage="grpo"), "spec.training.rewardModel: stage grpo needs a reward model (source or fromJob) "
+                     "or training.rewardFunctions", id="grpo-needs-a-reward"),
+        pytest.param(with_changes(training={"rewardFunctions": [{"type": "answer"}]}),
+                     "spec.training.rewardFunctions: rewardFunctions apply to stage grpo only, not sft", id="rules-only-grpo"),
+        pytest.param(with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex", "pattern": "(a"}]}),
+                     "spec.training.rewardFunctions[0].pattern: not a valid regular expression", id="bad-regex"),
+        pytest.param(with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex"}]}),
+                     "spec.training.rewardFunctions[0].pattern: a regex reward needs a pattern", id="regex-without-pattern"),
         pytest.param(with_changes(training={"epochs": "many"}), "spec.training.epochs: must be a number", id="wrong-type"),
         pytest.param(with_changes(resources={"nodes": 0}), "spec.resources.nodes: must be >= 1", id="zero-nodes"),
         pytest.param(with_changes(datasets=[]), "spec.datasets: give at least one dataset", id="no-data"),

@@ -323,6 +323,32 @@ class PpoSpec(_Model):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
 
 
+class RewardFunctionSpec(_Model):
+    """A rule-based reward for grpo, scored in the trainer without a model (verifiable rewards)."""
+
+    type: Literal["answer", "regex"] = Field(
+        ..., description="answer: 1 when the completion contains the row's reference answer (case and whitespace "
+        "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0.")
+    pattern: str | None = Field(None, description="Regular expression of a regex reward (Python syntax, searched "
+                                "with DOTALL), e.g. a required output format.")
+    weight: float = Field(1.0, description="Weight of this reward in the sum (a reward model counts with weight 1).")
+
+
+def reward_function_problems(rule: RewardFunctionSpec) -> list[tuple[tuple[str, ...], str]]:
+    import re
+
+    if rule.type == "regex":
+        if not rule.pattern:
+            return [(("pattern",), "a regex reward needs a pattern")]
+        try:
+            re.compile(rule.pattern)
+        except re.error as exc:
+            return [(("pattern",), f"not a valid regular expression: {exc}")]
+    elif rule.pattern is not None:
+        return [(("pattern",), f"pattern applies to type regex only, not {rule.type}")]
+    return []
+
+
 class TrainingSpec(_Model):
     """Hyper-parameters."""
 
@@ -360,6 +386,9 @@ class TrainingSpec(_Model):
     kto: KtoSpec = Field(default_factory=KtoSpec, description="kto settings.")
     ppo: PpoSpec = Field(default_factory=PpoSpec, description="ppo settings.")
     reward_model: ArtifactRef | None = Field(None, description="Reward model for ppo/grpo: a URI or an rm job.")
+    reward_functions: list[RewardFunctionSpec] = Field(
+        default_factory=list, max_length=16,
+        description="grpo: rule-based rewards, added to (or instead of) the reward model's score.")
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Extra experiment trackers (offline/local modes)."
     )
@@ -487,8 +516,14 @@ class FineTuneJobSpec(_Model):
             problems.append((("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}"))
         if self.model.adapter is not None and method not in (MethodType.LORA, MethodType.QLORA):
             problems.append((("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}"))
-        if contract.needs_reward_model and self.training.reward_model is None:
-            problems.append((("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob)"))
+        rules = self.training.reward_functions
+        if contract.needs_reward_model and self.training.reward_model is None and not (rules and Stage(self.stage) == Stage.GRPO):
+            also = " or training.rewardFunctions" if Stage(self.stage) == Stage.GRPO else ""
+            problems.append((("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob){also}"))
+        if rules and Stage(self.stage) != Stage.GRPO:
+            problems.append((("training", "rewardFunctions"), f"rewardFunctions apply to stage grpo only, not {self.stage}"))
+        for i, rule in enumerate(rules):
+            problems += [(("training", "rewardFunctions", i, *p), m) for p, m in reward_function_problems(rule)]
         if not contract.needs_reward_model and self.training.reward_model is not None:
             problems.append((("training", "rewardModel"), f"stage {self.stage} does not use a reward model"))
         if Stage(self.stage) != Stage.SFT:

@@ -2,7 +2,9 @@
 → train → save → metrics.
 
 Each prompt gets ``G = max(2, ppo.rolloutBatchSize)`` sampled completions of up to ``ppo.maxNewTokens``
-tokens, scored by the reward model (an ``rm`` job's output); advantages are relative within the group.
+tokens, scored by the reward model (an ``rm`` job's output) and/or the rule-based
+``training.rewardFunctions`` (:mod:`.rewards`: the reference answer found, a format regex), summed with
+their weights; advantages are relative within the group.
 A device's micro-batch holds ``batchSize`` prompts, i.e. ``batchSize × G`` completions.
 ``ppo.klCoef`` is GRPO's beta (0 skips the reference model); ``ppo.temperature`` the sampling temperature.
 """
@@ -13,6 +15,7 @@ from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
 from kubetune.trainer.models.loader import load_model, torch_dtype
 from kubetune.trainer.models.reward import load_reward_model
+from kubetune.trainer.stages.grpo.rewards import reward_functions
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
@@ -28,13 +31,25 @@ def run_grpo(ctx: RunContext) -> StageResult:
 
     spec = ctx.config.spec
     t, ppo = spec.training, spec.training.ppo
-    if ctx.reward_model is None:
-        raise ConfigError("spec.training.rewardModel: stage grpo needs a reward model (the output of an rm job)")
+    rules = reward_functions(t.reward_functions)
+    if ctx.reward_model is None and not rules:
+        raise ConfigError("spec.training.rewardModel: stage grpo needs a reward model (the output of an rm job) "
+                          "or spec.training.rewardFunctions")
     group = max(2, ppo.rollout_batch_size)
     model = load_model(ctx.model_ref, ctx.config)
     model = apply_method(model, spec, ctx.adapter_init)
-    reward = load_reward_model(ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision),
-                               trust_remote_code=spec.model.trust_remote_code)
+    funcs: list = []
+    classes: list = []
+    weights: list[float] = []
+    if ctx.reward_model is not None:
+        funcs.append(load_reward_model(ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision),
+                                       trust_remote_code=spec.model.trust_remote_code))
+        classes.append(ctx.tokenizer)
+        weights.append(1.0)
+    for fn, weight in rules:
+        funcs.append(fn)
+        classes.append(None)
+        weights.append(weight)
     base = common_args(ctx)
     base["per_device_train_batch_size"] = t.batch_size * group
     base["per_device_eval_batch_size"] = t.batch_size * group
@@ -45,17 +60,19 @@ def run_grpo(ctx: RunContext) -> StageResult:
         temperature=ppo.temperature,
         beta=ppo.kl_coef,
         epsilon=ppo.clip_range,
+        reward_weights=weights,
     )
-    rows = [{"prompt": r["prompt"]} for r in ctx.data.train]
-    evals = [{"prompt": r["prompt"]} for r in ctx.data.eval]
+    # response_text (the reference answer) reaches the reward functions as a keyword argument
+    rows = [{"prompt": r["prompt"], "response_text": r.get("response_text", "")} for r in ctx.data.train]
+    evals = [{"prompt": r["prompt"], "response_text": r.get("response_text", "")} for r in ctx.data.eval]
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=[reward],
+        reward_funcs=funcs,
         args=args,
         train_dataset=to_hf_dataset(rows),
         eval_dataset=to_hf_dataset(evals),
         processing_class=ctx.tokenizer,
-        reward_processing_classes=[ctx.tokenizer],
+        reward_processing_classes=classes,
         callbacks=stage_callbacks(ctx),
         optimizers=optimizers(model, spec, args),
     )
