@@ -201,6 +201,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     await sync(key, indexes, logger, poll=True)
                 except kopf.TemporaryError as exc:
                     logger.warning("resync of %s/%s: %s", key[0], key[1], exc)
+                except Exception:  # one FineTuneJob's failure must not end the loop for all of them
+                    logger.exception("resync of %s/%s failed; the next resync retries", key[0], key[1])
 
         while True:
             await asyncio.sleep(op.sync_interval)
@@ -219,28 +221,26 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         if type == "DELETED":
             forget(namespace, name, uid)
             return
-        try:
-            await sync((namespace, name), kwargs, logger)
-            if status.get("phase") in st.TERMINAL:  # jobs that train on top of this one may start (or fail) now
-                for dependent in set(kwargs["dependents"].get((namespace, name), ())):
-                    await sync((namespace, dependent), kwargs, logger)
-        except kopf.TemporaryError as exc:
-            logger.debug("event-triggered pass: %s; the timer retries", exc)
+        await on_event((namespace, name), kwargs, logger)
+        if status.get("phase") in st.TERMINAL:  # jobs that train on top of this one may start (or fail) now
+            for dependent in set(kwargs["dependents"].get((namespace, name), ())):
+                await on_event((namespace, dependent), kwargs, logger)
 
     @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job-changed", registry=registry)
     async def job_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
-        try:
-            await sync((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
-        except kopf.TemporaryError as exc:
-            logger.debug("event-triggered pass: %s; the timer retries", exc)
+        await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
 
     @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER},
                    id="pod-changed", registry=registry)
     async def pod_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
+        await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+
+    async def on_event(key: Key, indexes: Mapping[str, Any], logger: Any) -> None:
+        """A pass triggered by a watch event; what fails temporarily is retried by the next event or resync."""
         try:
-            await sync((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+            await sync(key, indexes, logger)
         except kopf.TemporaryError as exc:
-            logger.debug("event-triggered pass: %s; the timer retries", exc)
+            logger.debug("event-triggered pass of %s/%s: %s; the resync retries", key[0], key[1], exc)
 
     def forget(namespace: str, name: str, uid: str) -> None:
         written.pop(uid, None)
