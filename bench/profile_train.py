@@ -38,7 +38,9 @@ GGUF = benchlib.REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gg
 CACHE = Path(os.environ.get("KUBETUNE_CACHE_DIR", benchlib.REPO_ROOT / ".cache" / "kubetune"))
 WORK = benchlib.WORK_DIR / "profile"
 VARIANTS = {"trl_fused_head": "TRL SFTTrainer loss path (fused chunked LM head + entropy/top-1)",
-            "model_loss": "model's own cross-entropy (transformers Trainer / LLaMA-Factory)"}
+            "model_loss": "model's own cross-entropy (transformers Trainer / LLaMA-Factory)",
+            "kubetune": "kubetune's causal_lm loss: LM head on trained positions only, padded batch",
+            "kubetune_flat": "kubetune's causal_lm loss on the same rows flattened padding-free"}
 
 
 # ------------------------------------------------------------------------------------------- part 2: one step
@@ -80,9 +82,25 @@ def one_variant(variant: str, model_dir: str, steps: int, rows: int, cutoff: int
     batch = make_batch(rows, 0, model.config.vocab_size, cutoff)
     tokens = batch.pop("tokens")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    trainer = None
+    if variant.startswith("kubetune"):  # the trainer's own compute_loss (stages/causal_lm.py), not a copy of it
+        import tempfile
+
+        from transformers import TrainingArguments
+
+        from kubetune.trainer.stages.causal_lm import make_trainer_class
+
+        trainer = make_trainer_class()(model=model, args=TrainingArguments(
+            output_dir=tempfile.mkdtemp(), use_cpu=True, report_to="none"))
+        if variant == "kubetune_flat":
+            keep = batch["attention_mask"].bool()
+            batch = {"input_ids": batch["input_ids"][keep][None], "labels": batch["labels"][keep][None],
+                     "position_ids": torch.cat([torch.arange(int(n)) for n in keep.sum(1)])[None]}
 
     def step() -> float:
-        if variant == "trl_fused_head":
+        if trainer is not None:
+            loss = trainer.compute_loss(model, dict(batch))
+        elif variant == "trl_fused_head":
             out = model(**batch, fused_lm_head=True, use_cache=False)
             loss = -out.log_probs.sum() / out.label_mask.sum()
             # the metrics TRL computes on every step
@@ -164,6 +182,9 @@ def summarize_loss_path(runs: list[dict[str, Any]]) -> dict[str, Any]:
         }
     summary["slowdown_trl_vs_model_loss"] = benchlib.ratio(summary["trl_fused_head"]["median_step_s"],
                                                            summary["model_loss"]["median_step_s"])
+    for variant in ("kubetune", "kubetune_flat"):
+        summary[f"speedup_{variant}_vs_model_loss"] = benchlib.ratio(summary["model_loss"]["median_step_s"],
+                                                                     summary[variant]["median_step_s"])
     return summary
 
 
@@ -256,7 +277,9 @@ def render(result: dict[str, Any]) -> str:
              ("loss", "first-step loss")])
         out.append(f"\n## The loss path, isolated (SmolLM2-135M + LoRA r=16, {result['settings']['rows']} rows "
                    f"padded, cutoff {result['settings']['cutoff']}, alternating fresh processes)\n\n{table}\n"
-                   f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time.\n")
+                   f"TRL's path / the model's own loss: **{lp['slowdown_trl_vs_model_loss']}×** step time. "
+                   f"The model's own loss / kubetune's: **{lp.get('speedup_kubetune_vs_model_loss')}×** padded, "
+                   f"**{lp.get('speedup_kubetune_flat_vs_model_loss')}×** flattened padding-free.\n")
     vc = (result.get("venv_compare") or {}).get("summary")
     if vc:
         out.append("\n## The same model-loss step in two environments (alternating fresh processes)\n\n" +
