@@ -48,6 +48,7 @@ class Decision:
     suspend_job: bool | None = None
     events: list[Event] = field(default_factory=list)
     poll_progress: bool = False
+    output_uri: str | None = None  # parsed once here, for the progress scrape's lastCheckpoint
 
 
 def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
@@ -229,6 +230,7 @@ def decide(
         suspend_job=suspend_job,
         events=events,
         poll_progress=verdict.phase == Phase.RUNNING.value,
+        output_uri=parsed.output_uri,
     )
 
 

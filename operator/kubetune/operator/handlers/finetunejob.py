@@ -173,7 +173,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             url = progress.rank0_url(pods, op.trainer_metrics_port)
             if url:
                 try:
-                    scraped = await progress.scrape(url, output_uri=reconcile.parse(raw, options).output_uri)
+                    scraped = await progress.scrape(url, output_uri=decision.output_uri)
                     new = {**new, **scraped, "progress": {**(new.get("progress") or {}), **scraped["progress"]}}
                 except Exception as exc:  # noqa: BLE001 - a slow or starting trainer must not fail the pass
                     metrics.POLL_FAILURES.inc()
