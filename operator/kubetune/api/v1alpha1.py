@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.names import DNS1123_LABEL, check_dns_label
 from kubetune.api.stages import STAGE_CONTRACTS, Stage
 
 GROUP = "kubetune.io"
@@ -25,7 +26,7 @@ PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_LABEL = DNS1123_LABEL  # use .fullmatch (``$`` matches before a final newline); see kubetune.api.names
 QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
 
 MODEL_SCHEMES = ("file", "hf", "ms", "s3", "pvc")
@@ -107,7 +108,7 @@ class ArtifactRef(_Model):
     @field_validator("from_job")
     @classmethod
     def _job_name(cls, v: str | None) -> str | None:
-        if v is not None and (len(v) > 63 or not DNS_LABEL.match(v)):
+        if v is not None and (len(v) > 63 or not DNS_LABEL.fullmatch(v)):
             raise ValueError(f"{v!r} is not a valid FineTuneJob name (a DNS label of at most 63 characters)")
         return v
 
@@ -682,9 +683,14 @@ class ObjectMeta(BaseModel):
     def _dns_label(cls, v: str) -> str:
         if len(v) > 63:
             raise ValueError(f"{v!r} is {len(v)} characters; a FineTuneJob name is a DNS label of at most 63")
-        if not DNS_LABEL.match(v):
+        if not DNS_LABEL.fullmatch(v):
             raise ValueError(f"{v!r} is not a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric")
         return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, v: str | None) -> str | None:
+        return None if v is None else check_dns_label(v, what="namespace")
 
 
 class FineTuneJob(BaseModel):
