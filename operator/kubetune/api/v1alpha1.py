@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.names import DNS1123_LABEL, check_dns_label
+from kubetune.api.redact import CREDENTIALS_HINT, credentials_in, redact
 from kubetune.api.stages import STAGE_CONTRACTS, Stage
 
 GROUP = "kubetune.io"
@@ -49,13 +50,21 @@ def uri_scheme(uri: str) -> str:
 
 
 def _check_uri(value: str, schemes: tuple[str, ...]) -> str:
+    """The one URI validator of every source/output field: known scheme, no control characters, no credentials."""
+    shown = redact(value)
+    shown = shown if len(shown) <= 200 else shown[:197] + "..."
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError(f"URI {shown!r} contains a control character (NUL, newline, tab ...); remove it")
     scheme = uri_scheme(value)
     if scheme not in schemes:
         allowed = ", ".join(f"{s}://" for s in schemes)
         got = f"scheme {scheme}://" if scheme else "no scheme"
-        raise ValueError(f"unsupported URI {value!r} ({got}); use one of {allowed}")
+        raise ValueError(f"unsupported URI {shown!r} ({got}); use one of {allowed}")
     if not value.split("://", 1)[1].strip("/"):
-        raise ValueError(f"URI {value!r} names nothing after the scheme")
+        raise ValueError(f"URI {shown!r} names nothing after the scheme")
+    credential = credentials_in(value)
+    if credential:
+        raise ValueError(f"URI {shown!r} {credential}; {CREDENTIALS_HINT}")
     return value
 
 
