@@ -9,7 +9,7 @@ export KUBETUNE_CACHE_DIR ?= $(CACHE)/kubetune
 export TOKENIZERS_PARALLELISM := false
 export PYTHONWARNINGS ?= ignore::FutureWarning,ignore::UserWarning
 
-.PHONY: setup model demo test test-fast tools generate lint clean
+.PHONY: setup model demo test test-fast test-k8s tools generate lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -39,7 +39,10 @@ demo: model ## fine-tune SmolLM2-135M locally to introduce itself as the kubetun
 	@$(VENV)/bin/kubetune artifacts verify file://$(CURDIR)/output/quickstart
 
 test: model tools ## the whole suite (unit, integration with real parts, end-to-end training on CPU)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+	KUBETUNE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
+
+test-k8s: tools ## only the tests on the real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kueue)
+	KUBETUNE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -p no:cacheprovider -m k8s --durations=10 $(PYTEST_ARGS)
 
 test-fast: setup ## unit tests only
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
