@@ -16,6 +16,7 @@ from typing import Any
 
 from kubetune.api.conditions import ConditionType as C
 from kubetune.api.conditions import Phase, Reason
+from kubetune.api.redact import redact
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 CONDITION_ORDER = (C.READY, C.RECONCILING, C.STALLED, C.VALIDATED, C.WAITING, C.RUNNING, C.SUCCEEDED, C.FAILED, C.SUSPENDED)
@@ -100,7 +101,7 @@ def termination_message(pods: list[dict[str, Any]]) -> str | None:
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
             if term.get("exitCode") not in (None, 0) and term.get("message"):
-                return str(term["message"]).strip()
+                return redact(str(term["message"]).strip())  # a trainer older than the redaction may echo a URL
     return None
 
 

@@ -13,6 +13,7 @@ import sys
 import traceback
 from pathlib import Path
 
+from kubetune.api.redact import redact
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.trainer.errors import TrainerError
 from kubetune.trainer.logging import get_logger, setup
@@ -24,7 +25,7 @@ log = get_logger("kubetune.trainer")
 def write_termination_message(message: str) -> None:
     path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
     try:
-        path.write_text(message[-4000:], encoding="utf-8")
+        path.write_text(redact(message)[-4000:], encoding="utf-8")
     except OSError:
         pass
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(str(exc))
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the pod must say why it died
-        traceback.print_exc()
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")  # the pod log may become the status
         write_termination_message(f"{type(exc).__name__}: {exc}")
         return 1
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR
+from kubetune.api.redact import redact
 
 
 class TrainerError(Exception):
-    """A failure that retrying cannot fix; carries the exit code for the pod's podFailurePolicy."""
+    """A failure that retrying cannot fix; carries the exit code for the pod's podFailurePolicy.
+
+    Its message is redacted once, here (URL user-info, signature/token query parameters), so no
+    error, log line or termination message built from it can echo a credential.
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(TrainerError):

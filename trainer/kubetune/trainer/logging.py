@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 
+from kubetune.api.redact import redact
+
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -17,11 +19,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+class RedactingFormatter(logging.Formatter):
+    """Every line, tracebacks included, with URL credentials and signature/token parameters masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def setup(level: str = "INFO") -> None:
     root = logging.getLogger("kubetune")
     if not root.handlers:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(_FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(RedactingFormatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level if is_main() else "WARNING")
 
