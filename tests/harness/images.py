@@ -1,0 +1,384 @@
+"""The repository's container images, built for real, and a small kubelet-like runner for them.
+
+``ensure_images()`` runs ``scripts/tools.d/50-images.sh`` (``make images``; a no-op when the tree is
+unchanged) and returns the tags of ``kubetune-operator:dev`` and ``kubetune-trainer:dev``. Everything then
+goes through ``.tools/bin/kt-buildah`` (buildah on kubetune's own image storage).
+
+Running a pod's container from an image (:func:`pod_container`): the pieces a kubelet puts together from
+the pod spec, translated to ``buildah run --isolation chroot``:
+
+- the command: ``command``/``args`` against the image's ENTRYPOINT/CMD, with Kubernetes' rules;
+- the user: the container's then the pod's ``runAsUser``/``runAsGroup``, else the image's USER;
+- the env: ``envFrom`` (Secrets, ConfigMaps) then ``env`` (values, ``$(VAR)`` references, ``fieldRef``,
+  ``secretKeyRef``, ``configMapKeyRef``), on top of the image's ENV (``env K=V … cmd`` inside the container:
+  no shell and no ``$`` expansion on the way);
+- the volumes: ConfigMap and Secret volumes written out as files (read-only), ``emptyDir`` as a host folder
+  owned by ``fsGroup`` (``medium: Memory`` as a tmpfs with its ``sizeLimit``), a PVC as a host folder, the
+  termination message file as a host file bind-mounted at ``terminationMessagePath`` and read back after the
+  exit like the kubelet does;
+- a read-only root filesystem (``readOnlyRootFilesystem``, or forced by the caller): buildah run has no
+  flag for it, so the container's root mount is remounted read-only before the run (after the mount points
+  the run needs exist), and only the volumes are writable;
+- the network: the host's (``--network host``; chroot isolation has no network namespace of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools"
+SCRIPT = ROOT / "scripts" / "tools.d" / "50-images.sh"
+KT_BUILDAH = TOOLS / "bin" / "kt-buildah"
+ENV_FILE = TOOLS / "images.env"
+BUILD_ARGS = TOOLS / "images.buildargs"
+"""The --build-arg values of the CPU variant, one a line."""
+RUN_PREFIX = "kt-run-"
+"""Names of the working containers the tests create (the tools step leaves them alone)."""
+
+
+class ImagesUnavailable(RuntimeError):
+    """The images could not be built; the message carries the build's last lines."""
+
+
+@dataclass(frozen=True)
+class BuiltImages:
+    operator: str
+    trainer: str
+    driver: str
+    hash: str
+    log: str
+
+
+def ensure_images(timeout: float = 5400) -> BuiltImages:
+    """Build (or reuse) both images with the tools step `make images` runs."""
+    proc = subprocess.run(["bash", str(SCRIPT), str(TOOLS)], cwd=ROOT, capture_output=True, text=True,
+                          check=False, timeout=timeout)
+    if proc.returncode != 0 or not ENV_FILE.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
+        raise ImagesUnavailable(f"scripts/tools.d/50-images.sh failed (exit {proc.returncode}):\n{tail}")
+    env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+    return BuiltImages(operator=env["KUBETUNE_OPERATOR_IMAGE"], trainer=env["KUBETUNE_TRAINER_IMAGE"],
+                       driver=env["KUBETUNE_IMAGES_DRIVER"], hash=env["KUBETUNE_IMAGES_HASH"], log=proc.stderr)
+
+
+def buildah(*args: str, check: bool = True, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([str(KT_BUILDAH), *args], capture_output=True, text=True, check=False, timeout=timeout,
+                          input=input)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"buildah {shlex.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc
+
+
+def image_config(image: str) -> dict[str, Any]:
+    """The OCI image config (``config``: User, Entrypoint, Cmd, Env, WorkingDir, Labels, ExposedPorts)."""
+    data = json.loads(buildah("inspect", "--type", "image", image).stdout)
+    return data["OCIv1"]
+
+
+def image_size(image: str) -> int:
+    """Bytes of the image's layers, as ``buildah images`` counts them."""
+    rows = json.loads(buildah("images", "--json", image).stdout)
+    assert len(rows) == 1, rows
+    return int(rows[0]["size"])
+
+
+def human(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+
+
+# ------------------------------------------------------------------------------------------ one container
+
+
+@dataclass(frozen=True)
+class Mount:
+    target: str
+    source: Path | None = None
+    """A host path bind-mounted at ``target``; None: a tmpfs."""
+    read_only: bool = False
+    size: str | None = None
+    """The tmpfs size (a Kubernetes quantity such as ``1Gi`` is converted)."""
+
+    def flag(self) -> str:
+        if self.source is None:
+            opts = f"type=tmpfs,destination={self.target}"
+            if self.size:
+                opts += f",tmpfs-size={_tmpfs_size(self.size)}"
+            return opts
+        return f"type=bind,source={self.source},destination={self.target},{'ro' if self.read_only else 'rw'}"
+
+
+def _tmpfs_size(quantity: str) -> str:
+    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    assert m, f"unsupported tmpfs size {quantity!r}"
+    n, unit = int(m.group(1)), m.group(2) or ""
+    factor = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 10**3, "M": 10**6, "G": 10**9,
+              "T": 10**12}[unit]
+    return str(n * factor)
+
+
+@dataclass
+class Container:
+    """One working container of ``image``, ready to run ``argv`` (the caller runs it, sync or async)."""
+
+    image: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    mounts: list[Mount] = field(default_factory=list)
+    user: str | None = None
+    workdir: str | None = None
+    read_only_root: bool = False
+    network: str = "host"
+    name: str = field(default_factory=lambda: f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}")
+    _rootfs: str | None = None
+    _created: bool = False
+
+    def create(self) -> Self:
+        buildah("from", "--pull-never", "--name", self.name, self.image)
+        self._created = True
+        if self.read_only_root:
+            self._rootfs = buildah("mount", self.name).stdout.strip()
+            for m in self.mounts:
+                # The mount points, made while the root is still writable (buildah makes missing ones itself).
+                target = Path(self._rootfs) / m.target.lstrip("/")
+                if m.source is not None and m.source.is_file():
+                    if not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.touch()
+                else:
+                    target.mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-o", "remount,ro", self._rootfs], check=True, capture_output=True, timeout=60)
+        return self
+
+    def argv(self) -> list[str]:
+        flags = ["--isolation", "chroot", "--network", self.network]
+        if self.user:
+            flags += ["--user", self.user]
+        if self.workdir:
+            flags += ["--workingdir", self.workdir]
+        for m in self.mounts:
+            flags += ["--mount", m.flag()]
+        env = [f"{k}={v}" for k, v in self.env.items()]
+        return [str(KT_BUILDAH), "run", *flags, self.name, "--", "env", *env, *self.command]
+
+    def run(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(), capture_output=True, text=True, check=False, timeout=timeout)
+
+    def popen(self, log: Path) -> subprocess.Popen[bytes]:
+        """Started in its own process group: :meth:`stop` signals the group (buildah and the container)."""
+        with log.open("wb") as out:
+            return subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(30)
+        return proc.returncode
+
+    def remove(self) -> None:
+        if self._rootfs is not None:
+            subprocess.run(["mount", "-o", "remount,rw", self._rootfs], check=False, capture_output=True, timeout=60)
+            self._rootfs = None
+        if self._created:
+            buildah("rm", self.name, check=False)
+            self._created = False
+
+    def __enter__(self) -> Self:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+@contextlib.contextmanager
+def container(image: str, command: list[str], **kw: Any) -> Iterator[Container]:
+    with Container(image, command, **kw) as ctr:
+        yield ctr
+
+
+# ------------------------------------------------------------------------------------------ from a pod spec
+
+Lookup = Callable[[str], dict[str, str]]
+"""name -> data of a ConfigMap or a Secret (decoded), in the pod's namespace; KeyError when it is absent."""
+
+
+def pod_command(container: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Kubernetes' rules: ``command`` replaces ENTRYPOINT (and drops CMD); ``args`` replaces CMD."""
+    entrypoint = list(config.get("config", {}).get("Entrypoint") or [])
+    cmd = list(config.get("config", {}).get("Cmd") or [])
+    if container.get("command"):
+        return [*container["command"], *(container.get("args") or [])]
+    return [*entrypoint, *(container.get("args") if container.get("args") is not None else cmd)]
+
+
+def _field(pod: dict[str, Any], path: str) -> str:
+    meta = pod.get("metadata") or {}
+    m = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    simple = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
+              "metadata.uid": meta.get("uid"), "spec.nodeName": (pod.get("spec") or {}).get("nodeName"),
+              "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
+              "status.podIP": (pod.get("status") or {}).get("podIP"),
+              "status.hostIP": (pod.get("status") or {}).get("hostIP")}
+    assert path in simple, f"fieldRef {path} is not supported by this runner"
+    return str(simple[path] or "")
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """``$(VAR)`` from the variables defined before; ``$$(VAR)`` stays literal; unknown ones stay as written."""
+    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+
+
+def pod_env(pod: dict[str, Any], container: dict[str, Any], configmaps: Lookup, secrets: Lookup) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for src in container.get("envFrom") or []:
+        ref = src.get("secretRef") or src.get("configMapRef") or {}
+        lookup = secrets if "secretRef" in src else configmaps
+        try:
+            data = lookup(ref["name"])
+        except KeyError:
+            if ref.get("optional"):
+                continue
+            raise
+        env.update({f"{src.get('prefix', '')}{k}": v for k, v in data.items()})
+    for e in container.get("env") or []:
+        if "value" in e or "valueFrom" not in e:
+            env[e["name"]] = _expand(e.get("value", ""), env)
+            continue
+        vf = e["valueFrom"]
+        if "fieldRef" in vf:
+            env[e["name"]] = _field(pod, vf["fieldRef"]["fieldPath"])
+        elif "secretKeyRef" in vf or "configMapKeyRef" in vf:
+            ref = vf.get("secretKeyRef") or vf["configMapKeyRef"]
+            lookup = secrets if "secretKeyRef" in vf else configmaps
+            try:
+                env[e["name"]] = lookup(ref["name"])[ref["key"]]
+            except KeyError:
+                if not ref.get("optional"):
+                    raise
+        else:
+            raise AssertionError(f"env {e['name']}: {sorted(vf)} is not supported by this runner")
+    return env
+
+
+def _user(pod: dict[str, Any], container: dict[str, Any]) -> tuple[int | None, int | None]:
+    pod_sc = (pod.get("spec") or {}).get("securityContext") or {}
+    ctr_sc = container.get("securityContext") or {}
+    uid = ctr_sc.get("runAsUser", pod_sc.get("runAsUser"))
+    gid = ctr_sc.get("runAsGroup", pod_sc.get("runAsGroup"))
+    return uid, gid
+
+
+def _write_files(folder: Path, data: dict[str, str], items: list[dict[str, Any]] | None, owner: tuple[int, int] | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
+    for key, rel in pairs:
+        path = folder / rel
+        assert path.resolve().is_relative_to(folder.resolve()), f"volume item path {rel!r} leaves the volume"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data[key], encoding="utf-8")
+        path.chmod(0o644)
+
+
+def _own(path: Path, owner: tuple[int, int] | None) -> None:
+    if owner is not None and owner[0] is not None:
+        os.chown(path, owner[0], owner[1] if owner[1] is not None else owner[0])
+
+
+def pod_mounts(pod: dict[str, Any], container: dict[str, Any], workdir: Path, configmaps: Lookup, secrets: Lookup,
+               pvcs: Callable[[str], Path] | None = None) -> tuple[list[Mount], Path]:
+    """Host folders for the container's volume mounts, and the termination message file (host side)."""
+    spec = pod.get("spec") or {}
+    sc = spec.get("securityContext") or {}
+    uid, gid = _user(pod, container)
+    fs_group = sc.get("fsGroup")
+    owner = (uid, fs_group if fs_group is not None else gid) if uid is not None else None
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    mounts: list[Mount] = []
+    for vm in container.get("volumeMounts") or []:
+        vol = volumes[vm["name"]]
+        host = workdir / "volumes" / vm["name"]
+        ro = bool(vm.get("readOnly"))
+        if "configMap" in vol or "secret" in vol:
+            src = vol.get("configMap") or vol["secret"]
+            name = src.get("name") or src.get("secretName")
+            try:
+                data = (configmaps if "configMap" in vol else secrets)(name)
+            except KeyError:
+                if not src.get("optional"):
+                    raise
+                data = {}
+            if not host.exists():
+                _write_files(host, data, src.get("items"), owner)
+            ro = True
+        elif "emptyDir" in vol:
+            ed = vol["emptyDir"] or {}
+            if ed.get("medium") == "Memory":
+                mounts.append(Mount(vm["mountPath"], None, ro, ed.get("sizeLimit")))
+                continue
+            host.mkdir(parents=True, exist_ok=True)
+            _own(host, owner)
+        elif "persistentVolumeClaim" in vol:
+            claim = vol["persistentVolumeClaim"]["claimName"]
+            host = pvcs(claim) if pvcs else workdir / "pvc" / claim
+            host.mkdir(parents=True, exist_ok=True)
+            _own(host, owner)
+            ro = ro or bool(vol["persistentVolumeClaim"].get("readOnly"))
+        else:
+            raise AssertionError(f"volume {vm['name']}: {sorted(vol)} is not supported by this runner")
+        if vm.get("subPath"):
+            host = host / vm["subPath"]
+        mounts.append(Mount(vm["mountPath"], host, ro))
+    term = workdir / "termination-log"
+    term.parent.mkdir(parents=True, exist_ok=True)
+    term.write_text("")
+    _own(term, owner)
+    mounts.append(Mount(container.get("terminationMessagePath") or "/dev/termination-log", term, False))
+    return mounts, term
+
+
+def pod_container(pod: dict[str, Any], image: str, workdir: Path, configmaps: Lookup, secrets: Lookup,
+                  read_only_root: bool | None = None, extra_env: dict[str, str] | None = None,
+                  pvcs: Callable[[str], Path] | None = None) -> tuple[Container, Path]:
+    """The first container of ``pod`` as a :class:`Container` from ``image`` (not yet created), and the host
+    file that receives its termination message."""
+    container = pod["spec"]["containers"][0]
+    config = image_config(image)
+    mounts, term = pod_mounts(pod, container, workdir, configmaps, secrets, pvcs)
+    uid, gid = _user(pod, container)
+    user = None if uid is None else f"{uid}:{gid if gid is not None else uid}"
+    if read_only_root is None:
+        read_only_root = bool((container.get("securityContext") or {}).get("readOnlyRootFilesystem"))
+    env = {**pod_env(pod, container, configmaps, secrets), **(extra_env or {})}
+    ctr = Container(image, pod_command(container, config), env=env, mounts=mounts, user=user,
+                    workdir=container.get("workingDir"), read_only_root=read_only_root)
+    return ctr, term
+
+
+def termination_message(term: Path, log: str, exit_code: int, policy: str | None) -> str:
+    """What the kubelet writes into ``state.terminated.message``: the file, or with ``FallbackToLogsOnError``
+    and an empty file after a failure, the log's last 80 lines (at most 2048 bytes)."""
+    message = term.read_text(errors="replace") if term.exists() else ""
+    if not message.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
+        message = "\n".join(log.splitlines()[-80:])[-2048:]
+    return message[:4096]
