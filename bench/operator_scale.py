@@ -2,6 +2,13 @@
 
     .venv/bin/python bench/operator_scale.py              # 1,000 jobs at 20/s; writes bench/results/operator_scale.*
     .venv/bin/python bench/operator_scale.py --jobs 50    # a quick look
+    .venv/bin/python bench/operator_scale.py --real       # on the real control plane (tests/harness/realcluster.py)
+
+With ``--real`` the same lifecycle runs on etcd + kube-apiserver + kube-controller-manager (the real Job
+controller and garbage collector) + kube-scheduler + kwok nodes (``make tools`` builds them): the operator
+authenticates with the chart ServiceAccount's token, the "trainer" exits when the bench annotates its pod
+(kwok's stage writes the terminated status), and the writes per lifecycle come from the API server's audit
+log (every request of the operator's ServiceAccount). Results go to ``operator_scale_real.*``.
 
 This process runs the kmock-based API emulator and the Job controller / kubelet simulator from
 tests/harness/ on 127.0.0.1; the operator (`python -m kubetune.operator --standalone -A`) runs as its
@@ -289,6 +296,226 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+async def run_real(p: argparse.Namespace) -> dict[str, Any]:
+    """The lifecycle of ``p.jobs`` FineTuneJobs on the real control plane (see the module docstring)."""
+    import threading
+
+    from tests.harness.realcluster import FTJ, OPERATOR_USER, ControlPlane, RealApi, resource_path
+
+    work = benchlib.WORK_DIR / "operator-real"
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    nodes = max(4, -(-p.jobs // 100))
+    cp = ControlPlane(work, gpu_nodes=nodes, gpus_per_node=100, pods_per_node=250)
+    t_cp = time.perf_counter()
+    cp.start()
+    controlplane_start_s = time.perf_counter() - t_cp
+    ns = "bench"
+    cp.create_namespace(ns)
+    api: RealApi = cp.api
+    loop = asyncio.get_running_loop()
+    tl = Timeline()
+    stop = threading.Event()
+    lock = threading.Lock()
+    finished: set[str] = set()
+
+    def ftj_real(name: str) -> dict[str, Any]:
+        doc = ftj_doc(name)
+        doc["metadata"]["namespace"] = ns
+        return doc
+
+    def finish(pod_name: str, job: str) -> None:
+        try:
+            api.update("v1/pods", ns, pod_name, {"metadata": {"annotations": {"kubetune.test/exit-code": "0"}}})
+        except Exception:  # noqa: BLE001, S110 - the pod is gone (deleted with its FineTuneJob)
+            pass
+
+    def delete(name: str) -> None:
+        tl.delete_sent[name] = time.perf_counter()
+        try:
+            api.delete(FTJ, ns, name)
+        except Exception:  # noqa: BLE001, S110 - the next watch event retries nothing: counted as not gone
+            pass
+
+    def on_event(resource: str, event: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        obj, kind = event["object"], event["type"]
+        name = obj["metadata"]["name"]
+        status = obj.get("status") or {}
+        with lock:
+            if resource == "batch/v1/jobs":
+                if kind == "ADDED":
+                    tl.job_added.setdefault(name, now)
+                if any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or []):
+                    tl.job_complete.setdefault(name, now)
+            elif resource == "v1/pods" and status.get("phase") == "Running" and kind != "DELETED":
+                job = (obj["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
+                if job and job not in finished:
+                    finished.add(job)
+                    tl.pod_running.setdefault(job, now)
+                    loop.call_soon_threadsafe(loop.call_later, p.run_s, finish, name, job)
+            elif resource == FTJ:
+                phase = status.get("phase")
+                if kind == "DELETED":
+                    tl.ftj_gone.setdefault(name, now)
+                elif phase == "Running":
+                    tl.ftj_running.setdefault(name, now)
+                elif phase == "Succeeded" and name not in tl.ftj_succeeded:
+                    tl.ftj_succeeded[name] = now
+                    loop.call_soon_threadsafe(loop.call_later, p.hold_s, delete, name)
+
+    def watch(resource: str) -> None:
+        while not stop.is_set():
+            try:
+                doc = api.request("GET", resource_path(resource, ns))
+                for event in api.watch(resource, ns, doc["metadata"]["resourceVersion"], timeout=30):
+                    on_event(resource, event)
+                    if stop.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - re-list and re-watch
+                time.sleep(0.2)
+
+    watchers = [threading.Thread(target=watch, args=(r,), daemon=True) for r in (FTJ, "batch/v1/jobs", "v1/pods")]
+    for w in watchers:
+        w.start()
+    env = dict(os.environ, KUBECONFIG=str(cp.operator_kubeconfig), PYTHONWARNINGS="ignore")
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    log = (work / "operator.log").open("wb")
+    proc = subprocess.Popen(  # noqa: ASYNC220 - the operator runs beside this loop for the whole run
+        [sys.executable, "-m", "kubetune.operator", "--standalone", "--namespace", ns, "--metrics-port", "0",
+         "--health-port", "0", "--sync-interval", str(p.sync_interval), "--trainer-metrics-port",
+         str(p.trainer_metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    sampler = ProcSampler(proc.pid)
+    try:
+        t_ready = time.perf_counter()
+        # the operator is up once its FineTuneJob watch is open: the audit log records it
+        while not any(e["verb"] == "watch" and (e.get("objectRef") or {}).get("resource") == "finetunejobs"
+                      for e in cp.audit(0, user=OPERATOR_USER)):
+            if time.perf_counter() - t_ready > p.startup_timeout_s:
+                raise SystemExit(f"the operator opened no watch in {p.startup_timeout_s} s; see {work / 'operator.log'}")
+            if proc.poll() is not None:
+                raise SystemExit(f"the operator exited ({proc.returncode}); see {work / 'operator.log'}")
+            await asyncio.sleep(0.2)
+        startup_s = time.perf_counter() - t_ready
+        await asyncio.sleep(3.0)
+        sampler.sample()
+        idle_rss = sampler.rss_mib[-1]
+        mark = cp.audit_mark()
+        cpu0 = sampler.cpu_s()
+        t0 = time.perf_counter()
+        names = [f"scale-{i:04d}" for i in range(p.jobs)]
+        next_sample = t0
+        for i, name in enumerate(names):
+            due = t0 + i / p.rate
+            if (delay := due - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tl.created[name] = time.perf_counter()
+            await asyncio.to_thread(api.create, FTJ, ftj_real(name))
+            if time.perf_counter() >= next_sample:
+                sampler.sample()
+                next_sample += 0.5
+        created_s = time.perf_counter() - t0
+        deadline = time.perf_counter() + p.timeout_s
+        while len(tl.ftj_gone) < p.jobs and time.perf_counter() < deadline:
+            sampler.sample()
+            await asyncio.sleep(0.5)
+        sampler.sample()
+        total_s = time.perf_counter() - t0
+        cpu_s = sampler.cpu_s() - cpu0
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        stop.set()
+        audit = cp.audit(mark if "mark" in locals() else 0, user=OPERATOR_USER)
+        cp.stop()
+
+    verbs = {"create": "POST", "patch": "PATCH", "update": "PUT", "delete": "DELETE", "get": "GET", "list": "LIST",
+             "watch": "WATCH", "deletecollection": "DELETE"}
+    counts: collections.Counter = collections.Counter()
+    per_job: collections.defaultdict = collections.defaultdict(collections.Counter)
+    codes: collections.Counter = collections.Counter()
+    for e in audit:
+        ref = e.get("objectRef") or {}
+        if not ref.get("resource"):
+            continue
+        res = (f"{ref['apiGroup']}/{ref.get('apiVersion', '')}/" if ref.get("apiGroup") else f"{ref.get('apiVersion', 'v1')}/")
+        key = f"{verbs.get(e['verb'], e['verb'].upper())} {res}{ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        counts[key] += 1
+        codes[str((e.get("responseStatus") or {}).get("code"))] += 1
+        found = JOB_NAME.search(ref.get("name") or "")
+        if found:
+            per_job[found.group(0)][key] += 1
+    done = len(tl.ftj_gone)
+    return {
+        "backend": "real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)",
+        "jobs": p.jobs, "rate_per_s": p.rate, "achieved_rate_per_s": round(p.jobs / created_s, 2),
+        "completed_lifecycles": done, "operator_startup_s": round(startup_s, 2), "total_s": round(total_s, 1),
+        "controlplane_start_s": round(controlplane_start_s, 1), "kwok_nodes": nodes,
+        "latency": {
+            "create_to_job": latency_summary(tl.deltas(tl.created, tl.job_added)),
+            "pod_running_to_ftj_running": latency_summary(tl.deltas(tl.pod_running, tl.ftj_running)),
+            "job_complete_to_ftj_succeeded": latency_summary(tl.deltas(tl.job_complete, tl.ftj_succeeded)),
+            "delete_to_gone": latency_summary(tl.deltas(tl.delete_sent, tl.ftj_gone)),
+            "create_to_succeeded": latency_summary(tl.deltas(tl.created, tl.ftj_succeeded)),
+        },
+        "requests": requests_per_job(dict(counts), p.jobs),
+        "response_codes": dict(codes),
+        "writes_per_lifecycle": lifecycle_writes({n: dict(per_job[n]) for n in tl.ftj_gone}),
+        "operator": {"idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(sampler.hwm_mib, 1),
+                     "max_sampled_rss_mib": round(max(sampler.rss_mib), 1), "cpu_s": round(cpu_s, 2),
+                     "cpu_percent_of_one_core": round(100 * cpu_s / total_s, 1)},
+        "settings": {"run_s": p.run_s, "hold_s": p.hold_s, "sync_interval_s": p.sync_interval},
+    }
+
+
+def render_real(result: dict[str, Any], emulated: dict[str, Any] | None) -> str:
+    r = result["result"]
+    lat, op, wl, req = r["latency"], r["operator"], r["writes_per_lifecycle"], r["requests"]
+    e = (emulated or {}).get("result") or {}
+    el, eo, ew = e.get("latency", {}), e.get("operator", {}), e.get("writes_per_lifecycle", {})
+    rows = [
+        {"m": "jobs (completed lifecycles)", "real": f"{r['jobs']} ({r['completed_lifecycles']})",
+         "emu": f"{e.get('jobs')} ({e.get('completed_lifecycles')})" if e else "-"},
+        {"m": "create rate / s (achieved)", "real": f"{r['rate_per_s']} ({r['achieved_rate_per_s']})",
+         "emu": f"{e.get('rate_per_s')} ({e.get('achieved_rate_per_s')})" if e else "-"},
+    ]
+    for k in ("create_to_job", "pod_running_to_ftj_running", "job_complete_to_ftj_succeeded", "delete_to_gone",
+              "create_to_succeeded"):
+        for q in ("p50_s", "p99_s"):
+            rows.append({"m": f"{k.replace('_', ' ')} {q[:3]} (s)", "real": lat.get(k, {}).get(q),
+                         "emu": el.get(k, {}).get(q, "-")})
+    rows += [
+        {"m": "writes per lifecycle, attributed by name (mean)", "real": wl.get("mean"), "emu": ew.get("mean", "-")},
+        {"m": "all operator writes / jobs", "real": req["writes_per_job"],
+         "emu": e.get("requests", {}).get("writes_per_job", "-")},
+        {"m": "operator peak RSS (MiB)", "real": op["peak_rss_mib"], "emu": eo.get("peak_rss_mib", "-")},
+        {"m": "operator CPU (s)", "real": op["cpu_s"], "emu": eo.get("cpu_s", "-")},
+    ]
+    table = benchlib.markdown_table(rows, [("m", "measure"), ("real", "real control plane"), ("emu", "emulator")])
+    req_table = benchlib.markdown_table([{"req": k, "n": v} for k, v in req["by_verb_and_resource"].items()],
+                                        [("req", "request (audit log)"), ("n", "per job")])
+    return (
+        "# Operator at scale on the real control plane\n\n"
+        f"`.venv/bin/python bench/operator_scale.py --real --jobs {r['jobs']} --rate {r['rate_per_s']}` — "
+        f"{r['backend']}, {r['kwok_nodes']} kwok nodes; the operator as its own process with the chart "
+        f"ServiceAccount's token (real RBAC). Control plane start {r['controlplane_start_s']} s, operator start "
+        f"{r['operator_startup_s']} s, run {r['total_s']} s. The emulator column is bench/results/operator_scale.json "
+        "(same lifecycle; the emulator and simulated kubelet share the bench process).\n\n"
+        f"{table}\n"
+        f"Requests of the operator's ServiceAccount from the audit log, divided by the {r['jobs']} jobs (by verb "
+        f"{req['by_verb']}; response codes {r['response_codes']}):\n\n{req_table}\n"
+        f"Writes attributed to each finished lifecycle by object name (Events have generated names and are counted "
+        f"only in the per-job totals): {wl.get('by_request')}.\n\n"
+        f"Settings: {r['settings']}. Everything (etcd, the API server, the controllers, kwok, the operator and this "
+        "bench) shares the machine below.\n\n## Machine\n\n" + benchlib.machine_markdown(result["machine"])
+    )
+
+
 def render(result: dict[str, Any]) -> str:
     r = result["result"]
     lat = r["latency"]
@@ -338,7 +565,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-timeout-s", type=float, default=120.0)
     ap.add_argument("--note", default="2 vCPUs shared with other engineers' processes during the run")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
+    ap.add_argument("--real", action="store_true",
+                    help="on the real control plane (etcd, kube-apiserver, KCM, scheduler, kwok; `make tools`)")
     p = ap.parse_args(argv)
+    if p.real:
+        import json
+
+        name = p.name if p.name != "operator_scale" else "operator_scale_real"
+        result = {"benchmark": "operator_scale_real",
+                  "machine": benchlib.machine_info(extra_packages=["kopf", "kubernetes"], note=p.note),
+                  "result": asyncio.run(run_real(p))}
+        emulated_path = p.out / "operator_scale.json"
+        emulated = json.loads(emulated_path.read_text()) if emulated_path.exists() else None
+        js, md = benchlib.write_results(name, result, render_real(result, emulated), p.out)
+        print(md.read_text())
+        print(f"wrote {js} and {md}", file=sys.stderr)
+        return 0
     result = {"benchmark": "operator_scale",
               "machine": benchlib.machine_info(extra_packages=["kopf", "kmock", "kubernetes"], note=p.note),
               "result": asyncio.run(run(p))}

@@ -370,6 +370,9 @@ class ControlPlane:
     etcd_port: int = 0
     apiserver_port: int = 0
     operator_token: str = ""
+    gpu_nodes: int = GPU_NODES
+    gpus_per_node: int = GPUS_PER_NODE
+    pods_per_node: int = 110
 
     # -------------------------------------------------------------------------------------- lifecycle
 
@@ -557,17 +560,18 @@ class ControlPlane:
             "--manage-all-nodes=false", "--manage-nodes-with-label-selector=kubetune.test/fake=true",
             "--cidr=10.244.0.0/16", "--node-ip=10.243.0.1", "--node-lease-duration-seconds=40",
         ], ready=lambda: self.proc_alive_for("kwok", 1.0), timeout=60)
-        for i in range(GPU_NODES):
+        for i in range(self.gpu_nodes):
             self._node(f"kwok-gpu-{i}", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"})
         self._node("kwok-imagepull", {"kubetune.test/behaviour": "image-pull-backoff"},
                    taints=[{"key": "kubetune.test/behaviour", "value": "image-pull-backoff", "effect": "NoSchedule"}])
-        for name in [f"kwok-gpu-{i}" for i in range(GPU_NODES)] + ["kwok-imagepull"]:
+        for name in [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)] + ["kwok-imagepull"]:
             self.wait(lambda n=name: any(c["type"] == "Ready" and c["status"] == "True"
                                          for c in (self.api.get("v1/nodes", None, n) or {}).get("status", {})
                                          .get("conditions", [])), 60, f"node {name} Ready (kwok)")
 
     def _node(self, name: str, labels: dict[str, str], taints: list[dict[str, str]] | None = None) -> None:
-        capacity = {"cpu": "64", "memory": "512Gi", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}
+        capacity = {"cpu": "64", "memory": "512Gi", "pods": str(self.pods_per_node),
+                    "nvidia.com/gpu": str(self.gpus_per_node)}
         self.api.create("v1/nodes", {
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": name, "labels": {"kubetune.test/fake": "true", "kubernetes.io/hostname": name,

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness.realcluster import control_plane, k8s  # noqa: F401
+from tests.harness.realkueue import kueue  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 

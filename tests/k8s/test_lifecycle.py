@@ -95,27 +95,6 @@ async def test_deletion_cleans_up_through_the_garbage_collector(k8s: K8s) -> Non
     await k8s.wait(lambda: not k8s.pods("gone"))
 
 
-async def test_operator_restart_creates_no_duplicates(k8s: K8s) -> None:
-    stop = await k8s.start_operator()
-    k8s.create(k8s.ftj("restart"))
-    await k8s.wait(lambda: k8s.status("restart").get("phase") == "Running")
-    job_uid = k8s.get(JOBS, "restart")["metadata"]["uid"]
-    for i in range(3):
-        stop.set()
-        await k8s.stop_operators()
-        if i == 1:
-            k8s.finish("restart", 0)  # rank 0 finishes while no operator runs
-        stop = await k8s.start_operator()
-        await k8s.wait(lambda: k8s.status("restart").get("phase") == "Running")
-        assert len(k8s.api.list(JOBS, k8s.ns)) == 1 and len(k8s.api.list("v1/services", k8s.ns)) == 1
-        assert k8s.get(JOBS, "restart")["metadata"]["uid"] == job_uid
-    await k8s.wait(lambda: len(k8s.running("restart")) == 1)
-    k8s.finish("restart", 1)
-    await k8s.wait(lambda: k8s.status("restart").get("phase") == "Succeeded")
-    await k8s.wait(lambda: ("Normal", "TrainingCompleted") in k8s.events("restart"))
-    assert k8s.events("restart").count(("Normal", "TrainingCompleted")) == 1
-
-
 async def test_missing_secret_waits_then_starts(k8s: K8s) -> None:
     await k8s.start_operator()
     k8s.create(k8s.ftj("creds", output={"uri": "s3://out/creds", "credentialsSecret": "s3-writer"}))
