@@ -47,6 +47,20 @@ class Reason:
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "SuspendedByUser"
     DOES_NOT_FIT = "DoesNotFitGPU"
+    # the API server refused a child (quota, admission, an invalid field): Stalled until the spec changes
+    CHILD_REJECTED = "ChildRejected"
+    # children of an earlier FineTuneJob of the same name, not yet deleted by the garbage collector
+    PREVIOUS_CHILDREN = "WaitingForPreviousChildren"
+    # the operator could not process the spec at all (an exception on its decision path)
+    UNPROCESSABLE = "UnprocessableSpec"
+    # a training pod that does not start or is killed: the cause, from the pod's status or its Events
+    UNSCHEDULABLE = "Unschedulable"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+    MOUNT_FAILED = "MountFailed"
+    OOM_KILLED = "OOMKilled"
+    # the Job is suspended by another controller (Kueue): kubetune leaves suspend to it
+    SUSPENDED_BY_QUEUE = "QueueManaged"
 
 
 # Exit codes of ``kubetune-train`` that mean "bad config / bad data": retrying cannot help,

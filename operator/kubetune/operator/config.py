@@ -8,6 +8,7 @@ import random
 import kopf
 
 from kubetune.api.v1alpha1 import GROUP
+from kubetune.operator.manifests.labels import COMPONENT_LABEL, FINETUNEJOB_LABEL, TRAINER
 from kubetune.operator.settings import OperatorSettings
 
 FINALIZER = f"{GROUP}/finalizer"
@@ -25,4 +26,15 @@ def configure(settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
     # Re-list periodically even if the API server keeps a watch open for long.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.networking.request_timeout = 60
+    settings.networking.request_timeout = op.api_timeout
+    settings.networking.connect_timeout = min(5.0, op.api_timeout)
+    # Server-side label selectors: only kubetune's children are watched (a handler's labels= filter is applied
+    # by kopf on the client side, after the whole cluster's Pods and Jobs have been sent).
+    for resource, selector in WATCHED_CHILDREN.items():
+        settings.watching.label_selectors[resource] = selector
+
+
+WATCHED_CHILDREN = {
+    ("batch", "v1", "jobs"): FINETUNEJOB_LABEL,
+    ("v1", "pods"): f"{FINETUNEJOB_LABEL},{COMPONENT_LABEL}={TRAINER}",
+}

@@ -18,7 +18,13 @@ from kubetune.api.validation import InvalidFineTuneJob, parse_job
 from kubetune.operator import status as st
 from kubetune.operator.manifests import BuildOptions, MissingOutput, Resolved, build_all, output_uri, spec_hash
 from kubetune.operator.manifests.job import credential_secrets
-from kubetune.operator.manifests.labels import SPEC_HASH_ANNOTATION
+from kubetune.operator.manifests.labels import (
+    GENERATION_ANNOTATION,
+    QUEUE_LABEL,
+    SPEC_HASH_ANNOTATION,
+    SUSPENDED_BY_ANNOTATION,
+    SUSPENDED_BY_KUBETUNE,
+)
 from kubetune.operator.manifests.names import job_name
 
 Event = tuple[str, str, str]  # (type, reason, message)
@@ -46,17 +52,32 @@ class Decision:
     status: dict[str, Any]
     children: list[dict[str, Any]] = field(default_factory=list)
     suspend_job: bool | None = None
+    job_annotations: dict[str, str | None] = field(default_factory=dict)  # merge-patched onto the Job with suspend_job
     events: list[Event] = field(default_factory=list)
     poll_progress: bool = False
     output_uri: str | None = None  # parsed once here, for the progress scrape's lastCheckpoint
 
 
+def _crash(where: str, exc: BaseException) -> str:
+    """One line for an exception on the decision path (never a traceback, never the whole input)."""
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"spec: the operator could not {where} this FineTuneJob: {type(exc).__name__}" + (f": {text}" if text else "")
+
+
 def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
+    """The typed job and what to look up. Never raises: whatever the spec does to the parser (a value that
+    overflows, a structure the schema would have refused) becomes a problem, so it ends as ``Validated=False``
+    and one Event, not as a handler that kopf or the resync retries forever."""
     meta = body.get("metadata") or {}
-    parsed = Parsed(name=meta.get("name", ""), namespace=meta.get("namespace") or "default",
-                    generation=meta.get("generation"))
+    parsed = Parsed(name=str(meta.get("name", "")), namespace=str(meta.get("namespace") or "default"),
+                    generation=meta.get("generation") if isinstance(meta.get("generation"), int) else None)
     spec = body.get("spec") or {}
-    parsed.spec_hash = spec_hash(spec)
+    try:
+        parsed.spec_hash = spec_hash(spec if isinstance(spec, dict) else {"spec": spec})
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        parsed.problems = [_crash("hash", exc)]
+        return parsed
     doc = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
            "metadata": {"name": parsed.name, "namespace": parsed.namespace}, "spec": spec}
     try:
@@ -64,19 +85,82 @@ def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
     except InvalidFineTuneJob as exc:
         parsed.problems = [str(p) for p in exc.problems]
         return parsed
+    except Exception as exc:  # noqa: BLE001
+        parsed.problems = [_crash("validate", exc)]
+        return parsed
     try:
         parsed.output_uri = output_uri(job, options)
     except MissingOutput as exc:
         parsed.problems = [f"{exc.path}: {exc}"]
         return parsed
+    try:
+        parsed.spec_hash = spec_hash(job.spec)  # the same hash the builders annotate the children with
+        if job.spec.model.adapter is not None and job.spec.model.adapter.from_job:
+            parsed.upstream["spec.model.adapter.fromJob"] = job.spec.model.adapter.from_job
+        if job.spec.training.reward_model is not None and job.spec.training.reward_model.from_job:
+            parsed.upstream["spec.training.rewardModel.fromJob"] = job.spec.training.reward_model.from_job
+        parsed.secrets = credential_secrets(job, options)
+    except Exception as exc:  # noqa: BLE001
+        parsed.problems = [_crash("read", exc)]
+        parsed.upstream, parsed.secrets = {}, []
+        return parsed
     parsed.job = job
-    parsed.spec_hash = spec_hash(job.spec)  # the same hash the builders annotate the children with
-    if job.spec.model.adapter is not None and job.spec.model.adapter.from_job:
-        parsed.upstream["spec.model.adapter.fromJob"] = job.spec.model.adapter.from_job
-    if job.spec.training.reward_model is not None and job.spec.training.reward_model.from_job:
-        parsed.upstream["spec.training.rewardModel.fromJob"] = job.spec.training.reward_model.from_job
-    parsed.secrets = credential_secrets(job, options)
     return parsed
+
+
+def queue_name(body: dict[str, Any]) -> str | None:
+    """The Kueue LocalQueue: ``spec.queueName``, else the ``kueue.x-k8s.io/queue-name`` label a Kueue user puts
+    on the object they submit (the FineTuneJob); kubetune puts it on the Job itself, never by copying labels."""
+    spec = body.get("spec") or {}
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    name = spec.get("queueName") if isinstance(spec, dict) else None
+    return str(name or labels.get(QUEUE_LABEL) or "") or None
+
+
+def owned_by(obj: dict[str, Any] | None, uid: str) -> bool:
+    """``obj`` is a child of the object with ``uid`` (its ownerReferences, not a label: after a delete and
+    re-create with the same name, the old object's children keep the name and labels until collected)."""
+    refs = ((obj or {}).get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("uid") == uid for r in refs)
+
+
+def rejected(body: dict[str, Any], parsed: Parsed, kind: str, name: str, code: int, reason: str, message: str,
+             *, at: str | None = None) -> Decision:
+    """The API server refused to create a child (quota, admission, a field it finds invalid): the FineTuneJob
+    fails with ``Stalled=True, reason ChildRejected`` and the server's words, and one Warning Event. Nothing is
+    retried until the spec changes (a new generation): the same request would be refused again."""
+    at = at or st.now()
+    old = dict(body.get("status") or {})
+    text = f"the API server refused to create {kind} {parsed.namespace}/{name}: {code} {reason}: {message}"
+    verdict = st.Verdict(Phase.FAILED.value, Reason.CHILD_REJECTED, text, stalled=(Reason.CHILD_REJECTED, text))
+    new = {"phase": verdict.phase, "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+           "observedGeneration": parsed.generation}
+    return Decision(status=new, events=_events(old, new, verdict))
+
+
+def crashed(body: dict[str, Any], parsed: Parsed | None, exc: BaseException, *, at: str | None = None) -> Decision:
+    """Any other exception while deciding or building: ``Validated=False`` (reason UnprocessableSpec) and
+    ``Stalled=True`` with one line naming it, and one Event; the phase keeps what the Job shows."""
+    at = at or st.now()
+    old = dict(body.get("status") or {})
+    meta = body.get("metadata") or {}
+    msg = _crash("build", exc)
+    phase = old.get("phase") if old.get("jobName") and old.get("phase") else Phase.FAILED.value
+    verdict = st.Verdict(phase, Reason.UNPROCESSABLE, msg, valid=False, invalid_reason=Reason.UNPROCESSABLE,
+                         invalid_message=msg)
+    generation = parsed.generation if parsed else meta.get("generation")
+    new = {**{k: v for k, v in old.items() if k not in ("phase", "conditions", "observedGeneration")},
+           "phase": phase, "conditions": st.conditions(verdict, old.get("conditions"), generation, at),
+           "observedGeneration": generation}
+    return Decision(status=new, events=_events(old, new, verdict))
+
+
+def _stopped(body: dict[str, Any], parsed: Parsed) -> bool:
+    """A child of this generation was refused: the status stays as written until the spec changes."""
+    old = body.get("status") or {}
+    stalled = st.condition(old, C.STALLED.value) or {}
+    return (not old.get("jobName") and stalled.get("status") == "True" and stalled.get("reason") == Reason.CHILD_REJECTED
+            and old.get("observedGeneration") == parsed.generation)
 
 
 def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tuple[st.Verdict | None, dict[str, str]]:
@@ -116,6 +200,23 @@ def finished(body: dict[str, Any]) -> bool:
     return old.get("phase") in st.TERMINAL and bool(old.get("jobName"))
 
 
+WARNING_WAITS = {Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED, Reason.CONTAINER_CONFIG_ERROR, Reason.MOUNT_FAILED,
+                 Reason.OOM_KILLED, Reason.SUSPENDED_BY_QUEUE, Reason.PREVIOUS_CHILDREN}
+
+
+def previous_children(body: dict[str, Any], parsed: Parsed, kind: str, name: str, *, at: str | None = None) -> Decision:
+    """A child's name is taken by a child of an earlier FineTuneJob of the same name (deleted, its children not yet
+    collected): wait for the garbage collector, never adopt the old object or read its verdict."""
+    at = at or st.now()
+    old = dict(body.get("status") or {})
+    msg = (f"{kind} {parsed.namespace}/{name} still belongs to an earlier FineTuneJob named {parsed.name}; waiting for "
+           "the garbage collector to delete it")
+    verdict = st.Verdict(Phase.PENDING.value, Reason.PREVIOUS_CHILDREN, msg, waiting=(Reason.PREVIOUS_CHILDREN, msg))
+    new = {"phase": verdict.phase, "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+           "observedGeneration": parsed.generation}
+    return Decision(status=new, events=_events(old, new, verdict))
+
+
 def decide(
     body: dict[str, Any],
     parsed: Parsed,
@@ -125,18 +226,21 @@ def decide(
     pods: list[dict[str, Any]] | None = None,
     upstream: dict[str, dict[str, Any] | None] | None = None,
     missing_secrets: list[str] | None = None,
+    pod_events: list[dict[str, Any]] | None = None,
     at: str | None = None,
 ) -> Decision:
     at = at or st.now()
     pods = pods or []
     old = dict(body.get("status") or {})
-    if finished(body):
+    if finished(body) or (job is None and _stopped(body, parsed)):
         return Decision(status=old)
     spec = body.get("spec") or {}
     children: list[dict[str, Any]] = []
     suspend_job: bool | None = None
+    job_annotations: dict[str, str | None] = {}
     stalled: tuple[str, str] | None = None
     created_hash: str | None = None
+    queue = queue_name(body)
 
     if job is None and parsed.problems:
         msg = "; ".join(parsed.problems)
@@ -154,28 +258,56 @@ def decide(
             resolved = Resolved(output_uri=parsed.output_uri,
                                 adapter_source=sources.get("spec.model.adapter.fromJob"),
                                 reward_model_source=sources.get("spec.training.rewardModel.fromJob"))
-            children = build_all(parsed.job, options, resolved)
+            children = build_all(parsed.job, options, resolved, queue_name=queue)
+            kjob = children[-1]
+            annotations = kjob["metadata"].setdefault("annotations", {})
+            if parsed.generation is not None:
+                annotations[GENERATION_ANNOTATION] = str(parsed.generation)
+            if parsed.job.spec.suspend and not queue:  # suspended for the user, so kubetune may resume it
+                annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE
             created_hash = parsed.spec_hash
-            s = parsed.job.spec
-            if s.suspend:
+            if parsed.job.spec.suspend:
                 verdict = st.Verdict(Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended")
-            elif s.queue_name:
-                verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {s.queue_name}")
+            elif queue:
+                verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}")
             else:
                 # the status the first look at the new Job gives (pods pending), so that look writes nothing;
                 # the Event says what this pass did
                 verdict = st.Verdict(Phase.PENDING.value, Reason.POD_PENDING, st.POD_PENDING_MESSAGE)
     else:
         user_suspend = bool(spec.get("suspend"))
-        queued = bool(spec.get("queueName"))
+        jmeta = job.get("metadata") or {}
+        annotations = jmeta.get("annotations") or {}
+        ours = annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_KUBETUNE
         job_suspended = bool((job.get("spec") or {}).get("suspend"))
-        verdict = st.job_verdict(job, pods, user_suspended=user_suspend, queued=queued)
+        # Kueue decides when a queue-managed Job runs (it suspends it at creation and un-suspends it on admission):
+        # a queue name, Kueue's manageJobsWithoutQueueName, or a suspension that is not kubetune's own
+        managed = (bool(queue) or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {})
+                   or (job_suspended and not ours))
+        verdict = st.job_verdict(job, pods, user_suspended=user_suspend, queued=managed, pod_events=pod_events)
         terminal = verdict.phase in st.TERMINAL
+        note: tuple[str, str] | None = None
         if not terminal and user_suspend and not job_suspended:
-            suspend_job = True
-        elif not terminal and not user_suspend and job_suspended and not queued:
-            suspend_job = False
-        created_hash = ((job.get("metadata") or {}).get("annotations") or {}).get(SPEC_HASH_ANNOTATION)
+            if managed:
+                note = (Reason.SUSPENDED_BY_QUEUE, ("spec.suspend does not stop a Job that Kueue manages (Kueue would "
+                        "resume it); deactivate its Workload instead (kubectl patch workload ... spec.active=false)"))
+            elif ours:
+                note = (Reason.SUSPENDED_BY_QUEUE, ("the Job was resumed by another controller after kubetune suspended "
+                        "it; kubetune does not suspend it again"))
+            else:
+                suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = True, SUSPENDED_BY_KUBETUNE
+        elif not terminal and not user_suspend and job_suspended and ours and not (
+                queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {})):
+            suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = False, None
+        if note is not None and verdict.waiting is None:
+            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
+        created_hash = annotations.get(SPEC_HASH_ANNOTATION)
+        created_gen = annotations.get(GENERATION_ANNOTATION)
+        if (created_hash and created_hash != parsed.spec_hash and not parsed.problems and parsed.generation is not None
+                and created_gen == str(parsed.generation)):
+            # the spec is the one the Job was built from (same generation); only the hash changed (an upgrade that
+            # changed a default or the hash itself): record the new hash, never call it a spec change
+            created_hash = job_annotations[SPEC_HASH_ANNOTATION] = parsed.spec_hash
         if parsed.problems:
             msg = "; ".join(parsed.problems)
             verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, valid=False,
@@ -184,7 +316,7 @@ def decide(
             stalled = (Reason.SPEC_CHANGED, ("the spec changed after the training Job was created; the running Job "
                                              "keeps the original spec. Delete and re-create the FineTuneJob to train "
                                              "with the new spec"))
-            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, stalled=stalled)
+            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled)
 
     new: dict[str, Any] = {
         "phase": verdict.phase,
@@ -228,6 +360,7 @@ def decide(
         status=new,
         children=children,
         suspend_job=suspend_job,
+        job_annotations=job_annotations,
         events=events,
         poll_progress=verdict.phase == Phase.RUNNING.value,
         output_uri=parsed.output_uri,
@@ -235,6 +368,8 @@ def decide(
 
 
 def _events(old: dict[str, Any], new: dict[str, Any], verdict: st.Verdict) -> list[Event]:
+    """The Events of a status transition: a new Validated=False, Stalled or Waiting reason, a phase change; at
+    most one per reason (a refused child is Stalled and Failed at once: one Warning says it)."""
     events: list[Event] = []
     old_valid = st.condition(old, C.VALIDATED.value) or {}
     new_valid = st.condition(new, C.VALIDATED.value) or {}
@@ -248,8 +383,15 @@ def _events(old: dict[str, Any], new: dict[str, Any], verdict: st.Verdict) -> li
     old_wait = st.condition(old, C.WAITING.value) or {}
     new_wait = st.condition(new, C.WAITING.value) or {}
     if new_wait.get("status") == "True" and (old_wait.get("status"), old_wait.get("reason")) != ("True", new_wait.get("reason")):
-        events.append(("Normal", new_wait["reason"], new_wait["message"]))
+        kind = "Warning" if new_wait["reason"] in WARNING_WAITS else "Normal"
+        events.append((kind, new_wait["reason"], new_wait["message"]))
     if old.get("phase") != new["phase"] and verdict.valid:
         kind = "Warning" if new["phase"] == Phase.FAILED.value else "Normal"
         events.append((kind, verdict.reason, f"phase {old.get('phase') or 'None'} -> {new['phase']}: {verdict.message}"))
-    return events
+    seen: set[str] = set()
+    unique = []
+    for event in events:
+        if event[1] not in seen:
+            seen.add(event[1])
+            unique.append(event)
+    return unique

@@ -19,6 +19,9 @@ flag                       env                                 meaning
 --gpu-resource NAME        KUBETUNE_GPU_RESOURCE               extended resource of GPUs (nvidia.com/gpu)
 --trainer-metrics-port N   KUBETUNE_TRAINER_METRICS_PORT       port of the trainer's metrics (9400)
 --sync-interval SECONDS    KUBETUNE_SYNC_INTERVAL              status / progress refresh period (10)
+--api-timeout SECONDS      KUBETUNE_API_TIMEOUT                limit of every Kubernetes API call (30)
+--kueue-manages-all-jobs   KUBETUNE_KUEUE_MANAGES_ALL_JOBS     Kueue runs with manageJobsWithoutQueueName:
+                                                               never resume a Job kubetune did not suspend
 =========================  ==================================  ==========================================
 """
 
@@ -54,6 +57,11 @@ class OperatorSettings:
     trainer_metrics_port: int = DEFAULT_METRICS_PORT
     sync_interval: float = 10.0
     """Seconds between status / progress refreshes of a running FineTuneJob."""
+    api_timeout: float = 30.0
+    """Seconds any Kubernetes API call may take (connecting: at most 5 of them); a hung call fails the pass, which
+    the next event or resync retries."""
+    kueue_manages_all_jobs: bool = False
+    """Kueue is configured with ``manageJobsWithoutQueueName: true`` (it suspends and admits every Job)."""
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(
@@ -62,6 +70,7 @@ class OperatorSettings:
             default_output_uri=self.default_output_uri,
             default_credentials_secret=self.default_credentials_secret,
             metrics_port=self.trainer_metrics_port,
+            kueue_manages_all_jobs=self.kueue_manages_all_jobs,
         )
 
 
@@ -105,6 +114,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="port of the trainer's Prometheus endpoint on rank 0")
     p.add_argument("--sync-interval", type=float, default=float(_env("sync-interval", str(d.sync_interval))),
                    help="seconds between status/progress refreshes")
+    p.add_argument("--api-timeout", type=float, default=float(_env("api-timeout", str(d.api_timeout))),
+                   help="seconds any Kubernetes API call may take")
+    p.add_argument("--kueue-manages-all-jobs", action="store_true", default=_bool(_env("kueue-manages-all-jobs")),
+                   help="Kueue runs with manageJobsWithoutQueueName: true")
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -122,6 +135,8 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         gpu_resource=args.gpu_resource,
         trainer_metrics_port=args.trainer_metrics_port,
         sync_interval=args.sync_interval,
+        api_timeout=args.api_timeout,
+        kueue_manages_all_jobs=args.kueue_manages_all_jobs,
     )
 
 

@@ -92,17 +92,122 @@ def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
     return None
 
 
-def termination_message(pods: list[dict[str, Any]]) -> str | None:
-    """The trainer's own words: the termination message of the failed pod, rank 0 first."""
-    def rank(p: dict[str, Any]) -> str:
-        return (p.get("metadata", {}).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "9")
+def _rank(p: dict[str, Any]) -> str:
+    return (p.get("metadata", {}).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "9")
 
-    for pod in sorted(pods, key=rank):
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    st = pod.get("status") or {}
+    return [*(st.get("initContainerStatuses") or []), *(st.get("containerStatuses") or [])]
+
+
+def _oom_message(pod: dict[str, Any], cs: dict[str, Any]) -> str:
+    name = (pod.get("metadata") or {}).get("name", "?")
+    limit = ""
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == cs.get("name"):
+            limit = ((c.get("resources") or {}).get("limits") or {}).get("memory") or ""
+    return (f"container {cs.get('name', 'trainer')} of pod {name} was OOMKilled (exit code 137)"
+            + (f": it used more than its memory limit {limit}" if limit else "")
+            + "; raise spec.resources.memory, or lower training.batchSize / training.cutoffLen")
+
+
+def termination_message(pods: list[dict[str, Any]]) -> str | None:
+    """The trainer's own words: the termination message of the failed pod, rank 0 first; an OOMKilled container
+    (which writes none; the log tail is no explanation) is named as such."""
+    for pod in sorted(pods, key=_rank):
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                return _oom_message(pod, cs)
             if term.get("exitCode") not in (None, 0) and term.get("message"):
                 return redact(str(term["message"]).strip())  # a trainer older than the redaction may echo a URL
     return None
+
+
+@dataclass(frozen=True)
+class PodProblem:
+    """Why a training pod does not start (or was killed): condition reason, message naming the cause, and whether
+    it needs someone to act (Stalled) rather than time (Waiting only)."""
+
+    reason: str
+    message: str
+    stalled: bool
+
+
+IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable",
+                "SignatureValidationFailed"}
+CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+MOUNT_EVENTS = {"FailedMount", "FailedAttachVolume", "FailedMapVolume"}
+CREATING = {"ContainerCreating", "PodInitializing"}
+
+
+def _pod_name(pod: dict[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name", "?"))
+
+
+def _image(pod: dict[str, Any], container: str) -> str:
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        if c.get("name") == container:
+            return str(c.get("image", ""))
+    return ""
+
+
+def pod_problem(pods: list[dict[str, Any]], pod_events: list[dict[str, Any]] | None = None) -> PodProblem | None:
+    """The first reason a training pod is not running, rank 0 first: a container it cannot create (image pull,
+    missing Secret/ConfigMap key), an OOMKill, a volume it cannot mount (from the pod's Warning Events, which is
+    where the kubelet reports it), or no node that fits (the scheduler's condition)."""
+    for pod in sorted(pods, key=_rank):
+        name = _pod_name(pod)
+        for cs in _container_statuses(pod):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            why, detail = waiting.get("reason") or "", (waiting.get("message") or "").strip()
+            if why in IMAGE_ERRORS:
+                image = cs.get("image") or _image(pod, cs.get("name", ""))
+                return PodProblem(Reason.IMAGE_PULL_FAILED, f"pod {name} cannot pull image {image!r}: {why}"
+                                  + (f": {detail}" if detail else "") + "; check spec.resources.image, the registry "
+                                  "and its pull secret", stalled=True)
+            if why in CONFIG_ERRORS:
+                return PodProblem(Reason.CONTAINER_CONFIG_ERROR, f"pod {name} cannot start container "
+                                  f"{cs.get('name', 'trainer')}: {why}" + (f": {detail}" if detail else ""),
+                                  stalled=True)
+            for state in ("state", "lastState"):
+                if ((cs.get(state) or {}).get("terminated") or {}).get("reason") == "OOMKilled":
+                    return PodProblem(Reason.OOM_KILLED, _oom_message(pod, cs), stalled=False)
+    uids = {(p.get("metadata") or {}).get("uid"): p for p in pods}
+    for event in pod_events or []:
+        involved = event.get("involvedObject") or {}
+        if event.get("type") == "Warning" and event.get("reason") in MOUNT_EVENTS and involved.get("uid") in uids:
+            return PodProblem(Reason.MOUNT_FAILED, f"pod {involved.get('name', '?')} cannot mount its volumes: "
+                              f"{(event.get('message') or event.get('reason')).strip()}", stalled=True)
+    for pod in sorted(pods, key=_rank):
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return PodProblem(Reason.UNSCHEDULABLE, f"pod {_pod_name(pod)} cannot be scheduled: "
+                                  f"{(c.get('message') or 'no node fits').strip()}", stalled=False)
+    return None
+
+
+def stuck_creating(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Scheduled pods whose containers are still being created: only their Events can say why (failed mounts)."""
+    out = []
+    for pod in pods:
+        st = pod.get("status") or {}
+        if st.get("phase") != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
+            continue
+        statuses = _container_statuses(pod)
+        if not statuses or all(((cs.get("state") or {}).get("waiting") or {}).get("reason") in CREATING for cs in statuses):
+            out.append(pod)
+    return out
+
+
+def truncate_utf8(text: str, limit: int = 1024) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes (the API's limit on an Event message is in bytes), never inside
+    a character; a cut text ends with an ellipsis."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    return data[: limit - 3].decode("utf-8", errors="ignore") + "\u2026"
 
 
 def restarts(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> int:
@@ -114,8 +219,10 @@ def restarts(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> int:
 POD_PENDING_MESSAGE = "waiting for the training pods to start"
 
 
-def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspended: bool, queued: bool) -> Verdict:
-    """Phase and reason of a FineTuneJob whose training Job exists."""
+def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspended: bool, queued: bool,
+                pod_events: list[dict[str, Any]] | None = None) -> Verdict:
+    """Phase and reason of a FineTuneJob whose training Job exists (``queued``: Kueue, not kubetune, decides when
+    the Job runs)."""
     status = job.get("status") or {}
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
         return Verdict(Phase.SUCCEEDED.value, Reason.COMPLETED, "training finished; artifacts written")
@@ -136,6 +243,10 @@ def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspend
     started = running + phases.count("Succeeded")
     if started:
         return Verdict(Phase.RUNNING.value, Reason.TRAINING, f"{started} of {job['spec'].get('parallelism', 1)} pods started")
+    problem = pod_problem(pods, pod_events)
+    if problem is not None:
+        return Verdict(Phase.PENDING.value, problem.reason, problem.message, waiting=(problem.reason, problem.message),
+                       stalled=(problem.reason, problem.message) if problem.stalled else None)
     return Verdict(Phase.PENDING.value, Reason.POD_PENDING, POD_PENDING_MESSAGE)
 
 

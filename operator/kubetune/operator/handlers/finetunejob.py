@@ -31,6 +31,7 @@ from kubetune.operator.settings import OperatorSettings
 
 Key = tuple[str, str]  # (namespace, FineTuneJob name)
 UPSTREAM_FIELDS = (("model", "adapter"), ("training", "rewardModel"))  # spec.<a>.<b>.fromJob
+EVENT_MESSAGE_BYTES = 1024  # the API server's limit on an Event's message, in bytes
 
 
 def plain(value: Any) -> Any:
@@ -64,33 +65,67 @@ def upstream_names(spec: Mapping[str, Any]) -> list[str]:
     return names
 
 
+TRANSIENT = (ApiException, kube.Unavailable, TimeoutError)
+
+
+def owned(bodies: Iterable[Any] | None, uid: str) -> dict[str, Any] | None:
+    """The indexed child owned by the object ``uid`` (by owner reference, never by label alone)."""
+    return next((b for b in bodies or () if reconcile.owned_by(b, uid)), None)
+
+
 async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: Any, *, job: dict[str, Any] | None,
-                         pods: list[dict[str, Any]], finetunejobs: Mapping[Key, Any]) -> reconcile.Decision:
+                         pods: list[dict[str, Any]], finetunejobs: Mapping[Key, Any],
+                         poll: bool = False) -> reconcile.Decision:
     """One pass for one FineTuneJob over what the indexes hold; returns the decision (the caller patches
-    status and posts events)."""
+    status and posts events). ``job`` and ``pods`` are this object's own (owner UIDs checked by the caller).
+
+    Nothing raised on the decision path escapes as a retry: an exception while parsing, deciding or building
+    becomes ``Validated=False``; a child the API server refuses becomes ``Stalled`` (ChildRejected). Only
+    transient API failures (timeouts, 5xx, 429) are raised, for the next event or resync to retry."""
     if reconcile.finished(body):
         return reconcile.Decision(status=dict(body.get("status") or {}))
-    parsed = reconcile.parse(body, options)
+    parsed = reconcile.parse(body, options)  # never raises
     ns = parsed.namespace
-    if job is None and (body.get("status") or {}).get("jobName"):
-        # created by an earlier pass, but its watch event has not reached the index yet
-        job = await kube.get_job(ns, parsed.job_name)
-    upstream: dict[str, dict[str, Any] | None] = {}
-    missing: list[str] = []
-    if job is None and parsed.job is not None:
-        for name in set(parsed.upstream.values()):
-            upstream[name] = first(finetunejobs.get((ns, name)))
-        missing = [s for s in parsed.secrets if not await kube.secret_exists(ns, s)]
-    decision = reconcile.decide(body, parsed, options, job=job, pods=pods if job is not None else [],
-                                upstream=upstream, missing_secrets=missing)
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    try:
+        if job is None and (body.get("status") or {}).get("jobName"):
+            # created by an earlier pass, but its watch event has not reached the index yet
+            job = await kube.get_job(ns, parsed.job_name)
+            job = job if reconcile.owned_by(job, uid) else None
+        upstream: dict[str, dict[str, Any] | None] = {}
+        missing: list[str] = []
+        if job is None and parsed.job is not None:
+            for name in set(parsed.upstream.values()):
+                upstream[name] = first(finetunejobs.get((ns, name)))
+            missing = [s for s in parsed.secrets if not await kube.secret_exists(ns, s)]
+        stuck = st.stuck_creating(pods) if job is not None and poll else []
+        pod_events = await kube.pod_warnings(ns, stuck) if stuck else None
+        decision = reconcile.decide(body, parsed, options, job=job, pods=pods if job is not None else [],
+                                    upstream=upstream, missing_secrets=missing, pod_events=pod_events)
+    except TRANSIENT:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a condition and an Event, never a retry loop
+        logger.warning("cannot reconcile %s/%s: %s", ns, parsed.name, exc)
+        return reconcile.crashed(body, parsed, exc)
     if decision.children:
-        kopf.adopt(decision.children, owner=body)
-        created = await kube.ensure(decision.children)
+        kopf.append_owner_reference(decision.children, owner=body)
+        try:
+            created = await kube.ensure(decision.children)
+        except kube.Refused as exc:
+            logger.warning("the API server refused %s %s: %s", exc.kind, exc.name, exc.message)
+            return reconcile.rejected(body, parsed, exc.kind, exc.name, exc.code, exc.reason, exc.message)
+        except kube.OwnedByOther as exc:
+            return reconcile.previous_children(body, parsed, exc.kind, exc.name)
         if created:
             logger.info("created %s", ", ".join(created))
-    if decision.suspend_job is not None:
-        await kube.set_job_suspend(ns, parsed.job_name, decision.suspend_job)
-        logger.info("%s the training Job", "suspended" if decision.suspend_job else "resumed")
+    if decision.suspend_job is not None or decision.job_annotations:
+        try:
+            await kube.patch_job(ns, parsed.job_name, suspend=decision.suspend_job,
+                                 annotations=decision.job_annotations or None)
+        except kube.Refused as exc:
+            return reconcile.crashed(body, parsed, exc)
+        if decision.suspend_job is not None:
+            logger.info("%s the training Job", "suspended" if decision.suspend_job else "resumed")
     return decision
 
 
@@ -101,6 +136,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     written: dict[str, tuple[dict[str, Any], float]] = {}
     stale_wait = max(30.0, 10 * op.sync_interval)
     locks: dict[Key, asyncio.Lock] = {}
+    kube.set_timeout(op.api_timeout)
+    # a pass makes a handful of calls, each bounded by the client timeout; past this, it is abandoned (its lock freed)
+    pass_timeout = 4 * op.api_timeout
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -120,6 +158,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         for task in resyncing:
             task.cancel()
         await asyncio.gather(*resyncing, return_exceptions=True)
+        for task in asyncio.all_tasks():
+            if task.get_name().startswith("kubetune-resync-"):
+                task.cancel()
 
     # ------------------------------------------------------------------ the in-memory view (kopf indexes)
 
@@ -160,12 +201,16 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             if st.status_patch(raw.get("status"), ours) and time.monotonic() - when < stale_wait:
                 return  # our last write has not reached this body yet
             del written[uid]
-        pods = list(indexes["training_pods"].get(key, ()))
+        job = owned(indexes["training_jobs"].get(key), uid)
+        job_uid = ((job or {}).get("metadata") or {}).get("uid", "")
+        pods = [p for p in indexes["training_pods"].get(key, ()) if reconcile.owned_by(p, job_uid)]
         try:
-            decision = await reconcile_once(raw, options, logger, job=first(indexes["training_jobs"].get(key)),
-                                            pods=pods, finetunejobs=indexes["finetunejobs"])
+            decision = await reconcile_once(raw, options, logger, job=job, pods=pods,
+                                            finetunejobs=indexes["finetunejobs"], poll=poll)
         except ApiException as exc:
             raise kopf.TemporaryError(f"API call failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
+        except (TimeoutError, kube.Unavailable) as exc:
+            raise kopf.TemporaryError(f"API call failed: {exc}", delay=op.sync_interval) from None
         finally:
             metrics.RECONCILE_SECONDS.labels(handler="reconcile").observe(time.monotonic() - started)
         new = decision.status
@@ -182,32 +227,43 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         if changes:
             try:
                 await kube.patch_status(key[0], key[1], changes)
-            except ApiException as exc:  # events wait for the status they announce; the next pass retries both
-                raise kopf.TemporaryError(f"status write failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
+            except (ApiException, kube.Unavailable) as exc:  # events wait for the status they announce; the next pass retries both
+                raise kopf.TemporaryError(f"status write failed: {exc}", delay=op.sync_interval) from None
             written[uid] = (new, time.monotonic())
         for kind, reason, message in decision.events:
-            kopf.event(raw, type=kind, reason=reason, message=message[:1024])
+            kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
 
     # ------------------------------------------------------------------ triggers
 
     async def resync_all(indexes: Mapping[str, Any], logger: Any) -> None:
-        """The standalone resync: every unfinished FineTuneJob, every sync interval, a bounded number at once."""
+        """The standalone resync: every unfinished FineTuneJob, every sync interval, a bounded number at once.
+
+        A FineTuneJob whose last pass is still running (a slow API call, bounded by the client's timeout) is
+        skipped this round; the others never wait for it."""
         limit = asyncio.Semaphore(kube.CONCURRENCY)
+        running: dict[Key, asyncio.Task[None]] = {}
 
         async def one(key: Key) -> None:
             async with limit:
                 try:
-                    await sync(key, indexes, logger, poll=True)
+                    await asyncio.wait_for(sync(key, indexes, logger, poll=True), timeout=pass_timeout)
                 except kopf.TemporaryError as exc:
                     logger.warning("resync of %s/%s: %s", key[0], key[1], exc)
+                except TimeoutError:
+                    logger.warning("resync of %s/%s took over %.0f s; the next resync retries", key[0], key[1],
+                                   pass_timeout)
                 except Exception:  # one FineTuneJob's failure must not end the loop for all of them
                     logger.exception("resync of %s/%s failed; the next resync retries", key[0], key[1])
 
         while True:
             await asyncio.sleep(op.sync_interval)
-            keys = [key for key, bodies in indexes["finetunejobs"].items() if not reconcile.finished(first(bodies) or {})]
-            await asyncio.gather(*(one(key) for key in keys))
+            for key, bodies in list(indexes["finetunejobs"].items()):
+                if reconcile.finished(first(bodies) or {}) or (key in running and not running[key].done()):
+                    continue
+                running[key] = asyncio.create_task(one(key), name=f"kubetune-resync-{key[0]}/{key[1]}")
+            for key in [k for k, t in running.items() if t.done()]:
+                del running[key]
 
     if not op.standalone:
         @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,

@@ -1,7 +1,8 @@
 """Pure builders of a FineTuneJob's children: ConfigMap, headless Service, Indexed Job.
 
 Every function takes typed inputs and returns plain dicts; nothing here talks to the
-API server or imports kopf. Owner references are added by the handler (``kopf.adopt``).
+API server or imports kopf. Owner references are added by the handler (``kopf.append_owner_reference``; not
+``kopf.adopt``, which would also copy the FineTuneJob's labels, Kueue's queue label among them).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class BuildOptions:
     metrics_port: int = DEFAULT_METRICS_PORT
     image_pull_policy: str = "IfNotPresent"
     extra_env: dict[str, str] = field(default_factory=dict)
+    kueue_manages_all_jobs: bool = False
+    """Kueue runs with ``manageJobsWithoutQueueName: true``: it suspends and admits every Job, so kubetune never
+    resumes one (it does not anyway unless it suspended the Job itself)."""
 
 
 @dataclass(frozen=True)
@@ -72,8 +76,10 @@ def spec_hash(spec: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def build_all(job: FineTuneJob, options: BuildOptions, resolved: Resolved | None = None) -> list[dict[str, Any]]:
-    """ConfigMap, Service and Job, in the order they must be created."""
+def build_all(job: FineTuneJob, options: BuildOptions, resolved: Resolved | None = None, *,
+              queue_name: str | None = None) -> list[dict[str, Any]]:
+    """ConfigMap, Service and Job, in the order they must be created (``queue_name``: the Kueue queue, when it
+    comes from the FineTuneJob's label rather than spec.queueName)."""
     from kubetune.operator.manifests.configmap import build_configmap
     from kubetune.operator.manifests.job import build_job
     from kubetune.operator.manifests.service import build_service
@@ -81,7 +87,8 @@ def build_all(job: FineTuneJob, options: BuildOptions, resolved: Resolved | None
     if not job.metadata.namespace:
         job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": "default"})})
     resolved = resolved or Resolved(output_uri=output_uri(job, options))
-    return [build_configmap(job, options, resolved), build_service(job, options), build_job(job, options)]
+    return [build_configmap(job, options, resolved), build_service(job, options),
+            build_job(job, options, queue_name=queue_name)]
 
 
 def to_yaml(objs: list[dict[str, Any]]) -> str:

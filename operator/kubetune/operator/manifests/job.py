@@ -23,6 +23,7 @@ from kubetune.operator.manifests.names import (
     job_name,
     master_addr,
     service_name,
+    volume_name,
 )
 
 CONTAINER = "trainer"
@@ -43,20 +44,21 @@ def _container(job: dict[str, Any]) -> dict[str, Any]:
     return _pod(job)["containers"][0]
 
 
-def base_job(ftj: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
+def base_job(ftj: FineTuneJob, options: BuildOptions, queue_name: str | None = None) -> dict[str, Any]:
     spec = ftj.spec
     name = ftj.metadata.name
     nodes = spec.resources.nodes
     meta_labels = labels(name, TRAINER)
-    if spec.queue_name:
-        meta_labels[QUEUE_LABEL] = spec.queue_name
+    queue = spec.queue_name or queue_name
+    if queue:  # the only way Kueue's label reaches the Job: kubetune means Kueue to manage it
+        meta_labels[QUEUE_LABEL] = queue
     job_spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": nodes,
         "parallelism": nodes,
         "backoffLimit": spec.run_policy.backoff_limit,
         # Kueue admits a Job by unsuspending it, so a queued Job starts suspended.
-        "suspend": bool(spec.suspend or spec.queue_name),
+        "suspend": bool(spec.suspend or queue),
         "podFailurePolicy": {
             "rules": [
                 {
@@ -220,13 +222,13 @@ def with_data_volumes(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptio
         writable.add(options.default_output_uri.split("://", 1)[1].split("/", 1)[0])
     claims = sorted({u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "pvc"} | writable)
     for claim in claims:
-        vol = {"name": f"pvc-{claim}"[:63], "persistentVolumeClaim": {"claimName": claim}}
+        vol = {"name": volume_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}}
         if claim not in writable:
             vol["persistentVolumeClaim"]["readOnly"] = True
         _volume(job, vol, f"{PVC_ROOT}/{claim}", read_only=claim not in writable)
     maps = sorted({u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "configmap"})
     for cm in maps:
-        _volume(job, {"name": f"cm-{cm}"[:63], "configMap": {"name": cm}}, f"{CONFIGMAP_ROOT}/{cm}", read_only=True)
+        _volume(job, {"name": volume_name("cm", cm), "configMap": {"name": cm}}, f"{CONFIGMAP_ROOT}/{cm}", read_only=True)
     return job
 
 
@@ -298,8 +300,8 @@ STEPS: tuple[Step, ...] = (
 )
 
 
-def build_job(ftj: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
-    job = base_job(ftj, options)
+def build_job(ftj: FineTuneJob, options: BuildOptions, queue_name: str | None = None) -> dict[str, Any]:
+    job = base_job(ftj, options, queue_name)
     for step in STEPS:
         job = step(job, ftj, options)
     container = _container(job)

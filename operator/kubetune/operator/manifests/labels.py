@@ -6,6 +6,13 @@ FINETUNEJOB_LABEL = "kubetune.io/finetunejob"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 SPEC_HASH_ANNOTATION = "kubetune.io/spec-hash"
+# the FineTuneJob's metadata.generation the Job was built from: an upgrade that changes the hash (a new default)
+# leaves it equal, a user's spec change does not
+GENERATION_ANNOTATION = "kubetune.io/generation"
+# set when kubetune itself suspended the Job (spec.suspend): only then does kubetune resume it; any other
+# suspension (Kueue's, e.g. with manageJobsWithoutQueueName) is left to whoever made it
+SUSPENDED_BY_ANNOTATION = "kubetune.io/suspended-by"
+SUSPENDED_BY_KUBETUNE = "kubetune"
 MANAGED_BY = "kubetune-operator"
 
 TRAINER = "trainer"
