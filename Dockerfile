@@ -16,8 +16,8 @@
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-# Prints one extra's requirements from pyproject.toml (argv: path, extra), one per line.
-ARG EXTRA_REQUIREMENTS="import sys, tomllib; extras = tomllib.load(open(sys.argv[1], 'rb'))['project']['optional-dependencies']; print(*(r for r in extras[sys.argv[2]] if not r.startswith('kubetune')), sep=chr(10))"
+# Prints the project's requirements plus one extra's, from pyproject.toml (argv: path, extra), one per line.
+ARG PROJECT_REQUIREMENTS="import sys, tomllib; p = tomllib.load(open(sys.argv[1], 'rb'))['project']; print(*p['dependencies'], *(r for r in p['optional-dependencies'][sys.argv[2]] if not r.startswith('kubetune')), sep=chr(10))"
 
 # ------------------------------------------------------------------------------------------- wheel
 # The kubetune wheel, built once for both images (hatchling; see pyproject.toml).
@@ -27,23 +27,24 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
-RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip wheel --no-deps --wheel-dir /dist . \
     && test -f "/dist/kubetune-${KUBETUNE_VERSION}-py3-none-any.whl"
 
 # ------------------------------------------------------------------------------------------- operator
 FROM ${PYTHON_IMAGE} AS operator
 ARG KUBETUNE_VERSION=0.1.0
-ARG EXTRA_REQUIREMENTS
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN groupadd --system --gid 10001 kubetune \
     && useradd --system --uid 10001 --gid 10001 --home-dir /home/kubetune --create-home \
        --shell /usr/sbin/nologin kubetune
-# The operator extra's requirements, read from pyproject.toml: this layer is reused until they change.
+# The requirements, read from pyproject.toml: this layer is reused until they change.
+ARG PROJECT_REQUIREMENTS
 COPY pyproject.toml /tmp/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "${EXTRA_REQUIREMENTS}" /tmp/pyproject.toml operator > /tmp/requirements.txt \
+    python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml operator > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt \
     && rm /tmp/pyproject.toml /tmp/requirements.txt
 COPY --from=wheel /dist/ /tmp/dist/
@@ -61,7 +62,6 @@ ENTRYPOINT ["kubetune", "operator"]
 # A CUDA devel image compiles DeepSpeed's ops against the same torch, into a venv the runtime copies.
 FROM ${CUDA_DEVEL_IMAGE} AS trainer-build
 ARG KUBETUNE_VERSION=0.1.0
-ARG EXTRA_REQUIREMENTS
 ARG TORCH_VERSION=2.13.0
 # The CUDA build of torch for the CUDA base. Without a registry the tests pass https://pypi.org/simple
 # (PyPI's Linux wheel, whose CUDA build runs on CPU too).
@@ -92,10 +92,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     pip install "ninja==${NINJA_VERSION}" \
     && DS_BUILD_CPU_ADAM="${DS_BUILD_CPU_ADAM}" DS_BUILD_FUSED_ADAM="${DS_BUILD_FUSED_ADAM}" DS_BUILD_UTILS="${DS_BUILD_UTILS}" \
        pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
-# The trainer extra's requirements, read from pyproject.toml: this layer is reused until they change.
+# The requirements, read from pyproject.toml: this layer is reused until they change.
+ARG PROJECT_REQUIREMENTS
 COPY pyproject.toml /tmp/pyproject.toml
 RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "${EXTRA_REQUIREMENTS}" /tmp/pyproject.toml trainer > /tmp/requirements.txt \
+    python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml trainer > /tmp/requirements.txt \
     && pip install --requirement /tmp/requirements.txt "torch==${TORCH_VERSION}" \
     && rm /tmp/pyproject.toml /tmp/requirements.txt
 # The sources last: a change to them rebuilds only the wheel and this layer.

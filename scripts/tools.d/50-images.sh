@@ -50,7 +50,10 @@ fi
 ENGINE="${ENGINE:-buildah}"
 
 # ------------------------------------------------------------------------------------------ storage
-mkdir -p "$STORE" "$CACHE/tmp"
+mkdir -p "$STORE" "$CACHE/tmp" "$CACHE/built"
+# One build at a time per machine (`make images` and a test session may both ask).
+exec 9>"$CACHE/lock"
+flock 9
 if [ -n "${KUBETUNE_IMAGES_DRIVER:-}" ]; then
   DRIVER="$KUBETUNE_IMAGES_DRIVER"
 elif [ -d "$STORE/overlay-images" ]; then
@@ -78,6 +81,13 @@ chmod +x "$TOOLS/bin/kt-buildah"
 B="$TOOLS/bin/kt-buildah"
 
 image_id() { "$B" inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null || true; }
+# Working containers a failed build left behind (a test's own containers are named kt-run-*).
+remove_stale_containers() {
+  local ctr
+  for ctr in $("$B" containers --noheading --format '{{.ContainerName}}' 2>/dev/null | grep -v '^kt-run-' || true); do
+    "$B" rm "$ctr" >/dev/null 2>&1 || true
+  done
+}
 
 # ------------------------------------------------------------------------------------------ bases
 PYTHON_BASE="localhost/kubetune-base/python:$BASE_KEY"
@@ -133,6 +143,7 @@ make_bases() {
 }
 
 if [ "$ENGINE" = buildah ]; then
+  remove_stale_containers
   if [ -z "$(image_id "$PYTHON_BASE")" ] || [ -z "$(image_id "$RUNTIME_BASE")" ] || [ -z "$(image_id "$DEVEL_BASE")" ]; then
     start=$(date +%s)
     make_bases
@@ -171,10 +182,20 @@ for target in operator trainer; do
   start=$(date +%s)
   log "building $tag (target $target)"
   if [ "$ENGINE" = buildah ]; then
+    log="$CACHE/tmp/bud-$target.log"
     (cd "$HERE" && nice -n 5 "$B" bud --layers --isolation chroot --network host --pull-never --target "$target" \
-      "${ARGS[@]}" --label "io.kubetune.build-hash=$HASH" -t "$tag" -f Dockerfile . >&2)
-    image_id "$tag" >"$stamp.partial"
-    mv "$stamp.partial" "$stamp"
+      "${ARGS[@]}" --label "io.kubetune.build-hash=$HASH" -t "$tag" -f Dockerfile . 2>&1 | tee "$log" >&2)
+    # The layer cache this build used or made; what the previous build of this target had and this one no
+    # longer uses (layers of superseded sources: several GB per trainer build) is deleted.
+    grep -oE '^--> (Using cache )?[0-9a-f]{11,64}$' "$log" | awk '{print substr($NF, 1, 11)}' | sort -u >"$CACHE/built/$target.ids.new"
+    if [ -f "$CACHE/built/$target.ids" ]; then
+      for old in $(comm -23 "$CACHE/built/$target.ids" "$CACHE/built/$target.ids.new"); do
+        "$B" rmi "$old" >/dev/null 2>&1 || true
+      done
+    fi
+    mv "$CACHE/built/$target.ids.new" "$CACHE/built/$target.ids"
+    rm -f "$CACHE"/built/"$target"-* 2>/dev/null || true
+    image_id "$tag" >"$stamp"
   else
     (cd "$HERE" && nice -n 5 docker build --target "$target" "${ARGS[@]:6}" -t "kubetune-$target:dev" . >&2)
   fi
@@ -182,10 +203,7 @@ for target in operator trainer; do
 done
 
 if [ "$ENGINE" = buildah ]; then
-  # Working containers a failed build or test left behind (the layer cache is kept: it is the warm path).
-  for ctr in $("$B" containers --noheading --format "{{.ContainerName}}" 2>/dev/null | grep -v "^kt-run-" || true); do
-    "$B" rm "$ctr" >/dev/null 2>&1 || true
-  done
+  remove_stale_containers
   {
     echo "KUBETUNE_IMAGES_ENGINE=$ENGINE"
     echo "KUBETUNE_IMAGES_HASH=$HASH"

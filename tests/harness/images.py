@@ -13,12 +13,17 @@ the pod spec, translated to ``buildah run --isolation chroot``:
   ``secretKeyRef``, ``configMapKeyRef``), on top of the image's ENV (``env K=V … cmd`` inside the container:
   no shell and no ``$`` expansion on the way);
 - the volumes: ConfigMap and Secret volumes written out as files (read-only), ``emptyDir`` as a host folder
-  owned by ``fsGroup`` (``medium: Memory`` as a tmpfs with its ``sizeLimit``), a PVC as a host folder, the
-  termination message file as a host file bind-mounted at ``terminationMessagePath`` and read back after the
-  exit like the kubelet does;
-- a read-only root filesystem (``readOnlyRootFilesystem``, or forced by the caller): buildah run has no
-  flag for it, so the container's root mount is remounted read-only before the run (after the mount points
-  the run needs exist), and only the volumes are writable;
+  owned by ``fsGroup``, a PVC as a host folder, the termination message file as a host file bind-mounted at
+  ``terminationMessagePath`` and read back after the exit like the kubelet does. An ``emptyDir`` with
+  ``medium: Memory`` at ``/dev/shm`` cannot be mounted: chroot isolation binds the host's ``/dev`` (with its
+  ``/dev/shm``, world-writable and sticky) over it, so the container shares the host's shared memory and the
+  volume's ``sizeLimit`` is not enforced;
+- a read-only root filesystem (``readOnlyRootFilesystem``, or forced by the caller): buildah run has no flag
+  for it (and remounting the storage's mount read-only breaks buildah run, which creates its mount points in
+  it), so the container starts :data:`READ_ONLY_SHIM` as root with ``CAP_SYS_ADMIN``: in the container's own
+  mount namespace it remounts ``/`` read-only (the volumes stay as mounted), empties the capability bounding
+  set, sets ``no_new_privs`` (``allowPrivilegeEscalation: false``) and drops to the pod's uid/gid before it
+  execs the command: the process runs with no capabilities at all, like ``capabilities: drop: [ALL]``;
 - the network: the host's (``--network host``; chroot isolation has no network namespace of its own).
 """
 
@@ -46,6 +51,29 @@ BUILD_ARGS = TOOLS / "images.buildargs"
 """The --build-arg values of the CPU variant, one a line."""
 RUN_PREFIX = "kt-run-"
 """Names of the working containers the tests create (the tools step leaves them alone)."""
+
+
+READ_ONLY_SHIM = """
+import ctypes, os, pwd, subprocess, sys
+uid, gid, home, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+subprocess.run(["mount", "-o", "remount,bind,ro", "/"], check=True)
+libc = ctypes.CDLL(None, use_errno=True)
+cap = 0
+while libc.prctl(24, cap, 0, 0, 0) == 0:  # PR_CAPBSET_DROP until EINVAL: an empty bounding set
+    cap += 1
+if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS: allowPrivilegeEscalation false
+    sys.exit("no_new_privs failed")
+os.setgroups([])
+os.setgid(gid)
+os.setuid(uid)  # all uids non-zero: permitted and effective capabilities are cleared
+if home == "passwd":
+    try:
+        os.environ["HOME"] = pwd.getpwuid(uid).pw_dir
+    except KeyError:
+        os.environ["HOME"] = "/"
+os.execvp(argv[0], argv)
+"""
+"""Runs inside the container for a read-only root (argv: uid gid keep|passwd command...)."""
 
 
 class ImagesUnavailable(RuntimeError):
@@ -88,10 +116,10 @@ def image_config(image: str) -> dict[str, Any]:
 
 
 def image_size(image: str) -> int:
-    """Bytes of the image's layers, as ``buildah images`` counts them."""
-    rows = json.loads(buildah("images", "--json", image).stdout)
-    assert len(rows) == 1, rows
-    return int(rows[0]["size"])
+    """Bytes of the image's layers (uncompressed tar streams, as the image manifest lists them)."""
+    data = json.loads(buildah("inspect", "--type", "image", image).stdout)
+    manifest = json.loads(data["Manifest"])
+    return sum(int(layer["size"]) for layer in manifest["layers"])
 
 
 def human(size: int) -> str:
@@ -103,29 +131,14 @@ def human(size: int) -> str:
 
 @dataclass(frozen=True)
 class Mount:
+    """A host path bind-mounted at ``target``."""
+
     target: str
-    source: Path | None = None
-    """A host path bind-mounted at ``target``; None: a tmpfs."""
+    source: Path
     read_only: bool = False
-    size: str | None = None
-    """The tmpfs size (a Kubernetes quantity such as ``1Gi`` is converted)."""
 
     def flag(self) -> str:
-        if self.source is None:
-            opts = f"type=tmpfs,destination={self.target}"
-            if self.size:
-                opts += f",tmpfs-size={_tmpfs_size(self.size)}"
-            return opts
         return f"type=bind,source={self.source},destination={self.target},{'ro' if self.read_only else 'rw'}"
-
-
-def _tmpfs_size(quantity: str) -> str:
-    m = re.fullmatch(r"(\d+)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
-    assert m, f"unsupported tmpfs size {quantity!r}"
-    n, unit = int(m.group(1)), m.group(2) or ""
-    factor = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 10**3, "M": 10**6, "G": 10**9,
-              "T": 10**12}[unit]
-    return str(n * factor)
 
 
 @dataclass
@@ -141,36 +154,39 @@ class Container:
     read_only_root: bool = False
     network: str = "host"
     name: str = field(default_factory=lambda: f"{RUN_PREFIX}{uuid.uuid4().hex[:10]}")
-    _rootfs: str | None = None
     _created: bool = False
 
     def create(self) -> Self:
         buildah("from", "--pull-never", "--name", self.name, self.image)
         self._created = True
-        if self.read_only_root:
-            self._rootfs = buildah("mount", self.name).stdout.strip()
-            for m in self.mounts:
-                # The mount points, made while the root is still writable (buildah makes missing ones itself).
-                target = Path(self._rootfs) / m.target.lstrip("/")
-                if m.source is not None and m.source.is_file():
-                    if not target.exists():
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.touch()
-                else:
-                    target.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["mount", "-o", "remount,ro", self._rootfs], check=True, capture_output=True, timeout=60)
         return self
 
     def argv(self) -> list[str]:
         flags = ["--isolation", "chroot", "--network", self.network]
-        if self.user:
-            flags += ["--user", self.user]
         if self.workdir:
             flags += ["--workingdir", self.workdir]
         for m in self.mounts:
             flags += ["--mount", m.flag()]
         env = [f"{k}={v}" for k, v in self.env.items()]
-        return [str(KT_BUILDAH), "run", *flags, self.name, "--", "env", *env, *self.command]
+        if not self.read_only_root:
+            if self.user:
+                flags += ["--user", self.user]
+            return [str(KT_BUILDAH), "run", *flags, self.name, "--", "env", *env, *self.command]
+        # buildah run has no read-only root: the shim starts as root with CAP_SYS_ADMIN in the container's own
+        # mount namespace, remounts / read-only, then drops to the user with no capabilities left.
+        uid, _, gid = (self.user or self._image_user()).partition(":")
+        flags += ["--user", "0:0", "--cap-add", "CAP_SYS_ADMIN"]
+        home = "keep" if "HOME" in self.env or self._image_sets_home() else "passwd"
+        return [str(KT_BUILDAH), "run", *flags, self.name, "--", "env", *env, "python3", "-c", READ_ONLY_SHIM,
+                uid, gid or uid, home, *self.command]
+
+    def _image_user(self) -> str:
+        user = image_config(self.image)["config"].get("User") or "0"
+        assert re.fullmatch(r"\d+(:\d+)?", user), f"{self.image}: USER {user!r} is not numeric"
+        return user
+
+    def _image_sets_home(self) -> bool:
+        return any(e.startswith("HOME=") for e in image_config(self.image)["config"].get("Env") or [])
 
     def run(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         return subprocess.run(self.argv(), capture_output=True, text=True, check=False, timeout=timeout)
@@ -194,9 +210,6 @@ class Container:
         return proc.returncode
 
     def remove(self) -> None:
-        if self._rootfs is not None:
-            subprocess.run(["mount", "-o", "remount,rw", self._rootfs], check=False, capture_output=True, timeout=60)
-            self._rootfs = None
         if self._created:
             buildah("rm", self.name, check=False)
             self._created = False
@@ -333,8 +346,9 @@ def pod_mounts(pod: dict[str, Any], container: dict[str, Any], workdir: Path, co
             ro = True
         elif "emptyDir" in vol:
             ed = vol["emptyDir"] or {}
-            if ed.get("medium") == "Memory":
-                mounts.append(Mount(vm["mountPath"], None, ro, ed.get("sizeLimit")))
+            if ed.get("medium") == "Memory" and vm["mountPath"] == "/dev/shm":
+                # chroot isolation binds the host's /dev (and its /dev/shm) over anything mounted there: the
+                # container gets the host's shared memory, without the volume's sizeLimit.
                 continue
             host.mkdir(parents=True, exist_ok=True)
             _own(host, owner)
@@ -382,3 +396,56 @@ def termination_message(term: Path, log: str, exit_code: int, policy: str | None
     if not message.strip() and exit_code != 0 and policy == "FallbackToLogsOnError":
         message = "\n".join(log.splitlines()[-80:])[-2048:]
     return message[:4096]
+
+
+# ------------------------------------------------------------------------------------------ a kubelet for images
+
+
+def image_kubelet_class() -> type:
+    """:class:`tests.harness.processkubelet.ProcessKubelet` whose containers run from their pod's ``image``
+    (which must be in kubetune's image storage, like ``imagePullPolicy: Never``) with :func:`pod_container`:
+    the image's entrypoint and user unless the pod overrides them, the pod's env and mounts, and the
+    termination message read back from the host file bound at ``terminationMessagePath``. Imported lazily:
+    the real control plane's harness is only needed here."""
+    from tests.harness.processkubelet import ProcessKubelet
+
+    class ImageKubelet(ProcessKubelet):
+        def __init__(self, *args: Any, read_only_root: bool | None = None, **kw: Any) -> None:
+            super().__init__(*args, **kw)
+            self.read_only_root = read_only_root
+            self.containers: dict[str, Container] = {}
+
+        def _run(self, pod: dict[str, Any]) -> subprocess.Popen[bytes]:
+            meta, spec = pod["metadata"], pod["spec"]
+            ns, key = meta["namespace"], self._key(pod)
+            root = self.workdir / meta["name"]
+            image = spec["containers"][0]["image"]
+            if buildah("inspect", "--type", "image", image, check=False).returncode != 0:
+                raise RuntimeError(f'image "{image}" is not in the node\'s image storage (ErrImageNeverPull)')
+            running = {**pod, "spec": {**spec, "nodeName": self.node},
+                       "status": {**(pod.get("status") or {}), "podIP": self.pod_ip, "hostIP": self.pod_ip}}
+            def lookup(read: Callable[[str, str], dict[str, str]]) -> Lookup:
+                def get(name: str) -> dict[str, str]:
+                    try:
+                        return read(ns, name)
+                    except RuntimeError as exc:  # the base class's "not found"
+                        raise KeyError(name) from exc
+                return get
+
+            ctr, term = pod_container(running, image, root, lookup(self._configmap), lookup(self._secret),
+                                      read_only_root=self.read_only_root,
+                                      extra_env=self.extra_env,
+                                      pvcs=lambda claim: self.workdir / "pvc" / claim)
+            ctr.create()
+            self.containers[key] = ctr
+            log = root / "container.log"
+            self.logs[key], self._term_files[key] = log, term
+            return ctr.popen(log)
+
+        def stop(self) -> None:
+            super().stop()
+            for ctr in self.containers.values():
+                ctr.remove()
+            self.containers.clear()
+
+    return ImageKubelet

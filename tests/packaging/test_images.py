@@ -15,6 +15,7 @@ bases, the trainer's CPU variant), inspected and run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import sys
 import tomllib
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import pytest
 import yaml
 
 from tests.harness import images as im
+from tests.harness.realcluster import control_plane  # noqa: F401 - the session's real control plane
 
 ROOT = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -285,7 +287,8 @@ def test_trainer_image_trains_as_the_job_pod_into_s3(images: im.BuiltImages, tin
     # what the runner took from the Job: the user, the command, the four volumes
     assert ctr.user == "1000:1000" and ctr.command[:2] == ["kubetune-train", "--config"]
     targets = {m.target: m for m in ctr.mounts}
-    assert targets[CONFIG_DIR].read_only and targets["/dev/shm"].source is None
+    # /dev/shm: chroot isolation gives the container the host's (see tests/harness/images.py)
+    assert targets[CONFIG_DIR].read_only and "/dev/shm" not in targets
     assert {"/var/cache/kubetune", "/var/lib/kubetune", "/dev/termination-log"} <= set(targets)
     assert ctr.env["AWS_ENDPOINT_URL"] == endpoint and ctr.env["NODE_RANK"] == "0"
     with ctr:
@@ -347,7 +350,6 @@ async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, t
     KUBERNETES_SERVICE_* env), against the real control plane; a FineTuneJob gets its ConfigMap and Job
     (with the chart's trainer image) and its status follows the pod that kwok runs."""
     from tests.harness import realcluster as rc
-    from tests.servers import free_port
 
     try:
         rc.bin_dir()
@@ -357,6 +359,37 @@ async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, t
         return await _operator_against_the_emulator(images, tmp_path, request)
     cp: rc.ControlPlane = request.getfixturevalue("control_plane")
     ns = await asyncio.to_thread(cp.create_namespace, rc.namespace_name(request.node.name))
+    mark = cp.audit_mark()
+    async with operator_container(images, cp, ns, tmp_path) as (log, metrics):
+        cp.api.create(rc.FTJ, {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                               "metadata": {"name": "imaged", "namespace": ns},
+                               "spec": {"model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+                                        "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
+                                        "resources": {"nodes": 1, "gpusPerNode": 1},
+                                        "output": {"uri": "s3://out/imaged"}}}, ns)
+        job = await _wait(lambda: cp.api.get("batch/v1/jobs", ns, "imaged"), 90, "the Job", log)
+        assert job["spec"]["template"]["spec"]["containers"][0]["image"] == images.trainer
+        assert cp.api.get("v1/configmaps", ns, "imaged-trainer")
+        # kwok runs the pod on a fake GPU node; the operator's status follows it
+        await _wait(lambda: (cp.api.get(rc.FTJ, ns, "imaged") or {}).get("status", {}).get("phase") == "Running",
+                    120, "phase Running", log)
+        status, body = _http(f"http://127.0.0.1:{metrics}/metrics")
+        assert status == 200 and "kubetune_" in body, body[:2000]
+    writes = [e for e in cp.audit(since=mark, user=rc.OPERATOR_USER)
+              if e["verb"] in ("create", "patch", "update") and e.get("objectRef", {}).get("namespace") == ns]
+    assert {e["objectRef"]["resource"] for e in writes} >= {"jobs", "configmaps", "finetunejobs"}, writes
+    await asyncio.to_thread(cp.delete_namespace, ns)
+
+
+@contextlib.asynccontextmanager
+async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
+    """The operator image run as the chart's Deployment pod (watching ``ns``), logged in like a pod: the
+    ServiceAccount token, CA and namespace where the kubelet projects them, KUBERNETES_SERVICE_* in the env.
+    Ready once /healthz answers (the chart's probe); yields the log file and the metrics port; stopped with
+    SIGTERM at the end, which must end it cleanly."""
+    from tests.harness import realcluster as rc
+    from tests.servers import free_port
+
     metrics, health = free_port(), free_port()
     values = {"watch": {"allNamespaces": False, "namespaces": [ns]},
               "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
@@ -366,7 +399,6 @@ async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, t
     container = pod["spec"]["containers"][0]
     assert container["image"] == images.operator
     assert f"--namespace={ns}" in container["args"] and f"--trainer-image={images.trainer}" in container["args"]
-    # the ServiceAccount token, CA and namespace where the kubelet projects them, and the service env
     sa = tmp_path / "serviceaccount"
     sa.mkdir()
     (sa / "token").write_text(cp.operator_token)
@@ -375,39 +407,21 @@ async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, t
     for f in sa.iterdir():
         f.chmod(0o644)
     assert pod["spec"]["serviceAccountName"] == rc.OPERATOR_SA and pod["spec"]["automountServiceAccountToken"]
-    ctr, _ = im.pod_container(pod, images.operator, tmp_path / "pod", {}.__getitem__, {}.__getitem__,
+    ctr, _ = im.pod_container(pod, images.operator, tmp_path / "operator-pod", {}.__getitem__, {}.__getitem__,
                               extra_env={"KUBERNETES_SERVICE_HOST": "127.0.0.1",
                                          "KUBERNETES_SERVICE_PORT": str(cp.apiserver_port)})
     ctr.mounts.append(im.Mount("/var/run/secrets/kubernetes.io/serviceaccount", sa, read_only=True))
     assert ctr.read_only_root and ctr.user == "10001:10001", "the chart's securityContext"
     assert ctr.command[:2] == ["kubetune", "operator"] and "KUBECONFIG" not in ctr.env
     log = tmp_path / "operator.log"
-    mark = cp.audit_mark()
     with ctr:
         proc = ctr.popen(log)
         try:
             await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log)
-            cp.api.create(rc.FTJ, {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                   "metadata": {"name": "imaged", "namespace": ns},
-                                   "spec": {"model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-                                            "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
-                                            "resources": {"nodes": 1, "gpusPerNode": 1},
-                                            "output": {"uri": "s3://out/imaged"}}}, ns)
-            job = await _wait(lambda: cp.api.get("batch/v1/jobs", ns, "imaged"), 90, "the Job", log)
-            assert job["spec"]["template"]["spec"]["containers"][0]["image"] == images.trainer
-            assert cp.api.get("v1/configmaps", ns, "imaged-trainer")
-            # kwok runs the pod on a fake GPU node; the operator's status follows it
-            await _wait(lambda: (cp.api.get(rc.FTJ, ns, "imaged") or {}).get("status", {}).get("phase") == "Running",
-                        120, "phase Running", log)
-            status, body = _http(f"http://127.0.0.1:{metrics}/metrics")
-            assert status == 200 and "kubetune_" in body, body[:2000]
+            yield log, metrics
         finally:
             code = im.Container.stop(proc)
         assert code in (0, -15, 143), f"exit {code}\n{log.read_text()[-3000:]}"
-    writes = [e for e in cp.audit(since=mark, user=rc.OPERATOR_USER)
-              if e["verb"] in ("create", "patch", "update") and e.get("objectRef", {}).get("namespace") == ns]
-    assert {e["objectRef"]["resource"] for e in writes} >= {"jobs", "configmaps", "finetunejobs"}, writes
-    await asyncio.to_thread(cp.delete_namespace, ns)
 
 
 async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path, request: pytest.FixtureRequest) -> None:
@@ -447,3 +461,62 @@ async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path,
                             120, "phase Running", log)
             finally:
                 im.Container.stop(proc)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImages, tiny_model_dir: Path, tmp_path: Path,
+                                                           node_s3: tuple[str, str, dict[str, str]],
+                                                           request: pytest.FixtureRequest) -> None:
+    """The whole path with nothing emulated but the node: ``kubectl apply -f`` of a FineTuneJob on the real
+    control plane; the operator image (as the chart's pod) makes the Job; the real Job controller makes the
+    pod and the real scheduler binds it to a node whose kubelet runs it from the trainer image (uid 1000, the
+    Job's env, Secret and volumes, read-only root); the pod's exit and termination message go back to the
+    API; the operator reads them and the FineTuneJob ends Succeeded with a verified adapter in S3."""
+    from tests.harness import realcluster as rc
+    from tests.harness.processkubelet import ProcessKubelet
+
+    rc.controlplane_or_skip()
+    cp: rc.ControlPlane = request.getfixturevalue("control_plane")
+    _, bucket, creds = node_s3
+    model, data = upload_inputs(creds, bucket, tiny_model_dir)
+    uri = f"s3://{bucket}/runs/e2e"
+    ns = await asyncio.to_thread(cp.create_namespace, rc.namespace_name(request.node.name))
+    k8s = rc.K8s(cp, ns)
+    cp.api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
+                                 "stringData": creds}, ns)
+    spec = tiny_lora_spec(model, data, uri, "s3-credentials")
+    spec["resources"].update({"nodeSelector": ProcessKubelet.NODE_SELECTOR, "tolerations": ProcessKubelet.TOLERATIONS})
+    manifest = tmp_path / "finetunejob.yaml"
+    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                        "metadata": {"name": "e2e"}, "spec": spec}, sort_keys=False))
+    kubelet_cls = im.image_kubelet_class()
+    with kubelet_cls(cp.api, tmp_path / "node", node=f"img-{uuid.uuid4().hex[:6]}", pod_ip=node_ip(),
+                     read_only_root=True) as kubelet:
+        async with operator_container(images, cp, ns, tmp_path) as (log, _):
+            out = await k8s.kubectl("apply", "-f", str(manifest))
+            assert "finetunejob.kubetune.io/e2e created" in out, out
+
+            def phase() -> str | None:
+                return (cp.api.get(rc.FTJ, ns, "e2e") or {}).get("status", {}).get("phase")
+
+            try:
+                await _wait(lambda: phase() in ("Succeeded", "Failed"), 1200, "a final phase", log)
+            finally:
+                for path in kubelet.logs.values():
+                    print(f"--- {path} ---\n{path.read_text(errors='replace')[-4000:] if path.exists() else ''}")
+                print(f"--- kubelet errors: {kubelet.errors}")
+            status = cp.api.get(rc.FTJ, ns, "e2e")["status"]
+            assert status["phase"] == "Succeeded", status
+        pods = k8s.pods("e2e")
+        assert len(pods) == 1 and pods[0]["spec"]["nodeName"] == kubelet.node, "bound by the real scheduler"
+        assert pods[0]["spec"]["containers"][0]["image"] == images.trainer
+        terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
+        assert terminated["exitCode"] == 0 and terminated["message"].startswith("succeeded"), terminated
+        job = cp.api.get("batch/v1/jobs", ns, "e2e")
+        assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"]), job["status"]
+    assert status["artifacts"]["adapterUri"] == uri, status
+    verified = verify_artifact(uri, creds)
+    assert verified.returncode == 0, verified.stderr
+    await asyncio.to_thread(cp.delete_namespace, ns)
