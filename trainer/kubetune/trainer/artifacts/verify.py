@@ -1,19 +1,30 @@
-"""`kubetune artifacts verify URI`: re-hash an output against its manifest."""
+"""`kubetune artifacts verify URI`: re-hash an output against its manifest.
+
+Every answer is a list of one-line problems (empty when every file matches): a bad URI, a missing
+or malformed manifest, an entry outside the artifact, an unreachable endpoint or missing
+credentials are problems too, never a traceback.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from kubetune.trainer.artifacts.manifest import verify_dir
-from kubetune.trainer.storage.uris import file_path
+from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.storage.uris import Uri, file_path
 
 
 def verify_uri(uri: str) -> list[str]:
-    if "://" not in uri:
-        return verify_dir(Path(uri))
-    scheme = uri.split("://", 1)[0]
-    if scheme == "file":
-        return verify_dir(file_path(uri))
-    from kubetune.trainer.storage import remote  # registers s3 and friends
+    try:
+        if "://" not in uri:
+            return verify_dir(Path(uri))
+        scheme = Uri.parse(uri, field="URI").scheme
+        if scheme == "file":
+            return verify_dir(file_path(uri))
+        from kubetune.trainer.storage import remote  # registers s3 and friends
 
-    return remote.verify_remote(uri)
+        return remote.verify_remote(uri)
+    except TrainerError as exc:
+        return [str(exc)]
+    except OSError as exc:  # a folder that cannot be listed, a file that vanished while hashing
+        return [f"cannot read the artifact: {exc.strerror or exc}"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from kubetune.api.redact import redact
 from kubetune.trainer.errors import ConfigError
-from kubetune.trainer.storage.uris import Uri, file_path
+from kubetune.trainer.storage.uris import PVC_ROOT, Uri, file_path, pvc_path
 
 
 def _fetch_file(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: object) -> Path:
@@ -22,11 +23,11 @@ def _fetch_file(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: o
 
 
 def _fetch_pvc(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: object) -> Path:
-    """pvc://claim/path: the operator mounts the claim read-only at /mnt/pvc/<claim>."""
-    parsed = Uri.parse(uri)
-    path = Path("/mnt/pvc") / parsed.rest
+    """pvc://claim/path: the operator mounts the claim read-only at /mnt/pvc/<claim>; the path stays inside it."""
+    path = pvc_path(uri, field=field)
     if not path.exists():
-        raise ConfigError(f"{field}: {path} does not exist (PVC {parsed.bucket!r} mounted at /mnt/pvc/{parsed.bucket})")
+        claim = Uri.parse(uri).bucket
+        raise ConfigError(f"{field}: {path} does not exist (PVC {claim!r} mounted at {PVC_ROOT}/{claim})")
     return path
 
 
@@ -40,11 +41,11 @@ def register(scheme: str, fetcher: Fetcher) -> None:
 
 def fetch(uri: str, *, field: str, work_dir: str | Path, cache_dir: str | Path, **options: object) -> Path:
     """Return a local path holding ``uri``'s content. ``field`` names the spec field for error messages."""
-    scheme = Uri.parse(uri).scheme
+    scheme = Uri.parse(uri, field=field).scheme
     if scheme not in FETCHERS:
         _load_optional_fetchers()
     if scheme not in FETCHERS:
-        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({uri}); known: {', '.join(sorted(FETCHERS))}")
+        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {', '.join(sorted(FETCHERS))}")
     return FETCHERS[scheme](uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)
 
 

@@ -51,17 +51,22 @@ def check_relative(rel: str | PurePosixPath, *, what: str = "path") -> str:
     return text
 
 
-def contained(dest: str | os.PathLike[str], rel: str | PurePosixPath, *, what: str = "path") -> Path:
+def contained(dest: str | os.PathLike[str], rel: str | PurePosixPath, *, what: str = "path",
+              symlinks: bool = True) -> Path:
     """``dest / rel``, resolved, when it lies strictly inside ``dest`` (symlinks followed); UnsafePath otherwise.
 
     ``dest`` is resolved too, so a destination reached through a symlink is fine; a link *inside* it
-    that points elsewhere is not. The result is the resolved path to read or write.
+    that points elsewhere is not. With ``symlinks=False`` any symlink on the way (even one that stays
+    inside) is refused. The result is the resolved path to read or write.
     """
     text = check_relative(rel, what=what)
     root = Path(dest).resolve()
-    target = root.joinpath(*text.rstrip("/").split("/")).resolve()
+    lexical = root.joinpath(*text.rstrip("/").split("/"))
+    target = lexical.resolve()
     if target == root or not target.is_relative_to(root):
         raise UnsafePath(f"{what} {text!r} resolves to {target}, outside {root}; refusing it")
+    if not symlinks and target != lexical:
+        raise UnsafePath(f"{what} {text!r} goes through a symlink (to {target}); refusing it")
     return target
 
 

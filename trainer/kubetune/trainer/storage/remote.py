@@ -30,14 +30,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from kubetune.trainer.artifacts.manifest import CHECKPOINTS, MANIFEST
-from kubetune.trainer.errors import ConfigError
+from kubetune.api.names import dns_subdomain_problem
+from kubetune.api.redact import redact
+from kubetune.trainer.artifacts.manifest import CHECKPOINTS, MANIFEST, ManifestProblem, parse_manifest
+from kubetune.trainer.errors import ConfigError, TrainerError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import fetch as _fetch
 from kubetune.trainer.storage import publish as _publish
 from kubetune.trainer.storage import s3
 from kubetune.trainer.storage.cache import cache_key, cached, safe_name
-from kubetune.trainer.storage.guard import check_url
+from kubetune.trainer.storage.guard import Guard, URLRefused, check_url
+from kubetune.trainer.storage.paths import check_relative, contained
 from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
@@ -51,13 +54,17 @@ def s3_client(*, field: str, allow: Iterable[str] = ()) -> Any:
         cli = s3.client()
     except Exception as exc:  # noqa: BLE001 - botocore config errors (bad region, bad endpoint URL)
         raise ConfigError(f"{field}: cannot configure S3 access: {exc}") from None
-    check_url(s3.endpoint_of(cli), field=field, allow=allow, what="S3 endpoint")
-    return cli
+    guard = Guard.of(field=field, allow=allow, what="S3 endpoint")
+    guard.check_url(s3.endpoint_of(cli))
+    return guard.pin_botocore(cli)  # every connection (virtual hosts, redirects) goes to a checked address
 
 
 def _s3_error(field: str, uri: str, exc: Exception) -> ConfigError:
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 
+    refused = getattr(exc, "kwargs", {}).get("error") if isinstance(exc, HTTPClientError) else None
+    if isinstance(refused, URLRefused):  # the pinned connection refused the address (DNS rebinding)
+        return refused
     if isinstance(exc, NoCredentialsError):
         return ConfigError(f"{field}: no S3 credentials for {uri}; set credentialsSecret (AWS_ACCESS_KEY_ID/"
                            "AWS_SECRET_ACCESS_KEY) or give the pod an AWS role")
@@ -135,36 +142,38 @@ def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
     """Re-hash an s3:// artifact against its manifest; return the problems (empty when it matches).
 
     ``kubetune artifacts verify`` runs on the user's machine against the user's own endpoint, so the
-    URL guard is off unless ``allow`` is given.
+    URL guard is off unless ``allow`` is given. Every failure is one line: a manifest that is not a
+    kubetune manifest, an entry that is not a plain relative path, an unreachable endpoint, missing
+    credentials.
     """
-    parsed = Uri.parse(uri)
+    parsed = Uri.parse(uri, field="URI")
     if parsed.scheme != "s3":
         return [f"cannot verify {parsed.scheme}:// artifacts (file:// and s3:// only)"]
-    cli = s3.client() if allow is None else s3_client(field="URI", allow=allow)
+    from botocore.exceptions import BotoCoreError, ClientError
+
     bucket, key = s3.split(uri)
     prefix = s3.prefix_of(key)
-    from botocore.exceptions import ClientError
-
+    where = f"s3://{bucket}/{prefix}{MANIFEST}"
     try:
+        cli = s3.client() if allow is None else s3_client(field="URI", allow=allow)
         if s3.head(cli, bucket, prefix + MANIFEST) is None:
-            return [f"s3://{bucket}/{prefix}{MANIFEST}: no manifest (the artifact is incomplete or not a kubetune output)"]
-        manifest = json.loads(s3.get_bytes(cli, bucket, prefix + MANIFEST))
+            return [f"{where}: no manifest (the artifact is incomplete or not a kubetune output)"]
+        listed, problems = parse_manifest(s3.get_bytes(cli, bucket, prefix + MANIFEST), where=where)
         present = {o["Key"][len(prefix):]: o for o in s3.list_objects(cli, bucket, prefix)}
-    except ClientError as exc:
+        for rel, entry in listed.items():
+            obj = present.get(rel)
+            if obj is None:
+                problems.append(f"{rel}: missing")
+            elif obj["Size"] != entry["size"]:
+                problems.append(f"{rel}: size {obj['Size']} != {entry['size']}")
+            elif _stream_sha256(cli, bucket, prefix + rel) != entry["sha256"]:
+                problems.append(f"{rel}: sha256 mismatch")
+    except ManifestProblem as exc:
+        return [str(exc)]
+    except (ClientError, BotoCoreError) as exc:
         return [str(_s3_error("URI", uri, exc))]
-    problems = []
-    listed = {e["path"]: e for e in manifest.get("files", [])}
-    for rel, entry in listed.items():
-        obj = present.get(rel)
-        if obj is None:
-            problems.append(f"{rel}: missing")
-            continue
-        if obj["Size"] != entry["size"]:
-            problems.append(f"{rel}: size {obj['Size']} != {entry['size']}")
-            continue
-        digest = _stream_sha256(cli, bucket, prefix + rel)
-        if digest != entry["sha256"]:
-            problems.append(f"{rel}: sha256 mismatch")
+    except TrainerError as exc:  # retries exhausted (StorageError), the URL guard
+        return [str(exc)]
     for rel in sorted(present):
         if rel not in listed and rel != MANIFEST and not rel.startswith(CHECKPOINTS + "/") and not rel.endswith("/"):
             problems.append(f"{rel}: not in the manifest")
@@ -184,19 +193,9 @@ def _stream_sha256(cli: Any, bucket: str, key: str) -> str:
 # ----------------------------------------------------------------------------------------------------- http(s)
 
 
-class _GuardedRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to hosts that pass the URL guard too."""
-
-    def __init__(self, field: str, allow: Iterable[str]):
-        self.field, self.allow = field, list(allow)
-
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        check_url(newurl, field=self.field, allow=self.allow, what="redirect")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def _http_open(url: str, *, method: str, field: str, allow: Iterable[str], timeout: float = 30) -> Any:
-    opener = urllib.request.build_opener(_GuardedRedirects(field, allow))
+    """Open ``url`` with every connection pinned to a checked address and every redirect checked (see guard)."""
+    opener = Guard.of(field=field, allow=allow).urllib_opener()
     request = urllib.request.Request(url, method=method, headers={"User-Agent": "kubetune"})
     return opener.open(request, timeout=timeout)
 
@@ -225,7 +224,8 @@ def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset",
     check_url(uri, field=field, allow=allow)
     name = unquote(urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]) or "index"
     if "/" in name or name in {".", ".."}:
-        raise ConfigError(f"{field}: {uri} does not end in a file name")
+        raise ConfigError(f"{field}: {redact(uri)} does not end in a file name")
+    check_relative(name, what=f"{field}: the file name of {redact(uri)}")
 
     def revision() -> str:
         try:
@@ -261,12 +261,13 @@ def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset",
 
 
 def _fetch_configmap(uri: str, *, field: str, **_: object) -> Path:
-    parsed = Uri.parse(uri)
+    parsed = Uri.parse(uri, field=field)
     name, key = parsed.bucket, parsed.key
-    if not name or not key or "/" in key or ".." in (name, key):
-        raise ConfigError(f"{field}: {uri} must be configmap://<name>/<key>")
+    if not name or not key or "/" in key or ".." in (name, key) or dns_subdomain_problem(name):
+        raise ConfigError(f"{field}: {redact(uri)} must be configmap://<name>/<key> (a ConfigMap name and one key)")
     root = Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", CONFIGMAP_ROOT))
-    path = root / name / key
+    # The kubelet mounts keys as symlinks into ..data/; they must stay inside the ConfigMap's folder.
+    path = contained(root / name, key, what=f"{field}: {redact(uri)}: the key")
     if not path.is_file():
         raise ConfigError(f"{field}: ConfigMap {name!r} key {key!r} is not mounted at {path} "
                           "(does the ConfigMap exist in the job's namespace, and does it have that key?)")
