@@ -51,8 +51,10 @@ def load_tokenizer_only(model: str, opts: CheckOptions) -> Any:
     uri = _as_uri(model)
     try:
         if uri.startswith("hf://"):
+            from kubetune.trainer.storage.guard import guard_hub
             from kubetune.trainer.storage.hubs import hf_endpoint, probe
 
+            guard_hub(hf_endpoint(), field="--model", allow=opts.allow)  # HF_ENDPOINT guarded as run and chat do
             probe(hf_endpoint(), field="--model", hub="the Hugging Face Hub", env="HF_ENDPOINT")
             tokenizer = AutoTokenizer.from_pretrained(uri.removeprefix("hf://"))
         else:

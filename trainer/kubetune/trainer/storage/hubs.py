@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage.cache import REVISION, cache_key, cached, safe_name
-from kubetune.trainer.storage.guard import check_url
+from kubetune.trainer.storage.guard import check_url, guard_hub
 from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
@@ -88,7 +88,7 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
              allow: Iterable[str] = (), dataset: Any = None, **_: object) -> Path:
     repo = _repo(uri, field)
     endpoint = hf_endpoint()
-    check_url(endpoint, field=field, allow=allow, what="Hugging Face Hub")
+    guard_hub(endpoint, field=field, allow=allow)  # checked, and every Hub connection pinned to checked addresses
     repo_type = "dataset" if kind == "dataset" else "model"
     token = os.environ.get("HF_TOKEN") or None
     folder = getattr(dataset, "folder", None)
@@ -125,7 +125,7 @@ def push_to_hub(local: Path, *, repo: str, private: bool, allow: Iterable[str] =
         raise ConfigError(f"{field}.credentialsSecret: HF_TOKEN is not set; the Secret must have an HF_TOKEN key "
                           "with a write token")
     endpoint = hf_endpoint()
-    check_url(endpoint, field=field, allow=allow, what="Hugging Face Hub")
+    guard_hub(endpoint, field=field, allow=allow)
     probe(endpoint, field=field, hub="the Hugging Face Hub", env="HF_ENDPOINT")
     from huggingface_hub import HfApi
 
