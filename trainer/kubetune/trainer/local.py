@@ -6,9 +6,10 @@ import os
 import sys
 from pathlib import Path
 
+from kubetune.api.names import dns_label_problem
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import FineTuneJob
-from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.errors import ConfigError, TrainerError
 from kubetune.trainer.logging import get_logger, setup
 
 log = get_logger(__name__)
@@ -25,13 +26,19 @@ def local_config(
 ) -> TrainerConfig:
     work_dir = job_file.resolve().parent
     name = job.metadata.name
+    namespace = job.metadata.namespace or "default"
+    for what, value in (("metadata.namespace", namespace), ("metadata.name", name)):
+        problem = dns_label_problem(value)  # validated already; checked again because both become path parts
+        if problem:
+            raise ConfigError(f"{what}: {problem}")
     output_uri = output or job.spec.output.uri or f"file://{work_dir / 'output' / name}"
+    scratch = (cache_dir / "runs" / namespace / name).resolve()
     return TrainerConfig.from_job(
         job,
         output_uri=output_uri,
         work_dir=str(work_dir),
         cache_dir=str(cache_dir.resolve()),
-        scratch_dir=str((cache_dir / "runs" / (job.metadata.namespace or "default") / name).resolve()),
+        scratch_dir=str(scratch),
         metrics_port=metrics_port,
         allow_private_urls=list(allow_private or []),
     )
@@ -39,7 +46,11 @@ def local_config(
 
 def run_local(job: FineTuneJob, job_file: Path, **options: object) -> int:
     setup()
-    config = local_config(job, job_file, **options)  # type: ignore[arg-type]
+    try:
+        config = local_config(job, job_file, **options)  # type: ignore[arg-type]
+    except TrainerError as exc:
+        print(f"{job_file}: {exc}", file=sys.stderr)
+        return exc.exit_code
     from kubetune.trainer.callbacks.telemetry import Telemetry
     from kubetune.trainer.runner import run
 
