@@ -81,21 +81,95 @@ def launch_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
     return [*cmd, "-m", "kubetune.trainer", *argv]
 
 
-def relaunch(plan: LaunchPlan, argv: list[str]) -> int:
-    """Run the workers and return the launcher's exit code (the first failing worker's)."""
-    import signal
-    import subprocess
+def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer") -> int:
+    """Run the workers with torchrun's elastic agent in this process; return the pod's exit code.
 
-    env = {**os.environ, WORKER_ENV: "1"}
+    ``python -m torch.distributed.run`` exits 1 whenever a worker fails, which would hide a worker's
+    ``3`` (bad config) or ``4`` (bad data) from the Job's podFailurePolicy. Running the same agent
+    in-process gives us its :class:`ChildFailedError`: every failed rank's own exit code, and the
+    message the worker recorded in its ``TORCHELASTIC_ERROR_FILE`` (see :func:`record_failure`).
+    SIGTERM goes to the agent, which passes it on to the workers (they save a checkpoint) before exiting.
+    """
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    os.environ[WORKER_ENV] = "1"
     if not _cuda_available():
-        env.setdefault("OMP_NUM_THREADS", "1")
-    proc = subprocess.Popen(launch_command(plan, argv), env=env)
-    # Kubernetes signals PID 1 only: pass SIGTERM on so the workers save a checkpoint before exiting.
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: proc.send_signal(signum))
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    cmd = launch_command(plan, argv)
+    cmd[cmd.index("kubetune.trainer")] = module
+    _last_failure.clear()
     try:
-        return proc.wait()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        torchrun(parse_args(cmd[3:]))
+    except ChildFailedError as exc:
+        code, rank, message = pod_exit_code(
+            {rank: (f.exitcode, f.timestamp, _message_of(f)) for rank, f in exc.failures.items()})
+        from kubetune.trainer.logging import get_logger
+
+        get_logger(__name__).error("worker rank %d failed with exit code %d: %s", rank, code, message)
+        _last_failure.update(code=code, rank=rank, message=message)
+        return code
+    except SignalException as exc:  # SIGTERM/SIGINT to the launcher: the workers were stopped with it
+        return 128 + int(exc.sigval)
+    return 0
+
+
+_last_failure: dict[str, Any] = {}  # the failure that decided the pod's exit code (for the termination message)
+
+
+def last_failure() -> dict[str, Any]:
+    """``{code, rank, message}`` of the worker failure behind :func:`relaunch`'s last non-zero code (else empty)."""
+    return dict(_last_failure)
+
+# Exit codes a worker chooses itself (kubetune.trainer.errors, Preempted) outrank a crash, and a crash outranks a
+# signal (the agent SIGTERMs the surviving workers once one fails), so the non-retryable 3 and 4 always reach the
+# Job's podFailurePolicy.
+_TIER_OF_CODE = {3: 0, 4: 0, 143: 1}
+
+
+def _tier(code: int) -> int:
+    if code >= 0:
+        return _TIER_OF_CODE.get(code, 2)
+    return 4 if code == -15 else 3  # SIGTERM is what the agent stops the other workers with
+
+
+def pod_exit_code(failures: dict[int, tuple[int, float, str]]) -> tuple[int, int, str]:
+    """(exit code, rank, message) for the pod from the failed workers' ``{rank: (exitcode, timestamp, message)}``.
+
+    A documented code (3 bad config, 4 bad data; then 143 preempted) from any rank wins over a crash, a crash
+    over a signal; among equals the earliest failure (then the lowest rank) decides. A worker killed by
+    signal N (exitcode ``-N``) gives the shell's ``128 + N``.
+    """
+    if not failures:
+        return 1, -1, "no worker failure reported"
+
+    def order(item: tuple[int, tuple[int, float, str]]) -> tuple[int, float, int]:
+        rank, (code, timestamp, _message) = item
+        return _tier(code), timestamp, rank
+
+    rank, (code, _timestamp, message) = min(failures.items(), key=order)
+    if code < 0:
+        code = 128 - code
+    return (code if 0 < code < 256 else 1), rank, message
+
+
+def _message_of(failure: Any) -> str:
+    """The worker's one-line reason: torchrun keeps a recorded exception as ``{"message": ..., "extraInfo": ...}``."""
+    message = failure.message
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return str(message)
+
+
+def record_failure(exc: BaseException) -> None:
+    """In a torchrun worker: write ``exc`` to torchrun's error file, where the launcher reads the message."""
+    if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+        return
+    from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+    ErrorHandler().record_exception(exc)
 
 
 def _cuda_available() -> bool:

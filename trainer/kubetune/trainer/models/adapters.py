@@ -57,6 +57,13 @@ def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
 
 
 def apply_method(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = None, task_type: str = "CAUSAL_LM") -> Any:
+    """The model with the method applied and its trainable parameters in fp32 (mixed precision's master weights)."""
+    from kubetune.trainer.models.precision import keep_master_weights_fp32
+
+    return keep_master_weights_fp32(_attach(model, spec, adapter_path, task_type), spec.training.precision)
+
+
+def _attach(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None, task_type: str) -> Any:
     method = MethodType(spec.method.type)
     if method == MethodType.FULL:
         return model

@@ -43,13 +43,10 @@ def use_cpu() -> bool:
 
 def common_args(ctx: RunContext) -> dict[str, Any]:
     """TrainingArguments shared by every stage, from ``spec.training`` and ``spec.checkpointing``."""
-    import torch
-
-    from kubetune.trainer.models.loader import torch_dtype
+    from kubetune.trainer.models.precision import autocast_flags
 
     spec = ctx.config.spec
     t = spec.training
-    dtype = torch_dtype(t.precision)
     ckpt = spec.checkpointing
     eval_on = bool(ctx.data.eval)
     args: dict[str, Any] = {
@@ -68,8 +65,7 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
         "logging_first_step": True,
         "seed": t.seed,
         "data_seed": t.seed,
-        "bf16": dtype == torch.bfloat16 and not use_cpu(),
-        "fp16": dtype == torch.float16,
+        **autocast_flags(t.precision),  # fp32 master weights under autocast (kubetune.trainer.models.precision)
         "gradient_checkpointing": t.gradient_checkpointing,
         "report_to": list(t.report_to) or "none",
         "include_num_input_tokens_seen": "non_padding",  # tokens/s and MFU in kubetune.trainer.callbacks
