@@ -14,12 +14,10 @@ LOCAL = ["127.0.0.1"]
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetune.trainer.storage import s3
-
-    monkeypatch.setattr(s3, "RETRY", s3.RetryPolicy(attempts=5, base_s=0.01, cap_s=0.05))
-    monkeypatch.setenv("KUBETUNE_S3_ATTEMPTS", "5")  # the same for upload subprocesses
-    monkeypatch.setenv("KUBETUNE_S3_BACKOFF_S", "0.01")
+def retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore's standard retry mode with 5 attempts (read when a client is made, so upload subprocesses too)."""
+    monkeypatch.setenv("KUBETUNE_S3_ATTEMPTS", "5")
+    monkeypatch.setenv("KUBETUNE_HTTP_BACKOFF_S", "0.01")
 
 
 @pytest.fixture
@@ -33,6 +31,17 @@ def s3c(s3_endpoint: str):
 def proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """AWS_ENDPOINT_URL points at a fault-injecting proxy in front of moto for this test."""
     p = FaultProxy(s3_endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+@pytest.fixture
+def sse_proxy(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
+    """Like ``proxy``, but the store answers opaque (non-MD5) ETags, as S3 does for SSE-KMS and SSE-C objects."""
+    p = FaultProxy(s3_endpoint, opaque_etags=True)
     monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
     try:
         yield p

@@ -19,9 +19,9 @@ Every network host passes the URL guard (:mod:`kubetune.trainer.storage.guard`) 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import random
 import time
 import urllib.error
 import urllib.request
@@ -88,7 +88,9 @@ def _fetch_s3(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", a
         if obj is not None:  # one object
             name = Path(key).name
             target = cache_dir / f"{kind}s" / f"s3-{safe_name(name)}-{cache_key(uri, obj.get('ETag', ''))}"
-            cached(target, lambda tmp: s3.download_object(cli, bucket, key, tmp / name), marker=uri)
+            cached(target, lambda tmp: s3.download_object(cli, bucket, key, contained(tmp, name, what=uri),
+                                                          size=obj.get("ContentLength"), etag=obj.get("ETag")),
+                   marker=uri)
             return target / name
         prefix = s3.prefix_of(key)
         objects = [o for o in s3.list_objects(cli, bucket, prefix) if not o["Key"].endswith("/")]
@@ -181,13 +183,7 @@ def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
 
 
 def _stream_sha256(cli: Any, bucket: str, key: str) -> str:
-    def once() -> str:
-        digest = hashlib.sha256()
-        for chunk in cli.get_object(Bucket=bucket, Key=key)["Body"].iter_chunks(1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
-
-    return s3.call(once, what=f"GET s3://{bucket}/{key}")
+    return s3.sha256_of(cli, bucket, key)
 
 
 # ----------------------------------------------------------------------------------------------------- http(s)
@@ -200,20 +196,30 @@ def _http_open(url: str, *, method: str, field: str, allow: Iterable[str], timeo
     return opener.open(request, timeout=timeout)
 
 
+class _ShortRead(Exception):
+    """The server closed the body before its Content-Length (retried)."""
+
+
+def _http_pause(attempt: int) -> float:
+    """Exponential backoff with jitter (``$KUBETUNE_HTTP_BACKOFF_S`` the first pause, capped at 8 s)."""
+    base = float(os.environ.get("KUBETUNE_HTTP_BACKOFF_S", "0.25"))
+    return min(8.0, base * 2**attempt) * (0.5 + random.random() / 2)
+
+
 def _http_retry(url: str, *, field: str, action: Any) -> Any:
-    policy = s3.RETRY
-    for attempt in range(policy.attempts):
+    tries = s3.attempts()
+    for attempt in range(tries):
         try:
             return action()
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code != 429:
                 raise ConfigError(f"{field}: {url} answered HTTP {exc.code} {exc.reason}") from None
             problem: Exception = exc
-        except (urllib.error.URLError, ConnectionError, TimeoutError, s3.ChecksumMismatch) as exc:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, _ShortRead) as exc:
             problem = exc
-        if attempt + 1 == policy.attempts:
-            raise ConfigError(f"{field}: cannot download {url} after {policy.attempts} attempts: {problem}")
-        pause = policy.delay(attempt)
+        if attempt + 1 == tries:
+            raise ConfigError(f"{field}: cannot download {url} after {tries} attempts: {problem}")
+        pause = _http_pause(attempt)
         log.warning("%s: %s; retrying in %.2fs", url, problem, pause)
         time.sleep(pause)
     raise AssertionError("unreachable")
@@ -250,7 +256,7 @@ def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset",
                     fh.write(block)
                     size += len(block)
             if expected is not None and int(expected) != size:
-                raise s3.ChecksumMismatch(f"got {size} of {expected} bytes")
+                raise _ShortRead(f"got {size} of {expected} bytes")
 
         _http_retry(uri, field=field, action=once)
 

@@ -1,114 +1,76 @@
-"""S3 transfers with retries, backoff and checksums (boto3; AWS_ENDPOINT_URL works for MinIO).
+"""S3 transfers on boto3's managed transfer layer (s3transfer); ``AWS_ENDPOINT_URL`` works for MinIO.
 
 Credentials and endpoint come from the standard AWS chain (env, profile, instance role); the
 operator maps the Secret named in ``credentialsSecret`` to ``AWS_*`` env vars.
 
-Every call goes through :func:`call`, which retries 5xx, throttling, timeouts and dropped
-connections with exponential backoff and jitter (botocore's own retries are off, so the
-policy is in one place). Uploads send ``Content-MD5`` and compare the returned ETag per
-object or per part, then the multipart ETag (``md5(part md5s)-N``) after completion.
-Downloads check size, and the MD5 when the ETag is a plain one.
+- **Retries** are botocore's ``standard`` mode (5xx, throttling, timeouts, dropped connections;
+  exponential backoff with jitter and a retry quota), ``$KUBETUNE_S3_ATTEMPTS`` attempts in all
+  (default 6); s3transfer re-reads a download whose body was cut off.
+- **Integrity** uses S3's flexible checksums: every upload (each part of a multipart one) carries a
+  CRC32 — or ``$KUBETUNE_S3_CHECKSUM`` (``CRC64NVME`` needs ``awscrt``) — that the store checks before
+  it accepts the bytes, and a download of a whole object is checked against the checksum stored
+  with it. ETags are opaque: with SSE-KMS or SSE-C they are not an MD5 and nothing here reads them
+  as one (they only key the cache and pin a multipart download to one version of the object).
+- The sha256 of every artifact file lives in ``manifest.json``; ``kubetune artifacts verify``
+  re-hashes the stored bytes against it.
+
+Transfer errors that persist become one-line :class:`StorageError` messages naming the object;
+a refusal (4xx: no bucket, access denied) stays a botocore ``ClientError`` for the caller to
+map to the spec field.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import io
 import os
-import random
-import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from kubetune.trainer.errors import TrainerError
 from kubetune.trainer.logging import get_logger
+from kubetune.trainer.storage.paths import contained
 from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
-T = TypeVar("T")
 
 MiB = 1 << 20
-_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
-                "InternalError", "ServiceUnavailable", "RequestLimitExceeded", "BadDigest"}
 
 
 class StorageError(TrainerError):
     """A transfer failed after every retry (the pod may be retried; nothing partial is published)."""
 
 
-class ChecksumMismatch(Exception):
-    """The store returned a different checksum than the bytes sent (retried)."""
+def attempts() -> int:
+    """Attempts per request, the first one included (``$KUBETUNE_S3_ATTEMPTS``, default 6)."""
+    return max(1, int(os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")))
 
 
-@dataclass
-class RetryPolicy:
-    attempts: int = 6
-    base_s: float = 0.25
-    cap_s: float = 8.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.cap_s, self.base_s * 2**attempt) * (0.5 + random.random() / 2)
+def checksum_algorithm() -> str:
+    """The flexible checksum every upload carries (``$KUBETUNE_S3_CHECKSUM``: CRC32, CRC32C, SHA1, SHA256, CRC64NVME)."""
+    return os.environ.get("KUBETUNE_S3_CHECKSUM", "CRC32").strip().upper() or "CRC32"
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransferConfig:
-    part_size: int = 8 * MiB  # the smallest part; big files get bigger ones (see part_size_for)
-    threshold: int = 8 * MiB
+    """How s3transfer splits and parallelises transfers (all files of one call share the threads)."""
+
+    part_size: int = 8 * MiB  # multipart chunk size; s3transfer raises it for objects over 10,000 parts
+    threshold: int = 8 * MiB  # objects from this size on go in parts (uploads) or ranges (downloads)
     concurrency: int = 10
-    max_part_size: int = 32 * MiB  # bounds memory: at most concurrency × this in flight
 
-    def part_size_for(self, size: int) -> int:
-        """Enough parts to keep every thread busy, parts no smaller than ``part_size``, at most 10,000 parts."""
-        wanted = -(-size // self.concurrency)
-        part = max(self.part_size, min(self.max_part_size, -(-wanted // MiB) * MiB))
-        return max(part, -(-size // 10_000))
+    def boto(self) -> Any:
+        from boto3.s3.transfer import TransferConfig as BotoTransferConfig
+
+        return BotoTransferConfig(multipart_threshold=self.threshold, multipart_chunksize=self.part_size,
+                                  max_concurrency=self.concurrency, use_threads=True,
+                                  num_download_attempts=attempts(), preferred_transfer_client="classic")
 
 
-RETRY = RetryPolicy(attempts=int(os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")),
-                    base_s=float(os.environ.get("KUBETUNE_S3_BACKOFF_S", "0.25")))
 TRANSFER = TransferConfig()
-
-
-def is_retryable(exc: BaseException) -> bool:
-    from botocore.exceptions import (
-        ClientError,
-        ConnectionClosedError,
-        ConnectTimeoutError,
-        EndpointConnectionError,
-        IncompleteReadError,
-        ReadTimeoutError,
-        ResponseStreamingError,
-    )
-    from urllib3.exceptions import ProtocolError
-
-    if isinstance(exc, ChecksumMismatch | ConnectionClosedError | ConnectTimeoutError | EndpointConnectionError
-                  | ReadTimeoutError | IncompleteReadError | ResponseStreamingError | ProtocolError
-                  | ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        return status >= 500 or status == 429 or exc.response.get("Error", {}).get("Code") in _RETRY_CODES
-    return False
-
-
-def call(fn: Callable[..., T], *args: Any, what: str, policy: RetryPolicy | None = None, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)``, retried with backoff on transient failures; StorageError when they persist."""
-    policy = policy or RETRY
-    for attempt in range(policy.attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:
-            if not is_retryable(exc):
-                raise
-            if attempt + 1 == policy.attempts:
-                raise StorageError(f"{what}: failed after {policy.attempts} attempts: {exc}") from exc
-            pause = policy.delay(attempt)
-            log.warning("%s: %s; retrying in %.2fs (%d/%d)", what, exc, pause, attempt + 1, policy.attempts)
-            time.sleep(pause)
-    raise AssertionError("unreachable")
 
 
 def client(max_pool: int | None = None) -> Any:
@@ -116,14 +78,14 @@ def client(max_pool: int | None = None) -> Any:
     from botocore.config import Config
 
     config = Config(
-        retries={"total_max_attempts": 1},  # :func:`call` retries, so backoff has one policy
+        retries={"mode": "standard", "total_max_attempts": attempts()},
         connect_timeout=10,
         read_timeout=120,
         max_pool_connections=max(max_pool or 0, TRANSFER.concurrency + 2),
-        request_checksum_calculation="when_required",  # we send Content-MD5 ourselves
-        response_checksum_validation="when_required",
-        # Every body carries Content-MD5, so a SHA-256 of the payload in the signature adds CPU and no safety
-        # (botocore already skips it over https; this also skips it over plain-http MinIO endpoints).
+        request_checksum_calculation="when_supported",
+        response_checksum_validation="when_supported",
+        # Every body carries a CRC the store verifies, so a SHA-256 of the payload in the signature adds CPU
+        # and no safety (botocore already skips it over https; this also skips it over plain-http MinIO).
         s3={"payload_signing_enabled": False},
     )
     return boto3.session.Session().client("s3", config=config)
@@ -146,108 +108,94 @@ def prefix_of(key: str) -> str:
     return key.rstrip("/") + "/" if key.strip("/") else ""
 
 
-def _md5(data: bytes) -> bytes:
-    return hashlib.md5(data, usedforsecurity=False).digest()
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
-def _etag(response: dict[str, Any]) -> str:
-    return str(response.get("ETag", "")).strip('"')
+def _redact(text: str) -> str:
+    """Drop ``user:password@`` from any URL in a message (an endpoint URL may carry them)."""
+    return _USERINFO.sub("", text)
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """A 4xx answer other than throttling: retrying cannot help, the request or the setup is wrong."""
+    from botocore.exceptions import ClientError
+
+    if not isinstance(exc, ClientError):
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return 400 <= status < 500 and status != 429
+
+
+def failure(what: str, exc: BaseException) -> BaseException:
+    """The exception to raise for a transfer that failed: refusals as they are, the rest as a StorageError."""
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if is_refusal(exc) or isinstance(exc, NoCredentialsError | StorageError):
+        return exc
+    if isinstance(exc, ClientError):
+        error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        tries = int(meta.get("RetryAttempts", 0)) + 1
+        return StorageError(f"{what}: {error.get('Code', '?')} ({error.get('Message', '')}), HTTP "
+                            f"{meta.get('HTTPStatusCode', '?')} after {tries} attempts")
+    return StorageError(f"{what}: failed after {attempts()} attempts: {exc.__class__.__name__}: {_redact(str(exc))}")
+
+
+def _known(size: int | None, etag: str | None) -> Any:
+    """An s3transfer subscriber that hands over the size and ETag from a listing (no HEAD per object)."""
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Known(BaseSubscriber):  # type: ignore[misc]
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            if size is not None:
+                future.meta.provide_transfer_size(size)
+            if etag:
+                future.meta.provide_object_etag(etag)
+
+    return Known()
+
+
+def _wait(future: Any, what: str) -> Any:
+    """The result of an s3transfer future (or of a call), its failure mapped by :func:`failure`."""
+    try:
+        return future() if callable(future) else future.result()
+    except Exception as exc:  # noqa: BLE001 - every failure is mapped to one line naming the object
+        raise failure(what, exc) from None
+
+
+def _manager(cli: Any, config: TransferConfig | None) -> Any:
+    from s3transfer.manager import TransferManager
+
+    return TransferManager(cli, (config or TRANSFER).boto())
 
 
 # ----------------------------------------------------------------------------------------------------- upload
 
 
+def _upload_args(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"ChecksumAlgorithm": checksum_algorithm(), **(extra or {})}
+
+
 def put_bytes(cli: Any, bucket: str, key: str, data: bytes, **extra: Any) -> None:
-    digest = _md5(data)
-
-    def once() -> None:
-        resp = cli.put_object(Bucket=bucket, Key=key, Body=data, ContentMD5=base64.b64encode(digest).decode(), **extra)
-        if _etag(resp) != digest.hex():
-            raise ChecksumMismatch(f"s3://{bucket}/{key}: ETag {_etag(resp)} != MD5 {digest.hex()}")
-
-    call(once, what=f"PUT s3://{bucket}/{key}")
-
-
-def _read_range(path: Path, offset: int, length: int) -> bytes:
-    with path.open("rb") as fh:
-        fh.seek(offset)
-        return fh.read(length)
-
-
-def _put_part(cli: Any, path: Path, bucket: str, key: str, upload_id: str, number: int, offset: int,
-              length: int) -> bytes:
-    data = _read_range(path, offset, length)
-    digest = _md5(data)
-
-    def once() -> None:
-        resp = cli.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data,
-                               ContentMD5=base64.b64encode(digest).decode())
-        if _etag(resp) != digest.hex():
-            raise ChecksumMismatch(f"s3://{bucket}/{key} part {number}: ETag {_etag(resp)} != MD5 {digest.hex()}")
-
-    call(once, what=f"upload part {number} of s3://{bucket}/{key}")
-    return digest
-
-
-@dataclass
-class _Multipart:
-    path: Path
-    key: str
-    upload_id: str
-    parts: list[Future[bytes]]
+    """One small object (a manifest, a marker) in one PUT, checksummed and retried by botocore."""
+    _wait(lambda: cli.put_object(Bucket=bucket, Key=key, Body=data, **_upload_args(extra)), f"PUT s3://{bucket}/{key}")
 
 
 def upload_files(cli: Any, bucket: str, files: Iterable[tuple[Path, str]], config: TransferConfig | None = None) -> int:
-    """Upload (local path, key) pairs concurrently (small files whole, big ones in parts); return bytes sent.
+    """Upload (local path, key) pairs, all files sharing one transfer manager's threads; return bytes sent.
 
-    Raises StorageError when any file fails after its retries; unfinished multipart uploads are aborted.
+    Raises StorageError (or the 4xx ClientError) when a file fails after its retries; s3transfer aborts the
+    multipart uploads it started.
     """
-    config = config or TRANSFER
     files = list(files)
     total = 0
-    multiparts: list[_Multipart] = []
-    singles: list[Future[None]] = []
-    with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="kubetune-s3") as pool:
-        try:
-            for path, key in files:
-                size = path.stat().st_size
-                total += size
-                if size < config.threshold:
-                    singles.append(pool.submit(lambda p=path, k=key: put_bytes(cli, bucket, k, p.read_bytes())))
-                    continue
-                created = call(cli.create_multipart_upload, Bucket=bucket, Key=key,
-                               what=f"start multipart upload of s3://{bucket}/{key}")
-                mp = _Multipart(path, key, created["UploadId"], [])
-                multiparts.append(mp)
-                part_size = config.part_size_for(size)
-                for number, offset in enumerate(range(0, size, part_size), start=1):
-                    length = min(part_size, size - offset)
-                    mp.parts.append(pool.submit(_put_part, cli, path, bucket, key, mp.upload_id, number, offset, length))
-            for fut in singles:
-                fut.result()
-            for mp in list(multiparts):
-                digests = [fut.result() for fut in mp.parts]
-                _complete(cli, bucket, mp, digests)
-                multiparts.remove(mp)
-        except BaseException:
-            for fut in singles + [f for mp in multiparts for f in mp.parts]:
-                fut.cancel()
-            for mp in multiparts:
-                try:
-                    cli.abort_multipart_upload(Bucket=bucket, Key=mp.key, UploadId=mp.upload_id)
-                except Exception:  # noqa: BLE001 - best effort; lifecycle rules clean up the rest
-                    log.warning("could not abort multipart upload of s3://%s/%s", bucket, mp.key)
-            raise
+    with _manager(cli, config) as manager:  # leaving it on an error cancels the rest (and aborts their parts)
+        futures = []
+        for path, key in files:
+            total += path.stat().st_size
+            futures.append((key, manager.upload(str(path), bucket, key, extra_args=_upload_args())))
+        for key, fut in futures:
+            _wait(fut, f"upload of s3://{bucket}/{key}")
     return total
-
-
-def _complete(cli: Any, bucket: str, mp: _Multipart, digests: list[bytes]) -> None:
-    parts = [{"PartNumber": n, "ETag": f'"{d.hex()}"'} for n, d in enumerate(digests, start=1)]
-    expected = f"{_md5(b''.join(digests)).hex()}-{len(digests)}"
-    resp = call(cli.complete_multipart_upload, Bucket=bucket, Key=mp.key, UploadId=mp.upload_id,
-                MultipartUpload={"Parts": parts}, what=f"complete multipart upload of s3://{bucket}/{mp.key}")
-    if _etag(resp) != expected:
-        raise StorageError(f"s3://{bucket}/{mp.key}: multipart ETag {_etag(resp)} != expected {expected}")
 
 
 def upload_dir(cli: Any, local: Path, bucket: str, prefix: str, *, exclude: Iterable[str] = (),
@@ -264,30 +212,25 @@ def upload_dir(cli: Any, local: Path, bucket: str, prefix: str, *, exclude: Iter
 
 
 def list_objects(cli: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            kwargs["ContinuationToken"] = token
-        page = call(cli.list_objects_v2, what=f"list s3://{bucket}/{prefix}", **kwargs)
+    for page in cli.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         yield from page.get("Contents", [])
-        if not page.get("IsTruncated"):
-            return
-        token = page["NextContinuationToken"]
 
 
 def delete_keys(cli: Any, bucket: str, keys: list[str]) -> None:
     for start in range(0, len(keys), 1000):
         batch = [{"Key": k} for k in keys[start:start + 1000]]
-        call(cli.delete_objects, Bucket=bucket, Delete={"Objects": batch, "Quiet": True},
-             what=f"delete {len(batch)} objects in s3://{bucket}")
+        resp = cli.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        if resp.get("Errors"):
+            first = resp["Errors"][0]
+            raise StorageError(f"delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} ({first.get('Message')}); "
+                               f"{len(resp['Errors'])} of {len(batch)} objects not deleted")
 
 
 def head(cli: Any, bucket: str, key: str) -> dict[str, Any] | None:
     from botocore.exceptions import ClientError
 
     try:
-        return call(cli.head_object, Bucket=bucket, Key=key, what=f"HEAD s3://{bucket}/{key}")
+        return dict(cli.head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
         if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
             return None
@@ -298,59 +241,65 @@ def head(cli: Any, bucket: str, key: str) -> dict[str, Any] | None:
 
 
 def get_bytes(cli: Any, bucket: str, key: str) -> bytes:
-    def once() -> bytes:
-        resp = cli.get_object(Bucket=bucket, Key=key)
-        data = resp["Body"].read()
-        if len(data) != resp["ContentLength"]:
-            raise ChecksumMismatch(f"s3://{bucket}/{key}: got {len(data)} of {resp['ContentLength']} bytes")
-        return data
-
-    return call(once, what=f"GET s3://{bucket}/{key}")
+    """A small object's bytes (a manifest, a marker), through s3transfer (a cut-off body is read again)."""
+    buf = io.BytesIO()
+    with _manager(cli, None) as manager:
+        _wait(manager.download(bucket, key, buf), f"GET s3://{bucket}/{key}")
+    return buf.getvalue()
 
 
-def download_object(cli: Any, bucket: str, key: str, dest: Path, *,
-                    digest: Callable[[], Any] | None = None) -> str | None:
-    """Stream one object to ``dest`` (size and plain-ETag MD5 checked); return the hex of ``digest()`` if given."""
+class _Sha256Sink:
+    """A write-only target: s3transfer hands it the object's bytes in order (it is not seekable)."""
+
+    def __init__(self) -> None:
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return False
+
+
+def sha256_of(cli: Any, bucket: str, key: str, config: TransferConfig | None = None) -> str:
+    """The sha256 of an object's stored bytes, streamed (ranges in parallel, written in order)."""
+    sink = _Sha256Sink()
+    with _manager(cli, config) as manager:
+        _wait(manager.download(bucket, key, sink), f"GET s3://{bucket}/{key}")
+    return sink.digest.hexdigest()
+
+
+def download_object(cli: Any, bucket: str, key: str, dest: Path, *, size: int | None = None,
+                    etag: str | None = None, config: TransferConfig | None = None) -> Path:
+    """Download one object to ``dest`` (written under a temporary name, renamed when complete)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-
-    def once() -> str | None:
-        resp = cli.get_object(Bucket=bucket, Key=key)
-        md5 = hashlib.md5(usedforsecurity=False)
-        extra = digest() if digest else None
-        size = 0
-        with dest.open("wb") as fh:
-            for chunk in resp["Body"].iter_chunks(1 * MiB):
-                fh.write(chunk)
-                md5.update(chunk)
-                if extra is not None:
-                    extra.update(chunk)
-                size += len(chunk)
-        if size != resp["ContentLength"]:
-            raise ChecksumMismatch(f"s3://{bucket}/{key}: got {size} of {resp['ContentLength']} bytes")
-        etag = _etag(resp)
-        if "-" not in etag and len(etag) == 32 and etag != md5.hexdigest():
-            raise ChecksumMismatch(f"s3://{bucket}/{key}: MD5 {md5.hexdigest()} != ETag {etag}")
-        return extra.hexdigest() if extra is not None else None
-
-    return call(once, what=f"GET s3://{bucket}/{key}")
+    with _manager(cli, config) as manager:
+        _wait(manager.download(bucket, key, str(dest), subscribers=[_known(size, etag)]), f"GET s3://{bucket}/{key}")
+    return dest
 
 
 def download_prefix(cli: Any, bucket: str, prefix: str, dest: Path, objects: list[dict[str, Any]] | None = None,
                     config: TransferConfig | None = None) -> list[str]:
-    """Download every object under ``prefix`` into ``dest`` (relative paths kept); return the relative paths."""
-    config = config or TRANSFER
+    """Download every object under ``prefix`` into ``dest`` (relative paths kept); return the relative paths.
+
+    A key whose remainder would land outside ``dest`` (``..``, an absolute remainder, a symlink out) is refused
+    before anything is downloaded.
+    """
     objects = objects if objects is not None else list(list_objects(cli, bucket, prefix))
-    rels = []
-    with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="kubetune-s3") as pool:
+    todo: list[tuple[dict[str, Any], str, Path]] = []
+    for obj in objects:
+        rel = obj["Key"][len(prefix):]
+        if not rel or rel.endswith("/"):
+            continue  # folder placeholder objects
+        todo.append((obj, rel, contained(dest, rel, what=f"s3://{bucket}/{obj['Key']}")))
+    dest.mkdir(parents=True, exist_ok=True)
+    with _manager(cli, config) as manager:  # leaving it on an error cancels the rest
         futures = []
-        for obj in objects:
-            rel = obj["Key"][len(prefix):]
-            if not rel or rel.endswith("/"):
-                continue  # folder placeholder objects
-            if ".." in Path(rel).parts:
-                raise StorageError(f"s3://{bucket}/{obj['Key']}: refusing a key that escapes the folder")
-            rels.append(rel)
-            futures.append(pool.submit(download_object, cli, bucket, obj["Key"], dest / rel))
-        for fut in futures:
-            fut.result()
-    return rels
+        for obj, _, path in todo:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            futures.append((obj["Key"], manager.download(bucket, obj["Key"], str(path),
+                                                         subscribers=[_known(obj.get("Size"), obj.get("ETag"))])))
+        for key, fut in futures:
+            _wait(fut, f"GET s3://{bucket}/{key}")
+    return [rel for _, rel, _ in todo]
