@@ -63,13 +63,22 @@ class ModelShape:
         return cls(parameters, layers, hidden, int(hidden * 2.7), 32000)
 
 
+MAX_PARAMETERS = 1e15  # a quadrillion: far past any model, and far from float overflow
+
+
 def parse_parameters(text: str) -> float:
-    """'7B', '135M', '1.5b', '70e9' → a number of parameters."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBtT]?)\s*", text)
+    """'7B', '135M', '1.5b', '70e9' → a number of parameters; ValueError (never OverflowError) otherwise."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:39] + "…")
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kKmMbBtT]?)\s*", text, flags=re.IGNORECASE)
     if not match:
-        raise ValueError(f"{text!r} is not a parameter count like 7B, 135M or 1.5B")
+        raise ValueError(f"{shown} is not a parameter count like 7B, 135M or 1.5B")
     scale = {"": 1, "k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}[match.group(2).lower()]
-    return float(match.group(1)) * scale
+    value = float(match.group(1)) * scale
+    if not math.isfinite(value) or value > MAX_PARAMETERS:
+        raise ValueError(f"{shown} is out of range; give the parameter count like 7B or 70B")
+    if value < 1:
+        raise ValueError(f"{shown} must be at least one parameter")
+    return value
 
 
 def gpu_memory_gib(gpu_type: str | None) -> float | None:

@@ -12,7 +12,28 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
+from kubetune.api.checks import Int
 from kubetune.api.v1alpha1 import FineTuneJob, FineTuneJobSpec, _Model
+
+# Where a pod finds the keys of a ConfigMap named by a ``configmap://<name>/<key>`` source: the Job builder mounts
+# ConfigMap <name> at CONFIGMAP_ROOT/<name>, and the trainer reads CONFIGMAP_ROOT/<name>/<key>. One constant for both.
+CONFIGMAP_ROOT = "/mnt/configmap"
+# The API server refuses a ConfigMap whose data is over 1 MiB (corev1 validation, MaxSecretSize).
+MAX_CONFIGMAP_BYTES = 1024 * 1024
+
+
+def configmap_mount(name: str) -> str:
+    """The folder holding the keys of ConfigMap ``name`` in a training pod."""
+    return f"{CONFIGMAP_ROOT}/{name}"
+
+
+def configmap_size_problem(data: dict[str, str]) -> str | None:
+    """Why a ConfigMap with this ``data`` would be refused by the API server for its size; None when it fits."""
+    size = sum(len(k.encode()) + len(v.encode("utf-8", "surrogatepass")) for k, v in data.items())
+    if size > MAX_CONFIGMAP_BYTES:
+        return (f"the rendered trainer config is {size:,} bytes, over the API server's limit of {MAX_CONFIGMAP_BYTES:,} "
+                "bytes for a ConfigMap; move long lists (datasets) into a datasetRegistry file")
+    return None
 
 
 class RuntimeSpec(_Model):
@@ -26,7 +47,8 @@ class RuntimeSpec(_Model):
     work_dir: str = Field(".", description="Folder that relative file:// URIs resolve against.")
     cache_dir: str = Field(..., description="Model/data/tokenized-data cache folder.")
     scratch_dir: str = Field(..., description="Local folder where artifacts are staged before upload.")
-    metrics_port: int | None = Field(None, description="Port of the Prometheus endpoint on rank 0 (None: off).")
+    metrics_port: Int | None = Field(None, ge=0, le=65535, description="Port of the Prometheus endpoint on rank 0 "
+                                     "(None: off).")
     allow_private_urls: list[str] = Field(
         default_factory=list, description="Hosts/addresses the URL guard lets through (e.g. 127.0.0.1 in tests)."
     )
@@ -50,3 +72,12 @@ class TrainerConfig(_Model):
     @classmethod
     def from_file(cls, path: str | Path) -> TrainerConfig:
         return cls.model_validate(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def rendered_size_problem(job: FineTuneJob) -> str | None:
+    """Whether the trainer.json the operator will render for ``job`` can fit in a ConfigMap, checked at validation
+    time with runtime values as long as the operator's (the builder checks the real object again)."""
+    config = TrainerConfig.from_job(job, output_uri="s3://" + "x" * 1024, cache_dir="/var/cache/kubetune",
+                                    scratch_dir="/var/lib/kubetune/scratch", work_dir="/var/lib/kubetune/work",
+                                    metrics_port=65535)
+    return configmap_size_problem({"trainer.json": config.to_json() + "\n"})

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from kubetune.api.validation import InvalidFineTuneJob, load_jobs
+from kubetune.api.validation import InvalidFineTuneJob, Problem, load_jobs, read_jobs
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 COMMANDS: dict[str, Command] = {}
@@ -35,13 +35,23 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 
 @command("validate", "Check FineTuneJob files; one line per problem, exit 1 if any.", _validate_args)
 def validate(args: argparse.Namespace) -> int:
+    """Every problem of every document of every file, one line each; a job name defined twice is one of them."""
     bad = 0
+    seen: dict[tuple[str, str], str] = {}
     for f in args.files:
-        try:
-            jobs = load_jobs(f)
-        except InvalidFineTuneJob as exc:
+        jobs, problems = read_jobs(f)
+        for job in jobs:
+            key = (job.metadata.namespace or "", job.metadata.name)
+            if key in seen:
+                problems.append(Problem("metadata.name", f"FineTuneJob {job.metadata.name!r} is also defined in "
+                                        f"{seen[key]}; give each job its own name"))
+            seen.setdefault(key, f)
+        if not jobs and not problems:
+            problems.append(Problem("", "no FineTuneJob found in the file"))
+        for p in problems:
+            _err(f"{f}: {p}")
+        if problems:
             bad += 1
-            _err(str(exc))
             continue
         for job in jobs:
             print(f"{f}: {job.metadata.name}: valid ({job.spec.stage}, {job.spec.method.type})")
@@ -113,8 +123,8 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
 
 @command("chat", "Answer prompts with a base model, optionally with a trained adapter (greedy).", _chat_args)
 def chat(args: argparse.Namespace) -> int:
-    from kubetune.trainer.inference import generate_answers
     from kubetune.trainer.errors import TrainerError
+    from kubetune.trainer.inference import generate_answers
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     try:
@@ -146,5 +156,5 @@ def artifacts(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{args.uri}: every file matches manifest.json")
     return 1 if problems else 0
-from kubetune.cli import operator as _operator  # noqa: E402,F401
-from kubetune.cli import data as _data  # noqa: E402,F401
+from kubetune.cli import data as _data  # noqa: F401
+from kubetune.cli import operator as _operator  # noqa: F401

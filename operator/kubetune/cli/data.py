@@ -12,6 +12,17 @@ from kubetune.api.stages import Stage
 from kubetune.cli.commands import command, default_cache_dir
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number > 0 (``--max-samples -1`` is refused, not read as "all but the last row")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {value}")
+    return value
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["check"], help="check: read, convert and tokenize; report every dropped row")
     p.add_argument("--dataset-info", required=True, metavar="FILE",
@@ -21,12 +32,13 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="model URI as spec.model.source (a .gguf file included); only its tokenizer is loaded")
     p.add_argument("--template", default=None, help="chat template name (default: the tokenizer's)")
-    p.add_argument("--cutoff-len", type=int, default=1024, metavar="N", help="maximum tokens per row (default 1024)")
+    p.add_argument("--cutoff-len", type=positive_int, default=1024, metavar="N",
+                   help="maximum tokens per row (default 1024)")
     p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
                    help="pack rows into cutoff-len blocks (default: on for pt, else off)")
     p.add_argument("--train-on-prompt", action="store_true", help="sft: also train on prompt tokens")
     p.add_argument("--mask-history", action="store_true", help="sft: train on the last turn only")
-    p.add_argument("--max-samples", type=int, default=None, metavar="N", help="at most N rows per dataset")
+    p.add_argument("--max-samples", type=positive_int, default=None, metavar="N", help="at most N rows per dataset")
     p.add_argument("--json", action="store_true", help="print one JSON object per dataset (a JSON list)")
     p.add_argument("--cache-dir", default=os.environ.get("KUBETUNE_CACHE_DIR"),
                    help="download and tokenized-data cache (default: $KUBETUNE_CACHE_DIR or ~/.cache/kubetune)")

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.checks import MAX_NUM_SAMPLES
 from kubetune.api.stages import STAGE_CONTRACTS, DataShape, Stage
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import DatasetSpec
-from kubetune.trainer.data.converters import get_converter
+from kubetune.trainer.data.converters import convert_row, get_converter, row_boundary
 from kubetune.trainer.data.mixing import mix, split_eval
 from kubetune.trainer.data.processors import ProcessorOptions, Tokens, finish, get_processor, texts_of
 from kubetune.trainer.data.processors.base import RENDERED
@@ -28,13 +29,14 @@ from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.sources import data_files, read_rows
 from kubetune.trainer.data.templates import Template
-from kubetune.trainer.errors import DataError
+from kubetune.trainer.errors import ConfigError, DataError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage.fetch import fetch
 
 log = get_logger(__name__)
 
 CACHE_VERSION = "1"
+MAX_SAMPLES = MAX_NUM_SAMPLES
 PRIME_CHUNK = 512
 MEDIA_PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
 
@@ -79,6 +81,10 @@ def dataset_specs(config: TrainerConfig) -> list[DatasetSpec]:
 
 def sample_rows(rows: list[Any], num_samples: int | None, max_samples: int | None, seed: int) -> list[tuple[int, Any]]:
     """``numSamples`` (seeded; beyond the dataset size, oversampled with replacement) then ``maxSamples`` (first N)."""
+    if num_samples is not None and not (isinstance(num_samples, int) and 0 < num_samples <= MAX_SAMPLES):
+        raise ConfigError(f"numSamples must be a whole number from 1 to {MAX_SAMPLES}, not {num_samples!r}")
+    if max_samples is not None and not (isinstance(max_samples, int) and max_samples > 0):
+        raise ConfigError(f"maxSamples must be a positive whole number, not {max_samples!r}")
     indexed = list(enumerate(rows))
     if num_samples is not None and indexed:
         rng = random.Random(seed)
@@ -139,9 +145,8 @@ def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig | None 
             report.drop(idx, row.reason, row.detail)
             continue
         try:
-            ex = converter(row, spec)
-            if has_media:
-                check_media(row, ex, spec, base)
+            media = (lambda ex, row=row: check_media(row, ex, spec, base)) if has_media else None
+            ex = convert_row(converter, row, spec, then=media)
         except RowError as err:
             report.drop(idx, err.reason, err.detail)
             continue
@@ -260,7 +265,8 @@ def _process_chunk(chunk: list[tuple[int, dict[str, Any]]], processor: Any, temp
     out = []
     for idx, ex in chunk:
         try:
-            item = processor(ex, template, tokens, opts)
+            # a chat template that raises on one conversation drops that row; an assertion is a bug, not a row
+            item = row_boundary(processor, ex, template, tokens, opts, passthrough=(AssertionError,))
         except RowError as err:
             report.drop(idx, err.reason, err.detail)
             continue

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubetune.trainer.data.schema import clip
+
 FIRST_ROWS = 10
+EXAMPLE_CHARS = 200  # a reason's example detail is cut: a huge cell is never echoed in full
 
 
 @dataclass
@@ -37,7 +40,7 @@ class DatasetReport:
 
     @staticmethod
     def _note(table: dict[str, ReasonStats], row: int, reason: str, detail: str) -> None:
-        stats = table.setdefault(reason, ReasonStats(example=detail))
+        stats = table.setdefault(clip(reason, 80), ReasonStats(example=clip(detail, EXAMPLE_CHARS)))
         stats.count += 1
         if len(stats.rows) < FIRST_ROWS:
             stats.rows.append(row)

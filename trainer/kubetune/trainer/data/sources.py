@@ -2,23 +2,28 @@
 
 Formats: json (a list of objects), jsonl, csv, parquet, arrow, txt (one text per line),
 and folders of one type. A malformed JSON line becomes a :class:`RowError` at its index,
-never a silent skip.
+never a silent skip; so does a value nested deeper than the JSON parser follows, a number
+over Python's digit limit, a CSV cell over the csv module's field limit, a table cell that
+will not convert. Only a file that cannot be read at all is a :class:`DataError`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kubetune.trainer.data.schema import RowError
+from kubetune.trainer.data.schema import RowError, clip
 from kubetune.trainer.errors import DataError
 
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "txt"}
 
 Row = dict[str, Any] | RowError
+# The csv module's own default cell limit (131072 characters): a larger cell is a RowError, not a crash.
+CSV_CELL_LIMIT = csv.field_size_limit()
 
 
 def file_type(path: Path) -> str:
@@ -65,12 +70,57 @@ def _bad_bytes(value: Any) -> bool:
     return False
 
 
+def _json_error(exc: Exception) -> RowError:
+    """A row JSON cannot give: too deep (RecursionError), a number over the digit limit, or malformed."""
+    if isinstance(exc, RecursionError):
+        return RowError("nested too deeply", "the value nests deeper than the JSON parser follows")
+    if isinstance(exc, json.JSONDecodeError):
+        return RowError("malformed JSON", f"{exc.msg} at column {exc.colno}")
+    return RowError("malformed JSON", clip(str(exc), 120))
+
+
+_ARRAY_TOKENS = re.compile(r'[\[\]{},"]')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _array_items(text: str) -> Iterator[str] | None:
+    """The source text of each item of a top-level JSON array, found without recursion (so one 100k-deep item
+    cannot stop the others from being read); None when the text is not an array."""
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("[", start):
+        return None
+
+    def items() -> Iterator[str]:
+        depth, item_start, pos = 0, start + 1, start + 1
+        while (m := _ARRAY_TOKENS.search(text, pos)) is not None:
+            ch, pos = m.group(), m.end()
+            if ch == '"':
+                string = _STRING.match(text, m.start())
+                if string is None:
+                    break
+                pos = string.end()
+            elif ch in "[{":
+                depth += 1
+            elif ch in "]}" and depth > 0:
+                depth -= 1
+            elif depth == 0:  # a ',' or the closing ']' of the top-level array
+                if text[item_start:m.start()].strip():
+                    yield text[item_start:m.start()]
+                item_start = pos
+                if ch == "]":
+                    return
+        if text[item_start:].strip():
+            yield text[item_start:]  # unterminated: its own parse error names it
+
+    return items()
+
+
 def _read_json(path: Path) -> Iterator[Row]:
     raw = path.read_bytes()
     try:
-        text, strict = raw.decode("utf-8"), True
+        text, strict = raw.decode("utf-8-sig"), True
     except UnicodeDecodeError:
-        text, strict = raw.decode("utf-8", errors="surrogateescape"), False
+        text, strict = raw.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff"), False
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -80,10 +130,28 @@ def _read_json(path: Path) -> Iterator[Row]:
             yield from _read_jsonl(path)
             return
         raise DataError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except (RecursionError, ValueError):
+        # One item too deep (or a number over the digit limit) fails the whole-file parse: read item by item.
+        items = _array_items(text)
+        if items is None:
+            yield _json_error(RecursionError())
+            return
+        for source in items:
+            try:
+                item = json.loads(source)
+            except (RecursionError, ValueError) as exc:
+                yield _json_error(exc)
+                continue
+            yield from _json_rows([item], strict)
+        return
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+    yield from _json_rows(data, strict)
+
+
+def _json_rows(data: list[Any], strict: bool) -> Iterator[Row]:
     for item in data:
         if not isinstance(item, dict):
             yield RowError("not an object", f"got {type(item).__name__}")
@@ -96,6 +164,8 @@ def _read_json(path: Path) -> Iterator[Row]:
 def _read_jsonl(path: Path) -> Iterator[Row]:
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
+            if lineno == 1:
+                raw = raw.removeprefix(b"\xef\xbb\xbf")
             if not raw.strip():
                 continue
             try:
@@ -103,8 +173,9 @@ def _read_jsonl(path: Path) -> Iterator[Row]:
             except UnicodeDecodeError as exc:
                 yield RowError("not UTF-8", f"line {lineno}: {exc.reason} at byte {exc.start}")
                 continue
-            except json.JSONDecodeError as exc:
-                yield RowError("malformed JSON", f"line {lineno}: {exc.msg} at column {exc.colno}")
+            except (RecursionError, ValueError) as exc:
+                err = _json_error(exc)
+                yield RowError(err.reason, f"line {lineno}: {err.detail}")
                 continue
             yield item if isinstance(item, dict) else RowError("not an object", f"line {lineno}")
 
@@ -122,18 +193,35 @@ def _read_txt(path: Path) -> Iterator[Row]:
 
 
 def _read_csv(path: Path) -> Iterator[Row]:
-    """CSV cells stay strings (no type guessing: an answer "1" is text); a row with bytes that are not UTF-8
-    or with more cells than the header becomes a RowError."""
-    import csv
-
-    with path.open(encoding="utf-8", errors="surrogateescape", newline="") as fh:
-        for lineno, row in enumerate(csv.DictReader(fh), start=2):
-            if None in row:
-                yield RowError("malformed CSV", f"line {lineno}: more cells than header columns")
-            elif _bad_bytes(row):
-                yield RowError("not UTF-8", f"line {lineno}")
-            else:
-                yield {k: v for k, v in row.items() if v is not None}
+    """CSV cells stay strings (no type guessing: an answer "1" is text). A row with bytes that are not UTF-8, more
+    cells than the header, or a cell over the csv module's field limit (:data:`CSV_CELL_LIMIT`) becomes a RowError.
+    The file is parsed with a limit no cell can reach, so an over-long cell never desynchronises the reader."""
+    size = path.stat().st_size
+    previous = csv.field_size_limit()
+    csv.field_size_limit(max(previous, size + 1))
+    try:
+        with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+            reader = csv.DictReader(fh)
+            while True:
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    yield RowError("malformed CSV", f"line {reader.line_num}: {clip(str(exc), 120)}")
+                    continue
+                long = [k for k, v in row.items() if isinstance(v, str) and len(v) > CSV_CELL_LIMIT]
+                if None in row:
+                    yield RowError("malformed CSV", f"line {reader.line_num}: more cells than header columns")
+                elif long:
+                    yield RowError("CSV cell too large", f"line {reader.line_num}: column {clip(long[0])!r} holds "
+                                   f"more than the csv module's field limit of {CSV_CELL_LIMIT} characters")
+                elif _bad_bytes(row):
+                    yield RowError("not UTF-8", f"line {reader.line_num}")
+                else:
+                    yield {k: v for k, v in row.items() if v is not None}
+    finally:
+        csv.field_size_limit(previous)
 
 
 def _read_table(path: Path, kind: str) -> Iterator[Row]:
@@ -150,10 +238,19 @@ def _read_table(path: Path, kind: str) -> Iterator[Row]:
             except pa.ArrowInvalid:
                 with pa.memory_map(str(path)) as source:
                     table = pa.ipc.open_file(source).read_all()
-    except (pa.ArrowInvalid, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as {kind}: {exc}") from None
+    except (pa.ArrowException, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as {kind}: {clip(str(exc), 200)}") from None
     for batch in table.to_batches(max_chunksize=4096):
-        yield from batch.to_pylist()
+        try:
+            yield from batch.to_pylist()
+        except Exception:  # noqa: BLE001 - a cell that will not convert: find it row by row
+            for i in range(batch.num_rows):
+                try:
+                    (row,) = batch.slice(i, 1).to_pylist()
+                except Exception as exc:  # noqa: BLE001
+                    yield RowError("unreadable cell", f"{type(exc).__name__}: {clip(str(exc), 120)}")
+                else:
+                    yield row
 
 
 READERS = {"json": _read_json, "jsonl": _read_jsonl, "txt": _read_txt, "csv": _read_csv}
@@ -164,4 +261,7 @@ def read_rows(path: Path, split: str | None = None, subset: str | None = None) -
     for f in data_files(path, split, subset):
         kind = file_type(f)
         reader = READERS.get(kind)
-        yield from (reader(f) if reader else _read_table(f, kind))
+        try:
+            yield from (reader(f) if reader else _read_table(f, kind))
+        except OSError as exc:
+            raise DataError(f"{f}: cannot read: {exc.strerror or exc}") from None
