@@ -246,13 +246,37 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
             init_deepspeed_on_cpu()
         args["deepspeed"] = deepspeed_config(spec.distributed)
     elif chosen == "fsdp":
-        if cpu:
-            from kubetune.trainer.logging import get_logger
-
-            get_logger(__name__).warning("spec.distributed.strategy fsdp: accelerate shards only on GPUs; "
-                                         "these CPU workers run plain DDP (use deepspeed to shard on CPU)")
+        if cpu and world > 1:
+            allow_fsdp_on_cpu()
         args.update(fsdp_args(spec.distributed))
     return args
+
+
+def allow_fsdp_on_cpu() -> None:
+    """Let accelerate run its FSDP2 path (``fully_shard``) on CPU workers over gloo.
+
+    accelerate 1.15 turns an FSDP plugin into ``DistributedType.FSDP`` only for accelerator devices
+    (``AcceleratorState.__init__``); on CPU it silently falls back to DDP. torch's FSDP2 itself shards
+    on CPU with gloo (all-gather and reduce-scatter), so after accelerate's own initialisation we make
+    the same promotion it makes for GPUs: the model then goes through the very ``fsdp2_prepare_model``
+    and sharded checkpointing code a GPU run uses. Idempotent; only in CPU workers with strategy fsdp.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+
+    init = AcceleratorState.__init__
+    if getattr(init, "_kubetune_fsdp_on_cpu", False):
+        return
+
+    def __init__(self: Any, *args: Any, fsdp_plugin: Any = None, **kwargs: Any) -> None:
+        init(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
+        if fsdp_plugin is not None and self.distributed_type == DistributedType.MULTI_CPU:
+            self.distributed_type = DistributedType.FSDP
+            self.fsdp_plugin = fsdp_plugin
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+    __init__._kubetune_fsdp_on_cpu = True  # type: ignore[attr-defined]
+    AcceleratorState.__init__ = __init__  # type: ignore[method-assign]
 
 
 def init_deepspeed_on_cpu() -> None:
