@@ -19,3 +19,8 @@ def test_upstream_names_and_first() -> None:
     assert upstream_names(spec) == ["sft", "rm"]
     assert upstream_names({"model": {"adapter": {"source": "s3://x"}}}) == []
     assert first(None) is None and first([]) is None and first(iter([3, 4])) == 3
+
+
+def test_upstream_names_of_a_spec_of_any_shape() -> None:
+    for spec in ("a string", None, 5, [1], {"model": 5}, {"model": {"adapter": "x"}}, {"training": {"rewardModel": [1]}}):
+        assert upstream_names(spec) == []

@@ -55,11 +55,14 @@ def first(values: Iterable[Any] | None) -> Any:
     return next(iter(values), None) if values is not None else None
 
 
-def upstream_names(spec: Mapping[str, Any]) -> list[str]:
-    """FineTuneJobs this spec trains on top of (``spec.model.adapter.fromJob``, ``spec.training.rewardModel.fromJob``)."""
+def upstream_names(spec: Any) -> list[str]:
+    """FineTuneJobs this spec trains on top of (``spec.model.adapter.fromJob``, ``spec.training.rewardModel.fromJob``);
+    none for a spec of any other shape (the pass reports that one)."""
+    spec = plain(spec)
     names = []
     for section, field in UPSTREAM_FIELDS:
-        ref = (spec.get(section) or {}).get(field)
+        part = spec.get(section) if isinstance(spec, Mapping) else None
+        ref = part.get(field) if isinstance(part, Mapping) else None
         if isinstance(ref, Mapping) and ref.get("fromJob"):
             names.append(str(ref["fromJob"]))
     return names
@@ -170,8 +173,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         return {(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), **slim(body)}}
 
     @kopf.index(GROUP, VERSION, PLURAL, id="dependents", registry=registry)
-    def dependents(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[Key, str]:
-        return {(namespace, upstream): name for upstream in upstream_names(spec)}
+    def dependents(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str]:
+        return {(namespace, upstream): name for upstream in upstream_names(body.get("spec"))}
 
     @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="training_jobs",
                 registry=registry)
