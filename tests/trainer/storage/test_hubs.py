@@ -1,16 +1,17 @@
-"""hf:// and ms:// up to the network boundary (no network here), plus a full hf:// download from a local
-server that speaks the Hub's HTTP API (revision → commit, tree listing, resolve), and the Hub push."""
+"""hf:// and ms:// up to the network boundary (no network here), plus hf:// downloads from a local server
+that speaks the Hub's HTTP API (revision → commit, tree listing, resolve with ranges): the Hub's own cache
+layout, a download killed halfway resumes where it stopped, a cached snapshot is used with the server
+stopped or HF_HUB_OFFLINE set; and the Hub push."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
+import subprocess
 import sys
-import threading
+import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -19,70 +20,14 @@ from kubetune.trainer.storage.cache import REVISION
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.hubs import push_to_hub
 from tests.trainer.storage.conftest import LOCAL
+from tests.trainer.storage.hubserver import COMMIT, LocalHub
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
 FILES = {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b"{}", "sub/notes.txt": b"n"}
-
-
-class LocalHub:
-    """Just enough of the Hub API for huggingface_hub.snapshot_download: one repo, one branch."""
-
-    def __init__(self, repo: str = "org/tiny"):
-        self.requests: list[str] = []
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def reply(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                path = unquote(urlsplit(self.path).path)
-                hub.requests.append(f"{self.command} {path}")
-                prefix = f"/api/models/{repo}/"
-                if path.startswith("/api/models/") and not path.startswith(prefix):
-                    return self.reply(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
-                if path.startswith(prefix + "revision/"):
-                    rev = path[len(prefix + "revision/"):]
-                    if rev not in ("main", COMMIT):
-                        return self.reply(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
-                    info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in FILES]}
-                    return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
-                if path.startswith(prefix + "tree/"):
-                    tree = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                            for f, d in FILES.items()]
-                    return self.reply(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
-                resolve = f"/{repo}/resolve/{COMMIT}/"
-                if path.startswith(resolve) and path[len(resolve):] in FILES:
-                    data = FILES[path[len(resolve):]]
-                    return self.reply(200, data, {"X-Repo-Commit": COMMIT,
-                                                  "ETag": f'"{hashlib.sha1(data).hexdigest()}"'})
-                return self.reply(404, b"{}", {"X-Error-Code": "EntryNotFound"})
-
-            do_HEAD = do_GET
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
 def local_hub(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None) -> Iterator[LocalHub]:
-    hub = LocalHub()
+    hub = LocalHub(dict(FILES))
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     import huggingface_hub.constants
@@ -149,3 +94,114 @@ def test_push_to_hub_needs_a_token_and_a_reachable_hub(tmp_path: Path, monkeypat
         push_to_hub(tmp_path, repo="org/out", private=True)
     assert "spec.output.hub: the Hugging Face Hub at https://huggingface.co is unreachable" in str(err.value)
     assert "hf_planted_token_value" not in str(err.value)
+
+
+MiB = 1 << 20
+
+
+def _fetch_hf(tmp_path: Path, revision: str | None = "main") -> Path:
+    return fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
+                 kind="model", revision=revision, allow=LOCAL)
+
+
+def test_hf_uses_the_hub_cache_layout(local_hub: LocalHub, tmp_path: Path) -> None:
+    path = _fetch_hf(tmp_path)
+    assert path == tmp_path / "c" / "hub" / "models--org--tiny" / "snapshots" / COMMIT
+    assert (tmp_path / "c" / "hub" / "models--org--tiny" / "refs" / "main").read_text() == COMMIT
+    assert (path / "config.json").is_symlink()  # into blobs/, shared by every revision that has the file
+
+
+def test_a_cached_snapshot_is_used_with_the_hub_stopped(local_hub: LocalHub, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _fetch_hf(tmp_path)
+    local_hub.close()  # nothing listens on the endpoint any more
+    assert _fetch_hf(tmp_path) == path  # "main" resolved through the cache's refs/main
+    assert (path / REVISION).read_text().strip() == COMMIT
+    assert _fetch_hf(tmp_path, revision=COMMIT) == path
+    with pytest.raises(ConfigError, match=r"^spec.model.source: the Hugging Face Hub at http://127.0.0.1:\d+ is "
+                                          r"unreachable .*org/tiny@v2 is not in the cache"):
+        _fetch_hf(tmp_path, revision="v2")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert _fetch_hf(tmp_path) == path
+    with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set and org/other@main is not in the cache"):
+        fetch("hf://org/other", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
+              revision="main", allow=LOCAL)
+
+
+def _incomplete(cache: Path) -> list[Path]:
+    return list((cache / "hub").rglob("*.incomplete"))
+
+
+@pytest.fixture
+def hub_env(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    started: list[LocalHub] = []
+
+    def start(files: dict[str, bytes]) -> LocalHub:
+        hub = LocalHub(files)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        started.append(hub)
+        return hub
+
+    yield start
+    for hub in started:
+        hub.close()
+
+
+def test_a_dropped_connection_resumes_with_a_range(hub_env, tmp_path: Path) -> None:
+    weights = os.urandom(24 * MiB)
+    hub = hub_env({**FILES, "model.safetensors": weights})
+    hub.cut_after("model.safetensors", 15 * MiB)
+    path = _fetch_hf(tmp_path)
+    assert (path / "model.safetensors").read_bytes() == weights
+    gets = [r for name, r in hub.ranges if name == "model.safetensors"]
+    assert len(gets) == 2 and gets[0] is None and gets[1].startswith("bytes=")
+    kept = int(gets[1][len("bytes="):-1])
+    assert 0 < kept <= 15 * MiB  # what the client had saved when the connection dropped
+    assert hub.sent["model.safetensors"] == len(weights) + (15 * MiB - kept)  # measured at the server: no restart
+    assert _incomplete(tmp_path / "c") == []
+
+
+def test_a_killed_download_keeps_the_files_it_finished(hub_env, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod killed mid-download: the next one fetches only what was missing (the Hub cache keeps finished blobs)."""
+    shards = {f"model-0000{i}-of-00002.safetensors": os.urandom(6 * MiB) for i in (1, 2)}
+    first, second = shards
+    hub = hub_env({**FILES, **shards})
+    cache = tmp_path / "c"
+    hub.stall_after(second, 3 * MiB)
+    blob = cache / "hub" / "models--org--tiny" / "blobs" / hashlib.sha1(shards[first]).hexdigest()
+    child = subprocess.Popen(
+        [sys.executable, "-c", ("import sys; from pathlib import Path; from kubetune.trainer.storage.fetch import fetch; "
+                                "fetch('hf://org/tiny', field='spec.model.source', work_dir=Path('.'), "
+                                "cache_dir=Path(sys.argv[1]), kind='model', revision='main', allow=['127.0.0.1'])"),
+         str(cache)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE)
+    try:
+        assert hub.stalled.wait(120), "the download never reached the stall point"
+        deadline = time.monotonic() + 60
+        while not blob.exists():  # the other shard finished and was moved into blobs/
+            assert time.monotonic() < deadline and child.poll() is None, child.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+    finally:
+        child.kill()  # a pod killed mid-download
+        child.wait()
+    hub.release()
+    import huggingface_hub.constants
+
+    # offline, a half-downloaded snapshot is not mistaken for a model
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ConfigError, match="org/tiny@main is only partly in the cache"):
+        _fetch_hf(tmp_path)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    sent = dict(hub.sent)
+    path = _fetch_hf(tmp_path)
+    assert all((path / name).read_bytes() == data for name, data in shards.items())
+    assert hub.sent.get(first, 0) == sent.get(first, 0) == len(shards[first])  # not sent again
+    assert hub.sent[second] - sent[second] == len(shards[second])
+    assert _incomplete(cache) == []  # the killed process's partial file was cleared away

@@ -1,21 +1,23 @@
 """Model hubs: fetch from the Hugging Face Hub (``hf://``) and ModelScope (``ms://``); push to the HF Hub.
 
-``hf://org/name``: the revision (branch, tag or commit; default ``main``) is resolved to its commit
-first, the snapshot of that commit is downloaded into the cache once per node, and the commit is
-written to ``<folder>/.kubetune-revision`` (the model loader records it in the manifest). The token
-is ``$HF_TOKEN`` (the operator maps it from ``credentialsSecret``); ``$HF_ENDPOINT`` selects a mirror.
+``hf://org/name``: ``huggingface_hub.snapshot_download`` into the Hub's own cache layout under
+``<cache>/hub`` (so an interrupted download resumes, concurrent ranks share per-file locks, and a
+cached snapshot is used without the network when the Hub is unreachable or ``HF_HUB_OFFLINE=1``).
+The revision (branch, tag or commit; default ``main``) resolves to a commit, the name of the snapshot
+folder, also written to ``<snapshot>/.kubetune-revision`` (the model loader records it in the
+manifest). The token is ``$HF_TOKEN`` (the operator maps it from ``credentialsSecret``);
+``$HF_ENDPOINT`` selects a mirror.
 
 ``ms://org/name`` uses the ``modelscope`` package (``$MODELSCOPE_API_TOKEN``, ``$MODELSCOPE_ENDPOINT``);
 the requested revision (default ``master``) is recorded as given.
 
-Before any hub call the endpoint passes the URL guard and a short reachability probe, so a pod
-without network fails at once with a message naming the field, not after minutes of retries.
+Before any hub call the endpoint passes the URL guard and a short reachability probe: a pod without
+network uses the cache, or fails at once with a message naming the field, not after minutes of retries.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +26,7 @@ from urllib.parse import urlsplit
 
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
-from kubetune.trainer.storage.cache import REVISION, cache_key, cached, safe_name
+from kubetune.trainer.storage.cache import REVISION, cache_key, cached, safe_name, trim, use
 from kubetune.trainer.storage.guard import check_url, guard_hub
 from kubetune.trainer.storage.uris import Uri
 
@@ -84,37 +86,96 @@ def _hf_problem(field: str, repo: str, revision: str | None, exc: Exception) -> 
                        f"({exc.__class__.__name__}: {exc})")
 
 
+def hub_cache(cache_dir: Path) -> Path:
+    """The Hugging Face Hub cache (its own layout: ``models--org--name/{blobs,snapshots,refs}``) inside ours."""
+    return Path(cache_dir) / "hub"
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
 def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revision: str | None = None,
              allow: Iterable[str] = (), dataset: Any = None, **_: object) -> Path:
+    """Download (or find in the cache) a snapshot with ``huggingface_hub.snapshot_download``; return its folder.
+
+    The Hub's cache keeps partial files (``blobs/*.incomplete``) and resumes them with a Range request, locks
+    each file, and serves a complete snapshot without the network when the Hub is unreachable or
+    ``HF_HUB_OFFLINE=1``. The snapshot folder is named after the resolved commit, which is also written to
+    ``.kubetune-revision`` in it for the manifest.
+    """
     repo = _repo(uri, field)
     endpoint = hf_endpoint()
     guard_hub(endpoint, field=field, allow=allow)  # checked, and every Hub connection pinned to checked addresses
     repo_type = "dataset" if kind == "dataset" else "model"
     token = os.environ.get("HF_TOKEN") or None
     folder = getattr(dataset, "folder", None)
-    probe(endpoint, field=field, hub="the Hugging Face Hub", env="HF_ENDPOINT")
-    from huggingface_hub import HfApi, snapshot_download
-
-    try:
-        commit = HfApi(endpoint=endpoint, token=token).repo_info(repo, repo_type=repo_type, revision=revision).sha
-    except Exception as exc:  # noqa: BLE001 - mapped to a message naming the field
-        raise _hf_problem(field, repo, revision, exc) from None
-    if not commit:
-        raise ConfigError(f"{field}: the Hub did not resolve revision {revision or 'main'!r} of {repo} to a commit")
-    target = cache_dir / f"{kind}s" / f"hf-{safe_name(repo)}-{commit[:12]}-{cache_key(endpoint, repo, commit, folder or '')}"
-
-    def download(tmp: Path) -> None:
-        log.info("downloading %s@%s (%s) from %s", repo, revision or "main", commit, endpoint)
+    offline = _offline()
+    unreachable: ConfigError | None = None
+    if not offline:
         try:
-            snapshot_download(repo, repo_type=repo_type, revision=commit, local_dir=tmp, token=token,
-                              endpoint=endpoint, allow_patterns=[f"{folder.strip('/')}/*"] if folder else None)
-        except Exception as exc:  # noqa: BLE001
-            raise _hf_problem(field, repo, revision, exc) from None
-        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download bookkeeping
-        (tmp / REVISION).write_text(commit + "\n", encoding="utf-8")
+            probe(endpoint, field=field, hub="the Hugging Face Hub", env="HF_ENDPOINT")
+        except ConfigError as exc:
+            unreachable = exc  # the cache may still have it
+    from huggingface_hub import snapshot_download
 
-    path = cached(target, download, marker=f"{uri}@{commit}")
+    root = hub_cache(cache_dir)
+    entry = root / f"{repo_type}s--{repo.replace('/', '--')}"
+    use(entry)  # held while this process runs: never evicted under it
+    _drop_dead_partials(root, entry)
+    log.info("%s %s@%s (%s)", "looking up" if offline or unreachable else "fetching", repo, revision or "main",
+             "offline: the cache only" if offline or unreachable else endpoint)
+    try:
+        path = Path(snapshot_download(repo, repo_type=repo_type, revision=revision, cache_dir=root, token=token,
+                                      endpoint=endpoint, local_files_only=offline or unreachable is not None,
+                                      allow_patterns=[f"{folder.strip('/')}/*"] if folder else None))
+    except Exception as exc:  # noqa: BLE001 - mapped to a message naming the field
+        raise _hf_cache_problem(field, repo, revision, exc, unreachable=unreachable, offline=offline) from None
+    commit = path.name
+    if not (path / REVISION).exists():
+        try:
+            (path / REVISION).write_text(commit + "\n", encoding="utf-8")
+        except OSError:
+            log.warning("cannot record the revision in %s (read-only cache?)", path)
+    trim(Path(cache_dir))
     return path / folder.strip("/") if folder else path
+
+
+def _drop_dead_partials(root: Path, entry: Path) -> None:
+    """Remove the partial blobs of a download that was killed (huggingface_hub 2 gives each process its own
+    ``<etag>.<id>.incomplete`` and does not reuse them; finished blobs are kept, so only those files start over).
+
+    A partial file whose blob lock (``.locks/<repo>/<etag>.lock``) is free has no live writer.
+    """
+    from filelock import FileLock, Timeout
+
+    for partial in (entry / "blobs").glob("*.incomplete"):
+        lock = FileLock(str(root / ".locks" / entry.name / f"{partial.name.split('.', 1)[0]}.lock"))
+        try:
+            with lock.acquire(timeout=0):
+                partial.unlink(missing_ok=True)
+        except Timeout:
+            continue  # being written by a live download
+
+
+def _hf_cache_problem(field: str, repo: str, revision: str | None, exc: Exception, *, unreachable: ConfigError | None,
+                      offline: bool) -> ConfigError:
+    from huggingface_hub import errors
+
+    rev = revision or "main"
+    if isinstance(exc, errors.LocalEntryNotFoundError | errors.IncompleteSnapshotError):
+        partly = "only partly" if isinstance(exc, errors.IncompleteSnapshotError) else "not"
+        if unreachable is not None:
+            return ConfigError(f"{unreachable} ({repo}@{rev} is {partly} in the cache)")
+        if offline:
+            return ConfigError(f"{field}: HF_HUB_OFFLINE is set and {repo}@{rev} is {partly} in the cache; unset it "
+                               "for one run with network access, or point the field at s3://, pvc:// or file://")
+        cause = exc.__cause__ or exc
+        return ConfigError(f"{field}: the Hugging Face Hub at {hf_endpoint()} is unreachable or failed for {repo} "
+                           f"({cause.__class__.__name__}: {cause}), and {repo}@{rev} is {partly} in the cache")
+    return _hf_problem(field, repo, revision, exc)
 
 
 def push_to_hub(local: Path, *, repo: str, private: bool, allow: Iterable[str] = (),
