@@ -71,13 +71,13 @@ def served(tmp_path: Path, no_proxy_env: None) -> Iterator[CountingServer]:
 class Rebinding:
     """``socket.getaddrinfo`` for *.rebind.kubetune.test: a public address first, then ``then`` every time after."""
 
-    def __init__(self, then: str):
-        self.then = then
+    def __init__(self, then: str, first: str = PUBLIC):
+        self.then, self.first = then, first
         self.calls: list[str] = []
 
     def answer(self, host: str) -> str:
         self.calls.append(host)
-        return PUBLIC if len(self.calls) == 1 else self.then
+        return self.first if len(self.calls) == 1 else self.then
 
 
 @pytest.fixture
@@ -85,10 +85,10 @@ def rebinding(monkeypatch: pytest.MonkeyPatch):
     """Install a rebinding resolver; call it with the address every look-up after the first one answers."""
     real = socket.getaddrinfo
 
-    def install(then: str) -> Rebinding:
-        state = Rebinding(then)
+    def install(then: str, first: str = PUBLIC) -> Rebinding:
+        state = Rebinding(then, first)
 
-        def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):  # noqa: A002 - socket's own signature
+        def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
             name = host.decode() if isinstance(host, bytes) else str(host)
             if name.rstrip(".").endswith(REBIND):
                 address = state.answer(name)

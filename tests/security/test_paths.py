@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kubetune.api import trainer_config
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.storage.paths import UnsafePath, check_relative, contained
 
@@ -168,7 +169,7 @@ def test_configmap_keys_stay_in_their_folder(tmp_path: Path, monkeypatch: pytest
     (root / "reg").mkdir(parents=True)
     (tmp_path / "secret").write_text("x")
     (root / "reg" / "info.json").symlink_to(tmp_path / "secret")  # a key that leads out of the ConfigMap
-    monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(root))
+    monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(root))
     for uri in ("configmap://reg/info.json", "configmap://../secret/x", "configmap://reg/..", "configmap:///x",
                 "configmap://Bad_Name/k"):
         with pytest.raises(ConfigError):
