@@ -53,7 +53,7 @@ def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
     assert json.loads((local / "trainer_state.json").read_text())["global_step"] == 6
     # the model was fetched into the cache once, with its completion marker
     cached = [p for p in (cache / "models").iterdir() if p.name.startswith("s3-")]
-    assert len([p for p in cached if not p.name.endswith(".lock")]) == 1
+    assert len([p for p in cached if not p.name.endswith((".lock", ".lease"))]) == 1
     assert "runs/e2e/manifest.json" in object_keys(s3c, s3_bucket, "runs/e2e/")
 
 

@@ -59,31 +59,35 @@ def safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-.")[:80] or "x"
 
 
-_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-
-
 def parse_size(text: str | int | None) -> int | None:
     """Bytes in a Kubernetes quantity (``100Gi``, ``500M``, ``1e9``, ``12345``); None for None/empty."""
     if text is None or text == "":
         return None
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*([0-9.]+(?:[eE][0-9]+)?)\s*([kMGTPE]i?)?\s*", str(text))
-    if not m:
-        raise ValueError(f"{text!r} is not a size (a Kubernetes quantity such as 100Gi or 500M)")
-    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+    from kubetune.api.checks import parse_quantity
+
+    return int(parse_quantity(str(text).strip()))
 
 
 def set_limit(size: str | int | None) -> None:
     """The cap for this process (the runner passes ``spec.resources.cacheSize``); ``$KUBETUNE_CACHE_MAX_SIZE`` wins."""
     global _limit
-    _limit = parse_size(size)
+    try:
+        _limit = parse_size(size)
+    except ValueError as exc:
+        log.warning("cache: no size cap (%s)", exc)
+        _limit = None
 
 
 def limit() -> int | None:
     env = os.environ.get(LIMIT_ENV)
-    return parse_size(env) if env else _limit
+    if env:
+        try:
+            return parse_size(env)
+        except ValueError as exc:
+            log.warning("cache: ignoring %s (%s)", LIMIT_ENV, exc)
+    return _limit
 
 
 def unversioned_revision(now: float | None = None) -> str:
