@@ -148,13 +148,15 @@ def _verify_args(p: argparse.ArgumentParser) -> None:
 
 @command("artifacts", "Work with training outputs (verify URI).", _verify_args)
 def artifacts(args: argparse.Namespace) -> int:
+    from kubetune.api.redact import redact
     from kubetune.trainer.artifacts.verify import verify_uri
 
     problems = verify_uri(args.uri)
+    shown = redact(args.uri)
     for p in problems:
-        _err(f"{args.uri}: {p}")
+        _err(f"{shown}: {p}")
     if not problems:
-        print(f"{args.uri}: every file matches manifest.json")
+        print(f"{shown}: every file matches manifest.json")
     return 1 if problems else 0
 from kubetune.cli import data as _data  # noqa: F401
 from kubetune.cli import operator as _operator  # noqa: F401

@@ -42,6 +42,7 @@ from kubetune.trainer.artifacts.manifest import CHECKPOINTS
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import s3
+from kubetune.trainer.storage.paths import contained
 from kubetune.trainer.storage.uris import Uri, file_path, join
 
 log = get_logger(__name__)
@@ -153,7 +154,7 @@ def download_checkpoint(checkpoint: Checkpoint | str, dest: Path, *, allow: Iter
         objects = [o for o in s3.list_objects(cli, bucket, prefix) if o["Key"] != prefix + COMPLETE]
         s3.download_prefix(cli, bucket, prefix, dest, objects)
     for entry in marker["files"]:
-        path = dest / entry["path"]
+        path = contained(dest, entry["path"], what=f"{uri}: checkpoint file")
         if not path.is_file() or path.stat().st_size != entry["size"]:
             raise s3.StorageError(f"{uri}: {entry['path']} is missing or has the wrong size after download")
     return dest
