@@ -205,3 +205,41 @@ def test_a_killed_download_keeps_the_files_it_finished(hub_env, tmp_path: Path,
     assert hub.sent.get(first, 0) == sent.get(first, 0) == len(shards[first])  # not sent again
     assert hub.sent[second] - sent[second] == len(shards[second])
     assert _incomplete(cache) == []  # the killed process's partial file was cleared away
+
+
+@pytest.mark.slow
+def test_kubetune_run_with_a_cached_hub_model_and_the_hub_stopped(tmp_path: Path, tiny_model_dir: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   no_proxy_env: None) -> None:
+    """hf:// end to end: the first run downloads from the (local) Hub; the second trains with the Hub gone."""
+    import json
+    import shutil
+
+    import huggingface_hub.constants
+
+    from kubetune.cli import main
+    from tests.conftest import ROOT, write_job
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    hub = LocalHub.of_folder(tiny_model_dir)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
+
+    def run(out: str) -> dict:
+        job = write_job(tmp_path / f"{out}.yaml", {
+            "model": {"source": "hf://org/tiny", "revision": "main"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {"maxSteps": 1, "batchSize": 2, "cutoffLen": 32},
+            "output": {"uri": f"file://{tmp_path / out}"},
+        })
+        assert main(["run", str(job), "--cache-dir", str(tmp_path / "cache"), "--allow-private-url", "127.0.0.1"]) == 0
+        return json.loads((tmp_path / out / "manifest.json").read_text())
+
+    online = run("online")
+    assert any("/resolve/" in r for r in hub.requests)
+    hub.close()
+    offline = run("offline")
+    for manifest in (online, offline):
+        assert manifest["baseModel"]["source"] == "hf://org/tiny"
+        assert manifest["baseModel"]["revision"] == COMMIT  # the resolved commit, not "main"

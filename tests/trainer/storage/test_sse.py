@@ -125,3 +125,20 @@ def test_bytes_corrupted_on_the_way_to_the_store_are_caught_when_read(s3_bucket:
     with pytest.raises(s3.StorageError, match=r"s3://.*/bad/data.jsonl.*checksum"):
         fetch(f"s3://{s3_bucket}/bad/data.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
               cache_dir=tmp_path / "cache", kind="dataset", allow=LOCAL)
+
+
+def test_the_checksum_algorithm_is_configurable_and_checked(s3_bucket: str, s3c, sse_proxy, tmp_path: Path,
+                                                            monkeypatch) -> None:
+    (tmp_path / "f.bin").write_bytes(os.urandom(6 * s3.MiB))
+    monkeypatch.setenv("KUBETUNE_S3_CHECKSUM", "sha256")
+    s3.upload_files(s3.client(), s3_bucket, [(tmp_path / "f.bin", "sha/f.bin")], SMALL)
+    assert s3c.head_object(Bucket=s3_bucket, Key="sha/f.bin", ChecksumMode="ENABLED").get("ChecksumSHA256")
+    monkeypatch.setenv("KUBETUNE_S3_CHECKSUM", "md5")
+    with pytest.raises(s3.StorageError, match="KUBETUNE_S3_CHECKSUM='MD5' is not one of CRC32, "):
+        s3.put_bytes(s3.client(), s3_bucket, "sha/x", b"x")
+    try:
+        import awscrt  # noqa: F401
+    except ImportError:
+        monkeypatch.setenv("KUBETUNE_S3_CHECKSUM", "CRC64NVME")
+        with pytest.raises(s3.StorageError, match=r"CRC64NVME needs the awscrt package"):
+            s3.put_bytes(s3.client(), s3_bucket, "sha/x", b"x")

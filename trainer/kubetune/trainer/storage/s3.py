@@ -49,9 +49,22 @@ def attempts() -> int:
     return max(1, int(os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")))
 
 
+CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
+_NEEDS_CRT = ("CRC32C", "CRC64NVME")  # botocore computes these with awscrt
+
+
 def checksum_algorithm() -> str:
-    """The flexible checksum every upload carries (``$KUBETUNE_S3_CHECKSUM``: CRC32, CRC32C, SHA1, SHA256, CRC64NVME)."""
-    return os.environ.get("KUBETUNE_S3_CHECKSUM", "CRC32").strip().upper() or "CRC32"
+    """The flexible checksum every upload carries (``$KUBETUNE_S3_CHECKSUM``, default CRC32)."""
+    name = os.environ.get("KUBETUNE_S3_CHECKSUM", "CRC32").strip().upper() or "CRC32"
+    if name not in CHECKSUMS:
+        raise StorageError(f"KUBETUNE_S3_CHECKSUM={name!r} is not one of {', '.join(CHECKSUMS)}")
+    if name in _NEEDS_CRT:
+        try:
+            import awscrt  # noqa: F401
+        except ImportError:
+            raise StorageError(f"KUBETUNE_S3_CHECKSUM={name} needs the awscrt package (pip install 'boto3[crt]'); "
+                               "CRC32 needs nothing") from None
+    return name
 
 
 @dataclass(frozen=True)
