@@ -435,6 +435,15 @@ class DistributedSpec(_Model):
     )
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3 params) to CPU.")
+    rendezvous_timeout_seconds: int = Field(
+        900, gt=0, le=86400,
+        description="Multi-node start: how long the pods wait for each other (torchrun's rendezvous) before "
+        "failing, in seconds. Covers a pod still pulling its image or waiting for a node.")
+    collective_timeout_seconds: int = Field(
+        1800, gt=0, le=86400,
+        description="How long a collective operation (all-reduce, all-gather, barrier) may wait for the other "
+        "processes, in seconds. A node that dies or is cut off mid-run fails the remaining ones after this "
+        "long instead of leaving them hanging; it must exceed the slowest step, evaluation or checkpoint save.")
 
 
 class CheckpointingSpec(_Model):

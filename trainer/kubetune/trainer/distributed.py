@@ -27,6 +27,7 @@ class LaunchPlan:
     node_rank: int
     master_addr: str
     master_port: int
+    rendezvous_timeout: int = 900  # spec.distributed.rendezvousTimeoutSeconds (torchrun's own default)
 
     @property
     def world_size(self) -> int:
@@ -77,8 +78,25 @@ def launch_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
         f"--node-rank={plan.node_rank}",
         f"--master-addr={plan.master_addr}",
         f"--master-port={plan.master_port}",
+        f"--rdzv-conf=timeout={plan.rendezvous_timeout}",
     ]
     return [*cmd, "-m", "kubetune.trainer", *argv]
+
+
+def with_spec_timeouts(plan: LaunchPlan, argv: list[str]) -> LaunchPlan:
+    """The plan with the rendezvous timeout of the job in ``--config`` (the default when it cannot be read:
+    the workers then report the bad config themselves, with its exit code)."""
+    import dataclasses
+
+    from kubetune.api.trainer_config import TrainerConfig
+
+    if "--config" not in argv[:-1]:
+        return plan
+    try:
+        spec = TrainerConfig.from_file(argv[argv.index("--config") + 1]).spec
+    except Exception:  # noqa: BLE001 - reported by the workers
+        return plan
+    return dataclasses.replace(plan, rendezvous_timeout=spec.distributed.rendezvous_timeout_seconds)
 
 
 def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer") -> int:
@@ -98,7 +116,7 @@ def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer"
     os.environ[WORKER_ENV] = "1"
     if not _cuda_available():
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cmd = launch_command(plan, argv)
+    cmd = launch_command(with_spec_timeouts(plan, argv), argv)
     cmd[cmd.index("kubetune.trainer")] = module
     _last_failure.clear()
     try:
@@ -236,6 +254,8 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
     args: dict[str, Any] = {}
     if world > 1:
         args["ddp_backend"] = "gloo" if cpu else "nccl"
+        # every collective (gloo and NCCL alike) fails after this long instead of waiting for a dead peer
+        args["ddp_timeout"] = spec.distributed.collective_timeout_seconds
     if chosen == "deepspeed" and cpu and world <= 1:
         from kubetune.trainer.logging import get_logger
 
@@ -243,7 +263,7 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
                                      "training without DeepSpeed (set NPROC_PER_NODE>1 or use GPUs)")
     elif chosen == "deepspeed":
         if cpu:
-            init_deepspeed_on_cpu()
+            init_deepspeed_on_cpu(spec.distributed.collective_timeout_seconds)
         args["deepspeed"] = deepspeed_config(spec.distributed)
     elif chosen == "fsdp":
         if cpu and world > 1:
@@ -279,9 +299,11 @@ def allow_fsdp_on_cpu() -> None:
     AcceleratorState.__init__ = __init__  # type: ignore[method-assign]
 
 
-def init_deepspeed_on_cpu() -> None:
+def init_deepspeed_on_cpu(timeout_seconds: int = 1800) -> None:
     """DeepSpeed picks NCCL by default; on CPU its process group must be gloo (done before transformers asks)."""
+    from datetime import timedelta
+
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=timeout_seconds))

@@ -58,8 +58,13 @@ def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
 
 def apply_method(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = None, task_type: str = "CAUSAL_LM") -> Any:
     """The model with the method applied and its trainable parameters in fp32 (mixed precision's master weights)."""
+    from transformers import set_seed
+
     from kubetune.trainer.models.precision import keep_master_weights_fp32
 
+    # new adapter weights (LoRA A, PiSSA/DoRA init) come from spec.training.seed, not from whatever the process's
+    # RNG held: the same job gives the same run on any number of processes (the Trainer only seeds after this)
+    set_seed(spec.training.seed)
     return keep_master_weights_fp32(_attach(model, spec, adapter_path, task_type), spec.training.precision)
 
 
