@@ -132,7 +132,10 @@ def rejected(body: dict[str, Any], parsed: Parsed, kind: str, name: str, code: i
     at = at or st.now()
     old = dict(body.get("status") or {})
     text = f"the API server refused to create {kind} {parsed.namespace}/{name}: {code} {reason}: {message}"
-    verdict = st.Verdict(Phase.FAILED.value, Reason.CHILD_REJECTED, text, stalled=(Reason.CHILD_REJECTED, text))
+    invalid = code in (400, 422)  # the spec rendered into a field the API finds invalid (not quota, not RBAC)
+    verdict = st.Verdict(Phase.FAILED.value, Reason.CHILD_REJECTED, text, stalled=(Reason.CHILD_REJECTED, text),
+                         valid=not invalid, invalid_reason=Reason.CHILD_REJECTED if invalid else Reason.VALID,
+                         invalid_message=text if invalid else "spec is valid")
     new = {"phase": verdict.phase, "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
            "observedGeneration": parsed.generation}
     return Decision(status=new, events=_events(old, new, verdict))
