@@ -10,12 +10,15 @@ with :func:`training_args`: DDP, FSDP or DeepSpeed ZeRO-2/3 (optionally offloade
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from kubetune.api.v1alpha1 import DistributedSpec, FineTuneJobSpec
+from kubetune.trainer.errors import TrainerError
 
 WORKER_ENV = "KUBETUNE_WORKER"  # set in re-launched workers so they do not launch again
 
@@ -307,3 +310,44 @@ def init_deepspeed_on_cpu(timeout_seconds: int = 1800) -> None:
     import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo", timeout=timedelta(seconds=timeout_seconds))
+
+
+class PeersLost(TrainerError):
+    """A collective operation failed because another process stopped answering (retryable: exit code 1)."""
+
+
+# What gloo, NCCL and the c10d store say when a peer is gone: killed (connection closed/reset) or silent (timeout).
+_LOST_PEER_SIGNS = (
+    "timed out waiting", "connection closed by peer", "connection reset by peer", "broken pipe",
+    "socket timeout", "watchdog caught collective operation timeout", "nccl communicator was aborted",
+    "connection refused", "no route to host",
+)
+
+
+def lost_peer_message(exc: BaseException, collective_timeout: int) -> str | None:
+    """One clear line when ``exc`` means another process of the job is gone; None for any other failure."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    is_dist = isinstance(exc, getattr(dist, "DistError", ())) or any(s in text.lower() for s in _LOST_PEER_SIGNS)
+    if not is_dist or not (dist.is_available() and dist.is_initialized()):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return (f"lost contact with the other processes of this job (world size {dist.get_world_size()}): a collective "
+            f"operation failed or got no answer within spec.distributed.collectiveTimeoutSeconds={collective_timeout} s "
+            f"- another node died, was preempted or was cut off; the next attempt resumes from the last complete "
+            f"checkpoint ({first[:300]})")
+
+
+@contextlib.contextmanager
+def lost_peers_as_error(spec: FineTuneJobSpec) -> Iterator[None]:
+    """Turn a collective that failed because a peer is gone into :class:`PeersLost` with a message that says so."""
+    try:
+        yield
+    except TrainerError:
+        raise
+    except Exception as exc:
+        message = lost_peer_message(exc, spec.distributed.collective_timeout_seconds)
+        if message is None:
+            raise
+        raise PeersLost(message) from exc

@@ -26,6 +26,7 @@ class RunContext:
     adapter_init: Path | None = None  # spec.model.adapter, fetched
     reward_model: Path | None = None  # spec.training.rewardModel, fetched (ppo, grpo)
     checkpoint_hooks: list[Any] = field(default_factory=list)  # (folder, step) -> None once a checkpoint is complete
+    resume_metrics: dict[str, Any] = field(default_factory=dict)  # a resume on another world size, for the manifest
 
 
 @dataclass
@@ -85,6 +86,14 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
     from kubetune.trainer.distributed import training_args as distributed_args
 
     args.update(distributed_args(spec))
+    # the checkpoint to resume is chosen (and fetched) before the arguments exist: on another number of processes
+    # the batch layout changes so the global batch, the schedule and the total samples stay the checkpoint's
+    from kubetune.trainer.stages.checkpoints import keep_global_batch, resume_point
+
+    runtime = ctx.config.runtime
+    ctx.resume_from = resume_point(ctx.work_dir, spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
+    overrides, ctx.resume_metrics = keep_global_batch(ctx.resume_from, spec)
+    args.update(overrides)
     return args
 
 
@@ -113,13 +122,19 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
 
     runtime = ctx.config.runtime
     resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
-    output = trainer.train(resume_from_checkpoint=resume)
+    from kubetune.trainer.distributed import lost_peers_as_error
+
+    with lost_peers_as_error(ctx.config.spec):  # a dead node fails this one with a clear line, not a gloo trace
+        output = trainer.train(resume_from_checkpoint=resume)
     checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
     if checkpoint is not None and checkpoint.preempted_at is not None:
         raise Preempted(f"stopped by SIGTERM at step {checkpoint.preempted_at}; checkpoint saved for resume")
     metrics: dict[str, Any] = dict(output.metrics)
     metrics["global_step"] = trainer.state.global_step
     metrics["world_size"] = trainer.args.world_size
+    metrics["global_batch"] = (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
+                               * trainer.args.world_size)
+    metrics.update(ctx.resume_metrics)
     metrics["distributed"] = _strategy_name(trainer)
     if resume is not None:
         from kubetune.trainer.stages.checkpoints import checkpoint_step

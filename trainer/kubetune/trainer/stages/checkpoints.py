@@ -8,21 +8,29 @@ holds a hash of the spec, so a changed FineTuneJob starts over instead of resumi
 
 On SIGTERM (pod preemption, ``kubectl delete``) the step in flight finishes, a checkpoint is
 saved, and the stage raises :class:`Preempted`; the pod exits 143 and the Job's next pod resumes.
+
+The marker also records the process layout that wrote the checkpoint (world size, batch per process,
+gradient accumulation, total steps). A run resumed on a different number of processes (a preempted
+4-GPU job rescheduled on 2) gets the gradient accumulation (and, if it must, the batch per process)
+that keeps the *global* batch, so the samples of every optimizer step, the learning-rate schedule and
+the total number of samples are those of the run that wrote the checkpoint (:func:`keep_global_batch`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubetune.api.v1alpha1 import FineTuneJobSpec
-from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.errors import ConfigError, TrainerError
 from kubetune.trainer.logging import get_logger, is_main
 
 log = get_logger(__name__)
@@ -143,7 +151,10 @@ def make_callback(fingerprint: str, hooks: list[CheckpointHook] | None = None) -
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if not path.is_dir():
                 return
-            (path / MARKER).write_text(json.dumps({"step": state.global_step, "spec": fingerprint}), encoding="utf-8")
+            marker = {"step": state.global_step, "spec": fingerprint,
+                      **Layout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps,
+                               state.max_steps).to_dict()}
+            (path / MARKER).write_text(json.dumps(marker), encoding="utf-8")
             log.info("checkpoint %s complete", path.name)
             for hook in hooks or []:
                 hook(path, state.global_step)
@@ -190,3 +201,84 @@ def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = N
     if latest is not None and is_main():
         log.info("resuming from %s", latest.name)
     return str(latest) if latest is not None else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run is spread: processes x batch per process x gradient accumulation = the global batch."""
+
+    world_size: int
+    per_device_batch: int
+    gradient_accumulation: int
+    max_steps: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.world_size * self.per_device_batch * self.gradient_accumulation
+
+    def to_dict(self) -> dict[str, int]:
+        return {"world_size": self.world_size, "per_device_batch": self.per_device_batch,
+                "gradient_accumulation": self.gradient_accumulation, "max_steps": self.max_steps,
+                "global_batch": self.global_batch}
+
+    @classmethod
+    def of_checkpoint(cls, path: Path) -> Layout | None:
+        """The layout recorded in a complete checkpoint's marker (None for one written before layouts were)."""
+        try:
+            data = json.loads((path / MARKER).read_text(encoding="utf-8"))
+            return cls(int(data["world_size"]), int(data["per_device_batch"]), int(data["gradient_accumulation"]),
+                       int(data["max_steps"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+def relayout(saved: Layout, world_size: int, per_device_batch: int) -> Layout:
+    """The layout for ``world_size`` processes that keeps ``saved``'s global batch and total steps.
+
+    Keeps the batch per process (at most ``per_device_batch``, the spec's) as large as divides the global batch
+    and makes up the rest with gradient accumulation; raises ConfigError when no layout gives the same global batch.
+    """
+    if world_size == saved.world_size:
+        return saved
+    total = saved.global_batch
+    if total % world_size:
+        raise ConfigError(
+            f"spec.checkpointing.resume: the checkpoint was written by {saved.world_size} processes with a global "
+            f"batch of {total} rows, which {world_size} processes cannot keep ({total} is not a multiple of "
+            f"{world_size}); run on a number of processes that divides {total}, or set "
+            "spec.checkpointing.resume: false to start over")
+    per_process = total // world_size
+    batch = next(b for b in range(min(per_device_batch, per_process), 0, -1) if per_process % b == 0)
+    return Layout(world_size, batch, per_process // batch, saved.max_steps)
+
+
+def keep_global_batch(checkpoint: str | None, spec: FineTuneJobSpec) -> tuple[dict[str, Any], dict[str, int]]:
+    """TrainingArguments overrides and manifest metrics for resuming ``checkpoint`` in this process's world.
+
+    Empty when there is nothing to resume, the checkpoint records no layout, or the world size is unchanged.
+    """
+    if checkpoint is None:
+        return {}, {}
+    saved = Layout.of_checkpoint(Path(checkpoint))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if saved is None or saved.world_size == world:
+        return {}, {}
+    if spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage > 0:
+        # DeepSpeed's checkpoint holds one optimizer partition per process and loads only on as many
+        raise ConfigError(
+            f"spec.checkpointing.resume: the checkpoint was written by {saved.world_size} DeepSpeed ZeRO processes, "
+            f"whose optimizer partitions do not load on {world}; resume on {saved.world_size} processes, or set "
+            "spec.checkpointing.resume: false to start over (ddp and fsdp checkpoints resume on any number)")
+    now = relayout(saved, world, spec.training.batch_size)
+    if is_main():
+        log.warning("resuming %s, written by %d processes, on %d: batch per process %d -> %d, gradient accumulation "
+                    "%d -> %d, so the global batch stays %d rows and the run stays %d steps",
+                    Path(checkpoint).name, saved.world_size, world, saved.per_device_batch, now.per_device_batch,
+                    saved.gradient_accumulation, now.gradient_accumulation, now.global_batch, now.max_steps)
+    args = {"per_device_train_batch_size": now.per_device_batch, "gradient_accumulation_steps": now.gradient_accumulation,
+            "max_steps": now.max_steps}
+    metrics = {"resumed_from_world_size": saved.world_size, "resumed_from_per_device_batch": saved.per_device_batch,
+               "resumed_from_gradient_accumulation": saved.gradient_accumulation,
+               "per_device_batch": now.per_device_batch, "gradient_accumulation": now.gradient_accumulation,
+               "global_batch": now.global_batch}
+    return args, metrics

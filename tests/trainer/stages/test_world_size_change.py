@@ -1,0 +1,102 @@
+"""Resuming on another number of processes keeps the checkpoint's global batch and total steps (pure parts), and a
+collective that lost its peers becomes one clear line. The runs across two "nodes" are in tests/multinode/."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kubetune.api.v1alpha1 import FineTuneJobSpec
+from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.stages.checkpoints import MARKER, Layout, keep_global_batch, relayout
+
+layouts = st.builds(Layout, world_size=st.integers(1, 64), per_device_batch=st.integers(1, 16),
+                    gradient_accumulation=st.integers(1, 16), max_steps=st.integers(1, 10_000))
+
+
+@given(saved=layouts, world=st.integers(1, 64), batch=st.integers(1, 16))
+def test_relayout_keeps_the_global_batch_or_refuses(saved, world, batch):
+    total = saved.global_batch
+    if total % world:
+        with pytest.raises(ConfigError, match=rf"global batch of {total} rows.*not a multiple of {world}"):
+            relayout(saved, world, batch)
+        return
+    now = relayout(saved, world, batch)
+    if world == saved.world_size:
+        assert now == saved  # nothing changes on the same world size, whatever the spec's batch says
+        return
+    assert (now.world_size, now.global_batch, now.max_steps) == (world, total, saved.max_steps)
+    assert 1 <= now.per_device_batch <= batch
+    # the largest batch per process the spec allows: accumulation only makes up what memory cannot
+    assert not any((total // world) % b == 0 for b in range(now.per_device_batch + 1, batch + 1))
+
+
+def test_four_processes_to_two_doubles_accumulation():
+    assert relayout(Layout(4, 1, 1, 6), 2, 1) == Layout(2, 1, 2, 6)
+    assert relayout(Layout(2, 1, 2, 6), 4, 1) == Layout(4, 1, 1, 6)  # and back
+    assert relayout(Layout(2, 4, 1, 9), 8, 4) == Layout(8, 1, 1, 9)  # more processes: a smaller batch each
+
+
+def _spec(**distributed) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate({
+        "stage": "sft", "model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
+        "training": {"batchSize": 1}, "distributed": distributed or {"strategy": "ddp"}})
+
+
+def _checkpoint(tmp_path, layout: Layout | None):
+    path = tmp_path / "checkpoint-2"
+    path.mkdir()
+    marker = {"step": 2, "spec": "x", **(layout.to_dict() if layout else {})}
+    (path / MARKER).write_text(json.dumps(marker))
+    return str(path)
+
+
+def test_resume_on_fewer_processes_gives_arguments_and_manifest_facts(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args, metrics = keep_global_batch(_checkpoint(tmp_path, Layout(4, 1, 1, 6)), _spec())
+    assert args == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 6}
+    assert metrics == {"resumed_from_world_size": 4, "resumed_from_per_device_batch": 1,
+                       "resumed_from_gradient_accumulation": 1, "per_device_batch": 1, "gradient_accumulation": 2,
+                       "global_batch": 4}
+
+
+@pytest.mark.parametrize("world", ["4", None])
+def test_nothing_changes_without_a_new_world_size_or_a_layout(tmp_path, monkeypatch, world):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    checkpoint = _checkpoint(tmp_path, Layout(4, 1, 1, 6) if world else None)  # None: a marker from before layouts
+    assert keep_global_batch(checkpoint, _spec()) == ({}, {})
+    assert keep_global_batch(None, _spec()) == ({}, {})
+
+
+def test_deepspeed_zero_checkpoint_on_another_world_size_is_refused_up_front(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="written by 4 DeepSpeed ZeRO processes.*resume on 4 processes"):
+        keep_global_batch(_checkpoint(tmp_path, Layout(4, 1, 1, 6)), _spec(strategy="deepspeed", zeroStage=3))
+
+
+def test_a_lost_peer_is_one_clear_line(tmp_path):
+    import torch.distributed as dist
+
+    from kubetune.trainer.distributed import PeersLost, lost_peers_as_error
+
+    spec = _spec(strategy="ddp", collectiveTimeoutSeconds=45)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting "
+                            "45000ms for recv operation to complete\nmore lines")
+        with pytest.raises(PeersLost) as caught, lost_peers_as_error(spec):
+            raise gloo
+        message = str(caught.value)
+        assert "\n" not in message and caught.value.exit_code == 1  # retryable: the Job's next pod resumes
+        assert "collectiveTimeoutSeconds=45 s" in message and "Timed out waiting 45000ms" in message
+        with pytest.raises(ValueError, match="unrelated"), lost_peers_as_error(spec):  # other failures pass through
+            raise ValueError("unrelated")
+        with pytest.raises(ConfigError), lost_peers_as_error(spec):
+            raise ConfigError("timed out waiting for nothing")  # a trainer error keeps its own exit code
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(RuntimeError, match="Timed out"), lost_peers_as_error(spec):
+        raise gloo  # no process group: not a lost peer
