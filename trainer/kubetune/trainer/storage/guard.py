@@ -237,7 +237,7 @@ class Guard:
                 allowed.add(str(ip))
         return cls(field, tuple(allow), what, frozenset(allowed))
 
-    def _refuse(self, host: str, shown_host: str, reason: str, ip: IP | None = None, *, url: str = "") -> URLRefused:
+    def _refuse(self, host: str, shown_host: str, reason: str, ip: IP | None = None) -> URLRefused:
         label = f"{self.what} host {shown_host!r}" if self.what else f"host {shown_host!r}"
         resolved = "" if ip is None or str(ip) in (host, shown_host) else f" (resolves to {ip})"
         return URLRefused(f"{self.field}: {label}{resolved} is {reason}; refused by the URL guard; if this is "
@@ -255,13 +255,13 @@ class Guard:
         if name in self._allowed:
             return _resolve(name, port, strict=strict)
         if name in METADATA_HOSTS or name.split(".", 1)[0] == "metadata" and name.endswith(".internal"):
-            raise self._refuse(name, shown_host, "a cloud metadata host", url=url)
+            raise self._refuse(name, shown_host, "a cloud metadata host")
         literal = _literal(name)
         addresses = [literal] if literal is not None else _resolve(name, port, strict=strict)
         for ip in addresses:
             reason = why_forbidden(ip)
             if reason and str(ip) not in self._allowed and str(ip).split("%", 1)[0] not in self._allowed:
-                raise self._refuse(name, shown_host, reason, ip, url=url)
+                raise self._refuse(name, shown_host, reason, ip)
         return addresses
 
     def check_url(self, url: str, *, schemes: Iterable[str] = SCHEMES) -> CheckedURL:
