@@ -65,6 +65,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import urllib3
 import yaml
@@ -157,7 +158,7 @@ class RealApi:
             data = body if isinstance(body, (bytes, str)) else json.dumps(body)
         url = self.server + path
         if params:
-            url += "?" + urllib3.request.urlencode({k: v for k, v in params.items() if v is not None})
+            url += "?" + urlencode({k: v for k, v in params.items() if v is not None})
         r = self.http.request(method, url, body=data, headers=headers)
         text = r.data.decode("utf-8", errors="replace")
         try:
@@ -213,7 +214,7 @@ class RealApi:
     def watch(self, resource: str, namespace: str | None, resource_version: str, timeout: int = 30,
               labels: str | None = None, fields: str | None = None) -> Iterator[dict[str, Any]]:
         """Watch events (dicts with ``type`` and ``object``) from ``resource_version`` until ``timeout`` s."""
-        url = self.server + resource_path(resource, namespace) + "?" + urllib3.request.urlencode(
+        url = self.server + resource_path(resource, namespace) + "?" + urlencode(
             {k: v for k, v in {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": timeout,
                                "allowWatchBookmarks": "false", "labelSelector": labels, "fieldSelector": fields}.items()
              if v is not None})
@@ -584,8 +585,11 @@ class ControlPlane:
 
     def _bootstrap(self) -> None:
         """CRDs, the chart's ServiceAccount and RBAC, and the operator's token."""
-        self.kubectl_sync("apply", "-f", str(ROOT / "crds"),
-                          "-f", str(ROOT / "charts/kubetune/templates/crd/kopf.dev_peerings.yaml"))
+        # kopf's peering CRDs as the chart renders them (only with peering on: more than one replica)
+        peering = [o for o in chart_objects(kinds=("CustomResourceDefinition",), values={"replicaCount": 2})
+                   if o["spec"]["group"] == "kopf.dev"]
+        (self.workdir / "peering-crds.yaml").write_text(yaml.safe_dump_all(peering))
+        self.kubectl_sync("apply", "-f", str(ROOT / "crds"), "-f", str(self.workdir / "peering-crds.yaml"))
         self.kubectl_sync("wait", "--for=condition=Established", "--timeout=60s",
                           "crd/finetunejobs.kubetune.io", "crd/clusterkopfpeerings.kopf.dev")
         self.api.create("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
