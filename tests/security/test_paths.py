@@ -170,10 +170,14 @@ def test_configmap_keys_stay_in_their_folder(tmp_path: Path, monkeypatch: pytest
     (tmp_path / "secret").write_text("x")
     (root / "reg" / "info.json").symlink_to(tmp_path / "secret")  # a key that leads out of the ConfigMap
     monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(root))
-    for uri in ("configmap://reg/info.json", "configmap://../secret/x", "configmap://reg/..", "configmap:///x",
-                "configmap://Bad_Name/k"):
+    monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(root))  # what the trainer read before the shared constant
+    with pytest.raises(ConfigError, match="outside"):
+        fetch("configmap://reg/info.json", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c")
+    for uri in ("configmap://../secret/x", "configmap://reg/..", "configmap:///x", "configmap://Bad_Name/k"):
         with pytest.raises(ConfigError):
             fetch(uri, field="spec.datasetRegistry.source", work_dir=tmp_path, cache_dir=tmp_path / "c")
+    (root / "reg" / "ok.json").write_text("{}")
+    assert fetch("configmap://reg/ok.json", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c").read_text() == "{}"
 
 
 # ----------------------------------------------------------------------------------------------------- http
