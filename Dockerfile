@@ -9,15 +9,18 @@
 # Both run as a non-root user; the Helm chart and the operator's Jobs also enforce it.
 #
 # Dependencies are installed before the kubetune wheel is copied in, so a source change rebuilds only the
-# last layers; pip's cache is a build cache mount, so a rebuild does not download torch again.
+# last layers. Downloaded wheels are kept in a build cache mount (a wheelhouse: `pip download` into it, then
+# `pip install --no-index` from it), so a rebuild does not download torch again; a wheelhouse, not pip's HTTP
+# cache, because that one keeps nothing behind a proxy that drops the caching headers.
 # `make images` builds both targets without a registry (local Debian bases passed as the *_IMAGE args,
 # torch from PyPI, no prebuilt CUDA ops): see scripts/tools.d/50-images.sh.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 ARG CUDA_DEVEL_IMAGE=nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04
 ARG CUDA_RUNTIME_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-# Prints the project's requirements plus one extra's, from pyproject.toml (argv: path, extra), one per line.
-ARG PROJECT_REQUIREMENTS="import sys, tomllib; p = tomllib.load(open(sys.argv[1], 'rb'))['project']; print(*p['dependencies'], *(r for r in p['optional-dependencies'][sys.argv[2]] if not r.startswith('kubetune')), sep=chr(10))"
+# Prints the project's requirements plus one extra's from pyproject.toml, one per line (argv: path, extra, then
+# the names to leave out).
+ARG PROJECT_REQUIREMENTS="import re, sys, tomllib; p = tomllib.load(open(sys.argv[1], 'rb'))['project']; reqs = [*p['dependencies'], *p['optional-dependencies'][sys.argv[2]]]; print(*(r for r in reqs if re.match(r'[A-Za-z0-9_.-]+', r)[0].lower() not in {'kubetune', *sys.argv[3:]}), sep=chr(10))"
 
 # ------------------------------------------------------------------------------------------- wheel
 # The kubetune wheel, built once for both images (hatchling; see pyproject.toml).
@@ -27,8 +30,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip wheel --no-deps --wheel-dir /dist . \
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /dist . \
     && test -f "/dist/kubetune-${KUBETUNE_VERSION}-py3-none-any.whl"
 
 # ------------------------------------------------------------------------------------------- operator
@@ -43,9 +45,10 @@ RUN groupadd --system --gid 10001 kubetune \
 # The requirements, read from pyproject.toml: this layer is reused until they change.
 ARG PROJECT_REQUIREMENTS
 COPY pyproject.toml /tmp/pyproject.toml
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,id=kubetune-wheels,target=/var/cache/wheels \
     python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml operator > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt \
+    && pip download --no-cache-dir --dest /var/cache/wheels --find-links /var/cache/wheels --requirement /tmp/requirements.txt \
+    && pip install --no-cache-dir --no-index --find-links /var/cache/wheels --requirement /tmp/requirements.txt \
     && rm /tmp/pyproject.toml /tmp/requirements.txt
 COPY --from=wheel /dist/ /tmp/dist/
 RUN pip install --no-cache-dir "/tmp/dist/kubetune-${KUBETUNE_VERSION}-py3-none-any.whl[operator]" \
@@ -85,19 +88,24 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kubetune
 ENV PATH=/opt/kubetune/bin:$PATH
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
-# DeepSpeed before the trainer extra (which pins it too): installed there first, its ops would not be built.
-RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install "ninja==${NINJA_VERSION}" \
+RUN --mount=type=cache,id=kubetune-wheels,target=/var/cache/wheels \
+    pip download --no-cache-dir --dest /var/cache/wheels --find-links /var/cache/wheels \
+        --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && pip install --no-cache-dir --no-index --find-links /var/cache/wheels "torch==${TORCH_VERSION}"
+# DeepSpeed before the trainer extra (which pins it too, and is installed without it here): installed there
+# first, its ops would not be built.
+RUN pip install --no-cache-dir "ninja==${NINJA_VERSION}" \
     && DS_BUILD_CPU_ADAM="${DS_BUILD_CPU_ADAM}" DS_BUILD_FUSED_ADAM="${DS_BUILD_FUSED_ADAM}" DS_BUILD_UTILS="${DS_BUILD_UTILS}" \
-       pip install --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
+       pip install --no-cache-dir --no-build-isolation "deepspeed==${DEEPSPEED_VERSION}"
 # The requirements, read from pyproject.toml: this layer is reused until they change.
 ARG PROJECT_REQUIREMENTS
 COPY pyproject.toml /tmp/pyproject.toml
-RUN --mount=type=cache,target=/root/.cache/pip \
-    python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml trainer > /tmp/requirements.txt \
-    && pip install --requirement /tmp/requirements.txt "torch==${TORCH_VERSION}" \
+RUN --mount=type=cache,id=kubetune-wheels,target=/var/cache/wheels \
+    python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml trainer deepspeed > /tmp/requirements.txt \
+    && pip download --no-cache-dir --dest /var/cache/wheels --find-links /var/cache/wheels \
+        --requirement /tmp/requirements.txt "torch==${TORCH_VERSION}" \
+    && pip install --no-cache-dir --no-index --find-links /var/cache/wheels \
+        --requirement /tmp/requirements.txt "torch==${TORCH_VERSION}" \
     && rm /tmp/pyproject.toml /tmp/requirements.txt
 # The sources last: a change to them rebuilds only the wheel and this layer.
 COPY --from=wheel /dist/ /tmp/dist/

@@ -90,7 +90,12 @@ class BuiltImages:
 
 
 def ensure_images(timeout: float = 5400) -> BuiltImages:
-    """Build (or reuse) both images with the tools step `make images` runs."""
+    """Build (or reuse) both images with the tools step `make images` runs. ``KUBETUNE_IMAGES_SKIP_BUILD=1``
+    takes the images the last build recorded as they are (to iterate on a test while a build runs)."""
+    if os.environ.get("KUBETUNE_IMAGES_SKIP_BUILD") == "1" and ENV_FILE.exists():
+        env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
+        return BuiltImages(operator=env["KUBETUNE_OPERATOR_IMAGE"], trainer=env["KUBETUNE_TRAINER_IMAGE"],
+                           driver=env["KUBETUNE_IMAGES_DRIVER"], hash=env["KUBETUNE_IMAGES_HASH"], log="")
     proc = subprocess.run(["bash", str(SCRIPT), str(TOOLS)], cwd=ROOT, capture_output=True, text=True,
                           check=False, timeout=timeout)
     if proc.returncode != 0 or not ENV_FILE.exists():
@@ -159,6 +164,13 @@ class Container:
     def create(self) -> Self:
         buildah("from", "--pull-never", "--name", self.name, self.image)
         self._created = True
+        # buildah resolves a symlink on a mount's way (Debian's /var/run -> /run) against the host, not the
+        # image: resolve the targets in the image's root first.
+        rootfs = Path(buildah("mount", self.name).stdout.strip())
+        try:
+            self.mounts = [Mount(resolve_in_root(rootfs, m.target), m.source, m.read_only) for m in self.mounts]
+        finally:
+            buildah("umount", self.name, check=False)
         return self
 
     def argv(self) -> list[str]:
@@ -219,6 +231,26 @@ class Container:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def resolve_in_root(root: Path, path: str, depth: int = 0) -> str:
+    """``path`` inside the tree at ``root`` with every symlink on the way resolved as the container sees it."""
+    assert depth < 40, f"too many symlinks resolving {path}"
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    done: list[str] = []
+    for i, part in enumerate(parts):
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if here.is_symlink():
+            link = os.readlink(here)
+            base = "/" if link.startswith("/") else "/" + "/".join(done)
+            rest = "/".join(parts[i + 1:])
+            return resolve_in_root(root, f"{base.rstrip('/')}/{link.lstrip('/')}/{rest}".rstrip("/"), depth + 1)
+        done.append(part)
+    return "/" + "/".join(done)
 
 
 @contextlib.contextmanager

@@ -394,7 +394,8 @@ async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path:
     values = {"watch": {"allNamespaces": False, "namespaces": [ns]},
               "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
               "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
-              "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"}}}
+              "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"},
+                          "metricsPort": free_port()}}
     pod = await asyncio.to_thread(chart_operator_pod, values)
     container = pod["spec"]["containers"][0]
     assert container["image"] == images.operator
@@ -433,8 +434,9 @@ async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path,
 
     monkeypatch = request.getfixturevalue("monkeypatch")
     metrics, health = free_port(), free_port()
-    values = {"watch": {"allNamespaces": False, "namespaces": ["default"]},
-              "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
+    # the chart's default --all-namespaces (the emulator does not serve kopf's namespace observer; it is this
+    # test's own API, so nothing else is watched)
+    values = {"operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
               "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
               "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"}}}
     pod = await asyncio.to_thread(chart_operator_pod, values)
