@@ -1,22 +1,33 @@
-"""Single-GPU fine-tuning throughput and MFU on random-weight Llama shapes (1B and 8B), no network needed.
+"""Single-GPU fine-tuning throughput and MFU of kubetune's own trainer, on random-weight Llama shapes.
 
     bash bench/gpu.sh OUTDIR            # the entry point (8-minute budget; writes OUTDIR/gpu.json and gpu.md)
-    python bench/gpu_bench.py --smoke --out /tmp/x   # CPU-side check with a tiny model (seconds)
+    bash bench/gpu.sh OUTDIR --smoke    # the same product path on the tiny shape, on CPU (make test runs it)
 
-Models are built from a config with random weights (nothing is downloaded). For each shape, LoRA
-(r=16 on every linear layer but the head) and full fine-tuning run a few optimizer steps on the same
-synthetic batch of variable-length sequences, twice: padded (a batch of rows padded to the longest)
-and packed (the same rows concatenated padding-free, with position ids restarting per sequence, the
-way kubetune's ``packing: true`` feeds TRL). Tokens/s counts non-padding tokens.
+**What runs.** For each case the script writes a local random-weight model folder (Llama-3.2-1B or
+Llama-3.1-8B shape, a word-level tokenizer, nothing downloaded), a synthetic pt dataset and a
+FineTuneJob, and trains it through ``kubetune.trainer.runner.run`` -- the code a training pod runs: data
+conversion, tokenization, packing or padding-free batches, the LM head on trained positions only, the
+kernel switches (``training.attention``, ``training.kernels``), the callbacks and the artifact with its
+manifest. Each case is a fresh subprocess so GPU memory starts empty. A step clock (a TrainerCallback
+that synchronises CUDA) times the optimizer steps after the warm-up ones.
 
-MFU = tokens/s x FLOPs per token / peak. FLOPs per token: 6N for full fine-tuning, 4N + 6N_lora for
-LoRA (forward 2N, backward through the frozen weights 2N, adapter forward+backward+weight grads 6N_lora),
-where N counts the parameters used in matmuls (the input embedding lookup is not one; a tied LM head is
-counted once). Attention score FLOPs are left out, as in the 6N convention. Peak: 989 TFLOP/s (dense
-bf16, H100/H200 SXM) unless ``--peak-tflops`` says otherwise.
+**Ceiling.** The same shapes also run through a bare PyTorch loop (one fixed batch, no data pipeline, no
+Trainer) -- the figure kubetune's path is compared with.
 
-If LLaMA-Factory is importable, the 1B LoRA padded case also runs through ``llamafactory-cli train``
-for a side-by-side number; otherwise that part is skipped and says so.
+**MFU**, two conventions side by side:
+
+* ``mfu``: tokens/s x FLOPs per token / peak, with 6N FLOPs per token for full fine-tuning and
+  4N + 6N_lora for LoRA (forward 2N, backward through frozen weights 2N, adapter forward+backward+weight
+  gradients 6N_lora); N counts the parameters used in matmuls (no embedding lookup; a tied head once);
+  attention score FLOPs left out.
+* ``mfu_nemo``: the Megatron-style count NeMo AutoModel publishes for Llama models (its ``llama3_flops``),
+  which includes attention and counts every weight as trained even for LoRA, per token:
+  ``L*h^2*(12 + 12*g/a + 18*f/h + 12*s/h) + 6*h*V`` (L layers, h hidden, g KV heads, a heads, f FFN size,
+  s sequence length, V vocabulary). Use it to compare with NeMo's published LoRA figures (e.g. 40.6 % for
+  Llama-3.1-8B LoRA on one H100).
+
+Peak: 989 TFLOP/s (dense bf16, H100/H200 SXM) unless ``--peak-tflops`` says otherwise. If LLaMA-Factory is
+importable, the 1B LoRA padded case also runs through ``llamafactory-cli train`` side by side.
 """
 
 from __future__ import annotations
@@ -92,6 +103,13 @@ def mfu(tokens_per_s: float, per_token_flops: float, peak_tflops: float) -> floa
     if peak_tflops <= 0:
         raise ValueError("peak_tflops must be > 0")
     return tokens_per_s * per_token_flops / (peak_tflops * 1e12)
+
+
+def nemo_flops_per_token(shape: dict[str, Any], seq_len: float) -> float:
+    """Megatron/NeMo's Llama training FLOPs per token (attention included, every weight counted as trained)."""
+    h, f, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    heads, groups, vocab = shape["num_attention_heads"], shape["num_key_value_heads"], shape["vocab_size"]
+    return layers * h * h * (12 + 12 * groups / heads + 18 * f / h + 12 * seq_len / h) + 6 * h * vocab
 
 
 def peak_for(device_name: str, override: float | None = None) -> tuple[float, str]:
@@ -215,6 +233,211 @@ def run_case(case: Case, *, device: str, dtype_name: str, attn: str, peak: float
     return result  # the model and optimizer go with this frame; main() empties the CUDA cache
 
 
+# ------------------------------------------------------------------------------------------- the product path
+
+
+@dataclass
+class ProductCase:
+    """One FineTuneJob run through kubetune's trainer."""
+
+    shape: str
+    method: str  # lora | full
+    packed: bool
+    batch: int
+    cutoff: int
+    steps: int  # timed optimizer steps
+    warmup: int  # untimed steps first
+    attention: str = "auto"
+    kernels: tuple[str, ...] = ()
+    grad_ckpt: bool = False
+
+    @property
+    def name(self) -> str:
+        extra = "-".join(self.kernels)
+        return (f"{self.shape}-{self.method}-{'packed' if self.packed else 'padded'}-{self.attention}"
+                + (f"-{extra}" if extra else "")).replace("_", "")
+
+
+def word_tokenizer(vocab_size: int) -> Any:
+    """One word = one token over a synthetic vocabulary, so row lengths are exact and nothing is downloaded."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(vocab_size - 3)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def model_folder(shape_name: str, root: Path, *, device: str, cutoff: int) -> Path:
+    """A random-weight model folder of the given shape (built once per run of the script)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = root / f"model-{shape_name}"
+    if (folder / "config.json").exists():
+        return folder
+    shape = SHAPES[shape_name]
+    config = LlamaConfig(**shape, max_position_embeddings=max(4096, cutoff), bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0)
+    torch.manual_seed(0)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp)
+    word_tokenizer(shape["vocab_size"]).save_pretrained(tmp)
+    del model
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    tmp.rename(folder)
+    return folder
+
+
+def write_product_job(case: ProductCase, root: Path, model: Path, *, device: str) -> Path:
+    """The synthetic dataset and the FineTuneJob for one case; returns the job file."""
+    import yaml
+
+    shape = SHAPES[case.shape]
+    rng = random.Random(0)
+    rows_needed = case.batch * (case.steps + case.warmup) * (8 if case.packed else 1) + case.batch
+    lengths = sequence_lengths(rows_needed, case.cutoff)
+    data = root / f"data-{case.shape}-{case.cutoff}.jsonl"
+    if not data.exists():
+        with data.open("w") as fh:
+            for n in lengths:
+                fh.write(json.dumps({"text": " ".join(f"w{rng.randrange(shape['vocab_size'] - 3)}"
+                                                      for _ in range(max(1, n - 2)))}) + "\n")
+    training: dict[str, Any] = {
+        "maxSteps": case.steps + case.warmup, "batchSize": case.batch, "cutoffLen": case.cutoff,
+        "packing": case.packed, "learningRate": 1e-5, "loggingSteps": 1, "attention": case.attention,
+        "kernels": list(case.kernels), "gradientCheckpointing": case.grad_ckpt,
+        "precision": "bf16" if device == "cuda" else "fp32",
+    }
+    method: dict[str, Any] = {"type": case.method}
+    if case.method == "lora":
+        method["lora"] = {"rank": 16, "alpha": 32, "target": ["all"]}
+    job = {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": case.name},
+        "spec": {"stage": "pt", "model": {"source": f"file://{model}"},
+                 "datasets": [{"name": "synthetic", "source": f"file://{data}", "columns": {"prompt": "text"}}],
+                 "method": method, "training": training, "resources": {"gpusPerNode": 1 if device == "cuda" else 0},
+                 "output": {"uri": f"file://{root / 'out' / case.name}"}},
+    }
+    path = root / f"{case.name}.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def step_clock() -> Any:
+    """A TrainerCallback noting (time, step, non-padding tokens seen) at every optimizer step's end."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.points: list[tuple[float, int, int]] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            self.points.append((time.perf_counter(), state.global_step, int(state.num_input_tokens_seen)))
+
+    return StepClock()
+
+
+def timed_rate(points: list[tuple[float, int, int]], warmup: int) -> tuple[float, float]:
+    """(tokens/s, seconds per step) over the steps after the first ``warmup`` ones."""
+    timed = [p for p in points if p[1] >= warmup]
+    if len(timed) < 2:
+        raise ValueError(f"only {len(timed)} step(s) after {warmup} warm-up step(s); run more steps")
+    (t0, s0, k0), (t1, s1, k1) = timed[0], timed[-1]
+    return (k1 - k0) / (t1 - t0), (t1 - t0) / (s1 - s0)
+
+
+def run_product_case(case: ProductCase, root: Path, *, peak: float) -> dict[str, Any]:
+    """Train one FineTuneJob through kubetune's runner in this process and measure it."""
+    import resource
+
+    import torch
+
+    from kubetune.api.v1alpha1 import FineTuneJob
+    from kubetune.trainer.local import local_config
+    from kubetune.trainer.runner import run
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model_folder(case.shape, root, device=device, cutoff=case.cutoff)
+    job_file = write_product_job(case, root, model, device=device)
+    import yaml
+
+    job = FineTuneJob.model_validate(yaml.safe_load(job_file.read_text()))
+    config = local_config(job, job_file, cache_dir=root / "cache")
+    clock = step_clock()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    result = run(config, callbacks=[clock])
+    wall = time.perf_counter() - started
+    tps, step_s = timed_rate(clock.points, case.warmup)
+    manifest = json.loads((result.artifact_dir / "manifest.json").read_text())
+    shape = SHAPES[case.shape]
+    n = matmul_params(shape)
+    n_lora = lora_params(shape, 16) if case.method == "lora" else 0
+    per_token = flops_per_token(case.method, n, n_lora)
+    tokens_per_step = tps * step_s
+    seq = tokens_per_step / case.batch if not case.packed else sum(sequence_lengths(64, case.cutoff)) / 64
+    row: dict[str, Any] = {
+        "path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method, "packed": case.packed,
+        "batch_rows": case.batch, "cutoff": case.cutoff, "grad_checkpointing": case.grad_ckpt,
+        "attention": manifest["job"]["kernels"]["attention"], "kernels": manifest["job"]["kernels"]["kernels"],
+        "tokens_per_s": round(tps, 1), "step_s": round(step_s, 4), "steps_timed": case.steps,
+        "mfu": round(mfu(tps, per_token, peak), 4),
+        "mfu_nemo": round(mfu(tps, nemo_flops_per_token(shape, seq), peak), 4),
+        "loss": manifest.get("metrics", {}).get("train_loss"), "wall_s": round(wall, 1),
+    }
+    if device == "cuda":
+        row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    else:
+        row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return row
+
+
+def product_subprocess(case: ProductCase, root: Path, *, peak: float, timeout_s: float) -> dict[str, Any]:
+    """run_product_case in a fresh interpreter (GPU memory starts empty); its last stdout line is the row."""
+    env = dict(os.environ, KUBETUNE_CACHE_DIR=str(root / "cache"))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--product-case", json.dumps(case.__dict__),
+           "--work", str(root), "--peak-tflops", str(peak), "--out", str(root)]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(30.0, timeout_s),
+                              check=False)
+    except subprocess.TimeoutExpired:
+        return {"path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method,
+                "packed": case.packed, "error": f"over its time budget ({timeout_s:.0f} s)"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout)[-600:].strip().splitlines()
+        return {"path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method,
+                "packed": case.packed, "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}"[:400]}
+    return json.loads(lines[-1])
+
+
+def product_plan(smoke: bool) -> list[ProductCase]:
+    if smoke:
+        return [ProductCase("tiny", "lora", False, batch=4, cutoff=64, steps=2, warmup=1),
+                ProductCase("tiny", "lora", True, batch=2, cutoff=64, steps=2, warmup=1, kernels=("chunked_loss",)),
+                ProductCase("tiny", "full", True, batch=2, cutoff=64, steps=2, warmup=1, attention="eager")]
+    return [  # most telling first: the budget stops starting new cases
+        ProductCase("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2),
+        ProductCase("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2),
+        ProductCase("8b", "lora", True, batch=2, cutoff=4096, steps=4, warmup=2),
+        ProductCase("1b", "full", True, batch=4, cutoff=4096, steps=5, warmup=2),
+        ProductCase("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2, attention="sdpa"),
+        ProductCase("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2, kernels=("liger",)),
+        ProductCase("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2, kernels=("chunked_loss",)),
+        ProductCase("8b", "lora", False, batch=4, cutoff=4096, steps=4, warmup=2),
+    ]
+
+
 def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: float) -> dict[str, Any]:
     """The 1B LoRA padded case through `llamafactory-cli train` (when LLaMA-Factory is importable)."""
     import importlib.util
@@ -281,47 +504,71 @@ def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: 
 
 
 def plan(smoke: bool) -> list[Case]:
+    """The bare-loop ceiling: the same shapes with no data pipeline and no Trainer."""
     if smoke:
-        return [Case("tiny", m, p, batch=4, cutoff=64, steps=2, warmup=1) for m in ("lora", "full")
-                for p in (False, True)]
-    cases = []
-    for shape, batch, cutoff in (("1b", 16, 2048), ("8b", 8, 2048)):
-        for method in ("lora", "full"):
-            for packed in (False, True):
-                cases.append(Case(shape, method, packed, batch=batch, cutoff=cutoff, steps=5, warmup=2,
-                                  grad_ckpt=(shape == "8b" and method == "full")))
-    return cases
+        return [Case("tiny", "lora", p, batch=4, cutoff=64, steps=2, warmup=1) for p in (False, True)]
+    return [Case("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2),
+            Case("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2),
+            Case("8b", "lora", True, batch=2, cutoff=4096, steps=4, warmup=2),
+            Case("1b", "full", True, batch=4, cutoff=4096, steps=5, warmup=2)]
+
+
+def with_ceiling(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]]) -> None:
+    """Each product row gets the bare loop's tokens/s for the same shape, method and batch kind, and the ratio."""
+    best = {(c["shape"], c["method"], c["packed"]): c["tokens_per_s"] for c in ceiling if "tokens_per_s" in c}
+    for row in rows:
+        bare = best.get((row.get("shape"), row.get("method"), row.get("packed")))
+        if bare and "tokens_per_s" in row:
+            row["bare_tokens_per_s"] = bare
+            row["of_ceiling"] = round(row["tokens_per_s"] / bare, 3)
 
 
 def render(result: dict[str, Any]) -> str:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import benchlib
 
-    rows = [dict(r, packed="packed" if r.get("packed") else "padded") for r in result["cases"]]
-    table = benchlib.markdown_table(rows, [
+    def rows(key: str) -> list[dict[str, Any]]:
+        return [dict(r, packed="packed" if r.get("packed") else "padded",
+                     kernels=",".join(r.get("kernels") or []) or "-") for r in result.get(key, [])]
+
+    mem = "peak_mem_gib" if not result["smoke"] else "peak_rss_gib"
+    product = benchlib.markdown_table(rows("cases"), [
+        ("shape", "shape"), ("method", "method"), ("packed", "batch"), ("attention", "attention"),
+        ("kernels", "kernels"), ("tokens_per_s", "non-padding tokens/s"), ("step_s", "step s"), ("mfu", "MFU"),
+        ("mfu_nemo", "MFU (NeMo formula)"), (mem, "peak GiB"), ("of_ceiling", "of bare loop"), ("error", "error")])
+    ceiling = benchlib.markdown_table(rows("ceiling"), [
         ("shape", "shape"), ("method", "method"), ("packed", "batch"), ("tokens_per_s", "non-padding tokens/s"),
         ("step_s", "step s"), ("mfu", "MFU"), ("peak_mem_gib", "peak GiB"), ("error", "error")])
     env = result["environment"]
     return (
-        "# GPU fine-tuning throughput and MFU (random-weight Llama shapes)\n\n"
-        f"`bash bench/gpu.sh OUTDIR` on {env.get('device')} — peak {result['peak_tflops']} TFLOP/s "
-        f"({result['peak_source']}); attention {env.get('attn')}; dtype {env.get('dtype')}"
-        f"{' — SMOKE RUN (tiny model, CPU): numbers mean nothing' if result['smoke'] else ''}.\n\n"
-        f"{table}\nLLaMA-Factory: {json.dumps(result.get('llamafactory'))}\n\n"
-        "MFU uses 6N (full) and 4N + 6N_lora (LoRA) FLOPs per non-padding token; attention FLOPs excluded.\n"
+        "# GPU fine-tuning throughput and MFU of kubetune's trainer (random-weight Llama shapes)\n\n"
+        f"`bash bench/gpu.sh OUTDIR` on {env.get('device')} -- peak {result['peak_tflops']} TFLOP/s "
+        f"({result['peak_source']}); dtype {env.get('dtype')}"
+        f"{' -- SMOKE RUN (tiny model, CPU): numbers mean nothing' if result['smoke'] else ''}.\n\n"
+        "## kubetune's trainer (a FineTuneJob through kubetune.trainer.runner.run, as in a pod)\n\n"
+        f"{product}\n## Ceiling: a bare PyTorch loop on one fixed batch\n\n{ceiling}\n"
+        f"LLaMA-Factory: {json.dumps(result.get('llamafactory'))}\n\n"
+        "MFU: 6N (full) and 4N + 6N_lora (LoRA) FLOPs per non-padding token, attention excluded; MFU (NeMo "
+        "formula): Megatron's Llama count with attention, every weight counted as trained.\n"
         f"Elapsed {result['elapsed_s']} s of a {result['budget_s']} s budget.\n"
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="single-GPU LoRA/full fine-tuning tokens/s and MFU")
+    ap = argparse.ArgumentParser(description="single-GPU LoRA/full fine-tuning tokens/s and MFU of kubetune")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the logic, not the GPU")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU: checks the product path, not the GPU")
     ap.add_argument("--budget-s", type=float, default=450.0, help="stop starting new cases after this")
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--skip-llamafactory", action="store_true")
+    ap.add_argument("--product-case", help=argparse.SUPPRESS)  # internal: one case, in this process
+    ap.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     p = ap.parse_args(argv)
+    if p.product_case:
+        case = ProductCase(**{**json.loads(p.product_case), "kernels": tuple(json.loads(p.product_case)["kernels"])})
+        print(json.dumps(run_product_case(case, p.work, peak=p.peak_tflops or DEFAULT_PEAK_TFLOPS)), flush=True)
+        return 0
     started = time.perf_counter()
     import torch
 
@@ -332,58 +579,73 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if cuda and not p.smoke else "cpu"
     dtype = "bfloat16" if device == "cuda" else "float32"
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu (smoke)"
-    try:
-        import flash_attn  # noqa: F401
+    attn = "sdpa"
+    if device == "cuda":
+        import importlib.util
 
-        attn = "flash_attention_2" if device == "cuda" else "sdpa"
-    except ImportError:
-        attn = "sdpa"
+        attn = "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
     peak, source = peak_for(name, p.peak_tflops)
     p.out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="kubetune-gpu-bench-"))
     import peft
     import transformers
 
     result: dict[str, Any] = {
         "benchmark": "gpu", "smoke": p.smoke, "peak_tflops": peak, "peak_source": source, "budget_s": p.budget_s,
         "environment": {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                        "transformers": transformers.__version__, "peft": peft.__version__, "attn": attn,
+                        "transformers": transformers.__version__, "peft": peft.__version__, "attn_bare": attn,
                         "dtype": dtype, "python": sys.version.split()[0]},
-        "cases": [],
+        "cases": [], "ceiling": [],
     }
+
+    def left() -> float:
+        return p.budget_s - (time.perf_counter() - started)
 
     def save() -> None:
         result["elapsed_s"] = round(time.perf_counter() - started, 1)
+        with_ceiling(result["cases"], result["ceiling"])
         (p.out / "gpu.json").write_text(json.dumps(result, indent=2) + "\n")
         (p.out / "gpu.md").write_text(render(result))
 
-    for case in plan(p.smoke):
-        if time.perf_counter() - started > p.budget_s:
-            result["cases"].append({"shape": case.shape, "method": case.method, "packed": case.packed,
-                                    "error": "skipped: time budget spent"})
-            continue
-        print(f"gpu_bench: {case}", file=sys.stderr, flush=True)
-        try:
-            row = run_case(case, device=device, dtype_name=dtype, attn=attn, peak=peak, rank=p.rank)
-        except Exception as exc:  # noqa: BLE001 - OOM or a kernel error: record it, go on with the other cases
-            row = {"shape": case.shape, "method": case.method, "packed": case.packed,
-                   "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+    try:
+        # kubetune's own trainer first (75 % of the budget), then the bare loop, then LLaMA-Factory
+        for pcase in product_plan(p.smoke):
+            if not p.smoke and left() < 0.25 * p.budget_s:
+                result["cases"].append({"case": pcase.name, "shape": pcase.shape, "method": pcase.method,
+                                        "packed": pcase.packed, "error": "skipped: time budget spent"})
+                continue
+            print(f"gpu_bench: kubetune {pcase.name}", file=sys.stderr, flush=True)
+            row = product_subprocess(pcase, work, peak=peak, timeout_s=left() if not p.smoke else 900.0)
+            result["cases"].append(row)
+            print(f"gpu_bench: {json.dumps(row)}", file=sys.stderr, flush=True)
+            save()
+        for case in plan(p.smoke):
+            if left() < 0:
+                result["ceiling"].append({"shape": case.shape, "method": case.method, "packed": case.packed,
+                                          "error": "skipped: time budget spent"})
+                continue
+            print(f"gpu_bench: bare {case}", file=sys.stderr, flush=True)
+            try:
+                row = run_case(case, device=device, dtype_name=dtype, attn=attn, peak=peak, rank=p.rank)
+            except Exception as exc:  # noqa: BLE001 - OOM or a kernel error: record it, go on with the other cases
+                row = {"shape": case.shape, "method": case.method, "packed": case.packed,
+                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
             if device == "cuda":
                 torch.cuda.empty_cache()
-        if device == "cuda":
-            torch.cuda.empty_cache()
-        result["cases"].append(row)
-        print(f"gpu_bench: {json.dumps(row)}", file=sys.stderr, flush=True)
+            result["ceiling"].append(row)
+            save()
+        if p.smoke or p.skip_llamafactory:
+            result["llamafactory"] = {"skipped": "smoke run" if p.smoke else "--skip-llamafactory"}
+        else:
+            lf_case = Case("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2)
+            result["llamafactory"] = (llamafactory_case(lf_case, out=p.out, attn=attn, rank=p.rank, budget_s=left())
+                                      if left() > 60 else {"skipped": "no time left in the budget"})
         save()
-    if p.smoke or p.skip_llamafactory:
-        result["llamafactory"] = {"skipped": "smoke run" if p.smoke else "--skip-llamafactory"}
-    else:
-        left = p.budget_s - (time.perf_counter() - started)
-        lf_case = Case("1b", "lora", False, batch=16, cutoff=2048, steps=5, warmup=2)
-        result["llamafactory"] = (llamafactory_case(lf_case, out=p.out, attn=attn, rank=p.rank, budget_s=left)
-                                  if left > 60 else {"skipped": "no time left in the budget"})
-    save()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     print(render(result))
-    return 0
+    failed = [r for r in result["cases"] if "error" in r and not r["error"].startswith("skipped")]
+    return 1 if p.smoke and failed else 0
 
 
 if __name__ == "__main__":

@@ -10,12 +10,25 @@ from __future__ import annotations
 
 import enum
 import re
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from kubetune.api.names import DNS1123_LABEL, check_dns_label
+from kubetune.api.checks import (
+    INT32_MAX,
+    MAX_NUM_SAMPLES,
+    QUANTITY,
+    Float,
+    Int,
+    label_value_problem,
+    qualified_name_problem,
+    quantity_problem,
+    repo_id_problem,
+    text_problem,
+    uri_shape_problem,
+)
+from kubetune.api.names import DNS1123_LABEL, check_dns_label, dns_subdomain_problem
 from kubetune.api.redact import CREDENTIALS_HINT, credentials_in, redact
 from kubetune.api.stages import STAGE_CONTRACTS, Stage
 
@@ -28,7 +41,11 @@ SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]
 
 DNS_LABEL = DNS1123_LABEL  # use .fullmatch (``$`` matches before a final newline); see kubetune.api.names
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+# QUANTITY (the resource.Quantity grammar) comes from kubetune.api.checks.
+TEMPLATE_NAMES = ("tokenizer", "chatml", "qwen", "llama3", "mistral", "gemma", "phi", "deepseek", "deepseek3", "default",
+                  # the vendors' own Jinja shipped with TRL (kubetune.trainer.data.templates.VENDOR_TEMPLATES)
+                  "qwen2.5", "qwen3", "qwen3-instruct-2507", "llama3.1", "llama3.2", "gemma3", "phi3.5", "deepseek-v3",
+                  "deepseek-r1", "glm4-moe", "gpt-oss", "cohere", "cohere2", "lfm2", "nemotron3-nano")
 
 MODEL_SCHEMES = ("file", "hf", "ms", "s3", "pvc")
 DATASET_SCHEMES = ("file", "hf", "ms", "s3", "https", "http", "configmap", "pvc")
@@ -65,6 +82,19 @@ def _check_uri(value: str, schemes: tuple[str, ...]) -> str:
     credential = credentials_in(value)
     if credential:
         raise ValueError(f"URI {shown!r} {credential}; {CREDENTIALS_HINT}")
+    shape = uri_shape_problem(value)
+    if shape:
+        raise ValueError(shape)
+    return value
+
+
+def _k8s_name(value: str | None, what: str, *, label_value: bool = False) -> str | None:
+    """A reference to a Kubernetes object by name: a DNS-1123 subdomain (and a label value when it becomes one)."""
+    if value is None:
+        return None
+    problem = dns_subdomain_problem(value) or (label_value_problem(value) if label_value else None)
+    if problem:
+        raise ValueError(f"{what} {problem}" if problem.startswith("is ") else f"{what}: {problem}")
     return value
 
 
@@ -76,7 +106,23 @@ class _Model(BaseModel):
         alias_generator=to_camel,
         use_enum_values=True,
         validate_default=True,
+        strict=True,  # as strict as the CRD: "16" is not an integer, "yes" is not a boolean (enums opt out)
     )
+    _text_checked: ClassVar[bool] = True
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: ValidationInfo) -> Any:
+        """Every string of the spec (names, URIs, columns ...): no NUL, newline, bidi override or other control
+        character; a regex pattern may hold tabs and newlines."""
+        if cls._text_checked:
+            allow = "\t\n\r" if info.field_name == "pattern" else ""
+            items = value if isinstance(value, list) else (*value, *value.values()) if isinstance(value, dict) else (value,)
+            for text in items:
+                problem = text_problem(text, allow=allow) if isinstance(text, str) else None
+                if problem:
+                    raise ValueError(problem)
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         """The camelCase form, without unset optional fields (what a user would write)."""
@@ -165,6 +211,28 @@ class ModelSpec(_Model):
     def _source_uri(cls, v: str) -> str:
         return _check_uri(v, MODEL_SCHEMES)
 
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v: str | None) -> str | None:
+        if v is not None and v not in TEMPLATE_NAMES:
+            raise ValueError(f"unknown template {v[:40]!r}; use one of {', '.join(TEMPLATE_NAMES)}, or leave it out "
+                             "for the tokenizer's own")
+        return v
+
+    @field_validator("credentials_secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "Secret name")
+
+    @field_validator("parameters")
+    @classmethod
+    def _parameters(cls, v: str | None) -> str | None:
+        if v is not None:
+            from kubetune.api.memory import parse_parameters
+
+            parse_parameters(v)  # a clear error for 0, 1e999B or a count no model has
+        return v
+
 
 # ---------------------------------------------------------------------------------------------------- data
 
@@ -214,15 +282,16 @@ class DatasetSpec(_Model):
         description="Data URI: file:///path (json, jsonl, csv, parquet, arrow, txt, or a folder of one type), "
         "s3://bucket/key, https://host/file, hf://org/dataset, ms://org/dataset, configmap://name/key, pvc://claim/path.",
     )
-    formatting: Formatting = Field(Formatting.ALPACA, description="Row format: alpaca, sharegpt or openai.")
+    formatting: Formatting = Field(Formatting.ALPACA, strict=False, description="Row format: alpaca, sharegpt or openai.")
     ranking: bool = Field(False, description="Preference data (chosen/rejected); required by rm, dpo and orpo.")
     columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names; omitted ones keep defaults.")
     tags: TagsSpec = Field(default_factory=TagsSpec, description="sharegpt role/content tags; omitted keep defaults.")
     subset: str | None = Field(None, description="Hub dataset config name.")
     folder: str | None = Field(None, description="Hub dataset data_dir.")
     split: str = Field("train", description="Split to load.")
-    num_samples: int | None = Field(
-        None, ge=1, description="Sample this many rows (seeded); more than the dataset has oversamples with replacement."
+    num_samples: Int | None = Field(
+        None, ge=1, le=MAX_NUM_SAMPLES,
+        description="Sample this many rows (seeded); more than the dataset has oversamples with replacement."
     )
 
     @field_validator("source")
@@ -260,9 +329,9 @@ class MethodType(str, enum.Enum):
 class LoraSpec(_Model):
     """LoRA adapter settings (peft)."""
 
-    rank: int = Field(8, gt=0, le=4096, description="LoRA rank r.")
-    alpha: int | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank.")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    rank: Int = Field(8, gt=0, le=4096, description="LoRA rank r.")
+    alpha: Int | None = Field(None, gt=0, description="LoRA alpha; default 2 x rank.")
+    dropout: Float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
     target: list[str] = Field(
         default_factory=lambda: ["all"],
         min_length=1,
@@ -271,13 +340,13 @@ class LoraSpec(_Model):
     dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
     rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     pissa: bool = Field(False, description="Initialise from principal singular vectors (PiSSA).")
-    loraplus_ratio: float | None = Field(None, gt=0, description="LoRA+: learning-rate ratio of B to A matrices.")
+    loraplus_ratio: Float | None = Field(None, gt=0, description="LoRA+: learning-rate ratio of B to A matrices.")
 
 
 class FreezeSpec(_Model):
     """Partial fine-tuning: train only some layers."""
 
-    trainable_layers: int = Field(
+    trainable_layers: Int = Field(
         2, description="Train the last N decoder layers (negative: the first N).", ge=-1024, le=1024
     )
     modules: list[str] = Field(default_factory=list, description="Train these named modules instead (e.g. mlp).")
@@ -293,7 +362,7 @@ class FreezeSpec(_Model):
 class MethodSpec(_Model):
     """How the weights are trained."""
 
-    type: MethodType = Field(MethodType.LORA, description="full, freeze, lora or qlora (LoRA on a quantized base).")
+    type: MethodType = Field(MethodType.LORA, strict=False, description="full, freeze, lora or qlora (LoRA on a quantized base).")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (freeze).")
 
@@ -304,33 +373,33 @@ class MethodSpec(_Model):
 class PreferenceSpec(_Model):
     """DPO / ORPO / SimPO settings."""
 
-    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint (DPO beta, ORPO lambda).")
+    beta: Float = Field(0.1, gt=0, description="Strength of the KL constraint (DPO beta, ORPO lambda).")
     loss: Literal["sigmoid", "ipo", "hinge", "simpo", "orpo"] = Field("sigmoid", description="Preference loss.")
-    ftx: float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer.")
-    simpo_gamma: float = Field(0.5, ge=0, description="SimPO target reward margin.")
+    ftx: Float = Field(0.0, ge=0, description="Weight of an SFT loss on the chosen answer.")
+    simpo_gamma: Float = Field(0.5, ge=0, description="SimPO target reward margin.")
 
 
 class KtoSpec(_Model):
     """KTO settings."""
 
-    beta: float = Field(0.1, gt=0, description="KTO beta.")
-    desirable_weight: float = Field(1.0, gt=0, description="Loss weight of desirable examples.")
-    undesirable_weight: float = Field(1.0, gt=0, description="Loss weight of undesirable examples.")
+    beta: Float = Field(0.1, gt=0, description="KTO beta.")
+    desirable_weight: Float = Field(1.0, gt=0, description="Loss weight of desirable examples.")
+    undesirable_weight: Float = Field(1.0, gt=0, description="Loss weight of undesirable examples.")
 
 
 class PpoSpec(_Model):
     """PPO settings (kubetune's own PPO loop)."""
 
-    rollout_batch_size: int = Field(4, gt=0, description="Prompts per rollout.")
-    ppo_epochs: int = Field(2, gt=0, description="Optimisation epochs over each rollout.")
-    max_new_tokens: int = Field(32, gt=0, le=4096, description="Tokens generated per prompt.")
-    kl_coef: float = Field(0.05, ge=0, description="KL penalty to the reference policy.")
-    clip_range: float = Field(0.2, gt=0, description="PPO policy ratio clip.")
-    clip_range_value: float = Field(0.2, gt=0, description="Value function clip.")
-    gamma: float = Field(1.0, gt=0, le=1, description="Discount.")
-    lam: float = Field(0.95, gt=0, le=1, description="GAE lambda.")
-    vf_coef: float = Field(0.1, ge=0, description="Value loss weight.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    rollout_batch_size: Int = Field(4, gt=0, description="Prompts per rollout.")
+    ppo_epochs: Int = Field(2, gt=0, description="Optimisation epochs over each rollout.")
+    max_new_tokens: Int = Field(32, gt=0, le=4096, description="Tokens generated per prompt.")
+    kl_coef: Float = Field(0.05, ge=0, description="KL penalty to the reference policy.")
+    clip_range: Float = Field(0.2, gt=0, description="PPO policy ratio clip.")
+    clip_range_value: Float = Field(0.2, gt=0, description="Value function clip.")
+    gamma: Float = Field(1.0, gt=0, le=1, description="Discount.")
+    lam: Float = Field(0.95, gt=0, le=1, description="GAE lambda.")
+    vf_coef: Float = Field(0.1, ge=0, description="Value loss weight.")
+    temperature: Float = Field(1.0, gt=0, description="Sampling temperature.")
 
 
 class RewardFunctionSpec(_Model):
@@ -341,7 +410,7 @@ class RewardFunctionSpec(_Model):
         "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0.")
     pattern: str | None = Field(None, description="Regular expression of a regex reward (Python syntax, searched "
                                 "with DOTALL), e.g. a required output format.")
-    weight: float = Field(1.0, description="Weight of this reward in the sum (a reward model counts with weight 1).")
+    weight: Float = Field(1.0, description="Weight of this reward in the sum (a reward model counts with weight 1).")
 
 
 def reward_function_problems(rule: RewardFunctionSpec) -> list[tuple[tuple[str, ...], str]]:
@@ -362,36 +431,46 @@ def reward_function_problems(rule: RewardFunctionSpec) -> list[tuple[tuple[str, 
 class TrainingSpec(_Model):
     """Hyper-parameters."""
 
-    epochs: float = Field(1.0, gt=0, le=10000, description="Passes over the training data.")
-    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
-    batch_size: int = Field(1, gt=0, le=65536, description="Per-device micro-batch size.")
-    gradient_accumulation: int = Field(1, gt=0, le=65536, description="Micro-batches per optimizer step.")
-    learning_rate: float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    epochs: Float = Field(1.0, gt=0, le=10000, description="Passes over the training data.")
+    max_steps: Int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: Int = Field(1, gt=0, le=65536, description="Per-device micro-batch size.")
+    gradient_accumulation: Int = Field(1, gt=0, le=65536, description="Micro-batches per optimizer step.")
+    learning_rate: Float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule."
     )
-    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of steps for warmup.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    cutoff_len: int = Field(1024, gt=0, le=1048576, description="Maximum tokens per example (or packed block).")
+    warmup_ratio: Float = Field(0.0, ge=0, lt=1, description="Fraction of steps for warmup.")
+    weight_decay: Float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: Float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    cutoff_len: Int = Field(1024, gt=0, le=1048576, description="Maximum tokens per example (or packed block).")
     packing: bool | None = Field(
         None, description="Pack examples into cutoffLen blocks without cross-attention. Default: on for pt, else off."
     )
     train_on_prompt: bool = Field(False, description="Also compute loss on prompt tokens (sft only).")
     mask_history: bool = Field(False, description="Train on the last turn only (sft only).")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per dataset (first N).")
+    max_samples: Int | None = Field(None, gt=0, description="Use at most this many rows per dataset (first N).")
     mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
         "concat", description="How several datasets are mixed."
     )
-    interleave_probs: list[float] | None = Field(None, description="Sampling probabilities for interleaving.")
-    eval_split: float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end only).")
-    logging_steps: int = Field(1, gt=0, description="Log metrics every N steps.")
-    seed: int = Field(42, ge=0, description="Random seed for sampling, splitting and initialisation.")
+    interleave_probs: list[Float] | None = Field(None, description="Sampling probabilities for interleaving.")
+    eval_split: Float = Field(0.0, ge=0, lt=1, description="Fraction of rows held out for evaluation.")
+    eval_steps: Int | None = Field(None, gt=0, description="Evaluate every N steps (default: at the end only).")
+    logging_steps: Int = Field(1, gt=0, description="Log metrics every N steps.")
+    seed: Int = Field(42, ge=0, lt=2**32, description="Random seed for sampling, splitting and initialisation.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "auto", description="Training precision; auto is bf16 on GPUs that support it, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
+        "auto", description="Attention implementation. auto: FlashAttention 3 on Hopper and FlashAttention 2 on "
+        "Ampere or newer GPUs when the trainer image has them, else PyTorch SDPA. The resolved choice is recorded "
+        "in the artifact's manifest.")
+    kernels: list[Literal["liger", "chunked_loss"]] = Field(
+        default_factory=list, max_length=2,
+        description="Extra kernels. liger: Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (CUDA, "
+        "needs the liger-kernel package). chunked_loss: the LM head and cross-entropy computed over chunks of "
+        "trained positions and recomputed in the backward pass, so a 128k-152k vocabulary's logits never exist "
+        "all at once (any device; not with fsdp).")
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="dpo/orpo settings.")
     kto: KtoSpec = Field(default_factory=KtoSpec, description="kto settings.")
     ppo: PpoSpec = Field(default_factory=PpoSpec, description="ppo settings.")
@@ -410,8 +489,8 @@ class TrainingSpec(_Model):
 class ResourcesSpec(_Model):
     """Where and how big the training pods are."""
 
-    nodes: int = Field(1, ge=1, le=1024, description="Pods (one per node); each runs gpusPerNode processes.")
-    gpus_per_node: int = Field(1, ge=0, le=64, description="GPUs requested by each pod (0 = CPU training).")
+    nodes: Int = Field(1, ge=1, le=1024, description="Pods (one per node); each runs gpusPerNode processes.")
+    gpus_per_node: Int = Field(1, ge=0, le=64, description="GPUs requested by each pod (0 = CPU training).")
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the GPUs.")
     gpu_type: str | None = Field(None, description="GPU model (e.g. H100-80GB), used for the memory-fit estimate.")
     cpu: str | None = Field(None, pattern=QUANTITY, description="CPU request and limit of each pod.")
@@ -425,6 +504,54 @@ class ResourcesSpec(_Model):
     priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
     image: str | None = Field(None, description="Trainer image; default: the operator's configured image.")
     service_account_name: str | None = Field(None, description="ServiceAccount of the training pods.")
+
+
+    @field_validator("cpu", "memory", "shared_memory", "cache_size")
+    @classmethod
+    def _quantity(cls, v: str | None) -> str | None:
+        problem = None if v is None else quantity_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("cache_claim")
+    @classmethod
+    def _claim(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "PersistentVolumeClaim name")
+
+    @field_validator("service_account_name")
+    @classmethod
+    def _service_account(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "ServiceAccount name")
+
+    @field_validator("priority_class_name")
+    @classmethod
+    def _priority_class(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "PriorityClass name")
+
+    @field_validator("gpu_resource")
+    @classmethod
+    def _resource_name(cls, v: str) -> str:
+        problem = qualified_name_problem(v)
+        if problem:
+            raise ValueError(f"extended resource name {problem}")
+        return v
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            problem = qualified_name_problem(key) or label_value_problem(value)
+            if problem:
+                raise ValueError(f"node label {problem}")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c.isspace() for c in v) or len(v) > 4096):
+            raise ValueError("an image reference is non-empty, without spaces (e.g. ghcr.io/org/trainer:1.0)")
+        return v
 
 
 class DistributedSpec(_Model):
@@ -449,8 +576,8 @@ class DistributedSpec(_Model):
 class CheckpointingSpec(_Model):
     """Periodic checkpoints, kept in the output storage for resume."""
 
-    every_steps: int | None = Field(None, gt=0, description="Checkpoint every N steps (default: no periodic ones).")
-    keep: int = Field(2, gt=0, le=1000, description="Keep the newest N complete checkpoints.")
+    every_steps: Int | None = Field(None, gt=0, description="Checkpoint every N steps (default: no periodic ones).")
+    keep: Int = Field(2, gt=0, le=1000, description="Keep the newest N complete checkpoints.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint when one exists.")
     keep_after_success: bool = Field(
         False, description="Keep the uploaded checkpoints once the artifact is published (default: delete them; "
@@ -463,6 +590,19 @@ class HubSpec(_Model):
     repo: str = Field(..., description="Repository id, org/name.")
     credentials_secret: str = Field(..., description="Secret holding HF_TOKEN.")
     private: bool = Field(True, description="Create the repository as private.")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo(cls, v: str) -> str:
+        problem = repo_id_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("credentials_secret")
+    @classmethod
+    def _secret(cls, v: str) -> str:
+        return _k8s_name(v, "Secret name") or v
 
 
 class OutputSpec(_Model):
@@ -482,13 +622,18 @@ class OutputSpec(_Model):
     def _uri(cls, v: str | None) -> str | None:
         return None if v is None else _check_uri(v, OUTPUT_SCHEMES)
 
+    @field_validator("credentials_secret")
+    @classmethod
+    def _secret(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "Secret name")
+
 
 class RunPolicySpec(_Model):
     """Kubernetes Job policy."""
 
-    backoff_limit: int = Field(3, ge=0, le=100, description="Pod restarts before the Job fails.")
-    active_deadline_seconds: int | None = Field(None, gt=0, description="Hard time limit of the whole Job.")
-    ttl_seconds_after_finished: int | None = Field(None, ge=0, description="Delete the finished Job after N seconds.")
+    backoff_limit: Int = Field(3, ge=0, le=100, description="Pod restarts before the Job fails.")
+    active_deadline_seconds: Int | None = Field(None, gt=0, description="Hard time limit of the whole Job.")
+    ttl_seconds_after_finished: Int | None = Field(None, ge=0, le=INT32_MAX, description="Delete the finished Job after N seconds.")
 
 
 # ---------------------------------------------------------------------------------------------------- spec
@@ -497,7 +642,7 @@ class RunPolicySpec(_Model):
 class FineTuneJobSpec(_Model):
     """What to train, on what data, how, and where the result goes."""
 
-    stage: Stage = Field(Stage.SFT, description="Training stage: pt, sft, rm, ppo, dpo, kto, orpo or grpo.")
+    stage: Stage = Field(Stage.SFT, strict=False, description="Training stage: pt, sft, rm, ppo, dpo, kto, orpo or grpo.")
     model: ModelSpec = Field(..., description="The base model.")
     datasets: list[DatasetSpec] = Field(default_factory=list, description="Datasets given inline.")
     dataset_registry: DatasetRegistrySpec | None = Field(
@@ -513,6 +658,11 @@ class FineTuneJobSpec(_Model):
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job retry and time limits.")
     suspend: bool = Field(False, description="Suspend the training Job (pods are deleted; resume continues).")
     queue_name: str | None = Field(None, description="Kueue LocalQueue; the Job is created suspended for Kueue.")
+
+    @field_validator("queue_name")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        return _k8s_name(v, "LocalQueue name", label_value=True)  # it becomes the queue-name label
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
@@ -561,6 +711,10 @@ class FineTuneJobSpec(_Model):
                 problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
         if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
             problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
+        from kubetune.api.kernels import spec_problems as kernel_problems
+
+        problems += kernel_problems(self.training.attention, list(self.training.kernels),
+                                    gpus_per_node=self.resources.gpus_per_node, strategy=self.distributed.strategy)
         if self.distributed.offload and self.distributed.strategy != "deepspeed":
             problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
         if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
@@ -568,8 +722,11 @@ class FineTuneJobSpec(_Model):
         if not problems and self.model.parameters and self.resources.gpu_type:
             from kubetune.api.memory import ModelShape, fit_problem, parse_parameters
 
-            shape = ModelShape.from_parameters(parse_parameters(self.model.parameters))
-            message = fit_problem(self, shape)
+            try:
+                shape = ModelShape.from_parameters(parse_parameters(self.model.parameters))
+                message = fit_problem(self, shape)
+            except (ArithmeticError, ValueError) as exc:
+                message = f"cannot estimate the memory this job needs: {exc}"
             if message:
                 problems.append((("resources", "gpuType"), message))
         if problems:
@@ -620,7 +777,14 @@ def dataset_problems(ds: DatasetSpec, stage: Stage) -> list[tuple[tuple[str, ...
 # ---------------------------------------------------------------------------------------------------- status
 
 
-class Condition(_Model):
+class _Status(_Model):
+    """Status is written by the operator from what it observed (a NaN loss included): not user input."""
+
+    model_config = ConfigDict(**{**_Model.model_config, "strict": False})
+    _text_checked: ClassVar[bool] = False
+
+
+class Condition(_Status):
     """A kstatus-compatible condition."""
 
     type: str = Field(..., description="Ready, Validated, Running, Succeeded, Failed, Suspended, Reconciling, Stalled.")
@@ -631,7 +795,7 @@ class Condition(_Model):
     observed_generation: int | None = Field(None, description="metadata.generation this condition describes.")
 
 
-class ProgressStatus(_Model):
+class ProgressStatus(_Status):
     """Live training progress, pulled from the rank-0 pod's metrics endpoint."""
 
     step: int | None = Field(None, description="Optimizer steps done.")
@@ -646,7 +810,7 @@ class ProgressStatus(_Model):
     eta: str | None = Field(None, description="ETA for display, e.g. 1h02m.")
 
 
-class ArtifactsStatus(_Model):
+class ArtifactsStatus(_Status):
     """Where the results are."""
 
     adapter_uri: str | None = Field(None, description="Adapter (or full model) folder.")
@@ -654,7 +818,7 @@ class ArtifactsStatus(_Model):
     merged_uri: str | None = Field(None, description="Merged model folder, when output.merge is set.")
 
 
-class DatasetReport(_Model):
+class DatasetReport(_Status):
     """Preflight result for one dataset."""
 
     name: str = Field(..., description="Dataset name.")
@@ -663,7 +827,7 @@ class DatasetReport(_Model):
     dropped: int = Field(0, description="Rows rejected (see the trainer log for reasons and row indexes).")
 
 
-class FineTuneJobStatus(_Model):
+class FineTuneJobStatus(_Status):
     """Observed state, written by the operator."""
 
     phase: Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"] | None = Field(

@@ -21,9 +21,11 @@ from kubetune.trainer.data.loader import check_reports, convert_all, tokenize_al
 from kubetune.trainer.data.templates import get_template
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger, is_main
+from kubetune.trainer.models.kernels import resolve_for_training
 from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
+from kubetune.trainer.storage.cache import set_limit as set_cache_limit
 from kubetune.trainer.storage.checkpoints import checkpoint_callback
 from kubetune.trainer.storage.checkpoints import delete_all as delete_checkpoints
 from kubetune.trainer.storage.fetch import fetch
@@ -55,6 +57,7 @@ def fetch_artifact(config: TrainerConfig, ref: Any, field: str) -> Path | None:
 def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: PhaseHook | None = None) -> RunResult:
     phase = on_phase or (lambda _phase, **_facts: None)
     spec = config.spec
+    set_cache_limit(spec.resources.cache_size)  # fetches trim the cache to it, least recently used first
     scratch = Path(config.runtime.scratch_dir)
     artifact_dir = scratch / "artifact"
     work_dir = scratch / "trainer"
@@ -69,6 +72,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     check_reports([ds.report for ds in converted[0] if len(ds.examples) == 0 and ds.report is not None])
 
     phase("fetching_model")
+    kernels = resolve_for_training(spec.training)  # a missing kernel package fails before the model download
     model_ref = resolve_model(config)
     memory_estimate = check_fit(config, model_ref.path)
     tokenizer = load_tokenizer(model_ref, spec.model.trust_remote_code)
@@ -105,7 +109,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     manifest = build_manifest(
         artifact_dir,
         job={"name": config.runtime.job_name, "namespace": config.runtime.namespace, "stage": spec.stage,
-             "method": spec.method.type},
+             "method": spec.method.type, "kernels": kernels.to_manifest()},
         model={"source": model_ref.source, "revision": model_ref.revision, "sha256": model_ref.sha256},
         datasets=data.provenance,
         config=config.spec.model_dump(by_alias=True, mode="json", exclude_none=True),

@@ -123,7 +123,15 @@ def load_model(ref: ModelRef, config: TrainerConfig, *, model_class: Any = None,
 
         kwargs["quantization_config"] = bnb_config(quantization, dtype)
     cls = model_class or AutoModelForCausalLM
+    if "attn_implementation" not in kwargs:
+        from kubetune.trainer.models.kernels import resolve_for_training
+
+        kwargs["attn_implementation"] = resolve_for_training(spec.training).attention
     model = cls.from_pretrained(ref.path, dtype=dtype, trust_remote_code=spec.model.trust_remote_code, **kwargs)
+    if "liger" in spec.training.kernels:
+        from kubetune.trainer.models.kernels import apply_liger
+
+        apply_liger(model)
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False

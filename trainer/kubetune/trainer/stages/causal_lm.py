@@ -103,9 +103,34 @@ class Collator:
         return batch
 
 
-def make_trainer_class() -> type:
-    """``transformers.Trainer`` whose loss scores only the trained positions (imports transformers lazily)."""
+LOSS_CHUNK = 1024  # trained positions per LM-head chunk with ``training.kernels: [chunked_loss]``
+
+
+def logit_postprocess(config: Any) -> Callable[[Any], Any]:
+    """What a model does to its LM head's output before the loss (Gemma's soft-capping, Cohere's scale)."""
+    text = getattr(config, "text_config", None) or config
+    cap = getattr(text, "final_logit_softcapping", None)
+    scale = getattr(text, "logit_scale", None)
+
+    def post(logits: Any) -> Any:
+        if scale is not None:
+            logits = logits * scale
+        if cap:
+            logits = (logits / cap).tanh() * cap
+        return logits
+
+    return post
+
+
+def make_trainer_class(chunk: int | None = None) -> type:
+    """``transformers.Trainer`` whose loss scores only the trained positions (imports transformers lazily).
+
+    With ``chunk``, the LM head never runs inside the model: the trained positions' hidden states are taken
+    from its input, and the head and cross-entropy run over ``chunk`` positions at a time under activation
+    checkpointing, so at most one chunk's logits (``chunk x vocab``) exist, forwards and backwards.
+    """
     import torch
+    from torch.utils.checkpoint import checkpoint
     from transformers import Trainer
 
     class CausalLMTrainer(Trainer):
@@ -113,14 +138,32 @@ def make_trainer_class() -> type:
             super().__init__(*args, **kwargs)
             self._keep: torch.Tensor | None = None
             self._selected = False
+            self._hidden: torch.Tensor | None = None
             head = self.model.get_output_embeddings()
+            self._head = head
+            self._post = logit_postprocess(self.model.config)
             self._hook = head.register_forward_pre_hook(self._select_trained_positions)
 
         def _select_trained_positions(self, _module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
             if self._keep is None:
                 return None
             self._selected = True
+            if chunk:
+                self._hidden = args[0][self._keep]
+                return (args[0][..., :0, :], *args[1:])  # the model's own logits: none
             return (args[0][self._keep].unsqueeze(0), *args[1:])
+
+        def _chunk_loss(self, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            logits = self._post(self._head(hidden)).float()
+            return torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+
+        def _chunked_loss(self, targets: torch.Tensor) -> torch.Tensor:
+            hidden, self._hidden = self._hidden, None
+            assert hidden is not None and chunk
+            loss = hidden.sum().float() * 0  # keeps a graph when no position is trained
+            for h, t in zip(hidden.split(chunk), targets.split(chunk), strict=True):
+                loss = loss + checkpoint(self._chunk_loss, h, t, use_reentrant=False)
+            return loss
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
@@ -132,11 +175,14 @@ def make_trainer_class() -> type:
                 outputs = model(**inputs, use_cache=False)
             finally:
                 self._keep = None
-            logits = outputs.logits
-            if not self._selected:  # a model that scores without calling its output embeddings: select afterwards
-                logits = logits[keep]
-            logits = logits.reshape(-1, logits.size(-1)).float()
-            loss = torch.nn.functional.cross_entropy(logits, targets[targets != -100], reduction="sum")
+            if self._hidden is not None:
+                loss = self._chunked_loss(targets[keep])
+            else:
+                logits = outputs.logits
+                if not self._selected:  # a model that scores without calling its output embeddings: select now
+                    logits = logits[keep]
+                logits = logits.reshape(-1, logits.size(-1)).float()
+                loss = torch.nn.functional.cross_entropy(logits, targets[keep], reduction="sum")
             if num_items_in_batch is None:
                 loss = loss / (targets != -100).sum().clamp(min=1)
             else:
@@ -179,5 +225,6 @@ def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
     # only eval_loss (and perplexity) are reported: the gathered logits are not kept across eval batches
     args = TrainingArguments(**common_args(ctx), prediction_loss_only=True)
     collator = Collator(pad_token_id=ctx.tokenizer.pad_token_id, flatten=flatten)
-    return fit(ctx, make_trainer_class(), model, args, ctx.data.train, ctx.data.eval, perplexity=True,
+    chunk = LOSS_CHUNK if "chunked_loss" in ctx.config.spec.training.kernels else None
+    return fit(ctx, make_trainer_class(chunk), model, args, ctx.data.train, ctx.data.eval, perplexity=True,
                data_collator=collator)
