@@ -100,3 +100,57 @@ def test_a_lost_peer_is_one_clear_line(tmp_path):
         dist.destroy_process_group()
     with pytest.raises(RuntimeError, match="Timed out"), lost_peers_as_error(spec):
         raise gloo  # no process group: not a lost peer
+
+
+def _spec_ckpt() -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate({
+        "stage": "sft", "model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
+        "checkpointing": {"everySteps": 2}})
+
+
+def _saved(root, step, spec, files=("model.safetensors",)):
+    from kubetune.trainer.stages.checkpoints import spec_fingerprint
+
+    path = root / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    for name in files:
+        (path / name).write_bytes(b"x")
+    (path / MARKER).write_text(json.dumps({"step": step, "spec": spec_fingerprint(spec)}))
+    return path
+
+
+def test_every_node_resumes_the_step_the_output_holds(tmp_path, monkeypatch):
+    """Node 0's scratch has checkpoint-4 complete (its upload was cut short by the crash), the output has step 2, and
+    node 1's scratch only the RNG states its ranks wrote: both nodes must resume step 2, or they would diverge."""
+    from kubetune.trainer.stages.checkpoints import resume_point
+    from kubetune.trainer.storage.checkpoints import upload_checkpoint
+
+    spec = _spec_ckpt()
+    output = f"file://{tmp_path / 'output'}"
+    node0, node1 = tmp_path / "node0", tmp_path / "node1"
+    upload_checkpoint(_saved(node0, 2, spec), output, 2)
+    _saved(node0, 4, spec)
+    (tmp_path / "output" / "checkpoints" / "step-4").mkdir()  # the upload the crash cut short: no COMPLETE
+    (node1 / "checkpoint-2").mkdir(parents=True)
+    (node1 / "checkpoint-2" / "rng_state_2.pth").write_bytes(b"rank 2")
+
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_point(node0, spec, output_uri=output) == str(node0 / "checkpoint-2")
+    assert resume_point(node1, spec, output_uri=output) == str(node1 / "checkpoint-2")
+    assert (node1 / "checkpoint-2" / "model.safetensors").read_bytes() == b"x"  # brought in from the output
+    assert (node1 / "checkpoint-2" / "rng_state_2.pth").read_bytes() == b"rank 2"  # and its own files kept
+    assert not list(node1.glob(".download-*"))
+
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # one node: its own newest complete checkpoint, as before
+    assert resume_point(node0, spec, output_uri=output) == str(node0 / "checkpoint-4")
+
+
+def test_a_multi_node_run_without_a_shared_checkpoint_starts_over(tmp_path, monkeypatch):
+    from kubetune.trainer.stages.checkpoints import resume_point
+
+    spec = _spec_ckpt()
+    _saved(tmp_path / "node0", 4, spec)  # only in one node's scratch
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert resume_point(tmp_path / "node0", spec, output_uri=f"file://{tmp_path / 'output'}") is None

@@ -90,12 +90,14 @@ def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: s
     assert [(c.step, c.complete) for c in ck.list_checkpoints(f"s3://{s3_bucket}/hook", allow=LOCAL)] == [(7, True)]
 
 
-def test_checkpoint_callback_only_for_remote_outputs_with_every_steps() -> None:
+def test_checkpoint_callback_for_outputs_with_every_steps() -> None:
     def cfg(uri: str, every: int | None) -> SimpleNamespace:
         return SimpleNamespace(runtime=SimpleNamespace(output_uri=uri, allow_private_urls=["127.0.0.1"]),
                                spec=SimpleNamespace(checkpointing=SimpleNamespace(every_steps=every, keep=2)))
 
-    assert ck.checkpoint_callback(cfg("file:///tmp/x", 5)) is None
+    # file:// too: a pod's scratch dies with it, and the other nodes of a multi-node job resume from the output
+    assert isinstance(ck.checkpoint_callback(cfg("file:///tmp/x", 5)), ck.CheckpointUploader)
+    assert ck.checkpoint_callback(cfg("file:///tmp/x", None)) is None
     assert ck.checkpoint_callback(cfg("s3://b/x", None)) is None
     cb = ck.checkpoint_callback(cfg("s3://b/x", 5))
     assert isinstance(cb, ck.CheckpointUploader) and cb.keep == 2 and cb.allow == ["127.0.0.1"]

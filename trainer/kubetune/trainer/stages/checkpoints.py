@@ -18,13 +18,14 @@ the total number of samples are those of the run that wrote the checkpoint (:fun
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,14 +163,41 @@ def make_callback(fingerprint: str, hooks: list[CheckpointHook] | None = None) -
     return CheckpointCallback()
 
 
+def spans_nodes() -> bool:
+    """Whether this run's processes are on more than one node (torchrun sets both variables in every worker)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+@contextlib.contextmanager
+def _node_lock(work_dir: Path) -> Iterator[None]:
+    """Held by one process of this node at a time (before any process group exists, so not a barrier)."""
+    import fcntl
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with open(work_dir / ".kubetune-fetch.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _is_complete(path: Path, fingerprint: str) -> bool:
+    try:
+        return json.loads((path / MARKER).read_text(encoding="utf-8")).get("spec") == fingerprint
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def fetch_uploaded(work_dir: Path, output_uri: str, allow: list[str] | None = None) -> Path | None:
     """Bring the newest completely uploaded checkpoint (``<output>/checkpoints/step-N``) into ``work_dir``.
 
     A new pod starts with an empty scratch folder; what survives a preemption is the output storage.
-    The first process of each node downloads, the others wait for it.
+    Every process of a node calls this: the first downloads under a lock, the others then find it complete.
+    The download lands in a side folder and is merged in with the completion marker last, so a download cut
+    short never looks complete (and files this node wrote itself, e.g. its ranks' RNG states, stay).
     """
-    import os
-
     from kubetune.trainer.storage.checkpoints import download_checkpoint, latest_complete_checkpoint
 
     if not output_uri.startswith(("s3://", "file://")):
@@ -177,27 +205,46 @@ def fetch_uploaded(work_dir: Path, output_uri: str, allow: list[str] | None = No
     remote = latest_complete_checkpoint(output_uri, allow=allow or [])
     if remote is None:
         return None
-    dest = Path(work_dir) / f"checkpoint-{remote.step}"
-    if os.environ.get("LOCAL_RANK", "0") == "0" and not (dest / MARKER).is_file():
-        log.info("downloading checkpoint step %d from %s", remote.step, remote.uri)
-        download_checkpoint(remote, dest, allow=allow or [])
-    _barrier()
+    work_dir = Path(work_dir)
+    dest = work_dir / f"checkpoint-{remote.step}"
+    with _node_lock(work_dir):
+        if not (dest / MARKER).is_file():
+            log.info("downloading checkpoint step %d from %s", remote.step, remote.uri)
+            side = work_dir / f".download-{remote.step}"
+            shutil.rmtree(side, ignore_errors=True)
+            download_checkpoint(remote, side, allow=allow or [])
+            files = sorted((p for p in side.rglob("*") if p.is_file()), key=lambda p: p.name == MARKER)
+            for src in files:  # the marker last
+                target = dest / src.relative_to(side)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                src.replace(target)
+            shutil.rmtree(side, ignore_errors=True)
     return dest
 
 
 def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = None,
                  output_uri: str | None = None, allow: list[str] | None = None) -> str | None:
     """The checkpoint to resume from: the one given, else the newest complete one of this spec, local or
-    (with ``output_uri``) uploaded — when ``spec.checkpointing.resume`` is on."""
+    (with ``output_uri``) uploaded — when ``spec.checkpointing.resume`` is on.
+
+    Across nodes every process must resume the same step, and only the output storage is seen by all of them
+    (a node's scratch folder holds what that node wrote, and a checkpoint's marker is written on node 0): a
+    multi-node run resumes the newest checkpoint complete in the output, which each node brings in unless it
+    has it already, and never a checkpoint that only one node's scratch holds."""
     if explicit:
         return explicit
     if not spec.checkpointing.resume:
         return None
     fingerprint = spec_fingerprint(spec)
-    latest = latest_checkpoint(work_dir, fingerprint)
-    if latest is None and output_uri and spec.checkpointing.every_steps:
-        fetch_uploaded(work_dir, output_uri, allow)
+    uploads = bool(output_uri and spec.checkpointing.every_steps)
+    if spans_nodes():
+        fetched = fetch_uploaded(work_dir, output_uri, allow) if uploads and output_uri else None
+        latest = fetched if fetched is not None and _is_complete(fetched, fingerprint) else None
+    else:
         latest = latest_checkpoint(work_dir, fingerprint)
+        if latest is None and uploads and output_uri:
+            fetch_uploaded(work_dir, output_uri, allow)
+            latest = latest_checkpoint(work_dir, fingerprint)
     if latest is not None and is_main():
         log.info("resuming from %s", latest.name)
     return str(latest) if latest is not None else None

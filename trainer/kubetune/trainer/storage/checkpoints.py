@@ -213,9 +213,12 @@ def _stage(src: Path, dest: Path) -> Path:
 
 
 def checkpoint_callback(config: Any) -> Any:
-    """The uploader for a TrainerConfig when its output is remote and periodic checkpoints are on, else None."""
+    """The uploader for a TrainerConfig when periodic checkpoints are on (s3:// and file:// outputs), else None.
+
+    file:// outputs too: a pod's scratch folder dies with the pod, and the other nodes of a multi-node job
+    never see it, so the output (a shared volume) is where every node of the next attempt resumes from."""
     uri = config.runtime.output_uri
-    if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme != "s3":
+    if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme not in ("s3", "file"):
         return None
     from kubetune.trainer.storage.uploader import CheckpointUploader
 
