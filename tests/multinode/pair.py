@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.api.validation import load_jobs
 from kubetune.trainer.local import local_config
@@ -56,6 +57,16 @@ def pair_job(tmp_path: Path, model_dir: Path, cache_dir: Path, prefix: str, *, n
     path = tmp_path / "trainer.json"
     path.write_text(config.to_json(), encoding="utf-8")
     return PairJob(job, job_file, path, Path(config.runtime.scratch_dir), tmp_path / "out")
+
+
+def resized(pj: PairJob, nodes: int) -> PairJob:
+    """The same job after ``spec.resources.nodes`` changed: the operator renders a new trainer.json and env."""
+    job = pj.job.model_copy(deep=True)
+    job.spec.resources.nodes = nodes
+    config = local_config(job, pj.job_file, cache_dir=Path(TrainerConfig.from_file(pj.config).runtime.cache_dir))
+    path = pj.config.with_name(f"trainer-{nodes}-nodes.json")
+    path.write_text(config.to_json(), encoding="utf-8")
+    return PairJob(job, pj.job_file, path, pj.scratch, pj.out)
 
 
 def node_env(pj: PairJob, nodes: TwoNodes, index: int) -> dict[str, str]:

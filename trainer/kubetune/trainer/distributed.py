@@ -249,8 +249,11 @@ def fsdp_args(spec: DistributedSpec) -> dict[str, Any]:
     }
 
 
-def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[str, Any]:
-    """The TrainingArguments entries that select the distribution strategy for this worker."""
+def training_args(spec: FineTuneJobSpec, world_size: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """The TrainingArguments entries that select the distribution strategy for this worker.
+
+    ``cache_dir`` (the runtime's model/data cache) also keeps DeepSpeed's CPU communication op, which DeepSpeed
+    compiles with the system C++ compiler on first use: once per cache instead of once per pod."""
     world = world_size if world_size is not None else int(os.environ.get("WORLD_SIZE", "1"))
     chosen = strategy(spec.distributed, world)
     cpu = not _cuda_available()
@@ -266,6 +269,8 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None) -> dict[
                                      "training without DeepSpeed (set NPROC_PER_NODE>1 or use GPUs)")
     elif chosen == "deepspeed":
         if cpu:
+            if cache_dir:
+                os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(cache_dir, "torch_extensions"))
             init_deepspeed_on_cpu(spec.distributed.collective_timeout_seconds)
         args["deepspeed"] = deepspeed_config(spec.distributed)
     elif chosen == "fsdp":

@@ -78,14 +78,14 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
         "remove_unused_columns": False,
         "dataloader_num_workers": 0,
         "use_cpu": use_cpu(),
-        "disable_tqdm": False,
+        "disable_tqdm": True,  # kubetune's live view is the one progress display (callbacks/live.py)
         "ddp_find_unused_parameters": False,
     }
     if t.gradient_checkpointing:
         args["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
     from kubetune.trainer.distributed import training_args as distributed_args
 
-    args.update(distributed_args(spec))
+    args.update(distributed_args(spec, cache_dir=ctx.config.runtime.cache_dir))
     # the checkpoint to resume is chosen (and fetched) before the arguments exist: on another number of processes
     # the batch layout changes so the global batch, the schedule and the total samples stay the checkpoint's
     from kubetune.trainer.stages.checkpoints import keep_global_batch, resume_point
@@ -124,6 +124,10 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
     from kubetune.trainer.distributed import lost_peers_as_error
 
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for raw in (PrinterCallback, ProgressCallback):  # the Trainer's raw log dicts and its bar: the live view shows them
+        trainer.remove_callback(raw)
     with lost_peers_as_error(ctx.config.spec):  # a dead node fails this one with a clear line, not a gloo trace
         output = trainer.train(resume_from_checkpoint=resume)
     checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
