@@ -171,3 +171,18 @@ async def test_a_hung_api_call_does_not_stall_the_resync_of_the_others(
     # Secrets are not watched: only the resync sees this one, and it must not wait for the hung call
     kube_api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": NS}})
     await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "other"), timeout=20)
+
+
+async def test_a_refused_status_write_is_said_once_and_not_retried(
+        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api.inject("PATCH", FTJ, subresource="status", code=422, reason="Invalid", count=1000)
+    cluster.start_after = 3600  # nothing changes after the first look: the same status every pass
+    await start_operator()
+    kube_api.create(FTJ, ftj("nostatus"))
+    await eventually(lambda: ("Warning", "StatusRejected") in events(kube_api, "nostatus"))
+    await eventually(lambda: len(cluster.pods("nostatus")) == 2)
+    await asyncio.sleep(0.5)
+    hits = kube_api.fault_hits
+    await asyncio.sleep(1.0)  # five sync intervals
+    assert kube_api.fault_hits == hits, "a refused status write must not be retried"
+    assert events(kube_api, "nostatus").count(("Warning", "StatusRejected")) == 1

@@ -266,4 +266,6 @@ async def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dic
     except ApiException as exc:
         if exc.status == 404:
             return None
+        if exc.status in PERMANENT:
+            raise Refused("patch", "FineTuneJob status", name, exc.status, *_refusal(exc)) from None
         raise

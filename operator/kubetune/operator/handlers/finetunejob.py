@@ -139,6 +139,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     written: dict[str, tuple[dict[str, Any], float]] = {}
     stale_wait = max(30.0, 10 * op.sync_interval)
     locks: dict[Key, asyncio.Lock] = {}
+    # uid -> (the server's reason for refusing our last status write, the refused patch)
+    refused_status: dict[str, tuple[str, dict[str, Any] | None]] = {}
     kube.set_timeout(op.api_timeout)
     # a pass makes a handful of calls, each bounded by the client timeout; past this, it is abandoned (its lock freed)
     pass_timeout = 4 * op.api_timeout
@@ -227,11 +229,22 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)
         changes = st.status_patch(raw.get("status"), new)
+        if changes and refused_status.get(uid, ("", None))[1] == changes:
+            return  # refused before, nothing new to write: no retry loop on a write the server refuses
         if changes:
             try:
                 await kube.patch_status(key[0], key[1], changes)
             except (ApiException, kube.Unavailable) as exc:  # events wait for the status they announce; the next pass retries both
                 raise kopf.TemporaryError(f"status write failed: {exc}", delay=op.sync_interval) from None
+            except kube.Refused as exc:  # the same status would be refused again: say it once, never loop on it
+                if refused_status.get(uid, ("", None))[0] != exc.message:
+                    logger.error("the API server refused the status of %s/%s: %s", key[0], key[1], exc.message)
+                    kopf.event(raw, type="Warning", reason="StatusRejected",
+                               message=st.truncate_utf8(f"the API server refused the status: {exc.message}",
+                                                        EVENT_MESSAGE_BYTES))
+                refused_status[uid] = (exc.message, changes)
+                return
+            refused_status.pop(uid, None)
             written[uid] = (new, time.monotonic())
         for kind, reason, message in decision.events:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
@@ -303,6 +316,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
 
     def forget(namespace: str, name: str, uid: str) -> None:
         written.pop(uid, None)
+        refused_status.pop(uid, None)
         locks.pop((namespace, name), None)
         # children go with the garbage collector (ownerReferences); only our gauge needs updating
         metrics.observe_phase(namespace, name, None)
