@@ -220,3 +220,17 @@ def test_name_validators_use_full_matches() -> None:
         assert not is_dns_label(bad), bad
     for bad in ("a..b", ".a", "a.", "a\n", "a" * 254, "A.b"):
         assert not is_dns_subdomain(bad), bad
+
+
+# ------------------------------------------------------------------------------------------------------- hub
+
+
+@pytest.mark.parametrize("folder", ["../../..", "//../x", "data/../../x", "a\x00b"])
+def test_hub_dataset_folder_cannot_leave_the_snapshot(tmp_path: Path, folder: str) -> None:
+    from types import SimpleNamespace
+
+    from kubetune.trainer.storage.fetch import fetch
+
+    with pytest.raises(ConfigError, match=r"spec\.datasets\[0\]\.source: folder"):
+        fetch("hf://org/data", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path / "c",
+              kind="dataset", dataset=SimpleNamespace(folder=folder))
