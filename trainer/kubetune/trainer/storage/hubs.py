@@ -28,6 +28,7 @@ from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage.cache import REVISION, cache_key, cached, safe_name, trim, use
 from kubetune.trainer.storage.guard import check_url, guard_hub
+from kubetune.trainer.storage.paths import check_relative, contained
 from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
@@ -112,6 +113,8 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
     repo_type = "dataset" if kind == "dataset" else "model"
     token = os.environ.get("HF_TOKEN") or None
     folder = getattr(dataset, "folder", None)
+    if folder:
+        check_relative(folder.strip("/"), what=f"{field}: folder")
     offline = _offline()
     unreachable: ConfigError | None = None
     if not offline:
@@ -133,6 +136,8 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
                                       allow_patterns=[f"{folder.strip('/')}/*"] if folder else None))
     except Exception as exc:  # noqa: BLE001 - mapped to a message naming the field
         raise _hf_cache_problem(field, repo, revision, exc, unreachable=unreachable, offline=offline) from None
+    # A Hub (or mirror) names the snapshot folder by the commit it answers: it must stay inside this repo's cache.
+    path = contained(entry / "snapshots", os.path.relpath(path, entry / "snapshots"), what=f"{field}: the snapshot")
     commit = path.name
     if not (path / REVISION).exists():
         try:
@@ -140,7 +145,7 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
         except OSError:
             log.warning("cannot record the revision in %s (read-only cache?)", path)
     trim(Path(cache_dir))
-    return path / folder.strip("/") if folder else path
+    return contained(path, folder.strip("/"), what=f"{field}: folder") if folder else path
 
 
 def _drop_dead_partials(root: Path, entry: Path) -> None:
