@@ -61,6 +61,7 @@ def test_two_nodes_train_like_one_process(netns_ok, tmp_path, tiny_model_dir, ca
     data = manifest(pj.out)
     metrics = data["metrics"]
     assert (metrics["world_size"], metrics["distributed"], metrics["global_step"]) == (4, recorded, STEPS), metrics
+    assert (metrics["sharded_parameters"] > 0) == (recorded != "ddp"), metrics  # FSDP and ZeRO-3 really shard
     losses = curve(pj.out)
     assert len(losses) == len(single_process_curve) == STEPS
     assert losses == pytest.approx(single_process_curve, rel=LOSS_RTOL), (losses, single_process_curve)

@@ -356,3 +356,11 @@ def lost_peers_as_error(spec: FineTuneJobSpec) -> Iterator[None]:
         if message is None:
             raise
         raise PeersLost(message) from exc
+
+
+def sharded_parameters(model: Any) -> int:
+    """How many parameter tensors this process holds only a shard of: FSDP2 ``DTensor`` parameters, DeepSpeed
+    ZeRO-3 partitioned ones. 0 under DDP (every process holds every parameter); recorded in the manifest."""
+    from torch.distributed.tensor import DTensor
+
+    return sum(1 for p in model.parameters() if isinstance(p, DTensor) or hasattr(p, "ds_tensor"))

@@ -140,6 +140,9 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
                                * trainer.args.world_size)
     metrics.update(ctx.resume_metrics)
     metrics["distributed"] = _strategy_name(trainer)
+    from kubetune.trainer.distributed import sharded_parameters
+
+    metrics["sharded_parameters"] = sharded_parameters(trainer.model)  # > 0 only where FSDP / ZeRO-3 really shard
     if resume is not None:
         from kubetune.trainer.stages.checkpoints import checkpoint_step
 
