@@ -22,7 +22,7 @@ GOLDEN = {
     "gemma": "<bos><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\n|A1<end_of_turn>\n|"
              "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n|A2<end_of_turn>\n",
     "phi": "<|system|>\nS<|end|>\n<|user|>\nQ1<|end|>\n<|assistant|>\n|A1<|end|>\n|<|user|>\nQ2<|end|>\n<|assistant|>\n|"
-           "A2<|end|>\n",
+           "A2<|end|>\n<|im_end|>",  # Phi-3's Jinja ends a conversation with eos
     "deepseek": "<｜begin▁of▁sentence｜>S\n\nUser: Q1\n\nAssistant:|A1<｜end▁of▁sentence｜>|User: Q2\n\nAssistant:|"
                 "A2<｜end▁of▁sentence｜>",
     "default": "System: S<|im_end|>\nHuman: Q1<|im_end|>\nAssistant:|A1<|im_end|>\n|Human: Q2<|im_end|>\nAssistant:|"
@@ -38,7 +38,8 @@ def test_named_template_golden(name: str, tokenizer: Any) -> None:
 
 def test_qwen_has_a_default_system(tokenizer: Any) -> None:
     turns = get_template("qwen", tokenizer).turns(PROMPT[:1], ANSWER, "", "")
-    assert turns[0][0].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    # Qwen2.5's own default (its Jinja, shipped with TRL: tests/trainer/data/test_vendor_templates.py)
+    assert turns[0][0].startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n")
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

@@ -17,6 +17,7 @@ from typing import Any
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.trainer.artifacts.curves import write_curves
 from kubetune.trainer.artifacts.manifest import build_manifest, write_manifest
+from kubetune.trainer.artifacts.tokenizer import use_training_template
 from kubetune.trainer.data.loader import check_reports, convert_all, tokenize_all
 from kubetune.trainer.data.templates import get_template
 from kubetune.trainer.errors import ConfigError
@@ -80,6 +81,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         template = get_template(spec.model.template, tokenizer)
     except ValueError as exc:
         raise ConfigError(f"spec.model.template: {exc}") from None
+    use_training_template(tokenizer, template)  # the saved tokenizer (and merged model) render what was trained on
 
     phase("loading_data")
     data = tokenize_all(config, tokenizer, template, converted)

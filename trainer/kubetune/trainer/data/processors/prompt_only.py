@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.trainer.data.processors.base import ProcessorOptions, Tokens, render
-from kubetune.trainer.data.schema import ASSISTANT, RowError
+from kubetune.trainer.data.processors.base import ProcessorOptions, Tokens
+from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
 
 
@@ -18,10 +18,9 @@ def process_prompt_only(example: dict[str, Any], template: Template, tokens: Tok
     prompt, response = example["prompt"], example["response"]
     if len(prompt) % 2 != 1:
         raise RowError("not a prompt", f"{len(prompt)} prompt messages; the conversation must end with a user turn")
-    turns = render(template, example, {"role": ASSISTANT, "content": ""})
-    pieces = [t for pair in turns[:-1] for t in pair] + [turns[-1][0]]
-    prompt_ids = [t for ids in tokens(pieces) for t in ids]
+    text = template.prompt_text(prompt, example.get("system", ""), example.get("tools", ""))
+    prompt_ids = tokens.one(text)
     if len(prompt_ids) > opts.cutoff_len:
         raise RowError("prompt longer than cutoffLen", f"{len(prompt_ids)} tokens > cutoffLen={opts.cutoff_len}")
     reference = response[0]["content"] if len(response) == 1 else ""
-    return {"prompt_ids": prompt_ids, "prompt": "".join(pieces), "response_text": reference}
+    return {"prompt_ids": prompt_ids, "prompt": text, "response_text": reference}

@@ -58,7 +58,7 @@ def process_supervised(
     if len(prompt) % 2 != 1 or len(response) != 1:
         raise RowError("not a supervised example", f"{len(prompt)} prompt / {len(response)} response messages")
     turns = render(template, example, response[0])
-    flat = tokens([t for pair in turns for t in pair])
+    flat = tokens.joined([t for pair in turns for t in pair])
     pairs = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
     if opts.packing:
         length = sum(len(ids) for ids in flat)
