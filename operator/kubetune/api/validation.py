@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from kubetune.api.checks import clip, clip_text
+from kubetune.api.redact import redact
 from kubetune.api.trainer_config import rendered_size_problem
 from kubetune.api.v1alpha1 import API_VERSION, GROUP, KIND, FineTuneJob, SpecProblems
 from kubetune.api.yamlload import YamlRefused, read_documents
@@ -30,7 +31,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.document}: " if self.document else ""
-        return where + (f"{self.path}: {self.message}" if self.path else self.message)
+        return redact(where + (f"{self.path}: {self.message}" if self.path else self.message))  # no URL credential
 
 
 class InvalidFineTuneJob(ValueError):
