@@ -20,14 +20,14 @@ from tests.conftest import job_doc
 
 VALID = job_doc({
     "stage": "sft",
-    "model": {"source": "hf://org/model", "quantization": {"bits": 4}, "adapter": {"source": "s3://b/adapter"}},
-    "datasets": [{"name": "d", "source": "s3://b/d.json", "columns": {"prompt": "q"}, "tags": {"roleTag": "role"}}],
+    "model": {"source": "hf://org/model", "quantization": {"bits": 4}, "adapter": {"source": "s3://bkt/adapter"}},
+    "datasets": [{"name": "d", "source": "s3://bkt/d.json", "columns": {"prompt": "q"}, "tags": {"roleTag": "role"}}],
     "method": {"type": "lora", "lora": {"rank": 8}, "freeze": {"trainableLayers": 2}},
     "training": {"epochs": 1, "preference": {"beta": 0.1}, "kto": {"beta": 0.1}, "ppo": {"klCoef": 0.1}},
     "resources": {"nodes": 1, "gpusPerNode": 1},
     "distributed": {"strategy": "auto"},
     "checkpointing": {"everySteps": 10},
-    "output": {"uri": "s3://b/out", "hub": {"repo": "org/x", "credentialsSecret": "hf"}},
+    "output": {"uri": "s3://bkt/out", "hub": {"repo": "org/x", "credentialsSecret": "hf"}},
     "runPolicy": {"backoffLimit": 1},
 }, name="valid-job")
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]

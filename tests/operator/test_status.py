@@ -113,7 +113,7 @@ def test_memory_estimate_from_declared_parameters() -> None:
     job = parse_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "m"},
                      "spec": {"model": {"source": "hf://a/b", "parameters": "7B"}, "method": {"type": "qlora"},
                               "training": {"gradientCheckpointing": True},
-                              "datasets": [{"name": "d", "source": "s3://b/d.json"}]}})
+                              "datasets": [{"name": "d", "source": "s3://bkt/d.json"}]}})
     assert 4 < memory_estimate_gib(job) < 8  # LLaMA-Factory's table: 6 GB for 7B QLoRA 4-bit
 
 

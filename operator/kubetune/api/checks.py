@@ -26,6 +26,7 @@ from kubetune.api.names import dns_subdomain_problem
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
 ECHO_LIMIT = 80
+MAX_URI = 4096
 MAX_NUM_SAMPLES = 10_000_000  # numSamples oversamples in memory: bounded so 1e11 is refused, not allocated
 
 
@@ -88,12 +89,12 @@ def parse_quantity(text: str) -> Decimal:
         value = Decimal(digits)
         if suffix in _BINARY:
             return value * _BINARY[suffix]
-        if suffix[:1] in ("e", "E"):
-            exponent = int(suffix[1:])
-            if abs(exponent) > 100:
-                raise ValueError(f"{clip(text)}: exponent {exponent} is out of range")
-            return value.scaleb(exponent)
-        return value.scaleb(_DECIMAL[suffix])
+        if suffix in _DECIMAL:  # "E" alone is exa
+            return value.scaleb(_DECIMAL[suffix])
+        exponent = int(suffix[1:])
+        if abs(exponent) > 100:
+            raise ValueError(f"{clip(text)}: exponent {exponent} is out of range")
+        return value.scaleb(exponent)
     except (InvalidOperation, OverflowError) as exc:
         raise ValueError(f"{clip(text)} is not a Kubernetes quantity ({type(exc).__name__})") from None
 
@@ -177,7 +178,11 @@ def uri_shape_problem(uri: str) -> str | None:
     """Whether the part after the scheme is what the fetching client accepts; None when it is (or not checked)."""
     scheme, _, rest = uri.partition("://")
     head, _, tail = rest.partition("/")
+    if len(uri) > MAX_URI:
+        return f"{clip(uri)} is {len(uri):,} characters; a URI has at most {MAX_URI:,}"
     if scheme == "s3":
+        if len(tail.encode("utf-8", "surrogatepass")) > 1024:
+            return f"the S3 key of {clip(uri)} is over 1024 bytes, the most S3 allows"
         return bucket_problem(head)
     if scheme in ("hf", "ms"):
         repo = rest.split("?", 1)[0].split("#", 1)[0].strip("/")

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.api import trainer_config
 from kubetune.api.trainer_config import RuntimeSpec, TrainerConfig
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.trainer.data import loader
@@ -235,7 +236,7 @@ def test_registry_from_a_configmap(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (root / "my-data" / "dataset_info.json").write_text(json.dumps({"chat": {"file_name": "chat.jsonl",
                                                                               "formatting": "sharegpt"}}))
     (root / "my-data" / "chat.jsonl").write_bytes(jsonl([{"conversations": sg(("human", "hi"), ("gpt", "hello"))}]))
-    monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(root))
+    monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(root))
     cfg = config(tmp_path, "configmap://my-data/dataset_info.json", ["chat"])
     train, _ = convert_all(cfg)
     assert train[0].spec.source == "configmap://my-data/chat.jsonl"

@@ -33,7 +33,7 @@ def test_null_column_keeps_its_default() -> None:
 
 @pytest.mark.parametrize(
     ("base", "name", "want"),
-    [("s3://b/reg/dataset_info.json", "a.json", "s3://b/reg/a.json"),
+    [("s3://bkt/reg/dataset_info.json", "a.json", "s3://bkt/reg/a.json"),
      ("https://h.example/x/dataset_info.json", "d/a.json", "https://h.example/x/d/a.json"),
      ("configmap://data/dataset_info.json", "a.jsonl", "configmap://data/a.jsonl"),
      ("pvc://claim/dir/dataset_info.json", "a.json", "pvc://claim/dir/a.json"),
@@ -52,7 +52,7 @@ def test_source_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
     assert entry_to_spec("a", {"ms_hub_url": "ms-org/a"}, BASE).source == "ms://ms-org/a"
     monkeypatch.setenv("USE_MODELSCOPE_HUB", "1")
     assert entry_to_spec("a", both, BASE).source == "ms://ms-org/a"
-    assert entry_to_spec("a", {"cloud_file_name": "s3://b/k.json", "file_name": "x"}, BASE).source == "s3://b/k.json"
+    assert entry_to_spec("a", {"cloud_file_name": "s3://bkt/k.json", "file_name": "x"}, BASE).source == "s3://bkt/k.json"
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kubetune.api import trainer_config
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.storage.fetch import fetch
 from tests.trainer.storage.conftest import LOCAL
@@ -143,7 +144,7 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path, monkeypatch: pytes
 def test_configmap_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cm" / "my-data").mkdir(parents=True)
     (tmp_path / "cm" / "my-data" / "train.jsonl").write_bytes(ROWS)
-    monkeypatch.setenv("KUBETUNE_CONFIGMAP_ROOT", str(tmp_path / "cm"))
+    monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(tmp_path / "cm"))
     path = fetch("configmap://my-data/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
                  cache_dir=tmp_path)
     assert path.read_bytes() == ROWS

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kubetune.api.conditions import NON_RETRYABLE_EXIT_CODES
+from kubetune.api.trainer_config import configmap_mount
 from kubetune.api.v1alpha1 import FineTuneJob, uri_scheme
 from kubetune.operator.manifests import MASTER_PORT, BuildOptions, spec_hash
 from kubetune.operator.manifests.configmap import CACHE_DIR, STATE_DIR
@@ -30,7 +31,6 @@ CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 PVC_ROOT = "/mnt/pvc"
-CONFIGMAP_ROOT = "/mnt/configmap"
 RUN_AS_USER = 1000
 
 Step = Callable[[dict[str, Any], FineTuneJob, BuildOptions], dict[str, Any]]
@@ -228,7 +228,7 @@ def with_data_volumes(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptio
         _volume(job, vol, f"{PVC_ROOT}/{claim}", read_only=claim not in writable)
     maps = sorted({u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "configmap"})
     for cm in maps:
-        _volume(job, {"name": volume_name("cm", cm), "configMap": {"name": cm}}, f"{CONFIGMAP_ROOT}/{cm}", read_only=True)
+        _volume(job, {"name": volume_name("cm", cm), "configMap": {"name": cm}}, configmap_mount(cm), read_only=True)
     return job
 
 

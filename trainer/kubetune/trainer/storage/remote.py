@@ -7,8 +7,8 @@ Fetchers (all land in the cache, keyed by source and resolved revision, once per
 - ``https://`` / ``http://`` one file (a data file, a ``dataset_info.json``); the revision is the
   server's ETag or Last-Modified.
 - ``hf://org/name`` and ``ms://org/name``: see :mod:`kubetune.trainer.storage.hubs`.
-- ``configmap://name/key``: the key of a ConfigMap the operator mounts at
-  ``/etc/kubetune/configmaps/<name>/<key>`` (``$KUBETUNE_CONFIGMAP_ROOT`` overrides the root).
+- ``configmap://name/key``: the key of the ConfigMap the Job builder mounts at
+  ``kubetune.api.trainer_config.CONFIGMAP_ROOT/<name>`` (``/mnt/configmap``): one constant for both sides.
 
 Publisher ``s3://``: delete the old manifest, upload every file, delete the files only the old
 manifest listed (nothing else under the prefix is touched), and upload ``manifest.json`` last, so
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from kubetune.api import trainer_config
 from kubetune.api.names import dns_subdomain_problem
 from kubetune.api.redact import redact
 from kubetune.trainer.artifacts.manifest import CHECKPOINTS, MANIFEST, ManifestProblem, parse_manifest
@@ -45,7 +46,6 @@ from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
 
-CONFIGMAP_ROOT = "/etc/kubetune/configmaps"
 
 
 def s3_client(*, field: str, allow: Iterable[str] = ()) -> Any:
@@ -271,7 +271,7 @@ def _fetch_configmap(uri: str, *, field: str, **_: object) -> Path:
     name, key = parsed.bucket, parsed.key
     if not name or not key or "/" in key or ".." in (name, key) or dns_subdomain_problem(name):
         raise ConfigError(f"{field}: {redact(uri)} must be configmap://<name>/<key> (a ConfigMap name and one key)")
-    root = Path(os.environ.get("KUBETUNE_CONFIGMAP_ROOT", CONFIGMAP_ROOT))
+    root = Path(trainer_config.CONFIGMAP_ROOT)  # read at call time: the Job mounts ConfigMap <name> there
     # The kubelet mounts keys as symlinks into ..data/; they must stay inside the ConfigMap's folder.
     path = contained(root / name, key, what=f"{field}: {redact(uri)}: the key")
     if not path.is_file():
