@@ -6,6 +6,12 @@ chart's template copy. The output is a *structural* schema: ``$ref`` inlined,
 ``additionalProperties: false`` beside ``properties`` (the API server prunes unknown
 fields instead; ``kubectl`` rejects them with its default ``--validate=strict``).
 A test fails when the committed files drift from the models.
+
+Cross-field rules that CEL can say are generated as ``x-kubernetes-validations`` from the same
+sources the models' validators read (:data:`~kubetune.api.stages.STAGE_CONTRACTS`, the method and
+strategy enums, the fields of :class:`~kubetune.api.v1alpha1.FineTuneJobSpec`), so ``kubectl apply``
+of such a spec fails at once with the field path; the operator's validation stays for the rest
+(URIs, regular expressions, the GPU-fit estimate). See :func:`validation_rules`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from kubetune.api.stages import STAGE_CONTRACTS, Stage
 from kubetune.api.v1alpha1 import (
     GROUP,
     KIND,
@@ -26,6 +33,7 @@ from kubetune.api.v1alpha1 import (
     VERSION,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    MethodType,
 )
 
 CRD_FILE = f"{GROUP}_{PLURAL}.yaml"
@@ -111,8 +119,128 @@ def _schema_of(model: type) -> dict[str, Any]:
     return _structural(schema, defs)
 
 
+# ------------------------------------------------------------------------------------------------ CEL rules
+
+
+def _rule(rule: str, message: str, field_path: str | None = None, reason: str = "FieldValueInvalid") -> dict[str, Any]:
+    out = {"rule": rule, "message": message}
+    if field_path:
+        out["fieldPath"] = field_path
+    out["reason"] = reason
+    return out
+
+
+def _stages(pred: Any) -> list[str]:
+    return [s.value for s, c in STAGE_CONTRACTS.items() if pred(s, c)]
+
+
+def _cel_list(values: list[str]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+IMMUTABLE_EXCEPT = ("suspend",)
+"""Spec fields that may change once the training Job exists (suspend and resume); everything else is immutable."""
+
+
+def validation_rules() -> dict[str, list[dict[str, Any]]]:
+    """``x-kubernetes-validations`` by schema location: ``spec`` (cross-field rules of
+    ``FineTuneJobSpec._cross_field`` and ``dataset_problems`` that CEL can express), ``artifact`` (each
+    ``ArtifactRef``: exactly one of source/fromJob) and ``root`` (the spec is immutable once
+    ``status.jobName`` is set, but for :data:`IMMUTABLE_EXCEPT`). Generated from the stage contracts and the
+    models' enums and fields, so a new stage or field changes them with the models."""
+    ranking = _stages(lambda s, c: c.ranking)
+    not_ranking = _stages(lambda s, c: not c.ranking)
+    kto = _stages(lambda s, c: c.needs_kto_tag)
+    needs_rm = _stages(lambda s, c: c.needs_reward_model and s != Stage.GRPO)
+    no_rm = _stages(lambda s, c: not c.needs_reward_model)
+    adapters = [MethodType.LORA.value, MethodType.QLORA.value]
+    stage = "(has(self.stage) ? self.stage : 'sft')"
+    ds_all = "(!has(self.datasets) || self.datasets.all(d, {}))"
+    ev_all = "(!has(self.evalDatasets) || self.evalDatasets.all(d, {}))"
+    ranked = "has(d.ranking) && d.ranking"
+    kto_tag = "has(d.columns) && has(d.columns.ktoTag)"
+    alpaca = "(has(d.formatting) ? d.formatting : 'alpaca') == 'alpaca'"
+    pairs = f"!({ranked}) || !({alpaca}) || (has(d.columns) && has(d.columns.chosen) && has(d.columns.rejected))"
+    spec = [
+        _rule("(has(self.datasets) && size(self.datasets) > 0) || has(self.datasetRegistry)",
+              "give at least one dataset, or a datasetRegistry", ".datasets", "FieldValueRequired"),
+        _rule(f"!({stage} in {_cel_list(ranking)}) || ({ds_all.format(ranked)} && {ev_all.format(ranked)})",
+              f"stages {', '.join(ranking)} need pairwise data: set ranking: true (and chosen/rejected) on every dataset",
+              ".datasets"),
+        _rule(f"!({stage} in {_cel_list(not_ranking)}) || ({ds_all.format('!(' + ranked + ')')} && "
+              f"{ev_all.format('!(' + ranked + ')')})",
+              f"only stages {', '.join(ranking)} train on pairwise data: set ranking: false", ".datasets"),
+        _rule(f"!({stage} in {_cel_list(kto)}) || ({ds_all.format(kto_tag)} && {ev_all.format(kto_tag)})",
+              "stage kto needs a boolean label column: set columns.ktoTag on every dataset", ".datasets"),
+        _rule(f"{stage} in {_cel_list(kto)} || ({ds_all.format('!(' + kto_tag + ')')} && "
+              f"{ev_all.format('!(' + kto_tag + ')')})",
+              "only stage kto uses KTO labels (columns.ktoTag)", ".datasets"),
+        _rule(f"{ds_all.format(pairs)} && {ev_all.format(pairs)}",
+              "ranking alpaca data needs columns.chosen and columns.rejected", ".datasets"),
+        _rule(f"{stage} != 'pt' || ({ds_all.format(alpaca)} && {ev_all.format(alpaca)})",
+              "stage pt reads text: use formatting alpaca with columns.prompt", ".datasets"),
+        _rule(f"!({stage} in {_cel_list(needs_rm)}) || (has(self.training) && has(self.training.rewardModel))",
+              f"stages {', '.join(needs_rm)} need training.rewardModel (source or fromJob)", ".training",
+              "FieldValueRequired"),
+        _rule(f"{stage} != 'grpo' || (has(self.training) && (has(self.training.rewardModel) || "
+              "(has(self.training.rewardFunctions) && size(self.training.rewardFunctions) > 0)))",
+              "stage grpo needs training.rewardModel or training.rewardFunctions", ".training", "FieldValueRequired"),
+        _rule(f"!({stage} in {_cel_list(no_rm)}) || !has(self.training) || !has(self.training.rewardModel)",
+              f"stages {', '.join(no_rm)} do not use a reward model (training.rewardModel)", ".training"),
+        _rule(f"{stage} == 'grpo' || !has(self.training) || !has(self.training.rewardFunctions) || "
+              "size(self.training.rewardFunctions) == 0",
+              "training.rewardFunctions apply to stage grpo only", ".training"),
+        _rule(f"!has(self.model.quantization) || (has(self.method) && has(self.method.type) && "
+              f"self.method.type in {_cel_list(adapters)})",
+              "model.quantization only works with method lora or qlora", ".model"),
+        _rule(f"!has(self.model.adapter) || !has(self.method) || !has(self.method.type) || "
+              f"self.method.type in {_cel_list(adapters)}",
+              "an adapter (model.adapter) can only be trained further with method lora or qlora", ".model"),
+        _rule(f"{stage} == 'sft' || !has(self.training) || ((!has(self.training.trainOnPrompt) || "
+              "!self.training.trainOnPrompt) && (!has(self.training.maskHistory) || !self.training.maskHistory))",
+              "training.trainOnPrompt and training.maskHistory apply to stage sft only", ".training"),
+        _rule("!has(self.training) || !has(self.training.trainOnPrompt) || !self.training.trainOnPrompt || "
+              "!has(self.training.maskHistory) || !self.training.maskHistory",
+              "training.maskHistory cannot be combined with training.trainOnPrompt", ".training"),
+        _rule("!has(self.training) || !has(self.training.interleaveProbs) || (has(self.training.mixStrategy) && "
+              "self.training.mixStrategy != 'concat')",
+              "training.interleaveProbs needs mixStrategy interleave_under or interleave_over", ".training"),
+        _rule("!has(self.training) || !has(self.training.evalSteps) || (has(self.training.evalSplit) && "
+              "self.training.evalSplit > 0.0) || (has(self.evalDatasets) && size(self.evalDatasets) > 0)",
+              "training.evalSteps needs evalSplit > 0 or evalDatasets", ".training"),
+        _rule("!has(self.distributed) || !has(self.distributed.offload) || !self.distributed.offload || "
+              "(has(self.distributed.strategy) && self.distributed.strategy == 'deepspeed')",
+              "distributed.offload needs strategy deepspeed", ".distributed"),
+        _rule(f"!has(self.method) || !has(self.method.type) || self.method.type != '{MethodType.QLORA.value}' || "
+              "!has(self.distributed) || !has(self.distributed.strategy) || self.distributed.strategy != 'deepspeed' || "
+              "!has(self.distributed.zeroStage) || self.distributed.zeroStage != 3",
+              "qlora does not work with DeepSpeed ZeRO-3; use zeroStage 2 or fsdp", ".distributed"),
+    ]
+    artifact = [_rule("has(self.source) != has(self.fromJob)", "give exactly one of source or fromJob")]
+    fields = [f.alias or name for name, f in FineTuneJobSpec.model_fields.items() if name not in IMMUTABLE_EXCEPT]
+    root = [
+        _rule("!has(oldSelf.status) || !has(oldSelf.status.jobName) || "
+              f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))",
+              f"spec.{f} cannot change once the training Job exists (status.jobName is set); only spec.suspend can. "
+              "Delete and re-create the FineTuneJob to train with a new spec", f".spec.{f}")
+        for f in fields
+    ]
+    return {"spec": spec, "artifact": artifact, "root": root}
+
+
+def _with_rules(spec: dict[str, Any], rules: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    spec["x-kubernetes-validations"] = rules["spec"]
+    for path in (("model", "adapter"), ("training", "rewardModel")):
+        node = spec
+        for part in path:
+            node = node["properties"][part]
+        node["x-kubernetes-validations"] = rules["artifact"]
+    return spec
+
+
 def build_crd() -> dict[str, Any]:
-    spec = _schema_of(FineTuneJobSpec)
+    rules = validation_rules()
+    spec = _with_rules(_schema_of(FineTuneJobSpec), rules)
     status = _schema_of(FineTuneJobStatus)
     root = {
         "type": "object",
@@ -126,6 +254,7 @@ def build_crd() -> dict[str, Any]:
             "status": status,
         },
         "required": ["spec"],
+        "x-kubernetes-validations": rules["root"],
     }
     return {
         "apiVersion": "apiextensions.k8s.io/v1",

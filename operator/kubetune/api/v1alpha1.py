@@ -461,6 +461,16 @@ class TrainingSpec(_Model):
         "auto", description="Training precision; auto is bf16 on GPUs that support it, fp32 on CPU."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    attention: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
+        "auto", description="Attention implementation. auto: FlashAttention 3 on Hopper and FlashAttention 2 on "
+        "Ampere or newer GPUs when the trainer image has them, else PyTorch SDPA. The resolved choice is recorded "
+        "in the artifact's manifest.")
+    kernels: list[Literal["liger", "chunked_loss"]] = Field(
+        default_factory=list, max_length=2,
+        description="Extra kernels. liger: Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (CUDA, "
+        "needs the liger-kernel package). chunked_loss: the LM head and cross-entropy computed over chunks of "
+        "trained positions and recomputed in the backward pass, so a 128k-152k vocabulary's logits never exist "
+        "all at once (any device; not with fsdp).")
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="dpo/orpo settings.")
     kto: KtoSpec = Field(default_factory=KtoSpec, description="kto settings.")
     ppo: PpoSpec = Field(default_factory=PpoSpec, description="ppo settings.")
@@ -701,6 +711,10 @@ class FineTuneJobSpec(_Model):
                 problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
         if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
             problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
+        from kubetune.api.kernels import spec_problems as kernel_problems
+
+        problems += kernel_problems(self.training.attention, list(self.training.kernels),
+                                    gpus_per_node=self.resources.gpus_per_node, strategy=self.distributed.strategy)
         if self.distributed.offload and self.distributed.strategy != "deepspeed":
             problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
         if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
