@@ -1,9 +1,12 @@
 """Run the data pipeline for a TrainerConfig: fetch → read → sample → convert → tokenize → mix → split → finish.
 
 A dataset with zero valid rows fails before any model weights are loaded, naming the
-dataset and the reasons its rows were dropped. Tokenized rows are cached per dataset,
-keyed by content hash + conversion settings + tokenizer + template + cutoff + stage,
-so a restarted pod or a second job with the same data does not tokenize again.
+dataset and the reasons its rows were dropped. Tokenized rows are cached per dataset as
+Arrow (``datasets.Dataset.save_to_disk``), keyed by content hash + conversion settings +
+tokenizer + template + cutoff + stage, so a restarted pod or a second job with the same
+data does not tokenize again. The processes of a node tokenize main-process-first: one takes
+the dataset's lock file and writes the cache, the others wait on the lock and load it
+(``load_from_disk``, memory-mapped), so eight GPUs do the work once, not eight times.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +40,7 @@ from kubetune.trainer.storage.fetch import fetch
 
 log = get_logger(__name__)
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: Arrow folders (1: JSON files)
 MAX_SAMPLES = MAX_NUM_SAMPLES
 PRIME_CHUNK = 512
 MEDIA_PLACEHOLDERS = {"images": "<image>", "videos": "<video>", "audios": "<audio>"}
@@ -194,27 +199,61 @@ def cache_key(loaded: LoadedDataset, shape: DataShape, opts: ProcessorOptions, t
 
 
 def _cache_path(cache_dir: Path | None, key: str) -> Path | None:
-    return None if cache_dir is None else Path(cache_dir) / "tokenized" / key[:2] / f"{key}.json"
+    return None if cache_dir is None else Path(cache_dir) / "tokenized" / key[:2] / key
+
+
+REPORT = "kubetune-report.json"  # next to the Arrow files: the dataset report and the columns some rows lack
 
 
 def _cache_load(path: Path | None) -> tuple[list[dict], DatasetReport] | None:
-    if path is None or not path.is_file():
+    if path is None or not (path / REPORT).is_file():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        return doc["rows"], DatasetReport.from_state(doc["report"])
+        import datasets
+
+        meta = json.loads((path / REPORT).read_text(encoding="utf-8"))
+        sparse = set(meta.get("sparse", []))
+        rows = datasets.load_from_disk(str(path)).to_list()
+        if sparse:
+            rows = [{k: v for k, v in row.items() if not (v is None and k in sparse)} for row in rows]
+        return rows, DatasetReport.from_state(meta["report"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("ignoring unreadable tokenized cache %s: %s", path, exc)
         return None
 
 
 def _cache_store(path: Path | None, rows: list[dict], report: DatasetReport) -> None:
+    """Arrow files plus the report, written to a temporary folder and renamed into place (readers never see half)."""
     if path is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"report": report.state(), "rows": rows}, separators=(",", ":")), encoding="utf-8")
+    import shutil
+
+    import datasets
+
+    keys = [set(row) for row in rows]
+    every = set.intersection(*keys) if keys else set()
+    sparse = sorted(set().union(*keys) - every) if keys else []
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    (tmp / REPORT).write_text(json.dumps({"report": report.state(), "sparse": sparse}), encoding="utf-8")
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+    log.info("dataset %s: %d tokenized rows cached at %s", report.name, len(rows), path)
+
+
+@contextmanager
+def first_on_node(path: Path | None) -> Iterator[None]:
+    """Main process first, per node: the first process to take ``path``'s lock tokenizes and writes the cache; the
+    node's other processes wait for it, then find the cache. A process that dies releases the lock (flock)."""
+    if path is None:
+        yield
+        return
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        yield
 
 
 def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, template: Template, tokenizer: Any,
@@ -231,12 +270,22 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
     report = loaded.report
     assert report is not None
     path = None if cache_dir is None else _cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
-    hit = _cache_load(path)
-    if hit is not None:
-        log.info("dataset %s: tokenized rows from cache %s", loaded.spec.name, path)
-        loaded.report = hit[1]
-        return hit[0]
-    out = []
+    with first_on_node(path):
+        hit = _cache_load(path)
+        if hit is not None:
+            log.info("dataset %s: tokenized rows from cache %s", loaded.spec.name, path)
+            loaded.report = hit[1]
+            return hit[0]
+        out = _tokenize_rows(loaded, processor, template, tokens, opts, report)
+        if out:
+            report.packing = _packing_preview(shape, out, opts, tokens)
+            _cache_store(path, out, report)
+    return out
+
+
+def _tokenize_rows(loaded: LoadedDataset, processor: Any, template: Template, tokens: Tokens,
+                   opts: ProcessorOptions, report: DatasetReport) -> list[dict]:
+    out: list[dict] = []
     chunks = [loaded.examples[start : start + PRIME_CHUNK] for start in range(0, len(loaded.examples), PRIME_CHUNK)]
     # one batched call into the tokenizer per chunk (Rust, no per-string Python round trips), made in a
     # thread for the next chunk while this one is processed: the tokenizer releases the GIL, so its
@@ -249,9 +298,6 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
             if number + 1 < len(chunks):
                 ahead = pool.submit(tokens.encode_missing, _texts(chunks[number + 1], template))
             out.extend(_process_chunk(chunk, processor, template, tokens, opts, report))
-    if out:
-        report.packing = _packing_preview(shape, out, opts, tokens)
-        _cache_store(path, out, report)
     return out
 
 
