@@ -22,7 +22,7 @@ STEPS = 6
 COLLECTIVE_TIMEOUT = 60  # spec.distributed.collectiveTimeoutSeconds in the fault test (default 1800)
 # Same rows in the same order per optimizer step (4 ranks x 1 row vs 1 process x 4 rows), the loss averaged over
 # the tokens of all ranks: what differs is float summation order (reductions across ranks, ZeRO/FSDP shards).
-LOSS_RTOL = 2e-3
+LOSS_RTOL = 1e-4  # measured: 2e-7 (ZeRO-3), 1e-7 (FSDP2) over 4 steps
 
 
 def curve(out) -> list[float]:

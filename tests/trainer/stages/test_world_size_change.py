@@ -154,3 +154,25 @@ def test_a_multi_node_run_without_a_shared_checkpoint_starts_over(tmp_path, monk
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert resume_point(tmp_path / "node0", spec, output_uri=f"file://{tmp_path / 'output'}") is None
+
+
+def test_timeouts_come_from_the_spec(tmp_path):
+    from kubetune.api.trainer_config import TrainerConfig
+    from kubetune.api.v1alpha1 import FineTuneJob
+    from kubetune.trainer.distributed import launch_command, launch_plan, training_args, with_spec_timeouts
+
+    job = FineTuneJob.model_validate({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "t"},
+        "spec": {**_spec().model_dump(by_alias=True, exclude_none=True),
+                 "distributed": {"strategy": "ddp", "rendezvousTimeoutSeconds": 77, "collectiveTimeoutSeconds": 45}}})
+    config = tmp_path / "trainer.json"
+    config.write_text(TrainerConfig.from_job(job, output_uri="file:///o", cache_dir="/c", scratch_dir="/s").to_json())
+    plan = launch_plan({"NNODES": "2", "NPROC_PER_NODE": "2", "NODE_RANK": "1", "MASTER_ADDR": "j-0.j"})
+    assert "--rdzv-conf=timeout=77" in launch_command(with_spec_timeouts(plan, ["--config", str(config)]), [])
+    assert "--rdzv-conf=timeout=900" in launch_command(plan, [])  # torchrun's default when the spec says nothing
+    # an unreadable config keeps the default: the workers report it with exit code 3
+    assert with_spec_timeouts(plan, ["--config", str(tmp_path / "missing.json")]) == plan
+    assert training_args(job.spec, world_size=4)["ddp_timeout"] == 45
+    assert "ddp_timeout" not in training_args(job.spec, world_size=1)
+    defaults = _spec().distributed
+    assert (defaults.rendezvous_timeout_seconds, defaults.collective_timeout_seconds) == (900, 1800)
