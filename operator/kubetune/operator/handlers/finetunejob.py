@@ -102,7 +102,12 @@ async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: An
                 upstream[name] = first(finetunejobs.get((ns, name)))
             missing = [s for s in parsed.secrets if not await kube.secret_exists(ns, s)]
         stuck = st.stuck_creating(pods) if job is not None and poll else []
-        pod_events = await kube.pod_warnings(ns, stuck) if stuck else None
+        pod_events = None
+        if stuck:
+            try:
+                pod_events = await kube.pod_warnings(ns, stuck)
+            except kube.Refused as exc:  # only an explanation: without it the status says less, nothing fails
+                logger.debug("cannot list the Events of %s's pods: %s", parsed.name, exc)
         decision = reconcile.decide(body, parsed, options, job=job, pods=pods if job is not None else [],
                                     upstream=upstream, missing_secrets=missing, pod_events=pod_events)
     except TRANSIENT:
@@ -115,7 +120,9 @@ async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: An
         try:
             created = await kube.ensure(decision.children)
         except kube.Refused as exc:
-            logger.warning("the API server refused %s %s: %s", exc.kind, exc.name, exc.message)
+            logger.warning("the API server refused to %s %s %s: %s", exc.verb, exc.kind, exc.name, exc.message)
+            if exc.verb != "create":
+                return reconcile.crashed(body, parsed, exc)
             return reconcile.rejected(body, parsed, exc.kind, exc.name, exc.code, exc.reason, exc.message)
         except kube.OwnedByOther as exc:
             return reconcile.previous_children(body, parsed, exc.kind, exc.name)
