@@ -32,6 +32,12 @@ def local_config(
         if problem:
             raise ConfigError(f"{what}: {problem}")
     output_uri = output or job.spec.output.uri or f"file://{work_dir / 'output' / name}"
+    if output_uri.startswith("file://"):
+        # resolved here, once: the publisher, the checkpoint uploader (a child process) and the resume all read it,
+        # whatever their working directory (a relative file://out once sent checkpoints to the process's cwd)
+        from kubetune.trainer.storage.uris import file_path
+
+        output_uri = f"file://{file_path(output_uri, work_dir)}"
     scratch = (cache_dir / "runs" / namespace / name).resolve()
     return TrainerConfig.from_job(
         job,
