@@ -234,3 +234,22 @@ def test_hub_dataset_folder_cannot_leave_the_snapshot(tmp_path: Path, folder: st
     with pytest.raises(ConfigError, match=r"spec\.datasets\[0\]\.source: folder"):
         fetch("hf://org/data", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path / "c",
               kind="dataset", dataset=SimpleNamespace(folder=folder))
+
+
+# -------------------------------------------------------------------------------------------- checkpoint restore
+
+
+@pytest.mark.parametrize("rel", ["../../outside.bin", "/etc/hostname", "a//b"])
+def test_checkpoint_restore_checks_marker_paths(tmp_path: Path, rel: str) -> None:
+    import json
+
+    from kubetune.trainer.storage.checkpoints import COMPLETE, download_checkpoint
+
+    (tmp_path / "outside.bin").write_bytes(b"x")
+    ckpt = tmp_path / "out" / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "adapter.safetensors").write_bytes(b"w")
+    (ckpt / COMPLETE).write_text(json.dumps({"step": 2, "files": [{"path": "adapter.safetensors", "size": 1},
+                                                                   {"path": rel, "size": 1}]}))
+    with pytest.raises(UnsafePath):
+        download_checkpoint(f"file://{ckpt}", tmp_path / "restore" / "x")
