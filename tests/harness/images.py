@@ -210,9 +210,12 @@ class Container:
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
+        """Like the kubelet: SIGTERM to the container's process (not to buildah, which would kill it at once),
+        then after ``timeout`` SIGKILL to the whole process group."""
         if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            for pid in container_processes(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -231,6 +234,21 @@ class Container:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def container_processes(group: int) -> list[int]:
+    """The processes of process group ``group`` (a :meth:`Container.popen`) that are not buildah itself: the
+    container's main process (and anything it started)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            exe = os.readlink(stat.parent / "exe")
+        except OSError:
+            continue
+        if int(fields[2]) == group and "buildah" not in Path(exe).name:
+            found.append(int(stat.parent.name))
+    return found
 
 
 def resolve_in_root(root: Path, path: str, depth: int = 0) -> str:
