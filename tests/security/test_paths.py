@@ -253,3 +253,18 @@ def test_checkpoint_restore_checks_marker_paths(tmp_path: Path, rel: str) -> Non
                                                                    {"path": rel, "size": 1}]}))
     with pytest.raises(UnsafePath):
         download_checkpoint(f"file://{ckpt}", tmp_path / "restore" / "x")
+
+
+def test_checkpoint_restore_refuses_symlinks(tmp_path: Path) -> None:
+    import json
+
+    from kubetune.trainer.storage.checkpoints import COMPLETE, download_checkpoint
+
+    (tmp_path / "secret").write_text("node secret")
+    ckpt = tmp_path / "out" / "checkpoints" / "step-2"
+    ckpt.mkdir(parents=True)
+    (ckpt / "optimizer.pt").symlink_to(tmp_path / "secret")
+    (ckpt / COMPLETE).write_text(json.dumps({"step": 2, "files": [{"path": "optimizer.pt", "size": 11}]}))
+    with pytest.raises(UnsafePath, match="symlink"):
+        download_checkpoint(f"file://{ckpt}", tmp_path / "restore")
+    assert not (tmp_path / "restore" / "optimizer.pt").exists()

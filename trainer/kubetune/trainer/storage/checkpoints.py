@@ -42,7 +42,7 @@ from kubetune.trainer.artifacts.manifest import CHECKPOINTS
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import s3
-from kubetune.trainer.storage.paths import contained
+from kubetune.trainer.storage.paths import UnsafePath, contained
 from kubetune.trainer.storage.uris import Uri, file_path, join
 
 log = get_logger(__name__)
@@ -141,6 +141,8 @@ def download_checkpoint(checkpoint: Checkpoint | str, dest: Path, *, allow: Iter
         if not (src / COMPLETE).is_file():
             raise ConfigError(f"{uri}: not a complete checkpoint (no {COMPLETE} marker)")
         marker = json.loads((src / COMPLETE).read_text(encoding="utf-8"))
+        for link in (p for p in src.rglob("*") if p.is_symlink()):  # copying would read what it points at
+            raise UnsafePath(f"{uri}: {link.relative_to(src)} is a symlink; a checkpoint holds regular files only")
         shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
     else:
         from kubetune.trainer.storage.remote import s3_client
