@@ -1,8 +1,9 @@
 """A fault-injecting HTTP proxy for S3 tests: forwards to moto, but fails the requests it is told to.
 
-``proxy.inject("500", "503", "drop", "truncate", "corrupt", method="PUT")`` makes the next matching
-requests answer 500 InternalError, 503 SlowDown, close the connection without an answer, send half a
-body, or flip one byte of the uploaded body on its way to the store; ``proxy.fail_always(match=...)``
+``proxy.inject("500", "503", "baddigest", "drop", "truncate", "corrupt", method="PUT")`` makes the next
+matching requests answer 500 InternalError, 503 SlowDown, 400 BadDigest (S3's answer to bytes that do not
+match their checksum), close the connection without an answer, send half a body, or flip one byte of the
+uploaded body on its way to the store; ``proxy.fail_always(match=...)``
 fails every request whose path contains ``match``.
 
 ``opaque_etags=True`` answers ETags the way S3 does for SSE-KMS and SSE-C objects: stable per object
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit
 ERRORS = {
     "500": (500, b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"),
     "503": (503, b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"),
+    "baddigest": (400, (b"<Error><Code>BadDigest</Code><Message>The CRC32 you specified did not match the calculated "
+                       b"checksum.</Message></Error>")),
 }
 
 

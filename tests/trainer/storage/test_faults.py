@@ -1,5 +1,6 @@
 """S3 faults through a proxy in front of moto: 500/503, dropped connections and cut bodies are retried;
-an upload that keeps failing publishes no manifest (and removes an older one)."""
+an upload that keeps failing publishes no manifest (and removes an older one). Each test runs against a
+store with MD5 ETags and one with opaque ETags (S3 with SSE-KMS/SSE-C)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,16 @@ from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
 from kubetune.trainer.storage.remote import verify_remote
 from tests.trainer.storage.conftest import LOCAL, object_keys
+from tests.trainer.storage.faultproxy import FaultProxy
 from tests.trainer.storage.test_s3 import SMALL, artifact
+
+
+@pytest.fixture(params=["md5-etags", "opaque-etags"])
+def proxy(request: pytest.FixtureRequest, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch):
+    p = FaultProxy(s3_endpoint, opaque_etags=request.param == "opaque-etags")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", p.url)
+    yield p
+    p.close()
 
 
 def test_publish_survives_5xx_and_dropped_connections(s3_bucket: str, s3c, proxy, tmp_path: Path,
@@ -52,3 +62,12 @@ def test_persistent_failure_leaves_no_manifest(s3_bucket: str, s3c, proxy, tmp_p
     assert "run/adapter_model.safetensors" not in keys
     assert s3c.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []  # aborted
     assert "no manifest" in verify_remote(uri)[0]
+
+
+def test_bytes_the_store_refuses_as_corrupted_fail_the_publish_cleanly(s3_bucket: str, s3c, proxy,
+                                                                       tmp_path: Path) -> None:
+    """S3 answers 400 BadDigest when a body does not match its CRC: a transfer failure (not a setup problem)."""
+    proxy.inject("baddigest", method="PUT")
+    with pytest.raises(s3.StorageError, match=r"upload of s3://.*: BadDigest \(The CRC32 you specified"):
+        publish(artifact(tmp_path), f"s3://{s3_bucket}/digest", allow=LOCAL)
+    assert "digest/manifest.json" not in object_keys(s3c, s3_bucket, "digest/")

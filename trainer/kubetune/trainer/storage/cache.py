@@ -92,7 +92,10 @@ def limit() -> int | None:
 
 def unversioned_revision(now: float | None = None) -> str:
     """The revision of a source that has no validator: the same within one max-age window."""
-    max_age = max(1, int(os.environ.get(UNVERSIONED_ENV, "86400")))
+    try:
+        max_age = max(1, int(os.environ.get(UNVERSIONED_ENV, "86400")))
+    except ValueError:
+        max_age = 86400
     return f"unversioned-{int((time.time() if now is None else now) // max_age)}"
 
 
@@ -112,15 +115,33 @@ def use(entry: Path) -> None:
     key = str(lease)
     with _lock:
         if key in _held:
-            os.utime(_held[key])
+            _touch(_held[key])
             return
-        lease.parent.mkdir(parents=True, exist_ok=True)
-        _held[key] = _acquire_shared(lease)
+        try:
+            lease.parent.mkdir(parents=True, exist_ok=True)
+            _held[key] = _acquire_shared(lease)
+        except OSError as exc:  # a read-only cache (a pre-filled volume): nothing can evict there either
+            log.debug("cache: no lease on %s (%s)", entry, exc)
+
+
+def _open(lease: Path, create: bool) -> int:
+    """An fd of the lease file: read-write when we may (another pod's user may own it), else read-only."""
+    try:
+        return os.open(lease, os.O_RDWR | (os.O_CREAT if create else 0), 0o666)
+    except PermissionError:
+        return os.open(lease, os.O_RDONLY)
+
+
+def _touch(fd: int) -> None:
+    try:
+        os.utime(fd)
+    except OSError:
+        pass  # not ours to touch: last use stays the owner's
 
 
 def _acquire_shared(lease: Path) -> int:
     while True:
-        fd = os.open(lease, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open(lease, create=True)
         fcntl.flock(fd, fcntl.LOCK_SH)
         try:
             same = os.fstat(fd).st_ino == os.stat(lease).st_ino
@@ -129,7 +150,7 @@ def _acquire_shared(lease: Path) -> int:
         if same:
             break
         os.close(fd)  # an evictor removed this lease file while we waited: take the new one
-    os.utime(fd)
+    _touch(fd)
     return fd
 
 
@@ -216,8 +237,8 @@ def evict(entry: Path) -> bool:
     if str(lease) in _held:
         return False
     try:
-        fd = os.open(lease, os.O_RDWR)
-    except FileNotFoundError:
+        fd = _open(lease, create=False)
+    except OSError:
         return False
     try:
         try:
@@ -231,8 +252,8 @@ def evict(entry: Path) -> bool:
         trash = entry.with_name(f"{entry.name}.evicted-{os.getpid()}-{time.monotonic_ns()}")
         try:
             entry.rename(trash)
-        except FileNotFoundError:
-            return False
+        except OSError:
+            return False  # gone already, or not ours to remove
         lease.unlink(missing_ok=True)
     finally:
         os.close(fd)

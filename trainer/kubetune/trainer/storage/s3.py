@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,12 @@ class StorageError(TrainerError):
 
 def attempts() -> int:
     """Attempts per request, the first one included (``$KUBETUNE_S3_ATTEMPTS``, default 6)."""
-    return max(1, int(os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")))
+    text = os.environ.get("KUBETUNE_S3_ATTEMPTS", "6")
+    try:
+        return max(1, int(text))
+    except ValueError:
+        log.warning("KUBETUNE_S3_ATTEMPTS=%r is not a whole number; using 6", text)
+        return 6
 
 
 CHECKSUMS = ("CRC32", "CRC32C", "CRC64NVME", "SHA1", "SHA256")
@@ -121,36 +125,40 @@ def prefix_of(key: str) -> str:
     return key.rstrip("/") + "/" if key.strip("/") else ""
 
 
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
-
-
-def _redact(text: str) -> str:
-    """Drop ``user:password@`` from any URL in a message (an endpoint URL may carry them)."""
-    return _USERINFO.sub("", text)
+# 400s that mean the bytes changed on the way (the store refused them), not that the request is wrong
+_CORRUPTED = {"BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch", "XAmzContentSHA256Mismatch"}
 
 
 def is_refusal(exc: BaseException) -> bool:
-    """A 4xx answer other than throttling: retrying cannot help, the request or the setup is wrong."""
+    """A 4xx answer other than throttling or a checksum mismatch: the request or the setup is wrong."""
     from botocore.exceptions import ClientError
 
     if not isinstance(exc, ClientError):
         return False
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-    return 400 <= status < 500 and status != 429
+    code = exc.response.get("Error", {}).get("Code")
+    return 400 <= status < 500 and status != 429 and code not in _CORRUPTED
 
 
 def failure(what: str, exc: BaseException) -> BaseException:
     """The exception to raise for a transfer that failed: refusals as they are, the rest as a StorageError."""
-    from botocore.exceptions import ClientError, NoCredentialsError
+    from botocore.exceptions import ClientError, FlexibleChecksumError, HTTPClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    from kubetune.api.redact import redact
 
     if is_refusal(exc) or isinstance(exc, NoCredentialsError | StorageError):
         return exc
     if isinstance(exc, ClientError):
         error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
         tries = int(meta.get("RetryAttempts", 0)) + 1
-        return StorageError(f"{what}: {error.get('Code', '?')} ({error.get('Message', '')}), HTTP "
+        return StorageError(f"{what}: {error.get('Code', '?')} ({redact(str(error.get('Message', '')))}), HTTP "
                             f"{meta.get('HTTPStatusCode', '?')} after {tries} attempts")
-    return StorageError(f"{what}: failed after {attempts()} attempts: {exc.__class__.__name__}: {_redact(str(exc))}")
+    if isinstance(exc, FlexibleChecksumError):
+        return StorageError(f"{what}: the bytes read do not match the checksum stored with the object ({exc}); "
+                            "the object was corrupted on its way into the store, upload it again")
+    retried = f" after {attempts()} attempts" if isinstance(exc, HTTPClientError | BotoConnectionError) else ""
+    return StorageError(f"{what}: failed{retried}: {exc.__class__.__name__}: {redact(str(exc))}")
 
 
 def _known(size: int | None, etag: str | None) -> Any:
