@@ -39,7 +39,7 @@ from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import fetch as _fetch
 from kubetune.trainer.storage import publish as _publish
 from kubetune.trainer.storage import s3
-from kubetune.trainer.storage.cache import cache_key, cached, safe_name
+from kubetune.trainer.storage.cache import cache_key, cached, safe_name, unversioned_revision
 from kubetune.trainer.storage.guard import Guard, URLRefused, check_url
 from kubetune.trainer.storage.paths import check_relative, contained
 from kubetune.trainer.storage.uris import Uri
@@ -244,7 +244,7 @@ def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset",
 
     rev = _http_retry(uri, field=field, action=revision)
     if not rev:
-        rev = f"unversioned-{time.time_ns()}"
+        rev = unversioned_revision()  # reused for a day, then fetched again (the old copy is evicted in time)
     target = cache_dir / f"{kind}s" / f"http-{safe_name(name)}-{cache_key(uri, rev)}"
 
     def download(tmp: Path) -> None:
