@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
@@ -119,11 +118,20 @@ _NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
+# Control (Cc), format (Cf: zero-width, bidi overrides ...), surrogate (Cs) and private-use (Co) characters.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+                      "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+                      "\ud800-\udfff\ue000-\uf8ff\U000110bd\U000110cd\U0001bca0-\U0001bca3"
+                      "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U0010ffff]")
+
+
 def text_problem(value: str, *, allow: str = "") -> str | None:
-    """Control, format, private-use or unassigned characters (NUL, newline, bidi overrides ...), except ``allow``."""
-    for i, ch in enumerate(value):
-        if ch not in allow and unicodedata.category(ch).startswith("C"):
-            return f"contains the control character U+{ord(ch):04X} at position {i}; remove it"
+    """Control, format, surrogate or private-use characters (NUL, newline, bidi overrides ...), except ``allow``."""
+    pos = 0
+    while (found := _CONTROL.search(value, pos)) is not None:
+        if found.group() not in allow:
+            return f"contains the control character U+{ord(found.group()):04X} at position {found.start()}; remove it"
+        pos = found.end()
     return None
 
 

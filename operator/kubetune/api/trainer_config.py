@@ -77,6 +77,9 @@ class TrainerConfig(_Model):
 def rendered_size_problem(job: FineTuneJob) -> str | None:
     """Whether the trainer.json the operator will render for ``job`` can fit in a ConfigMap, checked at validation
     time with runtime values as long as the operator's (the builder checks the real object again)."""
+    compact = len(job.spec.model_dump_json(by_alias=True, exclude_none=True))
+    if compact * 3 + 16 * 1024 < MAX_CONFIGMAP_BYTES:  # far below the limit, even indented with the runtime added
+        return None
     config = TrainerConfig.from_job(job, output_uri="s3://" + "x" * 1024, cache_dir="/var/cache/kubetune",
                                     scratch_dir="/var/lib/kubetune/scratch", work_dir="/var/lib/kubetune/work",
                                     metrics_port=65535)
