@@ -720,11 +720,11 @@ class FineTuneJobSpec(_Model):
         if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
             problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
         if not problems and self.model.parameters and self.resources.gpu_type:
-            from kubetune.api.memory import ModelShape, fit_problem, parse_parameters
+            from kubetune.api.memory import ModelShape, fit_problem
 
-            try:
-                shape = ModelShape.from_parameters(parse_parameters(self.model.parameters))
-                message = fit_problem(self, shape)
+            try:  # the vocabulary from the model's config.json when visible, else from its family name
+                shape = ModelShape.for_model(self.model.source, self.model.parameters)
+                message = fit_problem(self, shape) if shape is not None else None
             except (ArithmeticError, ValueError) as exc:
                 message = f"cannot estimate the memory this job needs: {exc}"
             if message:

@@ -192,7 +192,9 @@ def memory_estimate_gib(job: Any) -> float:
     """Per-GPU memory estimate from ``spec.model.parameters`` (the trainer replaces it with one from the real config)."""
     from kubetune.api.memory import ModelShape, estimate_for_spec, parse_parameters
 
-    shape = ModelShape.from_parameters(parse_parameters(job.spec.model.parameters))
+    shape = ModelShape.for_model(job.spec.model.source, job.spec.model.parameters)
+    if shape is None:
+        shape = ModelShape.from_parameters(parse_parameters(job.spec.model.parameters))
     return round(estimate_for_spec(job.spec, shape).total_gib, 2)
 
 

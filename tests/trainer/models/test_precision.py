@@ -35,7 +35,7 @@ def config_for(model_dir, method: str, precision: str) -> TrainerConfig:
     })
 
 
-def one_step(model: Any, precision: str, tmp_path) -> Any:
+def one_step(model: Any, precision: str, tmp_path, callbacks: list[Any] | None = None) -> Any:
     """One optimizer step through transformers' Trainer with the autocast flags the stages use."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
@@ -45,7 +45,7 @@ def one_step(model: Any, precision: str, tmp_path) -> Any:
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, learning_rate=0.01,
                              use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
                              remove_unused_columns=False, **autocast_flags(precision))
-    trainer = Trainer(model=model, args=args, train_dataset=rows)
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks)
     trainer.train()
     return trainer
 
