@@ -257,3 +257,16 @@ def test_max_samples_must_be_positive_and_num_samples_bounded() -> None:
             sample_rows(rows, None, bad, 0)
     with pytest.raises(ConfigError, match="numSamples"):
         sample_rows(rows, 10**11, None, 0)  # refused, never a list of 1e11 entries
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"d": {"num_samples": ' + "9" * 5000 + "}}",
+                                  '{"d": ' * 10_000 + "1" + "}" * 10_000])
+def test_a_dataset_info_json_that_json_cannot_read_is_one_data_error(text: str, tmp_path: Path) -> None:
+    from kubetune.trainer.data.registry import load_registry_file
+    from kubetune.trainer.errors import DataError
+
+    f = tmp_path / "dataset_info.json"
+    f.write_text(text)
+    with pytest.raises(DataError, match="dataset_info.json") as info:
+        load_registry_file(f, f"file://{f}")
+    assert len(str(info.value)) < 400

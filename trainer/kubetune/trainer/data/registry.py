@@ -127,6 +127,9 @@ def load_registry_file(path: Path, base_uri: str) -> Any:
     except json.JSONDecodeError as exc:
         raise DataError(f"dataset_info.json ({base_uri}) is not valid JSON: line {exc.lineno} column {exc.colno}: "
                         f"{exc.msg}") from None
+    except (RecursionError, ValueError) as exc:  # nested past the parser's depth, a number over the digit limit
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
+        raise DataError(f"dataset_info.json ({base_uri}) cannot be read: {reason}") from None
 
 
 def split_names(value: str | list[str]) -> list[str]:
