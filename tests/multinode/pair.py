@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import uuid
@@ -18,6 +19,7 @@ from tests.trainer.stages.helpers import tiny_job
 
 # The smallest run that still shows a curve: 4 processes x 1 row of <= 32 tokens per step.
 TRAINING = {"batchSize": 1, "cutoffLen": 32, "learningRate": 0.01, "scheduler": "linear", "warmupRatio": 0.0}
+ROWS = 28
 METHOD = {"type": "lora", "lora": {"rank": 4, "dropout": 0.0}}  # no dropout: ranks and baseline see the same model
 
 
@@ -52,6 +54,10 @@ def pair_job(tmp_path: Path, model_dir: Path, cache_dir: Path, prefix: str, *, n
     spec = {"training": {**TRAINING, **overrides.pop("training", {})}, "method": METHOD,
             "resources": {"nodes": nodes, "gpusPerNode": 2}, **overrides}
     job_file = tiny_job(tmp_path, model_dir, "sft", "sft", name=name, **spec)
+    # 28 rows: a multiple of every global batch here (4), so no layout pads or shortens the last batch of an epoch
+    # (4 x 1, 2 x 1 x 2 accumulation and 1 x 4 then see the same rows in every step of every epoch)
+    rows = json.loads((tmp_path / "identity.json").read_text(encoding="utf-8"))
+    (tmp_path / "identity.json").write_text(json.dumps(rows[:ROWS]), encoding="utf-8")
     (job,) = load_jobs(job_file)
     config = local_config(job, job_file, cache_dir=cache_dir)
     path = tmp_path / "trainer.json"

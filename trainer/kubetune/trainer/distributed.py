@@ -262,6 +262,8 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None, cache_di
         args["ddp_backend"] = "gloo" if cpu else "nccl"
         # every collective (gloo and NCCL alike) fails after this long instead of waiting for a dead peer
         args["ddp_timeout"] = spec.distributed.collective_timeout_seconds
+        if cpu and chosen != "deepspeed" and os.environ.get("WORLD_SIZE") == str(world):  # in a torchrun worker
+            init_cpu_process_group(spec.distributed.collective_timeout_seconds)
     if chosen == "deepspeed" and cpu and world <= 1:
         from kubetune.trainer.logging import get_logger
 
@@ -305,6 +307,21 @@ def allow_fsdp_on_cpu() -> None:
 
     __init__._kubetune_fsdp_on_cpu = True  # type: ignore[attr-defined]
     AcceleratorState.__init__ = __init__  # type: ignore[method-assign]
+
+
+def init_cpu_process_group(timeout_seconds: int) -> None:
+    """The gloo process group of a CPU worker, with the collective timeout, before transformers makes one.
+
+    transformers 5.23 passes ``ddp_timeout`` to the process group only for accelerators
+    (``TrainingArguments._setup_devices``); a CPU group would wait torch's default 30 minutes on a dead peer
+    (measured: a node unplugged mid-run left the other blocked in ``all_gather`` well past a 60 s
+    ``ddp_timeout``). accelerate reuses a group that already exists."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    if dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(seconds=timeout_seconds))
 
 
 def init_deepspeed_on_cpu(timeout_seconds: int = 1800) -> None:
