@@ -268,3 +268,26 @@ def test_checkpoint_restore_refuses_symlinks(tmp_path: Path) -> None:
     with pytest.raises(UnsafePath, match="symlink"):
         download_checkpoint(f"file://{ckpt}", tmp_path / "restore")
     assert not (tmp_path / "restore" / "optimizer.pt").exists()
+
+
+# ------------------------------------------------------------------------------------- dataset_info.json entries
+
+
+@pytest.mark.parametrize("base", ["s3://bkt/reg/dataset_info.json", "https://h.example/r/dataset_info.json",
+                                  "pvc://claim/reg/dataset_info.json", "configmap://reg/dataset_info.json"])
+@pytest.mark.parametrize("name", ["/etc/passwd", "../../x.json", "file:///var/run/secrets/token", "pvc://c/x",
+                                  "configmap://other/key", "a//b.json", "a\\..\\b.json"])
+def test_a_remote_registry_cannot_point_at_the_pods_files(base: str, name: str) -> None:
+    from kubetune.trainer.data.registry import join_relative
+    from kubetune.trainer.errors import DataError
+
+    with pytest.raises(DataError):
+        join_relative(base, name)
+
+
+def test_registries_still_name_their_neighbours_and_remote_data() -> None:
+    from kubetune.trainer.data.registry import join_relative
+
+    assert join_relative("s3://bkt/reg/dataset_info.json", "d/a.json") == "s3://bkt/reg/d/a.json"
+    assert join_relative("https://h/r/dataset_info.json", "s3://other/a.json") == "s3://other/a.json"
+    assert join_relative("file:///r/dataset_info.json", "/abs/a.json") == "file:///abs/a.json"  # the user's own file

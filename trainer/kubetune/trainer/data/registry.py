@@ -22,10 +22,12 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubetune.api.redact import redact
 from kubetune.api.stages import Stage
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import ColumnsSpec, DatasetSpec, TagsSpec, dataset_problems
 from kubetune.trainer.errors import ConfigError, DataError
+from kubetune.trainer.storage.paths import UnsafePath, check_relative
 
 SOURCE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "file_name")
 OTHER_KEYS = ("formatting", "ranking", "subset", "split", "folder", "num_samples", "columns", "tags")
@@ -37,8 +39,28 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes")
 
 
+# A registry read from one of these may point at any other source; one read from elsewhere (s3://, https://,
+# pvc://, configmap://: written by whoever controls that store) may not make the pod read its own files.
+_LOCAL_SCHEMES = ("file", "pvc", "configmap")
+
+
 def join_relative(base_uri: str, name: str) -> str:
-    """``name`` relative to the folder holding ``base_uri`` (the dataset_info.json)."""
+    """``name`` relative to the folder holding ``base_uri`` (the dataset_info.json).
+
+    Only a file:// registry (the user's own) may name an absolute path or another local URI; any other
+    registry names files inside its own folder (no absolute path, no ``..``) or remote URIs.
+    """
+    scheme = base_uri.split("://", 1)[0]
+    if scheme != "file":
+        target = name.split("://", 1)[0] if "://" in name else ""
+        if target in _LOCAL_SCHEMES or (not target and name.startswith("/")):
+            raise DataError(f"file_name {name!r} in the {scheme}:// registry {redact(base_uri)} points at a file of "
+                            "the pod; a remote registry names files beside it (a relative name) or remote URIs")
+        if not target:
+            try:
+                check_relative(name, what="file_name")
+            except UnsafePath as exc:
+                raise DataError(f"{exc} (in the registry {redact(base_uri)})") from None
     if "://" in name:
         return name
     if name.startswith("/"):
