@@ -12,7 +12,9 @@ from pathlib import Path
 
 from kubetune.api.redact import redact
 from kubetune.trainer.errors import ConfigError
-from kubetune.trainer.storage.uris import PVC_ROOT, Uri, file_path, pvc_path
+from kubetune.trainer.storage import uris
+from kubetune.trainer.storage.paths import links_stay_inside
+from kubetune.trainer.storage.uris import Uri, file_path, pvc_path
 
 
 def _fetch_file(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: object) -> Path:
@@ -27,7 +29,9 @@ def _fetch_pvc(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: ob
     path = pvc_path(uri, field=field)
     if not path.exists():
         claim = Uri.parse(uri).bucket
-        raise ConfigError(f"{field}: {path} does not exist (PVC {claim!r} mounted at {PVC_ROOT}/{claim})")
+        raise ConfigError(f"{field}: {path} does not exist (PVC {claim!r} mounted at {uris.PVC_ROOT}/{claim})")
+    if path.is_dir():  # a folder (a model, a dataset) on a shared claim: no link in it may lead off the claim
+        links_stay_inside(path, Path(uris.PVC_ROOT) / Uri.parse(uri).bucket, what=f"{field}:")
     return path
 
 

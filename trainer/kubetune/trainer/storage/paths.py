@@ -82,3 +82,19 @@ def regular_file(path: Path, *, what: str = "path") -> Path:
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
         raise UnsafePath(f"{what} {path} is {kind}; refusing it")
     return path
+
+
+def links_stay_inside(root: Path, within: str | os.PathLike[str], *, what: str = "path") -> Path:
+    """``root`` when no symlink under it (``root`` itself included) leads outside ``within``; UnsafePath otherwise.
+
+    A model folder read from a shared volume may hold links planted by someone else (``tokenizer.json ->
+    /var/run/secrets/...``); they must stay on the volume.
+    """
+    bound = Path(within).resolve()
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in [*dirs, *names]:
+            entry = Path(folder) / name
+            if entry.is_symlink() and not entry.resolve().is_relative_to(bound):
+                raise UnsafePath(f"{what} {entry} is a symlink to {entry.resolve()}, outside {bound}; refusing it")
+    return root
+
