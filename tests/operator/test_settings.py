@@ -34,3 +34,37 @@ def test_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = parse(["-n", "x", "--namespace", "y", "--metrics-port", "1"])
     assert flags.namespaces == ["x", "y"] and flags.metrics_port == 1, "flags win over the environment"
     assert parse(["--all-namespaces"]).namespaces == []
+
+
+def test_api_timeout_and_kueue_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.operator import kube
+
+    assert parse([]).api_timeout == 30.0 and not parse([]).kueue_manages_all_jobs
+    monkeypatch.setenv("KUBETUNE_API_TIMEOUT", "7.5")
+    monkeypatch.setenv("KUBETUNE_KUEUE_MANAGES_ALL_JOBS", "true")
+    s = parse([])
+    assert s.api_timeout == 7.5 and s.kueue_manages_all_jobs and s.build_options().kueue_manages_all_jobs
+    assert parse(["--api-timeout", "2"]).api_timeout == 2.0
+    before = kube.TIMEOUT
+    try:
+        kube.set_timeout(2.0)
+        assert kube.request_timeout() == (2.0, 2.0)
+        kube.set_timeout(60)
+        assert kube.request_timeout() == (kube.CONNECT_TIMEOUT, 60.0)
+    finally:
+        kube.set_timeout(before)
+
+
+def test_kopf_watches_children_with_server_side_selectors() -> None:
+    import kopf
+    from kopf._cogs.structs.references import Resource
+
+    from kubetune.operator import config
+
+    s = kopf.OperatorSettings()
+    config.configure(s, settings.OperatorSettings(api_timeout=12))
+    selectors = s.watching.label_selectors
+    assert selectors.collect(Resource("batch", "v1", "jobs")) == ["kubetune.io/finetunejob"]
+    assert selectors.collect(Resource("", "v1", "pods")) == ["kubetune.io/finetunejob,app.kubernetes.io/component=trainer"]
+    assert selectors.collect(Resource("kubetune.io", "v1alpha1", "finetunejobs")) == []
+    assert s.networking.request_timeout == 12 and s.networking.connect_timeout == 5
