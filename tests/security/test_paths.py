@@ -120,8 +120,20 @@ def test_pvc_reads_stay_on_the_claim(pvc_root: Path, tmp_path: Path, uri: str) -
 def test_pvc_read_inside_the_claim_works(pvc_root: Path, tmp_path: Path) -> None:
     from kubetune.trainer.storage.fetch import fetch
 
+    (pvc_root / "claim" / "blobs").mkdir()
+    (pvc_root / "claim" / "blobs" / "abc").write_text("{}")
+    (pvc_root / "claim" / "models" / "m" / "tokenizer.json").symlink_to(pvc_root / "claim" / "blobs" / "abc")
     path = fetch("pvc://claim/models/m/", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c")
-    assert (path / "config.json").is_file()
+    assert (path / "config.json").is_file() and (path / "tokenizer.json").read_text() == "{}"
+
+
+def test_a_folder_on_the_claim_cannot_link_off_it(pvc_root: Path, tmp_path: Path) -> None:
+    """A model folder on a shared claim with a link planted to the node's files is refused, not read."""
+    from kubetune.trainer.storage.fetch import fetch
+
+    (pvc_root / "claim" / "models" / "m" / "tokenizer.json").symlink_to(tmp_path / "secret")
+    with pytest.raises(ConfigError, match="outside"):
+        fetch("pvc://claim/models/m", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c")
 
 
 @pytest.mark.parametrize("uri", ["pvc://claim//tmp/out", "pvc://claim/../../out", "pvc://claim/escape/out"])
