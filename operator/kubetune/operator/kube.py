@@ -237,10 +237,6 @@ async def patch_job(namespace: str, name: str, *, suspend: bool | None = None,
                        _content_type="application/merge-patch+json")
 
 
-async def set_job_suspend(namespace: str, name: str, suspend: bool) -> dict[str, Any]:
-    return await patch_job(namespace, name, suspend=suspend)
-
-
 async def pod_warnings(namespace: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Warning Events of these pods (the kubelet reports failed mounts only there), newest last."""
     out: list[dict[str, Any]] = []

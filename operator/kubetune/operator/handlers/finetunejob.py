@@ -3,8 +3,14 @@
 Informer-style: kopf indexes keep the FineTuneJobs, their training Jobs and pods in memory (filled from
 watches), and every watch event of one of them runs :func:`reconcile_once` for its FineTuneJob at once:
 read the indexes → decide → ensure children → patch the status when it changed → post Events. Nothing
-is read from the API server on a pass except, rarely, a Job the index has not seen yet and the
-existence of credential Secrets. Passes for one FineTuneJob never overlap.
+is read from the API server on a pass except, rarely, a Job the index has not seen yet, the existence of
+credential Secrets, a child whose name is taken (409: whose is it?) and, on the resync, the Warning
+Events of a pod stuck being created. Passes for one FineTuneJob never overlap. Children are this
+object's by owner UID, never by label alone.
+
+No exception on the decision path becomes a retry loop: whatever parsing, deciding or building raises
+ends as ``Validated=False``, a child or status the API server refuses ends as ``Stalled`` with the
+server's words, each with one Event; only transient API failures are retried (next event or resync).
 
 Every ``--sync-interval`` seconds each unfinished FineTuneJob is passed again (a resync that also pulls
 progress from the rank-0 pod and retries what failed). A single replica (``--standalone``) does that
