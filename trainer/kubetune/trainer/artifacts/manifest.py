@@ -85,6 +85,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 REQUIRED_KEYS = ("manifestVersion", "files")
+MAX_MANIFEST_BYTES = 64 << 20  # a manifest lists files, it is never this big: refuse before reading it
 
 
 class ManifestProblem(ValueError):
@@ -98,6 +99,8 @@ def parse_manifest(data: bytes | str, *, where: str = MANIFEST) -> tuple[dict[st
     whose path is absolute, has ``..``, ``.``, an empty part, a backslash or a control character, or
     whose size/sha256 is malformed, is a problem of its own and is not checked further.
     """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestProblem(f"{where}: {len(data):,} bytes, over the {MAX_MANIFEST_BYTES:,} a manifest may have")
     try:
         manifest = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -167,6 +170,8 @@ def verify_dir(root: Path) -> list[str]:
         return [f"{path}: no manifest (the artifact is incomplete or not a kubetune output)"]
     except UnsafePath as exc:
         return [f"{path}: {exc}"]
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        return [f"{path}: {path.stat().st_size:,} bytes, over the {MAX_MANIFEST_BYTES:,} a manifest may have"]
     try:
         listed, problems = parse_manifest(path.read_bytes(), where=str(path))
     except ManifestProblem as exc:
