@@ -33,7 +33,13 @@ from urllib.parse import unquote, urlsplit
 from kubetune.api import trainer_config
 from kubetune.api.names import dns_subdomain_problem
 from kubetune.api.redact import redact
-from kubetune.trainer.artifacts.manifest import CHECKPOINTS, MANIFEST, ManifestProblem, parse_manifest
+from kubetune.trainer.artifacts.manifest import (
+    CHECKPOINTS,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ManifestProblem,
+    parse_manifest,
+)
 from kubetune.trainer.errors import ConfigError, TrainerError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import fetch as _fetch
@@ -158,8 +164,11 @@ def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
     where = f"s3://{bucket}/{prefix}{MANIFEST}"
     try:
         cli = s3.client() if allow is None else s3_client(field="URI", allow=allow)
-        if s3.head(cli, bucket, prefix + MANIFEST) is None:
+        head = s3.head(cli, bucket, prefix + MANIFEST)
+        if head is None:
             return [f"{where}: no manifest (the artifact is incomplete or not a kubetune output)"]
+        if int(head.get("ContentLength") or 0) > MAX_MANIFEST_BYTES:
+            return [f"{where}: {head['ContentLength']:,} bytes, over the {MAX_MANIFEST_BYTES:,} a manifest may have"]
         listed, problems = parse_manifest(s3.get_bytes(cli, bucket, prefix + MANIFEST), where=where)
         present = {o["Key"][len(prefix):]: o for o in s3.list_objects(cli, bucket, prefix)}
         for rel, entry in listed.items():
