@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.harness.realcluster import OPERATOR_NS, OPERATOR_SA, OPERATOR_USER, K8s, kubeconfig
+from tests.harness.realcluster import OPERATOR_NS, OPERATOR_SA, OPERATOR_USER, K8s, chart_objects, kubeconfig
 
 BIN = Path(sys.executable).parent
 CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
@@ -46,6 +46,12 @@ def acts(k8s: K8s, mark: int, credential: str) -> int:
 
 
 async def test_only_the_highest_priority_replica_acts(k8s: K8s, tmp_path: Path) -> None:
+    # the chart's namespaced HA profile: a Role in the watched namespace that grants kopf's namespaced peering
+    roles = chart_objects(("Role", "RoleBinding"), {"watch": {"allNamespaces": False, "namespaces": [k8s.ns]},
+                                                    "replicaCount": 2})
+    assert any(r["kind"] == "Role" and any("kopfpeerings" in rule["resources"] for rule in r["rules"]) for r in roles)
+    (tmp_path / "roles.yaml").write_text(yaml.safe_dump_all(roles))
+    await k8s.kubectl("apply", "-f", str(tmp_path / "roles.yaml"))
     k8s.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune"}},
                "kopf.dev/v1/kopfpeerings")
     mark = k8s.cp.audit_mark()
@@ -69,6 +75,8 @@ async def test_only_the_highest_priority_replica_acts(k8s: K8s, tmp_path: Path) 
         await k8s.wait(lambda: k8s.status("takeover").get("phase") == "Running", timeout=180)
         assert acts(k8s, mark, low_id) >= 1
     finally:
+        for name in ("low", "high"):
+            print(f"== {name}.log", (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:])
         for proc in (low, high):
             if proc.returncode is None:
                 proc.send_signal(signal.SIGTERM)
