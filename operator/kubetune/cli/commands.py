@@ -80,6 +80,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--allow-private-url", action="append", default=[], metavar="HOST",
                    help="let the URL guard through to this host (e.g. 127.0.0.1 for a local S3)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also show the libraries' warnings and logs (always written to the run's log file)")
 
 
 def default_cache_dir() -> Path:
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     code = 0
     for job in jobs:
         code = run_local(job, Path(args.file), cache_dir=cache, output=args.output, metrics_port=args.metrics_port,
-                         allow_private=args.allow_private_url)
+                         allow_private=args.allow_private_url, verbose=args.verbose)
         if code:
             break
     return code

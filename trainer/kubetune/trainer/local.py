@@ -50,7 +50,8 @@ def local_config(
     )
 
 
-def run_local(job: FineTuneJob, job_file: Path, **options: object) -> int:
+def run_local(job: FineTuneJob, job_file: Path, *, verbose: bool = False, **options: object) -> int:
+    """Train ``job`` here; the terminal shows kubetune's lines only, the libraries' output goes to a log file."""
     setup()
     try:
         config = local_config(job, job_file, **options)  # type: ignore[arg-type]
@@ -58,18 +59,30 @@ def run_local(job: FineTuneJob, job_file: Path, **options: object) -> int:
         print(f"{job_file}: {exc}", file=sys.stderr)
         return exc.exit_code
     from kubetune.trainer.callbacks.telemetry import Telemetry
+    from kubetune.trainer.console import quiet_console, quiet_libraries
     from kubetune.trainer.runner import run
 
-    print(f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally", file=sys.stderr)
-    try:
-        with Telemetry(config, live=True, metrics_addr=os.environ.get("KUBETUNE_METRICS_ADDR", "127.0.0.1"),
-                       linger_seconds=float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "0"))) as tel:
-            result = run(config, callbacks=tel.callbacks, on_phase=tel.on_phase)
-    except TrainerError as exc:
-        print(f"{job_file}: {exc}", file=sys.stderr)
-        return exc.exit_code
+    log_path = Path(config.runtime.scratch_dir) / "run.log"
+    quiet_libraries()
+    failure: TrainerError | None = None
+    with quiet_console(log_path, verbose=verbose) as console:
+        print(f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally; "
+              f"full log: {log_path}", file=console, flush=True)
+        try:
+            with Telemetry(config, live=True, stream=console,
+                           metrics_addr=os.environ.get("KUBETUNE_METRICS_ADDR", "127.0.0.1"),
+                           linger_seconds=float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "0"))) as tel:
+                result = run(config, callbacks=tel.callbacks, on_phase=tel.on_phase)
+        except TrainerError as exc:
+            failure = exc
+    if failure is not None:
+        print(f"{job_file}: {failure}", file=sys.stderr)
+        print(f"kubetune: full log: {log_path}", file=sys.stderr)
+        return failure.exit_code
     print(f"kubetune: {job.metadata.name} done; artifact: {result.output_uri}")
-    for key in ("train_loss", "eval_loss", "train_runtime"):
-        if key in result.metrics:
-            print(f"  {key}: {result.metrics[key]:.4f}" if isinstance(result.metrics[key], float) else f"  {key}: {result.metrics[key]}")
+    for key in ("train_loss", "eval_loss", "eval_perplexity", "train_runtime"):
+        value = result.metrics.get(key)
+        if value is not None:
+            print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    print(f"  full log: {log_path}")
     return 0

@@ -1,4 +1,7 @@
-"""The compact live view of `kubetune run`: one line per logging step (step, loss, tokens/s, ETA).
+"""The live view of `kubetune run` and of a pod: step, loss, eval loss, lr, tokens/s and ETA.
+
+On a terminal it is one progress bar updated in place (like the Hugging Face Trainer's, which kubetune
+turns off); anywhere else (a pod's log, a pipe, a file) one plain line per logging step.
 
 It also writes ``runtime.progressFile`` (a small JSON with the same numbers) when set, so
 another process can follow a run without scraping the metrics endpoint.
@@ -49,6 +52,11 @@ class LiveView(TrainerCallback):
         self.lr: float | None = None
         self._last_print = 0.0
         self.lines: list[str] = []
+        self._bar: Any = None
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         self.throughput.reset(state.global_step, float(state.num_input_tokens_seen or 0))
@@ -66,6 +74,9 @@ class LiveView(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
         if self.lines and not self.lines[-1].startswith(f"step {state.global_step}/"):
             self._show(state, force=True)
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def snapshot(self, state: Any) -> dict[str, Any]:
         total = state.max_steps or 0
@@ -87,10 +98,8 @@ class LiveView(TrainerCallback):
         line = format_line(step=snap["step"], total=snap["totalSteps"], loss=self.loss, eval_loss=self.eval_loss,
                            lr=self.lr, tokens_per_second=snap["tokensPerSecond"], eta=snap["etaSeconds"])
         self.lines.append(line)
-        if self.stream is sys.stderr:
-            from tqdm.auto import tqdm  # clears and redraws the Trainer's progress bar around the line
-
-            tqdm.write(f"kubetune: {line}", file=sys.stderr)
+        if self.tty:
+            self._draw(snap, line)
         else:
             print(f"kubetune: {line}", file=self.stream, flush=True)
         if self.progress_file is not None:
@@ -98,6 +107,24 @@ class LiveView(TrainerCallback):
             tmp.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(json.dumps(snap, allow_nan=True), encoding="utf-8")
             tmp.replace(self.progress_file)
+
+
+    def _draw(self, snap: dict[str, Any], line: str) -> None:
+        """One bar, redrawn in place: ``kubetune: 30%|███      | 12/40 loss 2.3412 | lr 1.0e-03 | 1.2k tok/s | ETA 35s``."""
+        from tqdm import tqdm
+
+        total = snap["totalSteps"] or None
+        if self._bar is None:
+            try:
+                columns = os.get_terminal_size(self.stream.fileno()).columns
+            except (AttributeError, OSError, ValueError):
+                columns = 0
+            self._bar = tqdm(total=total, file=self.stream, desc="kubetune", ncols=columns if columns >= 60 else 120,
+                             leave=True,
+                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}")
+        self._bar.n = snap["step"]
+        self._bar.set_postfix_str(line.split(" | ", 1)[1] if " | " in line else "", refresh=False)
+        self._bar.refresh()
 
 
 def _number(value: Any, default: float | None) -> float | None:
