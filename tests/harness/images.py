@@ -17,7 +17,9 @@ the pod spec, translated to ``buildah run --isolation chroot``:
   ``terminationMessagePath`` and read back after the exit like the kubelet does. An ``emptyDir`` with
   ``medium: Memory`` at ``/dev/shm`` cannot be mounted: chroot isolation binds the host's ``/dev`` (with its
   ``/dev/shm``, world-writable and sticky) over it, so the container shares the host's shared memory and the
-  volume's ``sizeLimit`` is not enforced;
+  volume's ``sizeLimit`` is not enforced. For the same reason a ``terminationMessagePath`` under ``/dev`` (the
+  default ``/dev/termination-log``) is mounted at ``/run/<name>`` and env values naming it are pointed there
+  (the trainer takes the path from ``KUBETUNE_TERMINATION_LOG``, which the Job sets to it);
 - a read-only root filesystem (``readOnlyRootFilesystem``, or forced by the caller): buildah run has no flag
   for it (and remounting the storage's mount read-only breaks buildah run, which creates its mount points in
   it), so the container starts :data:`READ_ONLY_SHIM` as root with ``CAP_SYS_ADMIN``: in the container's own
@@ -417,8 +419,16 @@ def pod_mounts(pod: dict[str, Any], container: dict[str, Any], workdir: Path, co
     term.parent.mkdir(parents=True, exist_ok=True)
     term.write_text("")
     _own(term, owner)
-    mounts.append(Mount(container.get("terminationMessagePath") or "/dev/termination-log", term, False))
+    mounts.append(Mount(termination_target(container), term, False))
     return mounts, term
+
+
+def termination_target(container: dict[str, Any]) -> str:
+    """Where the termination message file is mounted: ``terminationMessagePath``, except under ``/dev``, which
+    chroot isolation binds read-only from the host over any mount there: then ``/run/<name>`` (and
+    :func:`pod_container` points env values naming the original path there)."""
+    path = container.get("terminationMessagePath") or "/dev/termination-log"
+    return f"/run/{Path(path).name}" if path.startswith("/dev/") else path
 
 
 def pod_container(pod: dict[str, Any], image: str, workdir: Path, configmaps: Lookup, secrets: Lookup,
@@ -434,6 +444,8 @@ def pod_container(pod: dict[str, Any], image: str, workdir: Path, configmaps: Lo
     if read_only_root is None:
         read_only_root = bool((container.get("securityContext") or {}).get("readOnlyRootFilesystem"))
     env = {**pod_env(pod, container, configmaps, secrets), **(extra_env or {})}
+    original = container.get("terminationMessagePath") or "/dev/termination-log"
+    env = {k: termination_target(container) if v == original else v for k, v in env.items()}
     ctr = Container(image, pod_command(container, config), env=env, mounts=mounts, user=user,
                     workdir=container.get("workingDir"), read_only_root=read_only_root)
     return ctr, term
