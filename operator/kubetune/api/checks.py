@@ -113,6 +113,11 @@ def quantity_problem(text: Any) -> str | None:
 
 # ---------------------------------------------------------------------------------------------------- text and names
 
+# The same rules as CRD patterns, so `kubectl apply` refuses what validate refuses (kubetune.api.names checks them).
+_DNS_LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+K8S_NAME_SCHEMA = {"pattern": rf"^{_DNS_LABEL_RE}(\.{_DNS_LABEL_RE})*$", "maxLength": 253}
+LABEL_NAME_SCHEMA = {**K8S_NAME_SCHEMA, "maxLength": 63}  # a name that is also a label value
+
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
 _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")

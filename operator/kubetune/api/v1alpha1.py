@@ -9,7 +9,6 @@ raise :class:`SpecProblems` so every problem keeps its own field path.
 from __future__ import annotations
 
 import enum
-import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -17,6 +16,8 @@ from pydantic.alias_generators import to_camel
 
 from kubetune.api.checks import (
     INT32_MAX,
+    K8S_NAME_SCHEMA,
+    LABEL_NAME_SCHEMA,
     MAX_NUM_SAMPLES,
     QUANTITY,
     Float,
@@ -192,7 +193,8 @@ class ModelSpec(_Model):
         "Default: the tokenizer's own chat template.",
     )
     credentials_secret: str | None = Field(
-        None, description="Secret holding HF_TOKEN / MODELSCOPE_API_TOKEN / AWS_* keys to fetch the model."
+        None, json_schema_extra=K8S_NAME_SCHEMA,
+        description="Secret holding HF_TOKEN / MODELSCOPE_API_TOKEN / AWS_* keys to fetch the model.",
     )
     quantization: QuantizationSpec | None = Field(
         None, description="Quantize the base model (requires method lora or qlora). qlora defaults to 4-bit NF4."
@@ -428,6 +430,23 @@ def reward_function_problems(rule: RewardFunctionSpec) -> list[tuple[tuple[str, 
     return []
 
 
+class GuardSpec(_Model):
+    """Divergence guard: a NaN/Inf loss or gradient norm, or a loss spike, rolls training back instead of ruining it."""
+
+    enabled: bool = Field(True, description="Watch every optimizer step; on divergence discard the step's batches, "
+                          "restore the last good in-memory copy of the trainable parameters and optimizer state, "
+                          "cut the learning rate and continue.")
+    spike_factor: Float = Field(5.0, gt=1, le=1000, description="A step whose loss exceeds this many times the mean "
+                                "of the last `window` good steps is a spike (pt and sft only: their loss is a "
+                                "cross-entropy; other stages check NaN/Inf only).")
+    window: Int = Field(20, ge=2, le=10000, description="Good steps the spike check averages over; no spike check "
+                        "before this many good steps (warm-up).")
+    lr_cut: Float = Field(0.5, gt=0, le=1, description="Each rollback multiplies the learning rate (and the "
+                          "schedule's base) by this factor.")
+    max_rollbacks: Int = Field(3, ge=0, le=100, description="Rollbacks allowed; one more divergence fails the job "
+                               "with exit code 5 (Diverged, not retried).")
+
+
 class TrainingSpec(_Model):
     """Hyper-parameters."""
 
@@ -481,6 +500,7 @@ class TrainingSpec(_Model):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Extra experiment trackers (offline/local modes)."
     )
+    guard: GuardSpec = Field(default_factory=GuardSpec, description="Divergence guard (on by default).")
 
 
 # ---------------------------------------------------------------------------------------------------- cluster
@@ -497,13 +517,13 @@ class ResourcesSpec(_Model):
     memory: str | None = Field(None, pattern=QUANTITY, description="Memory request and limit of each pod.")
     shared_memory: str = Field("8Gi", pattern=QUANTITY, description="Size of the /dev/shm volume.")
     cache_size: str = Field("100Gi", pattern=QUANTITY, description="Size of the model/data cache volume.")
-    cache_claim: str | None = Field(None, description="PVC for the model/data cache (default: an emptyDir).")
+    cache_claim: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="PVC for the model/data cache (default: an emptyDir).")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules.")
-    priority_class_name: str | None = Field(None, description="PriorityClass of the pods.")
+    priority_class_name: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="PriorityClass of the pods.")
     image: str | None = Field(None, description="Trainer image; default: the operator's configured image.")
-    service_account_name: str | None = Field(None, description="ServiceAccount of the training pods.")
+    service_account_name: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="ServiceAccount of the training pods.")
 
 
     @field_validator("cpu", "memory", "shared_memory", "cache_size")
@@ -588,7 +608,7 @@ class HubSpec(_Model):
     """Push the adapter to the Hugging Face Hub after training."""
 
     repo: str = Field(..., description="Repository id, org/name.")
-    credentials_secret: str = Field(..., description="Secret holding HF_TOKEN.")
+    credentials_secret: str = Field(..., json_schema_extra=K8S_NAME_SCHEMA, description="Secret holding HF_TOKEN.")
     private: bool = Field(True, description="Create the repository as private.")
 
     @field_validator("repo")
@@ -613,7 +633,7 @@ class OutputSpec(_Model):
         description="s3://bucket/prefix, file:///path or pvc://claim/path. Default for `kubetune run`: "
         "file://./output/<name> beside the FineTuneJob file.",
     )
-    credentials_secret: str | None = Field(None, description="Secret with AWS_* keys (and AWS_ENDPOINT_URL).")
+    credentials_secret: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="Secret with AWS_* keys (and AWS_ENDPOINT_URL).")
     merge: bool = Field(False, description="Also export the base model merged with the adapter (safetensors).")
     hub: HubSpec | None = Field(None, description="Also push the adapter to the Hugging Face Hub.")
 
@@ -657,7 +677,7 @@ class FineTuneJobSpec(_Model):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job retry and time limits.")
     suspend: bool = Field(False, description="Suspend the training Job (pods are deleted; resume continues).")
-    queue_name: str | None = Field(None, description="Kueue LocalQueue; the Job is created suspended for Kueue.")
+    queue_name: str | None = Field(None, json_schema_extra=LABEL_NAME_SCHEMA, description="Kueue LocalQueue; the Job is created suspended for Kueue.")
 
     @field_validator("queue_name")
     @classmethod
