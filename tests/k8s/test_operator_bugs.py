@@ -220,6 +220,19 @@ async def test_children_with_block_owner_deletion_pass_owner_references_enforcem
     denied = [(e["verb"], e.get("objectRef")) for e in k8s.cp.audit(mark, user=OPERATOR_USER)
               if (e.get("responseStatus") or {}).get("code") == 403]
     assert not denied, denied
+    # without the rule (the chart before the fix), the plugin refuses the children: said once, not retried
+    role = next(r for r in k8s.api.list("rbac.authorization.k8s.io/v1/clusterroles")
+                if any("finetunejobs/finalizers" in rule.get("resources", []) for rule in r.get("rules") or []))
+    rules = [rule for rule in role["rules"] if "finetunejobs/finalizers" not in rule.get("resources", [])]
+    path = "rbac.authorization.k8s.io/v1/clusterroles"
+    k8s.api.patch(path, None, role["metadata"]["name"], {"rules": rules})
+    try:
+        await asyncio.sleep(2.0)  # the RBAC authorizer's informer
+        k8s.create(k8s.ftj("no-rule", resources={"nodes": 1, "gpusPerNode": 1}))
+        stalled = await assert_stalled_once(k8s, "no-rule", "ChildRejected", "403", "blockOwnerDeletion")
+        assert "finalizers" in stalled["message"]
+    finally:
+        k8s.api.patch(path, None, role["metadata"]["name"], {"rules": role["rules"]})
 
 
 async def test_the_operator_watches_only_kubetune_pods_and_jobs(k8s: K8s) -> None:
@@ -289,3 +302,18 @@ async def test_the_spec_hash_survives_defaults_applied_on_read(k8s: K8s) -> None
         assert k8s.get(FTJ, "stable")["metadata"]["generation"] == 1
     finally:
         await k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+
+
+async def test_a_call_to_a_hung_api_server_times_out(k8s: K8s, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGSTOP: connections stay open and nothing answers. Every call of the operator's client ends with
+    kube.Unavailable after its timeout instead of holding the FineTuneJob's lock until the server returns."""
+    from kubetune.operator import kube
+
+    monkeypatch.setenv("KUBECONFIG", str(k8s.cp.admin_kubeconfig))
+    monkeypatch.setattr(kube, "TIMEOUT", 2.0)
+    kube.configure()
+    assert await kube.get_job(k8s.ns, "nothing") is None  # connected, and the pool holds a live connection
+    with k8s.cp.apiserver_paused():
+        for call in (kube.get_job(k8s.ns, "nothing"), kube.secret_exists(k8s.ns, "nothing")):
+            with pytest.raises(kube.Unavailable):
+                await asyncio.wait_for(call, timeout=60)
