@@ -17,10 +17,21 @@ KEY="k8s-$K8S-kwok-$KWOK-kueue-$KUEUE-cliutils-$CLI_UTILS-$(sha1sum "$HERE/tests
 CACHE="${KUBETUNE_TOOLS_CACHE:-$HOME/.cache/kubetune}/controlplane/$KEY"
 BIN="$CACHE/bin"
 WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue kstatus)
+# Kueue's CRDs and admission/conversion webhook manifests ship inside its module; the test fixture
+# (tests/harness/realkueue.py) points them at the kueue process on 127.0.0.1.
+kueue_manifests() {
+  local kdir
+  kdir="$(GOFLAGS=-mod=mod go mod download -json "sigs.k8s.io/kueue@$KUEUE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$CACHE/kueue-crds" && mkdir -p "$CACHE/kueue-crds"
+  cp "$kdir"/config/components/crd/bases/*.yaml "$CACHE/kueue-crds/"
+  cp "$kdir"/config/components/webhook/manifests.yaml "$CACHE/kueue-crds/webhooks.yaml"
+  chmod -R u+w "$CACHE/kueue-crds"
+}
 ok=1
 for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || ok=0; done
 mkdir -p "$TOOLS"
 if [ "$ok" = 1 ]; then
+  [ -f "$CACHE/kueue-crds/webhooks.yaml" ] || kueue_manifests
   ln -sfn "$CACHE" "$TOOLS/controlplane"
   exit 0
 fi
@@ -80,11 +91,7 @@ if [ ! -x "$BIN/kueue" ]; then
   GOBIN="$work/kueue-bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kueue/cmd/kueue@$KUEUE"
   mv "$work/kueue-bin/kueue" "$BIN/kueue"
 fi
-# Kueue's CRDs ship inside its module (config/components/crd/bases).
-kdir="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
-rm -rf "$CACHE/kueue-crds" && mkdir -p "$CACHE/kueue-crds"
-cp "$kdir"/config/components/crd/bases/*.yaml "$CACHE/kueue-crds/"
-chmod -R u+w "$CACHE/kueue-crds"
+kueue_manifests
 
 # 3. The kstatus probe: Flux's health computation (sigs.k8s.io/cli-utils/pkg/kstatus) as a tiny program.
 mkdir -p "$work/kstatus"

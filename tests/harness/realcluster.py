@@ -321,8 +321,8 @@ class Proc:
     def start(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "ab") as out:
-            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            # same process group as the tests: killing the test run's group ends the control plane too
+            self.popen = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     @property
     def alive(self) -> bool:
@@ -403,6 +403,9 @@ class ControlPlane:
 
     def start(self) -> ControlPlane:
         t0 = time.monotonic()
+        import atexit
+
+        atexit.register(self.stop)  # also when the session dies without its fixture teardown
         self.workdir.mkdir(parents=True, exist_ok=True)
         _write_pki(self.pki)
         tokens = [(self.admin_token, ADMIN_USER, "system:masters"),
