@@ -157,3 +157,9 @@ def test_data_check_refuses_bad_numbers_in_one_line(args: list[str], tmp_path: P
     assert result.returncode == 2
     lines = assert_one_line_each(result)
     assert len(lines) == 1 and args[0] in lines[0], lines
+
+
+def test_chat_refuses_an_unknown_template_in_one_line() -> None:
+    result = kubetune("chat", "--model", "hf://org/model", "--template", "llama9", "hi")
+    assert result.returncode == 2
+    assert assert_one_line_each(result)[0].startswith("--template: unknown template 'llama9'")

@@ -125,6 +125,11 @@ def _chat_args(p: argparse.ArgumentParser) -> None:
 
 @command("chat", "Answer prompts with a base model, optionally with a trained adapter (greedy).", _chat_args)
 def chat(args: argparse.Namespace) -> int:
+    from kubetune.api.v1alpha1 import TEMPLATE_NAMES
+
+    if args.template is not None and args.template not in TEMPLATE_NAMES:
+        _err(f"--template: unknown template {args.template[:40]!r}; use one of {', '.join(TEMPLATE_NAMES)}")
+        return 2
     from kubetune.trainer.errors import TrainerError
     from kubetune.trainer.inference import generate_answers
 
