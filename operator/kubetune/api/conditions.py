@@ -67,4 +67,6 @@ class Reason:
 # so the Job's podFailurePolicy fails the Job at once on them.
 EXIT_CONFIG_ERROR = 3
 EXIT_DATA_ERROR = 4
-NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR)
+# the divergence guard used up spec.training.guard.maxRollbacks: the same data and settings would diverge again
+EXIT_DIVERGED = 5
+NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED)

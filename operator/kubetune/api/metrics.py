@@ -34,6 +34,8 @@ UPLOAD_SECONDS = "kubetune_upload_duration_seconds"  # histogram
 MEMORY_ESTIMATE_BYTES = "kubetune_memory_estimate_bytes"  # per-GPU estimate from the model's real config
 DATASET_ROWS = "kubetune_dataset_rows"  # labels: dataset, state (read, valid, dropped, truncated)
 CHECKPOINT_LAST_STEP = "kubetune_checkpoint_last_step"  # step of the newest checkpoint written
+ROLLBACKS_TOTAL = "kubetune_train_rollbacks_total"  # counter: divergence-guard rollbacks (spec.training.guard)
+DIVERGED = "kubetune_train_diverged"  # label: reason (nan_loss, nan_grad_norm, loss_spike); 1 while a rollback lasts
 PHASE = "kubetune_trainer_phase"  # label: phase; 1 for the current phase, 0 otherwise
 PHASES = ("fetching_model", "loading_data", "training", "saving", "uploading", "done", "failed")
 
@@ -50,7 +52,7 @@ PROGRESS_FIELDS = {
 }
 
 # Trainer gauges the operator turns into other status fields (datasets, memoryEstimateGib, lastCheckpoint).
-STATUS_FACTS = (MEMORY_ESTIMATE_BYTES, DATASET_ROWS, CHECKPOINT_LAST_STEP)
+STATUS_FACTS = (MEMORY_ESTIMATE_BYTES, DATASET_ROWS, CHECKPOINT_LAST_STEP, ROLLBACKS_TOTAL, DIVERGED)
 
 # operator metrics
 OPERATOR_JOBS = "kubetune_operator_finetunejobs"  # gauge, label: phase

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR
+from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED
 from kubetune.api.redact import redact
 
 
@@ -29,3 +29,9 @@ class DataError(TrainerError):
     """The data cannot be trained on (no valid rows, wrong shape for the stage)."""
 
     exit_code = EXIT_DATA_ERROR
+
+
+class Diverged(TrainerError):
+    """The divergence guard used up ``spec.training.guard.maxRollbacks``; retrying the same run would diverge again."""
+
+    exit_code = EXIT_DIVERGED

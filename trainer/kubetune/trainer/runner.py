@@ -117,6 +117,8 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         config=config.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
         metrics=metrics,
     )
+    if "guard" in result.extra:  # the divergence guard's rollbacks (spec.training.guard)
+        manifest["guard"] = result.extra["guard"]
     write_manifest(artifact_dir, manifest)
 
     phase("uploading")

@@ -93,12 +93,17 @@ class TrainerMetrics:
         self.dataset_rows = gauge(names.DATASET_ROWS, "Rows of each dataset by state (read, valid, dropped, truncated).",
                                   ("dataset", "state"))
         self.checkpoint_step = gauge(names.CHECKPOINT_LAST_STEP, "Step of the newest checkpoint written.")
+        self.rollbacks = Counter(names.ROLLBACKS_TOTAL.removesuffix("_total"),
+                                 "Divergence-guard rollbacks (spec.training.guard).", keys, registry=r)
+        self.diverged = gauge(names.DIVERGED, "1 from a divergence-guard rollback until `window` good steps "
+                              "followed it, by the rollback's reason.", ("reason",))
         ProcessCollector(registry=r)
 
         # Children exist from the start, so every series is scrapeable (0) before the first step.
         # Loss, learning rate, grad norm and ETA appear with their first real value, not as a misleading 0.
         for metric in (self.epoch, self.global_step, self.total_steps, self.progress, self.tokens_per_second,
-                       self.samples_per_second, self.tokens, self.mfu, self.checkpoint_seconds, self.upload_seconds):
+                       self.samples_per_second, self.tokens, self.mfu, self.checkpoint_seconds, self.upload_seconds,
+                       self.rollbacks):
             metric.labels(**self.labels)
         self.current_phase: str | None = None
         self._phase_started = time.monotonic()
@@ -209,6 +214,7 @@ class PrometheusCallback(TrainerCallback):
         self._devices = 1
         self._samples_per_step = 0
         self._tokens_seen = 0.0
+        self._rollbacks = 0.0
         self._mark = time.monotonic()
 
     # ---------------------------------------------------------------- events
@@ -254,6 +260,7 @@ class PrometheusCallback(TrainerCallback):
                 m.bind(gauge).set(value)  # NaN/Inf are exported as such: the alert rules look for them
         if "epoch" in logs and as_float(logs["epoch"]) is not None:
             m.bind(m.epoch).set(float(logs["epoch"]))
+        self._guard(logs)
         self._mark = time.monotonic()
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
@@ -278,6 +285,20 @@ class PrometheusCallback(TrainerCallback):
         m.update_memory()
 
     # ---------------------------------------------------------------- helpers
+
+    def _guard(self, logs: dict[str, Any]) -> None:
+        """The divergence guard's reports (kubetune.trainer.callbacks.guard) → rollbacks counter, diverged gauge."""
+        m = self.metrics
+        total = as_float(logs.get("guard_rollbacks"))
+        if total is None:
+            return
+        if total > self._rollbacks:
+            m.bind(m.rollbacks).inc(total - self._rollbacks)
+            self._rollbacks = total
+        diverged = as_float(logs.get("guard_diverged")) or 0.0
+        for key in logs:
+            if key.startswith("guard_reason_"):
+                m.bind(m.diverged, reason=key.removeprefix("guard_reason_")).set(diverged)
 
     def _progress(self, state: Any) -> None:
         m = self.metrics

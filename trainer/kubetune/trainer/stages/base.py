@@ -128,6 +128,9 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
 
     for raw in (PrinterCallback, ProgressCallback):  # the Trainer's raw log dicts and its bar: the live view shows them
         trainer.remove_callback(raw)
+    from kubetune.trainer.callbacks.guard import install as install_guard
+
+    guard = install_guard(trainer, ctx.config.spec)  # spec.training.guard: NaN/Inf/spike → roll back, cut the rate
     with lost_peers_as_error(ctx.config.spec):  # a dead node fails this one with a clear line, not a gloo trace
         output = trainer.train(resume_from_checkpoint=resume)
     checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
@@ -155,7 +158,9 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
         trainer.save_model(str(ctx.artifact_dir))
     if trainer.is_world_process_zero():
         clear_checkpoints(ctx.work_dir)
-    return StageResult(metrics=metrics, log_history=list(trainer.state.log_history))
+    extra = {"guard": guard.to_manifest()} if guard is not None else {}
+    metrics["guard_rollbacks"] = len(guard.rollbacks) if guard is not None else 0
+    return StageResult(metrics=metrics, log_history=list(trainer.state.log_history), extra=extra)
 
 
 def fit(ctx: RunContext, trainer_cls: Any, model: Any, args: Any, train: list[dict[str, Any]],
