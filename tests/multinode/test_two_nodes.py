@@ -170,3 +170,18 @@ def test_resuming_on_half_the_processes_keeps_the_global_batch(netns_ok, tmp_pat
     assert curve(pj.out) == pytest.approx(single_process_curve(LONG), rel=LOSS_RTOL)
     # one linear decay over all LONG steps, as if the run had never moved
     assert curve(pj.out, "learning_rate") == pytest.approx(single_process_curve(LONG, "learning_rate"), rel=1e-6)
+
+
+def test_a_node_that_never_starts_fails_the_rendezvous_in_bounded_time(netns_ok, tmp_path, tiny_model_dir,
+                                                                       cache_dir):
+    """Node 1's pod never starts (unschedulable, image pull): node 0 gives up after rendezvousTimeoutSeconds."""
+    pj = pair_job(tmp_path, tiny_model_dir, cache_dir, "mn-rdzv", training={"maxSteps": STEPS},
+                  distributed={"strategy": "ddp", "rendezvousTimeoutSeconds": 10})
+    with TwoNodes(tmp_path, pj.hostnames(), pj.node_names()) as nodes:
+        node0 = nodes.nodes[0]
+        nodes.start(node0, node_env(pj, nodes, 0), pj.config, pj.scratch)
+        code = node0.procs[-1].wait(timeout=300)
+    assert code == 1, node0.log()[-3000:]
+    message = node0.termination_log.read_text()
+    assert "did not all meet" in message and "rendezvousTimeoutSeconds=10 s" in message, message
+    assert "Traceback" not in node0.log(), node0.log()[-3000:]

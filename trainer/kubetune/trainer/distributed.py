@@ -119,11 +119,26 @@ def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer"
     os.environ[WORKER_ENV] = "1"
     if not _cuda_available():
         os.environ.setdefault("OMP_NUM_THREADS", "1")
-    cmd = launch_command(with_spec_timeouts(plan, argv), argv)
+    import torch.distributed as dist
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
+
+    plan = with_spec_timeouts(plan, argv)
+    cmd = launch_command(plan, argv)
     cmd[cmd.index("kubetune.trainer")] = module
     _last_failure.clear()
     try:
         torchrun(parse_args(cmd[3:]))
+    except (RendezvousError, dist.DistError) as exc:  # the nodes never met: no worker ran
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        message = (f"node {plan.node_rank}: the {plan.nnodes} nodes of this job did not all meet at "
+                   f"{plan.master_addr}:{plan.master_port} within spec.distributed.rendezvousTimeoutSeconds="
+                   f"{plan.rendezvous_timeout} s - a pod that never started, a wrong MASTER_ADDR or a blocked "
+                   f"port ({first[:300]})")
+        from kubetune.trainer.logging import get_logger
+
+        get_logger(__name__).error("%s", message)
+        _last_failure.update(code=1, rank=plan.node_rank * plan.nproc_per_node, message=message)
+        return 1
     except ChildFailedError as exc:
         code, rank, message = pod_exit_code(
             {rank: (f.exitcode, f.timestamp, _message_of(f)) for rank, f in exc.failures.items()})
