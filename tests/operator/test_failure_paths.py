@@ -364,3 +364,18 @@ def test_a_long_non_ascii_event_fits_1024_bytes() -> None:
     assert len(message) < 2000 and len(message.encode()) > 1024
     out = st.truncate_utf8(message, 1024)
     assert len(out.encode()) <= 1024 and out.encode().decode() == out
+
+
+def test_a_job_of_an_earlier_release_suspended_for_the_user_is_resumed() -> None:
+    """Jobs created before the suspended-by annotation existed were only ever suspended by kubetune (or Kueue with a
+    queue): after an upgrade they still resume when the user clears spec.suspend."""
+    b = body(suspend=True)
+    job = created_job(b)
+    for key in (SUSPENDED_BY_ANNOTATION, GENERATION_ANNOTATION):
+        job["metadata"]["annotations"].pop(key, None)
+    assert job["spec"]["suspend"] is True
+    resumed = body(suspend=False, generation=2, status={"phase": "Suspended", "jobName": "demo"})
+    d = reconcile.decide(resumed, reconcile.parse(resumed, OPTIONS), OPTIONS, job=job, at=AT)
+    assert d.suspend_job is False
+    queued = body(suspend=False, generation=2, queueName="team-a", status={"phase": "Pending", "jobName": "demo"})
+    assert reconcile.decide(queued, reconcile.parse(queued, OPTIONS), OPTIONS, job=job, at=AT).suspend_job is None

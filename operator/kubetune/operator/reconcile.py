@@ -284,6 +284,8 @@ def decide(
         jmeta = job.get("metadata") or {}
         annotations = jmeta.get("annotations") or {}
         ours = annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_KUBETUNE
+        if GENERATION_ANNOTATION not in annotations:  # built by a release before the annotation: its suspend was ours
+            ours = ours or not (queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {}))
         job_suspended = bool((job.get("spec") or {}).get("suspend"))
         # Kueue decides when a queue-managed Job runs (it suspends it at creation and un-suspends it on admission):
         # a queue name, Kueue's manageJobsWithoutQueueName, or a suspension that is not kubetune's own
