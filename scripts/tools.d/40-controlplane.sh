@@ -13,10 +13,12 @@ STAGING="v0.${K8S#v1.}"
 KWOK=v0.8.0
 KUEUE=v0.17.0
 CLI_UTILS=v0.37.2
-KEY="k8s-$K8S-kwok-$KWOK-kueue-$KUEUE-cliutils-$CLI_UTILS-$(sha1sum "$HERE/tests/controlplane/kstatus/main.go" | cut -c1-8)"
+# the cache key names the upstream versions only: editing the small kstatus probe rebuilds the probe alone
+KEY="k8s-$K8S-kwok-$KWOK-kueue-$KUEUE"
+PROBE="cliutils-$CLI_UTILS-$(sha1sum "$HERE/tests/controlplane/kstatus/main.go" | cut -c1-8)"
 CACHE="${KUBETUNE_TOOLS_CACHE:-$HOME/.cache/kubetune}/controlplane/$KEY"
 BIN="$CACHE/bin"
-WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue kstatus)
+WANT=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok kueue)
 # Kueue's CRDs and admission/conversion webhook manifests ship inside its module; the test fixture
 # (tests/harness/realkueue.py) points them at the kueue process on 127.0.0.1.
 kueue_manifests() {
@@ -27,11 +29,23 @@ kueue_manifests() {
   cp "$kdir"/config/components/webhook/manifests.yaml "$CACHE/kueue-crds/webhooks.yaml"
   chmod -R u+w "$CACHE/kueue-crds"
 }
+# 3. The kstatus probe: Flux's health computation (sigs.k8s.io/cli-utils/pkg/kstatus) as a tiny program,
+#    rebuilt when its source or the cli-utils version changes (stamp: $BIN/kstatus.version).
+kstatus_probe() {
+  [ -x "$BIN/kstatus" ] && [ "$(cat "$BIN/kstatus.version" 2>/dev/null)" = "$PROBE" ] && return 0
+  mkdir -p "$CACHE/src/kstatus" "$BIN"
+  cp "$HERE/tests/controlplane/kstatus/main.go" "$CACHE/src/kstatus/main.go"
+  (cd "$CACHE/src/kstatus" &&
+    printf 'module kubetune.test/kstatus\n\ngo 1.26\n\nrequire sigs.k8s.io/cli-utils %s\n' "$CLI_UTILS" > go.mod &&
+    GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus" .)
+  echo "$PROBE" > "$BIN/kstatus.version"
+}
 ok=1
 for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || ok=0; done
 mkdir -p "$TOOLS"
 if [ "$ok" = 1 ]; then
   [ -f "$CACHE/kueue-crds/webhooks.yaml" ] || kueue_manifests
+  kstatus_probe
   ln -sfn "$CACHE" "$TOOLS/controlplane"
   exit 0
 fi
@@ -93,12 +107,7 @@ if [ ! -x "$BIN/kueue" ]; then
 fi
 kueue_manifests
 
-# 3. The kstatus probe: Flux's health computation (sigs.k8s.io/cli-utils/pkg/kstatus) as a tiny program.
-mkdir -p "$work/kstatus"
-cp "$HERE/tests/controlplane/kstatus/main.go" "$work/kstatus/main.go"
-cd "$work/kstatus"
-printf 'module kubetune.test/kstatus\n\ngo 1.26\n\nrequire sigs.k8s.io/cli-utils %s\n' "$CLI_UTILS" > go.mod
-go build -trimpath -ldflags "-s -w" -o "$BIN/kstatus" .
+kstatus_probe
 
 "$BIN/kube-apiserver" --version
 "$BIN/etcd" --version | head -1

@@ -4,9 +4,13 @@
 ``<cache>/kueue-crds``), with their conversion webhook (v1beta1 ⇄ v1beta2) pointing at
 ``https://127.0.0.1:<port>/convert``, the Job and Kueue-object admission webhooks of Kueue's own manifests
 (``clientConfig.url`` instead of an in-cluster Service, the fixture's CA as ``caBundle``), and runs the
-``kueue`` binary as a local manager: webhook server on 127.0.0.1 with the fixture's serving certificate
-(internal cert management off), no leader election, the ``batch/job`` integration only, the
-visibility server off, health probes on a free port. Kueue acts as the cluster admin (system:masters).
+``kueue`` binary as a local manager: webhook server on 127.0.0.1, no leader election, the ``batch/job``
+integration only, the visibility server off, health probes on a free port. Kueue acts as the cluster admin
+(system:masters). Certificates: Kueue v0.17 without its internal cert management insists on
+``/etc/kueue/metrics/certs``, so its cert management stays on and is handed a CA (``kueue-ca``) and a
+serving certificate (``kueue-webhook-service.kueue-system.svc`` and 127.0.0.1, ten years) that it accepts
+as valid: it keeps them, injects the CA into the webhooks and CRDs, and serves them from ``certDir``
+(written here, where a kubelet would mount the Secret).
 """
 
 from __future__ import annotations
@@ -43,6 +47,51 @@ def kueue_module_dir(cp: ControlPlane) -> Path | None:
     return Path(found[-1]) if found else None
 
 
+def kueue_pki(out: Path) -> dict[str, bytes]:
+    """The CA and serving certificate Kueue's cert rotator accepts as valid (see the module docstring)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    until = now + dt.timedelta(days=3650)
+
+    def pem(key: Any) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                 serialization.NoEncryption())
+
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-ca"),
+                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kueue")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
+          .add_extension(x509.SubjectAlternativeName([x509.DNSName("kueue-ca")]), critical=False)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=True,
+                                       content_commitment=False, data_encipherment=False, key_agreement=False,
+                                       crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    dns = "kueue-webhook-service.kueue-system.svc"
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(until)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM), "ca.key": pem(ca_key),
+             "tls.crt": cert.public_bytes(serialization.Encoding.PEM), "tls.key": pem(key)}
+    out.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return files
+
+
 class Kueue:
     def __init__(self, cp: ControlPlane):
         self.cp = cp
@@ -57,7 +106,7 @@ class Kueue:
             mod = kueue_module_dir(self.cp)
             assert mod is not None, "Kueue's webhook manifests: neither <cache>/kueue-crds/webhooks.yaml nor the module"
             path = mod / "config/components/webhook/manifests.yaml"
-        ca = base64.b64encode(self.cp.ca_file.read_bytes()).decode()
+        ca = base64.b64encode(self.pki["ca.crt"]).decode()
         out = []
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") not in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
@@ -78,7 +127,7 @@ class Kueue:
         return out
 
     def _crds(self) -> list[dict[str, Any]]:
-        ca = base64.b64encode(self.cp.ca_file.read_bytes()).decode()
+        ca = base64.b64encode(self.pki["ca.crt"]).decode()
         out = []
         for f in sorted(self.crd_dir.glob("kueue.x-k8s.io_*.yaml")):
             crd = yaml.safe_load(f.read_text())
@@ -94,12 +143,15 @@ class Kueue:
         assert binary.exists() and self.crd_dir.is_dir(), f"{binary} or {self.crd_dir} missing: run `make tools`"
         self.workdir.mkdir(parents=True, exist_ok=True)
         certs = self.workdir / "certs"
-        certs.mkdir(exist_ok=True)
-        (certs / "tls.crt").write_bytes((self.cp.pki / "serving.crt").read_bytes())
-        (certs / "tls.key").write_bytes((self.cp.pki / "serving.key").read_bytes())
+        self.pki = kueue_pki(certs)
         if self.cp.api.get("v1/namespaces", None, "kueue-system") is None:
             self.cp.api.create("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                                  "metadata": {"name": "kueue-system"}})
+        if self.cp.api.get("v1/secrets", "kueue-system", "kueue-webhook-server-cert") is None:
+            self.cp.api.create("v1/secrets", {
+                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": "kueue-webhook-server-cert", "namespace": "kueue-system"},
+                "data": {k: base64.b64encode(v).decode() for k, v in self.pki.items()}})
 
         def start() -> None:
             self.port, self.health_port = free_port(), free_port()
@@ -109,7 +161,8 @@ class Kueue:
                 "metrics": {"bindAddress": "0"},
                 "webhook": {"port": self.port, "host": "127.0.0.1", "certDir": str(certs)},
                 "leaderElection": {"leaderElect": False},
-                "internalCertManagement": {"enable": False},
+                "internalCertManagement": {"enable": True, "webhookServiceName": "kueue-webhook-service",
+                                           "webhookSecretName": "kueue-webhook-server-cert"},
                 "manageJobsWithoutQueueName": False,
                 "integrations": {"frameworks": ["batch/job"]},
             }

@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -19,7 +20,9 @@ func main() {
 		os.Exit(2)
 	}
 	var doc map[string]interface{}
-	if err := json.Unmarshal(raw, &doc); err != nil {
+	// apimachinery's decoder keeps integers int64 (encoding/json would make metadata.generation a float64,
+	// which unstructured's accessors refuse)
+	if err := utiljson.Unmarshal(raw, &doc); err != nil {
 		fmt.Fprintln(os.Stderr, "kstatus: stdin is not a JSON object:", err)
 		os.Exit(2)
 	}
