@@ -166,14 +166,15 @@ def test_a_dropped_connection_resumes_with_a_range(hub_env, tmp_path: Path) -> N
     assert _incomplete(tmp_path / "c") == []
 
 
-def test_a_killed_download_keeps_the_files_it_finished(hub_env, tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pod killed mid-download: the next one fetches only what was missing (the Hub cache keeps finished blobs)."""
-    shards = {f"model-0000{i}-of-00002.safetensors": os.urandom(6 * MiB) for i in (1, 2)}
+def test_a_killed_download_resumes_where_it_stopped(hub_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod killed mid-download: the next one fetches only what was missing — finished files are kept by the Hub
+    cache, and the file in flight continues from its partial blob with a Range request (bytes counted at the server)."""
+    # huggingface_hub writes in 10 MB chunks: the second shard is stopped after one chunk is on disk
+    shards = {f"model-0000{i}-of-00002.safetensors": os.urandom(size) for i, size in ((1, 6 * MiB), (2, 24 * MiB))}
     first, second = shards
     hub = hub_env({**FILES, **shards})
     cache = tmp_path / "c"
-    hub.stall_after(second, 3 * MiB)
+    hub.stall_after(second, 16 * MiB)
     blob = cache / "hub" / "models--org--tiny" / "blobs" / hashlib.sha1(shards[first]).hexdigest()
     child = subprocess.Popen(
         [sys.executable, "-c", ("import sys; from pathlib import Path; from kubetune.trainer.storage.fetch import fetch; "
@@ -185,12 +186,15 @@ def test_a_killed_download_keeps_the_files_it_finished(hub_env, tmp_path: Path,
     try:
         assert hub.stalled.wait(120), "the download never reached the stall point"
         deadline = time.monotonic() + 60
-        while not blob.exists():  # the other shard finished and was moved into blobs/
+        # the other shard finished and was moved into blobs/, and part of this one is on disk
+        while not (blob.exists() and any(p.stat().st_size for p in _incomplete(cache))):
             assert time.monotonic() < deadline and child.poll() is None, child.stderr.read().decode()[-2000:]
             time.sleep(0.05)
     finally:
         child.kill()  # a pod killed mid-download
         child.wait()
+    partial = sum(p.stat().st_size for p in _incomplete(cache))
+    assert 0 < partial < len(shards[second])
     hub.release()
     import huggingface_hub.constants
 
@@ -203,8 +207,9 @@ def test_a_killed_download_keeps_the_files_it_finished(hub_env, tmp_path: Path,
     path = _fetch_hf(tmp_path)
     assert all((path / name).read_bytes() == data for name, data in shards.items())
     assert hub.sent.get(first, 0) == sent.get(first, 0) == len(shards[first])  # not sent again
-    assert hub.sent[second] - sent[second] == len(shards[second])
-    assert _incomplete(cache) == []  # the killed process's partial file was cleared away
+    assert hub.ranges[-1] == (second, f"bytes={partial}-")  # resumed, not restarted
+    assert hub.sent[second] - sent[second] == len(shards[second]) - partial
+    assert _incomplete(cache) == []
 
 
 @pytest.mark.slow

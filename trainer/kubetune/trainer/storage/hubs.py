@@ -102,9 +102,9 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
              allow: Iterable[str] = (), dataset: Any = None, **_: object) -> Path:
     """Download (or find in the cache) a snapshot with ``huggingface_hub.snapshot_download``; return its folder.
 
-    The Hub's cache keeps partial files (``blobs/*.incomplete``) and resumes them with a Range request, locks
-    each file, and serves a complete snapshot without the network when the Hub is unreachable or
-    ``HF_HUB_OFFLINE=1``. The snapshot folder is named after the resolved commit, which is also written to
+    The Hub's cache resumes a dropped transfer with a Range request, locks each file, and serves a complete
+    snapshot without the network when the Hub is unreachable or ``HF_HUB_OFFLINE=1``; partial files a killed
+    process left are finished first (:func:`_resume_dead_partials`). The snapshot folder is named after the resolved commit, which is also written to
     ``.kubetune-revision`` in it for the manifest.
     """
     repo = _repo(uri, field)
@@ -127,7 +127,8 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
     root = hub_cache(cache_dir)
     entry = root / f"{repo_type}s--{repo.replace('/', '--')}"
     use(entry)  # held while this process runs: never evicted under it
-    _drop_dead_partials(root, entry)
+    if not (offline or unreachable):
+        _resume_dead_partials(root, entry, repo=repo, repo_type=repo_type, endpoint=endpoint, token=token)
     log.info("%s %s@%s (%s)", "looking up" if offline or unreachable else "fetching", repo, revision or "main",
              "offline: the cache only" if offline or unreachable else endpoint)
     try:
@@ -148,21 +149,76 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
     return contained(path, folder.strip("/"), what=f"{field}: folder") if folder else path
 
 
-def _drop_dead_partials(root: Path, entry: Path) -> None:
-    """Remove the partial blobs of a download that was killed (huggingface_hub 2 gives each process its own
-    ``<etag>.<id>.incomplete`` and does not reuse them; finished blobs are kept, so only those files start over).
+def _resume_dead_partials(root: Path, entry: Path, *, repo: str, repo_type: str, endpoint: str,
+                          token: str | None) -> None:
+    """Finish the partial blobs a killed download left, from where they stopped.
 
-    A partial file whose blob lock (``.locks/<repo>/<etag>.lock``) is free has no live writer.
+    huggingface_hub 2 writes each download to a process-unique ``blobs/<etag>.<id>.incomplete`` and never
+    reuses one another process left, so a pod killed mid-download would start those files over. A partial
+    whose blob lock (``.locks/<repo>/<etag>.lock``) is free has no live writer: under that lock it is
+    completed with huggingface_hub's own ``http_get`` and a Range request (the file and commit come from the
+    Hub cache's tree listing), then moved into place, so ``snapshot_download`` finds the blob there. A
+    partial that cannot be matched to a file is removed; one that cannot be finished now (no network) stays.
     """
+    partials = sorted((entry / "blobs").glob("*.incomplete"))
+    if not partials:
+        return
     from filelock import FileLock, Timeout
 
-    for partial in (entry / "blobs").glob("*.incomplete"):
-        lock = FileLock(str(root / ".locks" / entry.name / f"{partial.name.split('.', 1)[0]}.lock"))
+    files = _tree_files(entry)
+    for partial in partials:
+        etag = partial.name.split(".", 1)[0]
+        lock = FileLock(str(root / ".locks" / entry.name / f"{etag}.lock"))
         try:
             with lock.acquire(timeout=0):
-                partial.unlink(missing_ok=True)
+                if not partial.exists() or (entry / "blobs" / etag).exists():
+                    partial.unlink(missing_ok=True)
+                    continue
+                if etag not in files:
+                    partial.unlink(missing_ok=True)
+                    continue
+                path, commit, size = files[etag]
+                _finish_blob(partial, entry / "blobs" / etag, repo=repo, repo_type=repo_type, path=path,
+                             commit=commit, size=size, endpoint=endpoint, token=token)
         except Timeout:
             continue  # being written by a live download
+
+
+def _tree_files(entry: Path) -> dict[str, tuple[str, str, int]]:
+    """etag → (path in the repo, commit, size) from the tree listings the Hub cache keeps per commit."""
+    try:
+        from huggingface_hub._tree_cache import read_tree_cache
+    except ImportError:  # another huggingface_hub layout: partial files just start over
+        return {}
+    files: dict[str, tuple[str, str, int]] = {}
+    for listing in sorted((entry / "trees").glob("*.json")):
+        for path, info in (read_tree_cache(str(entry), listing.stem) or {}).items():
+            etag = info.lfs_sha256 or info.blob_id
+            files.setdefault(etag, (path, listing.stem, info.lfs_size or info.size))
+    return files
+
+
+def _finish_blob(partial: Path, blob: Path, *, repo: str, repo_type: str, path: str, commit: str, size: int,
+                 endpoint: str, token: str | None) -> None:
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    url = hf_hub_url(repo, path, repo_type=repo_type, revision=commit, endpoint=endpoint)
+    done = partial.stat().st_size
+    log.info("resuming %s of %s@%s at %.1f of %.1f MiB", path, repo, commit[:12], done / 2**20, size / 2**20)
+    try:
+        with partial.open("r+b") as fh:
+            fh.seek(0, os.SEEK_END)
+            http_get(url, fh, resume_size=done, headers=build_hf_headers(token=token), expected_size=size)
+    except Exception as exc:  # noqa: BLE001 - kept for the next attempt; snapshot_download reports the real problem
+        log.warning("could not resume %s of %s (%s: %s); it stays for the next attempt", path, repo,
+                    exc.__class__.__name__, exc)
+        return
+    if partial.stat().st_size == size:
+        os.replace(partial, blob)
+    else:
+        partial.unlink(missing_ok=True)
 
 
 def _hf_cache_problem(field: str, repo: str, revision: str | None, exc: Exception, *, unreachable: ConfigError | None,
