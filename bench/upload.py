@@ -180,6 +180,12 @@ def _train(model_dir: Path, out_dir: Path, steps: int, save_steps: int, uploader
     finished = time.perf_counter()
     out = {"step_s": (clock.end - clock.begin) / (steps - 1), "drain_s": finished - clock.end,
            "wall_s": finished - start}
+    # Steps after the first save vs the steps before it, in every arm: the local-only arm is the control for
+    # the drift within a run (warm-up, load), so the upload's own cost is the difference between the arms.
+    durations = [d for d, _ in clock.steps]  # steps 2..N
+    early, late = durations[: save_steps - 1], durations[save_steps - 1:]
+    if early and late:
+        out["late_vs_early"] = statistics.mean(late) / statistics.median(early) - 1
     if uploader is not None:
         # Within one run, load drift is shared: steps beside an upload vs steps alone. Kept in the JSON only: the
         # steps alone are mostly the first ones (before the first save), so warm-up biases it.
@@ -230,8 +236,11 @@ def bench_steps(reps: int, server_pid: int) -> dict[str, Any]:
     ckpt_bytes = sum(p.stat().st_size for p in (WORK / "train-local_only").rglob("checkpoint-*/*") if p.is_file())
     med = {who: statistics.median(r["step_s"] for r in rs) for who, rs in runs.items()}
     in_run = [r["in_run_cost"] for r in runs["async_upload"] if "in_run_cost" in r]
+    drift = {who: statistics.median(r["late_vs_early"] for r in rs if "late_vs_early" in r) for who, rs in runs.items()}
     return {"steps": steps, "save_steps": save_steps, "runs": runs, "loadavg_1m_after": os.getloadavg()[0],
             "in_run_cost_median": round(statistics.median(in_run), 4) if in_run else None,
+            "late_vs_early_median": {k: round(v, 4) for k, v in drift.items()},
+            "in_run_cost_net_of_drift": round(drift["async_upload"] - drift["local_only"], 4),
             "median_step_s": {k: round(v, 4) for k, v in med.items()},
             "checkpoint_bytes_on_disk_last2": ckpt_bytes,
             "step_time_cost": round(med["async_upload"] / med["local_only"] - 1, 4)}
@@ -300,6 +309,11 @@ def markdown(result: dict[str, Any]) -> str:
                   f"| median step, local saves only (s) | {a['median_step_s']['local_only']} |",
                   f"| median step, saves + async upload (s) | {a['median_step_s']['async_upload']} |",
                   f"| step-time cost, A/B runs (target ≤ 5 %) | {a['step_time_cost'] * 100:.1f} % |",
+                  *([(f"| steps after the first save vs before it, local only / with uploads (median of runs) | "
+                     f"{a['late_vs_early_median']['local_only'] * 100:+.1f} % / "
+                     f"{a['late_vs_early_median']['async_upload'] * 100:+.1f} % |"),
+                     f"| step-time cost within runs, net of that drift | {a['in_run_cost_net_of_drift'] * 100:+.1f} % |"]
+                    if "in_run_cost_net_of_drift" in a else []),
 
                   f"| final drain after the last step (s, median) | {drain:.2f} |"]
     return "\n".join(lines) + "\n"
