@@ -27,6 +27,8 @@ class ConditionType(str, enum.Enum):
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
     WAITING = "Waiting"
+    # the divergence guard rolled training back (spec.training.guard); True until `window` good steps follow
+    DIVERGED = "Diverged"
 
 
 class Reason:
@@ -61,6 +63,9 @@ class Reason:
     OOM_KILLED = "OOMKilled"
     # the Job is suspended by another controller (Kueue): kubetune leaves suspend to it
     SUSPENDED_BY_QUEUE = "QueueManaged"
+    # the divergence guard (spec.training.guard): a rollback happened / training recovered after it
+    ROLLED_BACK = "RolledBack"
+    RECOVERED = "Recovered"
 
 
 # Exit codes of ``kubetune-train`` that mean "bad config / bad data": retrying cannot help,

@@ -847,6 +847,15 @@ class DatasetReport(_Status):
     dropped: int = Field(0, description="Rows rejected (see the trainer log for reasons and row indexes).")
 
 
+class GuardStatus(_Status):
+    """The divergence guard's rollbacks, from the rank-0 trainer's metrics (spec.training.guard)."""
+
+    rollbacks: int = Field(0, description="Rollbacks by the current trainer process (a restarted pod counts anew).")
+    diverged: bool = Field(False, description="True from a rollback until `window` good steps followed it.")
+    reason: str | None = Field(None, description="Why the latest rollback happened: nan_loss, nan_grad_norm or "
+                               "loss_spike.")
+
+
 class FineTuneJobStatus(_Status):
     """Observed state, written by the operator."""
 
@@ -863,6 +872,7 @@ class FineTuneJobStatus(_Status):
     artifacts: ArtifactsStatus | None = Field(None, description="Result locations.")
     datasets: list[DatasetReport] | None = Field(None, description="Per-dataset preflight counts.")
     memory_estimate_gib: float | None = Field(None, description="Estimated memory per GPU, GiB.")
+    guard: GuardStatus | None = Field(None, description="Divergence-guard rollbacks (spec.training.guard).")
     job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
     spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")
 

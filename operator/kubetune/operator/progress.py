@@ -11,11 +11,14 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from kubetune.api.conditions import ConditionType, Reason
 from kubetune.api.metrics import (
     CHECKPOINT_LAST_STEP,
     DATASET_ROWS,
+    DIVERGED,
     MEMORY_ESTIMATE_BYTES,
     PROGRESS_FIELDS,
+    ROLLBACKS_TOTAL,
     format_duration,
 )
 
@@ -61,7 +64,7 @@ def rank0_url(pods: list[dict[str, Any]], port: int) -> str | None:
 
 def facts(text: str, output_uri: str | None = None) -> dict[str, Any]:
     """Status fields besides progress: ``datasets`` (rows read/valid/dropped per dataset), ``memoryEstimateGib``
-    (from the model's real config), ``lastCheckpoint`` (``<output>/checkpoints/step-N``)."""
+    (from the model's real config), ``lastCheckpoint`` (``<output>/checkpoints/step-N``), ``guard`` (rollbacks)."""
     out: dict[str, Any] = {}
     datasets: dict[str, dict[str, int]] = {}
     for family in text_string_to_metric_families(text):
@@ -76,8 +79,15 @@ def facts(text: str, output_uri: str | None = None) -> dict[str, Any]:
                     datasets.setdefault(sample.labels["dataset"], {"name": sample.labels["dataset"]})[field] = int(sample.value)
             elif sample.name == CHECKPOINT_LAST_STEP and sample.value > 0 and output_uri:
                 out["lastCheckpoint"] = f"{output_uri.rstrip('/')}/checkpoints/step-{int(sample.value)}"
+            elif sample.name == ROLLBACKS_TOTAL:
+                out.setdefault("guard", {"rollbacks": 0, "diverged": False})["rollbacks"] = int(sample.value)
+            elif sample.name == DIVERGED and sample.value > 0 and "reason" in sample.labels:
+                out.setdefault("guard", {"rollbacks": 0, "diverged": False}).update(
+                    diverged=True, reason=sample.labels["reason"])
     if datasets:
         out["datasets"] = [datasets[name] for name in sorted(datasets)]
+    if "guard" in out and not out["guard"]["rollbacks"] and not out["guard"]["diverged"]:
+        del out["guard"]  # no rollback yet: nothing to show
     return out
 
 
@@ -89,3 +99,33 @@ async def scrape(url: str, timeout: float = 3.0, output_uri: str | None = None) 
         resp.raise_for_status()
         text = await resp.text()
     return {"progress": progress(parse(text)), **facts(text, output_uri)}
+
+
+def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """``new`` with the divergence guard's ``Diverged`` condition, and a Warning Event per new rollback. Pure.
+
+    ``new["guard"]`` is this pass's scrape; a pass without one keeps the previous guard status and condition (the
+    condition list is rebuilt every pass), so the condition lasts as long as the trainer reports it."""
+    previous = previous or {}
+    old_guard = previous.get("guard") or {}
+    old_cond = next((c for c in previous.get("conditions") or [] if c.get("type") == ConditionType.DIVERGED.value),
+                    None)
+    guard = new.get("guard") or (old_guard if old_guard else None)
+    if not guard or (not guard.get("rollbacks") and old_cond is None):
+        return new, []
+    events: list[tuple[str, str, str]] = []
+    rollbacks = int(guard.get("rollbacks") or 0)
+    if "guard" in new and rollbacks > int(old_guard.get("rollbacks") or 0):
+        latest = guard.get("reason") or "divergence"
+        events.append(("Warning", Reason.ROLLED_BACK,
+                       (f"divergence guard: {rollbacks} rollback(s) so far, latest for {latest}; batches skipped, "
+                        "weights restored, learning rate cut (spec.training.guard)")))
+    diverged = bool(guard.get("diverged"))
+    status = "True" if diverged else "False"
+    reason, message = ((Reason.ROLLED_BACK, f"rolled back {rollbacks} time(s), latest for {guard.get('reason')}")
+                       if diverged else (Reason.RECOVERED, f"training recovered after {rollbacks} rollback(s)"))
+    since = old_cond.get("lastTransitionTime") if old_cond and old_cond.get("status") == status else None
+    cond = {"type": ConditionType.DIVERGED.value, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since or at}
+    conditions = [c for c in new.get("conditions") or [] if c.get("type") != ConditionType.DIVERGED.value]
+    return {**new, "guard": guard, "conditions": [*conditions, cond]}, events

@@ -241,6 +241,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 except Exception as exc:  # noqa: BLE001 - a slow or starting trainer must not fail the pass
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)
+        new, guard_events = progress.guard_status(raw.get("status"), new, st.now())  # spec.training.guard
         changes = st.status_patch(raw.get("status"), new)
         if changes and refused_status.get(uid, ("", None))[1] == changes:
             return  # refused before, nothing new to write: no retry loop on a write the server refuses
@@ -259,7 +260,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 return
             refused_status.pop(uid, None)
             written[uid] = (new, time.monotonic())
-        for kind, reason, message in decision.events:
+        for kind, reason, message in [*decision.events, *guard_events]:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
 

@@ -215,6 +215,7 @@ class PrometheusCallback(TrainerCallback):
         self._samples_per_step = 0
         self._tokens_seen = 0.0
         self._rollbacks = 0.0
+        self._reasons: set[str] = set()
         self._mark = time.monotonic()
 
     # ---------------------------------------------------------------- events
@@ -296,9 +297,10 @@ class PrometheusCallback(TrainerCallback):
             m.bind(m.rollbacks).inc(total - self._rollbacks)
             self._rollbacks = total
         diverged = as_float(logs.get("guard_diverged")) or 0.0
-        for key in logs:
-            if key.startswith("guard_reason_"):
-                m.bind(m.diverged, reason=key.removeprefix("guard_reason_")).set(diverged)
+        reasons = [key.removeprefix("guard_reason_") for key in logs if key.startswith("guard_reason_")]
+        self._reasons.update(reasons)
+        for reason in self._reasons:  # one reason at a time: the latest rollback's
+            m.bind(m.diverged, reason=reason).set(diverged if reason in reasons else 0.0)
 
     def _progress(self, state: Any) -> None:
         m = self.metrics
