@@ -47,6 +47,13 @@ PRINTER_COLUMNS = [
     {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # kubectl get ftj -o wide
+    {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.cost.gpuHours", "priority": 1,
+     "description": "GPU-hours used, all pods and restarts"},
+    {"name": "Tokens/GPU-h", "type": "number", "jsonPath": ".status.cost.tokensPerGpuHour", "priority": 1},
+    {"name": "Cost", "type": "number", "jsonPath": ".status.cost.estimatedCost", "priority": 1,
+     "description": "estimated from the operator's price table"},
+    {"name": "Rollbacks", "type": "integer", "jsonPath": ".status.guard.rollbacks", "priority": 1},
 ]
 
 _KEEP = {

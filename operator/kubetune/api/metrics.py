@@ -59,6 +59,11 @@ OPERATOR_JOBS = "kubetune_operator_finetunejobs"  # gauge, label: phase
 OPERATOR_RECONCILE_SECONDS = "kubetune_operator_reconcile_duration_seconds"  # histogram, label: handler
 OPERATOR_API_ERRORS = "kubetune_operator_api_errors_total"  # counter, label: verb, code
 OPERATOR_PROGRESS_POLL_FAILURES = "kubetune_operator_progress_poll_failures_total"  # counter
+# per FineTuneJob (labels: namespace, job, gpu_type), from status.cost
+JOB_GPU_SECONDS = "kubetune_job_gpu_seconds_total"  # counter
+JOB_NODE_SECONDS = "kubetune_job_node_seconds_total"  # counter
+JOB_ESTIMATED_COST = "kubetune_job_estimated_cost"  # gauge, price-table units; absent without a price
+JOB_TOKENS_PER_GPU_HOUR = "kubetune_job_tokens_per_gpu_hour"  # gauge
 
 
 def format_duration(seconds: float | None) -> str:

@@ -856,6 +856,19 @@ class GuardStatus(_Status):
                                "loss_spike.")
 
 
+class CostStatus(_Status):
+    """What the job has used so far, from its training pods' start and finish times (restarts included)."""
+
+    node_seconds: float | None = Field(None, description="Seconds the training pods ran, summed over all pods and "
+                                       "attempts.")
+    gpu_seconds: float | None = Field(None, description="nodeSeconds x resources.gpusPerNode.")
+    gpu_hours: float | None = Field(None, description="gpuSeconds / 3600.")
+    tokens_per_gpu_hour: float | None = Field(None, description="Current training throughput: non-padding tokens "
+                                              "per second of all ranks x 3600 / GPUs in the job.")
+    estimated_cost: float | None = Field(None, description="gpuHours x the operator's price for resources.gpuType "
+                                         "(chart value costs.gpuHourPrice); absent without a price.")
+
+
 class FineTuneJobStatus(_Status):
     """Observed state, written by the operator."""
 
@@ -873,6 +886,8 @@ class FineTuneJobStatus(_Status):
     datasets: list[DatasetReport] | None = Field(None, description="Per-dataset preflight counts.")
     memory_estimate_gib: float | None = Field(None, description="Estimated memory per GPU, GiB.")
     guard: GuardStatus | None = Field(None, description="Divergence-guard rollbacks (spec.training.guard).")
+    cost: CostStatus | None = Field(None, description="GPU-seconds, node-seconds, tokens per GPU-hour, estimated "
+                                    "cost.")
     job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
     spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")
 

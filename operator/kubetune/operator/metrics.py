@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from kubetune.api import metrics as names
@@ -19,6 +21,17 @@ POLL_FAILURES = Counter(
     names.OPERATOR_PROGRESS_POLL_FAILURES, "Failed scrapes of a trainer's metrics endpoint.", registry=REGISTRY
 )
 
+COST_LABELS = ["namespace", "job", "gpu_type"]
+GPU_SECONDS = Counter(names.JOB_GPU_SECONDS.removesuffix("_total"), "GPU-seconds used by a FineTuneJob's pods.",
+                      COST_LABELS, registry=REGISTRY)
+NODE_SECONDS = Counter(names.JOB_NODE_SECONDS.removesuffix("_total"), "Seconds a FineTuneJob's pods ran.",
+                       COST_LABELS, registry=REGISTRY)
+ESTIMATED_COST = Gauge(names.JOB_ESTIMATED_COST, "Estimated cost of a FineTuneJob (operator price table).",
+                       COST_LABELS, registry=REGISTRY)
+TOKENS_PER_GPU_HOUR = Gauge(names.JOB_TOKENS_PER_GPU_HOUR, "Current training tokens per GPU-hour.", COST_LABELS,
+                            registry=REGISTRY)
+_cost_seen: dict[tuple[str, str], tuple[float, float]] = {}  # (namespace, name) -> (gpu, node) seconds counted
+
 _phases: dict[tuple[str, str], str] = {}  # (namespace, name) -> phase
 
 
@@ -31,6 +44,22 @@ def observe_phase(namespace: str, name: str, phase: str | None) -> None:
         _phases[key] = phase
     for p in Phase:
         JOBS.labels(phase=p.value).set(sum(1 for v in _phases.values() if v == p.value))
+
+
+def observe_cost(namespace: str, name: str, gpu_type: str | None, cost: dict[str, Any] | None) -> None:
+    """Advance the per-job counters to ``status.cost`` (totals only grow) and set the gauges."""
+    if not cost:
+        return
+    labels = {"namespace": namespace, "job": name, "gpu_type": gpu_type or ""}
+    gpu, node = _cost_seen.get((namespace, name), (0.0, 0.0))
+    new_gpu, new_node = float(cost.get("gpuSeconds") or 0.0), float(cost.get("nodeSeconds") or 0.0)
+    GPU_SECONDS.labels(**labels).inc(max(0.0, new_gpu - gpu))
+    NODE_SECONDS.labels(**labels).inc(max(0.0, new_node - node))
+    _cost_seen[(namespace, name)] = (max(gpu, new_gpu), max(node, new_node))
+    if cost.get("estimatedCost") is not None:
+        ESTIMATED_COST.labels(**labels).set(cost["estimatedCost"])
+    if cost.get("tokensPerGpuHour") is not None:
+        TOKENS_PER_GPU_HOUR.labels(**labels).set(cost["tokensPerGpuHour"])
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -22,6 +22,8 @@ flag                       env                                 meaning
 --api-timeout SECONDS      KUBETUNE_API_TIMEOUT                limit of every Kubernetes API call (30)
 --kueue-manages-all-jobs   KUBETUNE_KUEUE_MANAGES_ALL_JOBS     Kueue runs with manageJobsWithoutQueueName:
                                                                never resume a Job kubetune did not suspend
+--gpu-hour-prices JSON     KUBETUNE_GPU_HOUR_PRICES            price per GPU-hour by spec.resources.gpuType
+                                                               ({"H100-80GB": 2.5}): status.cost.estimatedCost
 =========================  ==================================  ==========================================
 """
 
@@ -62,6 +64,8 @@ class OperatorSettings:
     the next event or resync retries."""
     kueue_manages_all_jobs: bool = False
     """Kueue is configured with ``manageJobsWithoutQueueName: true`` (it suspends and admits every Job)."""
+    gpu_hour_prices: dict[str, float] = field(default_factory=dict)
+    """Price per GPU-hour by ``spec.resources.gpuType`` (the chart's ``costs.gpuHourPrice``) for status.cost."""
 
     def build_options(self) -> BuildOptions:
         return BuildOptions(
@@ -118,6 +122,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds any Kubernetes API call may take")
     p.add_argument("--kueue-manages-all-jobs", action="store_true", default=_bool(_env("kueue-manages-all-jobs")),
                    help="Kueue runs with manageJobsWithoutQueueName: true")
+    p.add_argument("--gpu-hour-prices", type=_prices, default=_env("gpu-hour-prices", ""), metavar="JSON",
+                   help='price per GPU-hour by spec.resources.gpuType, e.g. \'{"H100-80GB": 2.5}\'')
+
+
+def _prices(text: str) -> dict[str, float]:
+    from kubetune.operator.cost import parse_prices
+
+    try:
+        return parse_prices(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -137,6 +152,7 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         sync_interval=args.sync_interval,
         api_timeout=args.api_timeout,
         kueue_manages_all_jobs=args.kueue_manages_all_jobs,
+        gpu_hour_prices=dict(args.gpu_hour_prices),
     )
 
 

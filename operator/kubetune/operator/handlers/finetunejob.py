@@ -21,6 +21,7 @@ per object, which kopf pauses on the replicas that must not act (kopf adds a fin
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -29,7 +30,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from kubetune.api.v1alpha1 import GROUP, PLURAL, VERSION
-from kubetune.operator import config, kube, metrics, progress, reconcile
+from kubetune.operator import config, cost, kube, metrics, progress, reconcile
 from kubetune.operator import status as st
 from kubetune.operator.manifests import BuildOptions
 from kubetune.operator.manifests.labels import COMPONENT_LABEL, FINETUNEJOB_LABEL, TRAINER
@@ -242,6 +243,11 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)
         new, guard_events = progress.guard_status(raw.get("status"), new, st.now())  # spec.training.guard
+        old_cost = (raw.get("status") or {}).get("cost")
+        if pods or old_cost:  # status.cost: GPU- and node-seconds of every pod, restarts included
+            tps = (new.get("progress") or {}).get("tokensPerSecond")
+            new = {**new, "cost": cost.cost_status(old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices,
+                                                   dt.datetime.now(dt.UTC))}
         changes = st.status_patch(raw.get("status"), new)
         if changes and refused_status.get(uid, ("", None))[1] == changes:
             return  # refused before, nothing new to write: no retry loop on a write the server refuses
@@ -263,6 +269,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         for kind, reason, message in [*decision.events, *guard_events]:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
+        metrics.observe_cost(key[0], key[1], ((raw.get("spec") or {}).get("resources") or {}).get("gpuType"),
+                             new.get("cost"))
 
     # ------------------------------------------------------------------ triggers
 

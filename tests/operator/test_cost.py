@@ -1,0 +1,100 @@
+"""status.cost: GPU-/node-seconds from the pods' own start and finish times, tokens per GPU-hour, the price table."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kubetune.api.v1alpha1 import FineTuneJobStatus
+from kubetune.operator import cost
+from kubetune.operator import metrics as op_metrics
+from kubetune.operator.settings import add_arguments, from_args
+
+T0 = dt.datetime(2026, 12, 2, 9, 0, 0, tzinfo=dt.UTC)
+
+
+def at(seconds: float) -> str:
+    return (T0 + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod(phase: str, start: float | None = None, end: float | None = None, running: bool = False) -> dict:
+    state: dict = {}
+    if running:
+        state = {"running": {"startedAt": at(start)}}
+    elif end is not None:
+        state = {"terminated": {"startedAt": at(start), "finishedAt": at(end), "exitCode": 1}}
+    elif start is not None:
+        state = {"waiting": {"reason": "ContainerCreating"}}
+    status = {"phase": phase, "containerStatuses": [{"name": "trainer", "state": state}] if state else []}
+    if start is not None:
+        status["startTime"] = at(start - 5)
+    return {"metadata": {"name": "p"}, "status": status}
+
+
+def test_failed_attempts_and_the_running_one_all_count():
+    pods = [pod("Failed", 0, 100), pod("Failed", 110, 160), pod("Running", 200, running=True),
+            pod("Pending")]
+    now = T0 + dt.timedelta(seconds=500)
+    node_s, gpu_s = cost.usage(pods, gpus_per_node=8, now=now)
+    assert node_s == 100 + 50 + 300
+    assert gpu_s == 450 * 8
+    assert cost.usage(pods, 0, now) == (450, 0)  # CPU training: no GPU-seconds
+
+
+def test_status_cost_prices_throughput_and_never_goes_down():
+    spec = {"resources": {"nodes": 2, "gpusPerNode": 4, "gpuType": "H100-80GB"}}
+    pods = [pod("Running", 0, running=True), pod("Running", 0, running=True)]
+    now = T0 + dt.timedelta(hours=1)
+    status = cost.cost_status(None, spec, pods, 8000.0, {"H100-80GB": 2.5}, now)
+    assert status == {"nodeSeconds": 7200.0, "gpuSeconds": 28800.0, "gpuHours": 8.0, "tokensPerGpuHour": 3600000,
+                      "estimatedCost": 20.0}
+    FineTuneJobStatus.model_validate({"cost": status})
+    gone = cost.cost_status(status, spec, [], None, {}, now)  # pods garbage-collected, no price for this operator
+    assert gone == {"nodeSeconds": 7200.0, "gpuSeconds": 28800.0, "gpuHours": 8.0, "tokensPerGpuHour": 3600000}
+    assert "estimatedCost" not in cost.cost_status(None, {"resources": {"gpuType": "A100"}}, pods, None,
+                                                    {"H100-80GB": 2.5}, now)
+
+
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=20), st.integers(0, 64))
+def test_usage_is_the_sum_of_intervals(intervals, gpus):
+    pods = [pod("Failed", min(a, b), max(a, b)) for a, b in intervals]
+    node_s, gpu_s = cost.usage(pods, gpus, T0)
+    assert node_s == sum(abs(a - b) for a, b in intervals)
+    assert gpu_s == node_s * gpus
+
+
+@pytest.mark.parametrize("text, error", [
+    ("not json", "not a JSON object"),
+    ("[1, 2]", "expected a JSON object"),
+    ('{"H100": -1}', "'H100' must be a number >= 0"),
+    ('{"H100": "2.5"}', "must be a number"),
+    ('{"H100": true}', "must be a number"),
+])
+def test_bad_price_table_is_one_clear_line(text, error):
+    with pytest.raises(ValueError, match=error):
+        cost.parse_prices(text)
+
+
+def test_price_table_flag_and_env(monkeypatch, capsys):
+    monkeypatch.setenv("KUBETUNE_GPU_HOUR_PRICES", '{"H100-80GB": 2.5, "L4": 0.7}')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args([])).gpu_hour_prices == {"H100-80GB": 2.5, "L4": 0.7}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gpu-hour-prices", '{"L4": "x"}'])
+    assert "--gpu-hour-prices" in capsys.readouterr().err
+
+
+def test_job_counters_only_grow():
+    labels = {"namespace": "ns", "job": "cost-test", "gpu_type": "L4"}
+    reg = op_metrics.REGISTRY
+    op_metrics.observe_cost("ns", "cost-test", "L4", {"gpuSeconds": 100.0, "nodeSeconds": 50.0, "estimatedCost": 1.0})
+    op_metrics.observe_cost("ns", "cost-test", "L4", {"gpuSeconds": 160.0, "nodeSeconds": 80.0})
+    op_metrics.observe_cost("ns", "cost-test", "L4", {"gpuSeconds": 20.0, "nodeSeconds": 10.0})  # never backwards
+    assert reg.get_sample_value("kubetune_job_gpu_seconds_total", labels) == 160.0
+    assert reg.get_sample_value("kubetune_job_node_seconds_total", labels) == 80.0
+    assert reg.get_sample_value("kubetune_job_estimated_cost", labels) == 1.0
