@@ -51,6 +51,8 @@ while True:
         time.sleep(0.01)
     if i % 4 == 0:
         metrics.API_ERRORS.labels(verb="patch", code="409").inc()
+    metrics.observe_cost("default", "obs-e2e", "H100-80GB", {"gpuSeconds": 8.0 * i, "nodeSeconds": 1.0 * i,
+                         "estimatedCost": 2.5 * 8.0 * i / 3600, "tokensPerGpuHour": 1.0e6})
     i += 1
     time.sleep(0.25)
 """

@@ -98,3 +98,19 @@ def test_job_counters_only_grow():
     assert reg.get_sample_value("kubetune_job_gpu_seconds_total", labels) == 160.0
     assert reg.get_sample_value("kubetune_job_node_seconds_total", labels) == 80.0
     assert reg.get_sample_value("kubetune_job_estimated_cost", labels) == 1.0
+
+
+def test_chart_price_table_reaches_the_operator(monkeypatch):
+    from tests.chart.helm import helm, one, template
+
+    objs = template({"costs": {"gpuHourPrice": {"H100-80GB": 2.5, "L4": 0.7}}})
+    container = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    monkeypatch.setenv("KUBETUNE_GPU_HOUR_PRICES", env["KUBETUNE_GPU_HOUR_PRICES"])
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert from_args(parser.parse_args([])).gpu_hour_prices == {"H100-80GB": 2.5, "L4": 0.7}
+    container = one(template(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "KUBETUNE_GPU_HOUR_PRICES" not in {e["name"] for e in container.get("env", [])}  # no table: no estimate
+    proc = helm("template", "r", "charts/kubetune", "--set-json", 'costs={"gpuHourPrice": {"L4": -1}}')
+    assert proc.returncode != 0 and "gpuHourPrice" in proc.stderr  # the values schema refuses a negative price

@@ -36,6 +36,7 @@ DATASET_ROWS = "kubetune_dataset_rows"  # labels: dataset, state (read, valid, d
 CHECKPOINT_LAST_STEP = "kubetune_checkpoint_last_step"  # step of the newest checkpoint written
 ROLLBACKS_TOTAL = "kubetune_train_rollbacks_total"  # counter: divergence-guard rollbacks (spec.training.guard)
 DIVERGED = "kubetune_train_diverged"  # label: reason (nan_loss, nan_grad_norm, loss_spike); 1 while a rollback lasts
+GUARD_REASONS = ("nan_loss", "nan_grad_norm", "loss_spike")  # the divergence guard's reasons (DIVERGED's label)
 PHASE = "kubetune_trainer_phase"  # label: phase; 1 for the current phase, 0 otherwise
 PHASES = ("fetching_model", "loading_data", "training", "saving", "uploading", "done", "failed")
 

@@ -28,15 +28,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune.api.metrics import GUARD_REASONS
 from kubetune.trainer.errors import Diverged
 from kubetune.trainer.logging import get_logger
 
 log = get_logger(__name__)
 
-NAN_LOSS = "nan_loss"
-NAN_GRAD_NORM = "nan_grad_norm"
-LOSS_SPIKE = "loss_spike"
-REASONS = (NAN_LOSS, NAN_GRAD_NORM, LOSS_SPIKE)
+NAN_LOSS, NAN_GRAD_NORM, LOSS_SPIKE = REASONS = GUARD_REASONS
 SPIKE_STAGES = ("pt", "sft")  # a cross-entropy: positive, bounded below, so a ratio to its mean means something
 SNAPSHOT_MAX_PARAMETERS = 2**27  # 134M trainable parameters: ~1.6 GB for weights + AdamW moments
 

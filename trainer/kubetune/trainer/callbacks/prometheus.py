@@ -105,6 +105,8 @@ class TrainerMetrics:
                        self.samples_per_second, self.tokens, self.mfu, self.checkpoint_seconds, self.upload_seconds,
                        self.rollbacks):
             metric.labels(**self.labels)
+        for reason in names.GUARD_REASONS:  # 0 until a rollback: the series exist from the start
+            self.bind(self.diverged, reason=reason).set(0)
         self.current_phase: str | None = None
         self._phase_started = time.monotonic()
         self.set_phase(names.PHASES[0])
@@ -215,7 +217,7 @@ class PrometheusCallback(TrainerCallback):
         self._samples_per_step = 0
         self._tokens_seen = 0.0
         self._rollbacks = 0.0
-        self._reasons: set[str] = set()
+        self._reasons: set[str] = set(names.GUARD_REASONS)
         self._mark = time.monotonic()
 
     # ---------------------------------------------------------------- events
