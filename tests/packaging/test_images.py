@@ -502,7 +502,7 @@ async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImage
     """The whole path with nothing emulated but the node: ``kubectl apply -f`` of a FineTuneJob on the real
     control plane; the operator image (as the chart's pod) makes the Job; the real Job controller makes the
     pod and the real scheduler binds it to a node whose kubelet runs it from the trainer image (uid 1000, the
-    Job's env, Secret and volumes, read-only root); the pod's exit and termination message go back to the
+    Job's env, Secret and volumes); the pod's exit and termination message go back to the
     API; the operator reads them and the FineTuneJob ends Succeeded with a verified adapter in S3."""
     from tests.harness import realcluster as rc
     from tests.harness.processkubelet import ProcessKubelet
@@ -522,8 +522,8 @@ async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImage
     manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                         "metadata": {"name": "e2e"}, "spec": spec}, sort_keys=False))
     kubelet_cls = im.image_kubelet_class()
-    with kubelet_cls(cp.api, tmp_path / "node", node=f"img-{uuid.uuid4().hex[:6]}", pod_ip=node_ip(),
-                     read_only_root=True) as kubelet:
+    # the root is as the pod asks (the Job sets no readOnlyRootFilesystem: see test_job_pods_can_run_with_a_read_only_root)
+    with kubelet_cls(cp.api, tmp_path / "node", node=f"img-{uuid.uuid4().hex[:6]}", pod_ip=node_ip()) as kubelet:
         async with operator_container(images, cp, ns, tmp_path) as (log, _):
             out = await k8s.kubectl("apply", "-f", str(manifest))
             assert "finetunejob.kubetune.io/e2e created" in out, out
