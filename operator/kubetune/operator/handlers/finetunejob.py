@@ -78,6 +78,15 @@ def upstream_names(spec: Any) -> list[str]:
 TRANSIENT = (ApiException, kube.Unavailable, TimeoutError)
 
 
+def untimed(status: dict[str, Any]) -> dict[str, Any]:
+    """A status patch without the conditions' lastTransitionTime (a status never written gets a new one each pass)."""
+    conds = status.get("conditions")
+    if not isinstance(conds, list):
+        return status
+    return {**status, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict)
+                                     else c for c in conds]}
+
+
 def owned(bodies: Iterable[Any] | None, uid: str) -> dict[str, Any] | None:
     """The indexed child owned by the object ``uid`` (by owner reference, never by label alone)."""
     return next((b for b in bodies or () if reconcile.owned_by(b, uid)), None)
@@ -249,7 +258,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             new = {**new, "cost": cost.cost_status(old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices,
                                                    dt.datetime.now(dt.UTC))}
         changes = st.status_patch(raw.get("status"), new)
-        if changes and refused_status.get(uid, ("", None))[1] == changes:
+        if changes and refused_status.get(uid, ("", None))[1] == untimed(changes):
             return  # refused before, nothing new to write: no retry loop on a write the server refuses
         if changes:
             try:
@@ -262,7 +271,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     kopf.event(raw, type="Warning", reason="StatusRejected",
                                message=st.truncate_utf8(f"the API server refused the status: {exc.message}",
                                                         EVENT_MESSAGE_BYTES))
-                refused_status[uid] = (exc.message, changes)
+                refused_status[uid] = (exc.message, untimed(changes))
                 return
             refused_status.pop(uid, None)
             written[uid] = (new, time.monotonic())
