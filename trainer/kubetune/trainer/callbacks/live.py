@@ -97,6 +97,8 @@ class LiveView(TrainerCallback):
         snap = self.snapshot(state)
         line = format_line(step=snap["step"], total=snap["totalSteps"], loss=self.loss, eval_loss=self.eval_loss,
                            lr=self.lr, tokens_per_second=snap["tokensPerSecond"], eta=snap["etaSeconds"])
+        if self.lines and self.lines[-1] == line:  # the Trainer's final summary log repeats the last step
+            return
         self.lines.append(line)
         if self.tty:
             self._draw(snap, line)
