@@ -365,15 +365,37 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
                     tl.ftj_succeeded[name] = now
                     loop.call_soon_threadsafe(loop.call_later, p.hold_s, delete, name)
 
+    errors: collections.Counter = collections.Counter()
+
     def watch(resource: str) -> None:
+        """List, then watch from the last resourceVersion seen; re-list only on 410 Gone. A FineTuneJob whose
+        delete was sent and that a re-list no longer shows is gone (its DELETED event fell between watches)."""
+        rv = None
         while not stop.is_set():
             try:
-                doc = api.request("GET", resource_path(resource, ns))
-                for event in api.watch(resource, ns, doc["metadata"]["resourceVersion"], timeout=30):
+                if rv is None:
+                    doc = api.request("GET", resource_path(resource, ns))
+                    rv = doc["metadata"]["resourceVersion"]
+                    if resource == FTJ:
+                        present = {o["metadata"]["name"] for o in doc.get("items") or []}
+                        now = time.perf_counter()
+                        with lock:
+                            for name in list(tl.delete_sent):
+                                if name not in present:
+                                    tl.ftj_gone.setdefault(name, now)
+                    for obj in doc.get("items") or []:
+                        on_event(resource, {"type": "ADDED", "object": obj})
+                for event in api.watch(resource, ns, rv, timeout=30):
+                    if event["type"] == "ERROR":
+                        rv = None  # 410 Gone: re-list
+                        break
+                    rv = event["object"]["metadata"]["resourceVersion"]
                     on_event(resource, event)
                     if stop.is_set():
                         return
-            except Exception:  # noqa: BLE001 - re-list and re-watch
+            except Exception as exc:  # noqa: BLE001 - counted, then re-listed
+                errors[f"{resource}: {type(exc).__name__}: {exc}"[:200]] += 1
+                rv = None
                 time.sleep(0.2)
 
     watchers = [threading.Thread(target=watch, args=(r,), daemon=True) for r in (FTJ, "batch/v1/jobs", "v1/pods")]
@@ -465,6 +487,7 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
         },
         "requests": requests_per_job(dict(counts), p.jobs),
         "response_codes": dict(codes),
+        "bench_watch_errors": dict(errors),
         "writes_per_lifecycle": lifecycle_writes({n: dict(per_job[n]) for n in tl.ftj_gone}),
         "operator": {"idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(sampler.hwm_mib, 1),
                      "max_sampled_rss_mib": round(max(sampler.rss_mib), 1), "cpu_s": round(cpu_s, 2),
