@@ -40,6 +40,13 @@ Fixtures (``tests/k8s/conftest.py`` imports them; copy that import to use them e
     - Faults: ``k8s.cp.restart_apiserver()`` (watches break; resumed watches get 410 Gone when etcd was
       compacted: ``k8s.cp.compact_etcd()``), ``with k8s.cp.apiserver_paused(): ...`` (SIGSTOP/SIGCONT: hung calls).
 
+Ports: kube-controller-manager and kube-scheduler serve none (``--secure-port=0``), kwok runs no server; etcd,
+the API server and Kueue get a port the kernel just handed out and are started again on fresh ports when the
+process reports a collision ("address already in use"). Readiness is polled (``/health``, ``/readyz``, the
+``default`` ServiceAccount, nodes Ready), never slept for. The node lifecycle controller and the
+``TaintNodesByCondition`` admission plugin are off: fake nodes are Ready by fiat (a paused API server would
+otherwise taint them NotReady).
+
 :class:`ProcessKubelet` (``tests/harness/processkubelet.py``) registers a node whose pods really run as
 local processes, for one end-to-end test with the trainer.
 """
