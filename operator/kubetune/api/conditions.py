@@ -75,3 +75,6 @@ EXIT_DATA_ERROR = 4
 # the divergence guard used up spec.training.guard.maxRollbacks: the same data and settings would diverge again
 EXIT_DIVERGED = 5
 NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED)
+# the hang watchdog found no optimizer step for spec.training.stallTimeoutSeconds: stacks dumped, the Job retries
+# (the pod resumes from the last checkpoint); deliberately not in NON_RETRYABLE_EXIT_CODES
+EXIT_STALLED = 75

@@ -501,6 +501,11 @@ class TrainingSpec(_Model):
         default_factory=list, description="Extra experiment trackers (offline/local modes)."
     )
     guard: GuardSpec = Field(default_factory=GuardSpec, description="Divergence guard (on by default).")
+    stall_timeout_seconds: Int | None = Field(
+        None, ge=1, le=7 * 86400,
+        description="Hang watchdog: with no optimizer step for this long every rank dumps its Python stacks (log "
+        "and termination message) and exits with code 75, which the Job retries (resuming from the last "
+        "checkpoint). Default: max(600, 20 x the median measured step time), armed after the first step.")
 
 
 # ---------------------------------------------------------------------------------------------------- cluster

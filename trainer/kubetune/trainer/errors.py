@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED
+from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_STALLED
 from kubetune.api.redact import redact
 
 
@@ -35,3 +35,9 @@ class Diverged(TrainerError):
     """The divergence guard used up ``spec.training.guard.maxRollbacks``; retrying the same run would diverge again."""
 
     exit_code = EXIT_DIVERGED
+
+
+class Stalled(TrainerError):
+    """The hang watchdog saw no optimizer step for ``spec.training.stallTimeoutSeconds`` (retried by the Job)."""
+
+    exit_code = EXIT_STALLED

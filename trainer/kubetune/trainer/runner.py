@@ -7,6 +7,7 @@ convert data (fail fast on bad data, before any weights) → fetch model → tok
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -53,6 +54,13 @@ def fetch_artifact(config: TrainerConfig, ref: Any, field: str) -> Path | None:
         raise ConfigError(f"{field}.fromJob is resolved by the operator; `kubetune run` needs {field}.source")
     return fetch(ref.source, field=f"{field}.source", work_dir=config.runtime.work_dir,
                  cache_dir=config.runtime.cache_dir, kind="model", allow=config.runtime.allow_private_urls)
+
+
+def job_gpus() -> int:
+    """GPUs this run trains on: one per process of the job on CUDA (WORLD_SIZE), none on CPU."""
+    import torch
+
+    return int(os.environ.get("WORLD_SIZE", "1")) if torch.cuda.is_available() else 0
 
 
 def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: PhaseHook | None = None) -> RunResult:
@@ -108,6 +116,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     write_curves(result.log_history, artifact_dir, title=config.runtime.job_name)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float, str))}
     metrics["wall_seconds"] = round(time.time() - started, 2)
+    metrics["gpu_seconds"] = round(metrics["wall_seconds"] * job_gpus(), 2)  # this run's share of status.cost
     manifest = build_manifest(
         artifact_dir,
         job={"name": config.runtime.job_name, "namespace": config.runtime.namespace, "stage": spec.stage,

@@ -131,8 +131,14 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     from kubetune.trainer.callbacks.guard import install as install_guard
 
     guard = install_guard(trainer, ctx.config.spec)  # spec.training.guard: NaN/Inf/spike → roll back, cut the rate
-    with lost_peers_as_error(ctx.config.spec):  # a dead node fails this one with a clear line, not a gloo trace
-        output = trainer.train(resume_from_checkpoint=resume)
+    from kubetune.trainer.callbacks.watchdog import install as install_watchdog
+
+    watchdog = install_watchdog(trainer, ctx.config.spec)  # spec.training.stallTimeoutSeconds: dump stacks, exit 75
+    try:
+        with lost_peers_as_error(ctx.config.spec):  # a dead node fails this one with a clear line, not a gloo trace
+            output = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        watchdog.stop()  # evaluation, saving and upload after training are not optimizer steps
     checkpoint = next((cb for cb in trainer.callback_handler.callbacks if hasattr(cb, "preempted_at")), None)
     if checkpoint is not None and checkpoint.preempted_at is not None:
         raise Preempted(f"stopped by SIGTERM at step {checkpoint.preempted_at}; checkpoint saved for resume")
