@@ -114,3 +114,17 @@ def test_chart_price_table_reaches_the_operator(monkeypatch):
     assert "KUBETUNE_GPU_HOUR_PRICES" not in {e["name"] for e in container.get("env", [])}  # no table: no estimate
     proc = helm("template", "r", "charts/kubetune", "--set-json", 'costs={"gpuHourPrice": {"L4": -1}}')
     assert proc.returncode != 0 and "gpuHourPrice" in proc.stderr  # the values schema refuses a negative price
+
+
+junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children,
+                                                                                        max_size=3), max_leaves=8)
+
+
+@given(junk, junk, junk)
+def test_any_spec_or_previous_shape_never_raises(spec, previous, tps):
+    """An invalid spec is the pass's business to report; the cost must not turn it into a retry loop."""
+    spec = {"resources": spec} if not isinstance(spec, dict) else spec
+    out = cost.cost_status(previous, spec, [pod("Running", 0, running=True)], tps, {"H100-80GB": 2.5},
+                           T0 + dt.timedelta(seconds=60))
+    assert out["nodeSeconds"] == 60.0 or out["nodeSeconds"] >= 60.0

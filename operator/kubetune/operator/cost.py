@@ -62,9 +62,9 @@ def usage(pods: Iterable[Mapping[str, Any]], gpus_per_node: int, now: dt.datetim
     return node_seconds, node_seconds * max(gpus_per_node, 0)
 
 
-def tokens_per_gpu_hour(tokens_per_second: float | None, gpus: int) -> float | None:
+def tokens_per_gpu_hour(tokens_per_second: Any, gpus: int) -> float | None:
     """Current throughput per GPU-hour: all ranks' tokens/s × 3600 / GPUs in the job; None without GPUs or data."""
-    if not tokens_per_second or gpus <= 0 or not math.isfinite(tokens_per_second):
+    if not _number(tokens_per_second) or gpus <= 0:
         return None
     return tokens_per_second * 3600.0 / gpus
 
@@ -97,21 +97,32 @@ def parse_prices(text: str | None) -> dict[str, float]:
 def cost_status(previous: Mapping[str, Any] | None, spec: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
                 tokens_per_second: float | None, prices: Mapping[str, float], now: dt.datetime) -> dict[str, Any]:
     """``status.cost`` (camelCase) for this pass; totals never below the previous ones (deleted pods)."""
-    resources = spec.get("resources") or {}
-    gpus_per_node = int(resources.get("gpusPerNode", 1) or 0)
-    nodes = int(resources.get("nodes", 1) or 1)
+    resources = spec.get("resources") if isinstance(spec, Mapping) else None
+    resources = resources if isinstance(resources, Mapping) else {}  # any shape: an invalid spec is reported elsewhere
+    gpus_per_node = _count(resources.get("gpusPerNode", 1), 1)
+    nodes = max(_count(resources.get("nodes", 1), 1), 1)
+    gpu_type = resources.get("gpuType") if isinstance(resources.get("gpuType"), str) else None
     node_s, gpu_s = usage(pods, gpus_per_node, now)
-    old = previous or {}
-    node_s = max(node_s, float(old.get("nodeSeconds") or 0.0))
-    gpu_s = max(gpu_s, float(old.get("gpuSeconds") or 0.0))
+    old = previous if isinstance(previous, Mapping) else {}
+    node_s = max(node_s, _number(old.get("nodeSeconds")))
+    gpu_s = max(gpu_s, _number(old.get("gpuSeconds")))
     out: dict[str, Any] = {"nodeSeconds": round(node_s, 1), "gpuSeconds": round(gpu_s, 1),
                            "gpuHours": round(gpu_s / 3600.0, 4)}
     rate = tokens_per_gpu_hour(tokens_per_second, gpus_per_node * nodes)
     if rate is not None:
         out["tokensPerGpuHour"] = round(rate)
-    elif old.get("tokensPerGpuHour") is not None:
+    elif _number(old.get("tokensPerGpuHour")):
         out["tokensPerGpuHour"] = old["tokensPerGpuHour"]
-    price = estimated_cost(gpu_s, resources.get("gpuType"), prices)
+    price = estimated_cost(gpu_s, gpu_type, prices)
     if price is not None:
         out["estimatedCost"] = round(price, 4)
     return out
+
+
+def _count(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1024 else default
+
+
+def _number(value: Any) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    return float(value) if ok else 0.0

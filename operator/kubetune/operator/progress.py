@@ -106,16 +106,17 @@ def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) 
 
     ``new["guard"]`` is this pass's scrape; a pass without one keeps the previous guard status and condition (the
     condition list is rebuilt every pass), so the condition lasts as long as the trainer reports it."""
-    previous = previous or {}
-    old_guard = previous.get("guard") or {}
-    old_cond = next((c for c in previous.get("conditions") or [] if c.get("type") == ConditionType.DIVERGED.value),
+    previous = previous if isinstance(previous, dict) else {}
+    old_guard = previous.get("guard") if isinstance(previous.get("guard"), dict) else {}
+    old_conds = previous.get("conditions") if isinstance(previous.get("conditions"), list) else []
+    old_cond = next((c for c in old_conds if isinstance(c, dict) and c.get("type") == ConditionType.DIVERGED.value),
                     None)
     guard = new.get("guard") or (old_guard if old_guard else None)
     if not guard or (not guard.get("rollbacks") and old_cond is None):
         return new, []
     events: list[tuple[str, str, str]] = []
-    rollbacks = int(guard.get("rollbacks") or 0)
-    if "guard" in new and rollbacks > int(old_guard.get("rollbacks") or 0):
+    rollbacks = _int(guard.get("rollbacks"))
+    if "guard" in new and rollbacks > _int(old_guard.get("rollbacks")):
         latest = guard.get("reason") or "divergence"
         events.append(("Warning", Reason.ROLLED_BACK,
                        (f"divergence guard: {rollbacks} rollback(s) so far, latest for {latest}; batches skipped, "
@@ -129,3 +130,7 @@ def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) 
             "lastTransitionTime": since or at}
     conditions = [c for c in new.get("conditions") or [] if c.get("type") != ConditionType.DIVERGED.value]
     return {**new, "guard": guard, "conditions": [*conditions, cond]}, events
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else 0
