@@ -50,7 +50,7 @@ async def test_a_refused_job_fails_the_finetunejob_once_without_retries(
 
 
 async def test_poison_specs_end_as_a_condition_and_one_event(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, caplog: Any) -> None:
     await start_operator()
     kube_api.validate_schemas = False  # as if the CRD had no schema (or preserve-unknown-fields)
     poison = {
@@ -76,6 +76,8 @@ async def test_poison_specs_end_as_a_condition_and_one_event(
         assert kube_api.get(FTJ, NS, name)["metadata"]["resourceVersion"] == rvs[name], f"{name}: status churn"
         assert len([e for e in events(kube_api, name) if e[0] == "Warning"]) == 1, (name, events(kube_api, name))
         assert kube_api.get("batch/v1/jobs", NS, name) is None
+    crashes = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+    assert not crashes, crashes  # no handler, indexer or resync raised on the way
 
 
 async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(

@@ -24,3 +24,11 @@ def test_upstream_names_and_first() -> None:
 def test_upstream_names_of_a_spec_of_any_shape() -> None:
     for spec in ("a string", None, 5, [1], {"model": 5}, {"model": {"adapter": "x"}}, {"training": {"rewardModel": [1]}}):
         assert upstream_names(spec) == []
+
+
+def test_gpu_type_of_a_body_of_any_shape() -> None:
+    from kubetune.operator.handlers.finetunejob import gpu_type
+
+    assert gpu_type({"spec": {"resources": {"gpuType": "H100-80GB"}}}) == "H100-80GB"
+    for body in ({}, {"spec": "x"}, {"spec": {"resources": 5}}, {"spec": {"resources": {"gpuType": 3}}}):
+        assert gpu_type(body) is None

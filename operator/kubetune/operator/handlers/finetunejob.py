@@ -78,6 +78,14 @@ def upstream_names(spec: Any) -> list[str]:
 TRANSIENT = (ApiException, kube.Unavailable, TimeoutError)
 
 
+def gpu_type(body: dict[str, Any]) -> str | None:
+    """``spec.resources.gpuType`` of a body of any shape (a spec the pass reported as invalid included)."""
+    spec = body.get("spec")
+    resources = spec.get("resources") if isinstance(spec, Mapping) else None
+    value = resources.get("gpuType") if isinstance(resources, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
 def untimed(status: dict[str, Any]) -> dict[str, Any]:
     """A status patch without the conditions' lastTransitionTime (a status never written gets a new one each pass)."""
     conds = status.get("conditions")
@@ -278,8 +286,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         for kind, reason, message in [*decision.events, *guard_events]:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
-        metrics.observe_cost(key[0], key[1], ((raw.get("spec") or {}).get("resources") or {}).get("gpuType"),
-                             new.get("cost"))
+        metrics.observe_cost(key[0], key[1], gpu_type(raw), new.get("cost"))
 
     # ------------------------------------------------------------------ triggers
 
