@@ -20,6 +20,7 @@ def to_prompt_completion(row):
 dataset = load_dataset("json", data_files=data, split="train")
 dataset = dataset.map(to_prompt_completion, remove_columns=dataset.column_names)
 args = SFTConfig(output_dir=out, max_steps=int(steps), per_device_train_batch_size=int(batch), max_length=int(cutoff),
-                 learning_rate=1e-4, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True)
+                 learning_rate=1e-4, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+                 bf16=False)  # fp32 on CPU, as kubetune's precision auto (TRL would autocast bf16: 7 min a step here)
 peft = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
 SFTTrainer(model=model_dir, args=args, train_dataset=dataset, peft_config=peft).train()

@@ -43,8 +43,8 @@ FIRST_STEP = re.compile(r"'loss':|kubetune: step 1/")  # TRL's log dict; kubetun
 # kubetune's milestones, in order: (phase that ENDS at the first line matching, pattern)
 MILESTONES = [
     ("python + CLI imports", re.compile(r"kubetune: running")),
-    ("data: fetch + convert", re.compile(r"memory estimate")),
-    ("tokenizer + template + tokenize", re.compile(r"dataset \S+: (\d+ tokenized rows cached|tokenized rows from cache)")),
+    ("trainer imports, data fetch + convert, model resolve + fit estimate", re.compile(r"memory estimate")),
+    ("tokenizer load + template + tokenize", re.compile(r"dataset \S+: (\d+ tokenized rows cached|tokenized rows from cache)")),
     ("model load + LoRA + TrainingArguments", re.compile(r"training_args\.py|TrainingArguments")),
     ("Trainer init (imports DeepSpeed) + first step", FIRST_STEP),
 ]
@@ -117,6 +117,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--reparse", action="store_true", help="recompute the phases from the last run's logs")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up run of each tool")
     args = parser.parse_args()
     folder = WORK_DIR / "ttfs"
     if args.reparse:
@@ -142,15 +143,16 @@ def main() -> None:
                 str(model), str(data), str(folder / "trl-out"), str(CUTOFF), str(BATCH), str(STEPS)],
     }
     for tool, cmd in commands.items():  # warm-up: caches filled, first-run costs (GGUF, compile) left out
-        timed(cmd, env, folder / f"warmup-{tool}.log")
+        if not args.no_warmup:
+            timed(cmd, env, folder / f"warmup-{tool}.log")
     runs = []
     for rep, tool in alternate(list(commands), args.reps):
         got = timed(commands[tool], env, folder / f"{tool}-{rep}.log")
         runs.append({"tool": tool, "rep": rep, "ttfs_s": got["ttfs_s"],
                      "phases": phases(got["lines"]) if tool == "kubetune" else {}})
         print(runs[-1], flush=True)
-    info = machine_info(note=f"SmolLM2-135M, LoRA r8 all-linear, cutoff {CUTOFF}, batch {BATCH}, CPU, warm caches, "
-                             f"{args.reps} alternated runs per tool")
+    info = machine_info(note=f"SmolLM2-135M, LoRA r8 all-linear, cutoff {CUTOFF}, batch {BATCH}, CPU, "
+                             f"{'no warm-up' if args.no_warmup else 'warm caches'}, {args.reps} alternated runs per tool")
     report(runs, info, args.reps)
 
 
