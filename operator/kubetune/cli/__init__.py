@@ -1,6 +1,6 @@
 """The `kubetune` command line.
 
-Subcommands register themselves in :data:`COMMANDS` (name → (help, add_arguments, run)),
+Subcommands register themselves in :data:`kubetune.cli.registry.COMMANDS` (name → (help, add_arguments, run)),
 so each concern keeps its own module. Trainer-side commands import the trainer lazily:
 the operator image (no torch) still has validate, crd, render and operator.
 """
@@ -10,12 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from typing import NoReturn
 
-from kubetune.cli import commands
-
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+from kubetune.cli import commands, data, operator  # noqa: F401 - each registers its subcommands
+from kubetune.cli.registry import COMMANDS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kubetune", description="LLM fine-tuning as a Kubernetes-native service (FineTuneJob CRD)."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, add_arguments, _run) in commands.COMMANDS.items():
+    for name, (help_text, add_arguments, _run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
     return parser
@@ -41,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _help, _add, run = commands.COMMANDS[args.command]
+    _help, _add, run = COMMANDS[args.command]
     try:
         return run(args)
     except KeyboardInterrupt:

@@ -5,25 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.validation import InvalidFineTuneJob, Problem, load_jobs, read_jobs
+from kubetune.cli.registry import command, default_cache_dir, print_error
 
-Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name: str, help_text: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
-    def register(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (help_text, add_arguments, run)
-        return run
-
-    return register
-
-
-def _err(msg: str) -> None:
-    print(msg, file=sys.stderr)
+_err = print_error
 
 
 # --------------------------------------------------------------------------------------------------- validate
@@ -82,10 +69,6 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="let the URL guard through to this host (e.g. 127.0.0.1 for a local S3)")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also show the libraries' warnings and logs (always written to the run's log file)")
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune"
 
 
 @command("run", "Run a FineTuneJob on this machine, without a cluster (same trainer as the pods).", _run_args)
@@ -165,5 +148,3 @@ def artifacts(args: argparse.Namespace) -> int:
     if not problems:
         print(f"{shown}: every file matches manifest.json")
     return 1 if problems else 0
-from kubetune.cli import data as _data  # noqa: F401
-from kubetune.cli import operator as _operator  # noqa: F401

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from kubetune.api.stages import Stage
-from kubetune.cli.commands import command, default_cache_dir
+from kubetune.cli.registry import command, default_cache_dir
 
 
 def positive_int(text: str) -> int:

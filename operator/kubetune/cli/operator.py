@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kubetune.cli.commands import _err, command
+from kubetune.cli.registry import command
+from kubetune.cli.registry import print_error as _err
 from kubetune.operator import settings as op_settings
 
 
