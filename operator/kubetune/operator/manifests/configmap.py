@@ -6,9 +6,9 @@ from typing import Any
 
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import ArtifactRef, FineTuneJob
-from kubetune.operator.manifests import BuildOptions, Resolved, spec_hash
 from kubetune.operator.manifests.labels import CONFIG, SPEC_HASH_ANNOTATION, labels
 from kubetune.operator.manifests.names import CONFIG_FILE, configmap_name
+from kubetune.operator.manifests.options import BuildOptions, Resolved, spec_hash
 
 CACHE_DIR = "/var/cache/kubetune"
 STATE_DIR = "/var/lib/kubetune"

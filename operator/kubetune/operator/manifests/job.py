@@ -14,7 +14,6 @@ from typing import Any
 from kubetune.api.conditions import NON_RETRYABLE_EXIT_CODES
 from kubetune.api.trainer_config import configmap_mount
 from kubetune.api.v1alpha1 import FineTuneJob, uri_scheme
-from kubetune.operator.manifests import MASTER_PORT, BuildOptions, spec_hash
 from kubetune.operator.manifests.configmap import CACHE_DIR, STATE_DIR
 from kubetune.operator.manifests.labels import QUEUE_LABEL, SPEC_HASH_ANNOTATION, TRAINER, labels, selector
 from kubetune.operator.manifests.names import (
@@ -26,6 +25,7 @@ from kubetune.operator.manifests.names import (
     service_name,
     volume_name,
 )
+from kubetune.operator.manifests.options import MASTER_PORT, BuildOptions, spec_hash
 
 CONTAINER = "trainer"
 TERMINATION_LOG = "/dev/termination-log"

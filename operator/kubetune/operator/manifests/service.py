@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from kubetune.api.v1alpha1 import FineTuneJob
-from kubetune.operator.manifests import MASTER_PORT, BuildOptions
 from kubetune.operator.manifests.labels import RENDEZVOUS, labels, selector
 from kubetune.operator.manifests.names import service_name
+from kubetune.operator.manifests.options import MASTER_PORT, BuildOptions
 
 
 def build_service(job: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
