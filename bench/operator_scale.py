@@ -428,15 +428,23 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         names = [f"scale-{i:04d}" for i in range(p.jobs)]
         next_sample = t0
+        # creates are sent on schedule, each in its own worker (as independent clients would), not one
+        # after the other: a slow answer must not lower the rate the operator sees
+        from concurrent.futures import ThreadPoolExecutor
+
+        sender = ThreadPoolExecutor(max_workers=16, thread_name_prefix="create")
+        sent = []
         for i, name in enumerate(names):
             due = t0 + i / p.rate
             if (delay := due - time.perf_counter()) > 0:
                 await asyncio.sleep(delay)
             tl.created[name] = time.perf_counter()
-            await asyncio.to_thread(api.create, FTJ, ftj_real(name))
+            sent.append(loop.run_in_executor(sender, api.create, FTJ, ftj_real(name)))
             if time.perf_counter() >= next_sample:
                 sampler.sample()
                 next_sample += 0.5
+        await asyncio.gather(*sent)
+        sender.shutdown()
         created_s = time.perf_counter() - t0
         deadline = time.perf_counter() + p.timeout_s
         while len(tl.ftj_gone) < p.jobs and time.perf_counter() < deadline:
