@@ -128,3 +128,32 @@ def test_any_spec_or_previous_shape_never_raises(spec, previous, tps):
     out = cost.cost_status(previous, spec, [pod("Running", 0, running=True)], tps, {"H100-80GB": 2.5},
                            T0 + dt.timedelta(seconds=60))
     assert out["nodeSeconds"] == 60.0 or out["nodeSeconds"] >= 60.0
+
+
+async def test_operator_reports_cost_of_every_attempt(kube_api, cluster, start_operator):
+    """The real operator on the API emulator: a failed attempt and its replacement both count; -o wide columns."""
+    from kubetune.api.crdgen import PRINTER_COLUMNS
+    from tests.harness.emulator import FTJ
+    from tests.harness.fixtures import eventually
+    from tests.operator.test_lifecycle import ftj, status
+
+    await start_operator(gpu_hour_prices={"H100-80GB": 3600.0})  # 1 per GPU-second: easy to check
+    kube_api.create(FTJ, ftj("cost", resources={"nodes": 1, "gpusPerNode": 4, "gpuType": "H100-80GB"},
+                             runPolicy={"backoffLimit": 2}))
+    await eventually(lambda: [p for p in cluster.pods("cost") if p["status"]["phase"] == "Running"])
+    await eventually(lambda: (status(kube_api, "cost").get("cost") or {}).get("gpuSeconds", 0) >= 4, timeout=30)
+    cluster.finish("cost", 0, exit_code=1, message="boom")  # retried by the Job: a second pod
+    await eventually(lambda: len(cluster.pods("cost")) == 2 and any(
+        p["status"]["phase"] == "Running" for p in cluster.pods("cost")), timeout=30)
+    await eventually(lambda: (status(kube_api, "cost").get("cost") or {}).get("nodeSeconds", 0)
+                     > cost.usage([p for p in cluster.pods("cost") if p["status"]["phase"] == "Failed"], 4, T0)[0],
+                     timeout=30)
+    cluster.finish("cost", 0)
+    await eventually(lambda: status(kube_api, "cost").get("phase") == "Succeeded", timeout=30)
+    pods = cluster.pods("cost")
+    node_s, gpu_s = cost.usage(pods, 4, dt.datetime.now(dt.UTC))  # all terminated: now does not matter
+    await eventually(lambda: status(kube_api, "cost")["cost"]["nodeSeconds"] == round(node_s, 1), timeout=30)
+    final = status(kube_api, "cost")["cost"]
+    assert final["gpuSeconds"] == round(gpu_s, 1) == round(4 * node_s, 1) and final["estimatedCost"] == final["gpuSeconds"]
+    assert {c["jsonPath"] for c in PRINTER_COLUMNS if c.get("priority") == 1} >= {
+        ".status.cost.gpuHours", ".status.cost.tokensPerGpuHour", ".status.cost.estimatedCost"}

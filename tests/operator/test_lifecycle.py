@@ -80,6 +80,7 @@ def golden_status(api: KubeEmulator, name: str, phase: str) -> None:
     meta["uid"] = "00000000-0000-0000-0000-000000000000"
     meta["resourceVersion"] = "1"
     meta.pop("annotations", None)
+    obj.get("status", {}).pop("cost", None)  # seconds of running pods depend on the test's timing (status.cost)
     text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", "2026-01-01T00:00:00Z", text)
     path = GOLDEN / f"status-{phase}.json"

@@ -52,7 +52,9 @@ def pod_seconds(pod: Mapping[str, Any], now: dt.datetime) -> float:
     if start is None:
         return 0.0
     known_ends = [e for e in ends if e is not None]
-    end = now if running or not known_ends else max(known_ends)
+    # the API server's timestamps have 1 s resolution: a running pod counts to the same resolution, so a total
+    # seen while it ran is never above the one its finishedAt gives
+    end = now.replace(microsecond=0) if running or not known_ends else max(known_ends)
     return max(0.0, (end - start).total_seconds())
 
 

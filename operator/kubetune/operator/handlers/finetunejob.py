@@ -263,8 +263,10 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         old_cost = (raw.get("status") or {}).get("cost")
         if pods or old_cost:  # status.cost: GPU- and node-seconds of every pod, restarts included
             tps = (new.get("progress") or {}).get("tokensPerSecond")
-            new = {**new, "cost": cost.cost_status(old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices,
-                                                   dt.datetime.now(dt.UTC))}
+            used = cost.cost_status(old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices,
+                                    dt.datetime.now(dt.UTC))
+            if used["nodeSeconds"] > 0 or old_cost:  # pending pods cost nothing yet
+                new = {**new, "cost": used}
         changes = st.status_patch(raw.get("status"), new)
         if changes and refused_status.get(uid, ("", None))[1] == untimed(changes):
             return  # refused before, nothing new to write: no retry loop on a write the server refuses
