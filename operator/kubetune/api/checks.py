@@ -19,6 +19,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator
+from pydantic.config import JsonDict
 
 from kubetune.api.names import dns_subdomain_problem
 
@@ -115,8 +116,8 @@ def quantity_problem(text: Any) -> str | None:
 
 # The same rules as CRD patterns, so `kubectl apply` refuses what validate refuses (kubetune.api.names checks them).
 _DNS_LABEL_RE = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
-K8S_NAME_SCHEMA = {"pattern": rf"^{_DNS_LABEL_RE}(\.{_DNS_LABEL_RE})*$", "maxLength": 253}
-LABEL_NAME_SCHEMA = {**K8S_NAME_SCHEMA, "maxLength": 63}  # a name that is also a label value
+K8S_NAME_SCHEMA: JsonDict = {"pattern": rf"^{_DNS_LABEL_RE}(\.{_DNS_LABEL_RE})*$", "maxLength": 253}
+LABEL_NAME_SCHEMA: JsonDict = {**K8S_NAME_SCHEMA, "maxLength": 63}  # a name that is also a label value
 
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 _NAME_PART = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")

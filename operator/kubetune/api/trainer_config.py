@@ -64,7 +64,7 @@ class TrainerConfig(_Model):
     @classmethod
     def from_job(cls, job: FineTuneJob, **runtime: object) -> TrainerConfig:
         rt = {"job_name": job.metadata.name, "namespace": job.metadata.namespace or "default", **runtime}
-        return cls(spec=job.spec, runtime=RuntimeSpec(**rt))
+        return cls(spec=job.spec, runtime=RuntimeSpec.model_validate(rt))
 
     def to_json(self) -> str:
         return json.dumps(self.model_dump(by_alias=True, mode="json", exclude_none=True), indent=2, sort_keys=True)

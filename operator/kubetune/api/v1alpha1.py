@@ -9,7 +9,7 @@ raise :class:`SpecProblems` so every problem keeps its own field path.
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -35,8 +35,8 @@ from kubetune.api.stages import STAGE_CONTRACTS, Stage
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "FineTuneJob"
+API_VERSION: Final = "kubetune.io/v1alpha1"  # f"{GROUP}/{VERSION}", spelled out for the type checker
+KIND: Final = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj"]

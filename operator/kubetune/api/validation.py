@@ -155,9 +155,9 @@ def _message(err: dict[str, Any], root: type[BaseModel]) -> list[Problem]:
 
 def problems_from(exc: ValidationError, root: type[BaseModel] = FineTuneJob, prefix: tuple[str, ...] = ()) -> list[Problem]:
     problems: list[Problem] = []
-    for err in exc.errors(include_url=False):
-        err = dict(err)
-        err["loc"] = prefix + tuple(err["loc"])
+    for details in exc.errors(include_url=False):
+        err: dict[str, Any] = dict(details)
+        err["loc"] = prefix + tuple(details["loc"])
         problems += _message(err, root)
     return problems
 

@@ -52,9 +52,11 @@ class _Loader(yaml.SafeLoader):
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise YamlRefused(f"nested deeper than {MAX_DEPTH} levels", mark.line + 1)
-            return super().compose_node(parent, index)
+            node = super().compose_node(parent, index)
+            assert node is not None  # a composed node is never empty here: the event was not a stream end
+            return node
         finally:
             self._depth -= 1
 
