@@ -88,3 +88,43 @@ def test_a_blocked_rank_is_dumped_and_exits_75(tmp_path, rank):
     assert f"stalled: rank {rank} made no optimizer step" in message and "after step 1" in message, message
     assert "blocked_in_all_reduce" in message  # the stuck frame is in the pod's termination message
     assert "blocked_in_all_reduce" in proc.stderr  # and in the log
+
+
+REAL_RUN = textwrap.dedent("""
+    import sys, time
+    from transformers import TrainerCallback
+    from kubetune.trainer import __main__ as entry, runner
+
+    class SleepsInStep(TrainerCallback):  # rank 0 stuck at step 2, as if its peer never joined an all-reduce
+        def on_step_begin(self, args, state, control, **_):
+            if state.global_step == 1:
+                stuck_in_collective()
+
+    def stuck_in_collective():
+        time.sleep(600)
+
+    real_run = runner.run
+    runner.run = lambda cfg, callbacks=None, on_phase=None: real_run(
+        cfg, callbacks=[*(callbacks or []), SleepsInStep()], on_phase=on_phase)
+    sys.exit(entry.main(["--config", sys.argv[1]]))
+""")
+
+
+@pytest.mark.slow
+def test_a_real_training_run_that_hangs_is_dumped_and_exits_75(tmp_path, tiny_model_dir):
+    from tests.trainer.guard.test_guard import _config
+
+    config = _config(tmp_path, tiny_model_dir, {}, max_steps=4)
+    config.spec.training.stall_timeout_seconds = 3
+    path = tmp_path / "trainer.json"
+    path.write_text(config.to_json(), encoding="utf-8")
+    termination = tmp_path / "termination-log"
+    env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(termination), "KUBETUNE_METRICS_LINGER_SECONDS": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-c", REAL_RUN, str(path)], capture_output=True, text=True, env=env,
+                          timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == EXIT_STALLED, proc.stderr[-3000:]
+    message = termination.read_text()
+    assert "made no optimizer step" in message and "after step 1" in message, message
+    assert "stuck_in_collective" in message, message
+    assert not (tmp_path / "out" / "manifest.json").exists()

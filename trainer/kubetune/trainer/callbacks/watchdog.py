@@ -50,7 +50,11 @@ def dump_stacks() -> str:
     with tempfile.TemporaryFile(mode="w+") as fh:
         faulthandler.dump_traceback(file=fh, all_threads=True)
         fh.seek(0)
-        return fh.read()
+        blocks = fh.read().strip("\n").split("\n\n")
+    # the main thread (where training runs) first, the watchdog's own thread ("Current thread") last
+    main = f"0x{threading.main_thread().ident:016x}"
+    order = sorted(blocks, key=lambda block: (main not in block.split("\n", 1)[0], block.startswith("Current thread")))
+    return "\n\n".join(order) + "\n"
 
 
 def _exit(message: str) -> None:
