@@ -157,3 +157,25 @@ async def test_operator_reports_cost_of_every_attempt(kube_api, cluster, start_o
     assert final["gpuSeconds"] == round(gpu_s, 1) == round(4 * node_s, 1) and final["estimatedCost"] == final["gpuSeconds"]
     assert {c["jsonPath"] for c in PRINTER_COLUMNS if c.get("priority") == 1} >= {
         ".status.cost.gpuHours", ".status.cost.tokensPerGpuHour", ".status.cost.estimatedCost"}
+
+
+async def test_a_stalled_pod_shows_in_status_and_an_event_and_is_retried(kube_api, cluster, start_operator):
+    """The hang watchdog's exit 75 is retried by the Job; the operator shows the stuck frame and warns once."""
+    from tests.harness.emulator import FTJ
+    from tests.harness.fixtures import eventually
+    from tests.operator.test_lifecycle import events, ftj, status
+
+    await start_operator()
+    kube_api.create(FTJ, ftj("hang", resources={"nodes": 1, "gpusPerNode": 1}, runPolicy={"backoffLimit": 2}))
+    await eventually(lambda: [p for p in cluster.pods("hang") if p["status"]["phase"] == "Running"])
+    dump = ("stalled: rank 0 made no optimizer step for 900 s after step 12 ... Python stacks:\n"
+            'Thread 0x00007f (most recent call first):\n  File "torch/distributed/c10d.py", line 2501 in all_reduce')
+    cluster.finish("hang", 0, exit_code=75, message=dump)
+    await eventually(lambda: (status(kube_api, "hang").get("lastStall") or {}).get("message", "").endswith(
+        "in all_reduce"), timeout=30)
+    await eventually(lambda: ("Warning", "TrainerStalled") in events(kube_api, "hang"), timeout=30)
+    await eventually(lambda: any(p["status"]["phase"] == "Running" for p in cluster.pods("hang")), timeout=30)
+    cluster.finish("hang", 0)  # the retried pod (resumed from its checkpoint) completes
+    await eventually(lambda: status(kube_api, "hang").get("phase") == "Succeeded", timeout=30)
+    assert events(kube_api, "hang").count(("Warning", "TrainerStalled")) == 1
+    assert status(kube_api, "hang")["lastStall"]["pod"]

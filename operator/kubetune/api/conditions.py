@@ -66,6 +66,8 @@ class Reason:
     # the divergence guard (spec.training.guard): a rollback happened / training recovered after it
     ROLLED_BACK = "RolledBack"
     RECOVERED = "Recovered"
+    # the hang watchdog ended a trainer pod (exit 75): the Job retries it
+    TRAINER_STALLED = "TrainerStalled"
 
 
 # Exit codes of ``kubetune-train`` that mean "bad config / bad data": retrying cannot help,

@@ -874,6 +874,15 @@ class CostStatus(_Status):
                                          "(chart value costs.gpuHourPrice); absent without a price.")
 
 
+class StallStatus(_Status):
+    """The newest trainer pod the hang watchdog ended (exit 75, retried by the Job)."""
+
+    pod: str | None = Field(None, description="Pod name.")
+    finished_at: str | None = Field(None, description="When it exited (RFC 3339).")
+    message: str | None = Field(None, description="Its termination message: the stall and the first lines of the "
+                                "Python stacks (the stuck frame).")
+
+
 class FineTuneJobStatus(_Status):
     """Observed state, written by the operator."""
 
@@ -893,6 +902,8 @@ class FineTuneJobStatus(_Status):
     guard: GuardStatus | None = Field(None, description="Divergence-guard rollbacks (spec.training.guard).")
     cost: CostStatus | None = Field(None, description="GPU-seconds, node-seconds, tokens per GPU-hour, estimated "
                                     "cost.")
+    last_stall: StallStatus | None = Field(None, description="The newest pod ended by the hang watchdog "
+                                           "(spec.training.stallTimeoutSeconds).")
     job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
     spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")
 

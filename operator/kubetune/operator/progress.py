@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from kubetune.api.conditions import ConditionType, Reason
+from kubetune.api.conditions import EXIT_STALLED, ConditionType, Reason
 from kubetune.api.metrics import (
     CHECKPOINT_LAST_STEP,
     DATASET_ROWS,
@@ -134,3 +134,25 @@ def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) 
 
 def _int(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else 0
+
+
+def stall_status(previous: dict[str, Any] | None, new: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """``status.lastStall`` from the newest trainer pod that the hang watchdog ended (exit 75; the Job retries
+    it): the pod, when, and the head of its termination message (the stuck frames); a Warning Event
+    (TrainerStalled) once per such pod. Pure."""
+    previous = previous if isinstance(previous, dict) else {}
+    stalls = []
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode") == EXIT_STALLED:
+                stalls.append((str(term.get("finishedAt") or ""), (pod.get("metadata") or {}).get("name", ""),
+                               str(term.get("message") or "")))
+    old = previous.get("lastStall") if isinstance(previous.get("lastStall"), dict) else None
+    if not stalls:
+        return ({**new, "lastStall": old} if old else new), []
+    at, pod, message = max(stalls)
+    stall = {"pod": pod, "finishedAt": at or None, "message": message[:1024]}
+    events = [] if old and old.get("pod") == pod else [
+        ("Warning", Reason.TRAINER_STALLED, f"pod {pod}: {message[:900]}" if message else f"pod {pod} stalled")]
+    return {**new, "lastStall": stall}, events

@@ -260,6 +260,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                     metrics.POLL_FAILURES.inc()
                     logger.debug("progress scrape of %s failed: %s", url, exc)
         new, guard_events = progress.guard_status(raw.get("status"), new, st.now())  # spec.training.guard
+        new, stall_events = progress.stall_status(raw.get("status"), new, pods)  # exit 75: the hang watchdog
         old_cost = (raw.get("status") or {}).get("cost")
         if pods or old_cost:  # status.cost: GPU- and node-seconds of every pod, restarts included
             tps = (new.get("progress") or {}).get("tokensPerSecond")
@@ -285,7 +286,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 return
             refused_status.pop(uid, None)
             written[uid] = (new, time.monotonic())
-        for kind, reason, message in [*decision.events, *guard_events]:
+        for kind, reason, message in [*decision.events, *guard_events, *stall_events]:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
         metrics.observe_cost(key[0], key[1], gpu_type(raw), new.get("cost"))
