@@ -1,7 +1,8 @@
 """`kubetune-train --config trainer.json`: the entry point of a training pod.
 
-Exit codes: 0 done, 3 bad config, 4 bad data (both non-retryable for the Job's
-podFailurePolicy), 143 preempted (checkpoint saved), 1 anything else. The reason goes to
+Exit codes: 0 done, 3 bad config, 4 bad data, 5 diverged (the divergence guard used up
+spec.training.guard.maxRollbacks; all three non-retryable for the Job's podFailurePolicy), 75 stalled
+(the hang watchdog: stacks dumped, retried), 143 preempted (checkpoint saved), 1 anything else. The reason goes to
 /dev/termination-log so the operator can show it in the FineTuneJob's status.
 
 With several processes per pod this process becomes torchrun's launcher
@@ -16,23 +17,13 @@ import argparse
 import os
 import sys
 import traceback
-from pathlib import Path
 
 from kubetune.api.redact import redact
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune.trainer.errors import TrainerError
+from kubetune.trainer.errors import TERMINATION_LOG, TrainerError, write_termination_message  # noqa: F401
 from kubetune.trainer.logging import get_logger, setup
 
-TERMINATION_LOG = "/dev/termination-log"
 log = get_logger("kubetune.trainer")
-
-
-def write_termination_message(message: str) -> None:
-    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
-    try:
-        path.write_text(redact(message)[-4000:], encoding="utf-8")
-    except OSError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
