@@ -60,7 +60,17 @@ def test_every_field_has_a_description():
 def test_printer_columns_and_names():
     crd = build_crd()
     version = crd["spec"]["versions"][0]
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Stage", "Phase", "Progress", "Loss", "ETA", "Age"]
+    columns = version["additionalPrinterColumns"]
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Stage", "Phase", "Progress", "Loss", "ETA", "Age"]
+    # kubectl get ftj -o wide adds the cost and the guard's rollbacks; each path exists in the status schema
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["GPU-Hours", "Tokens/GPU-h", "Cost", "Rollbacks"]
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for column in columns:
+        if column["jsonPath"].startswith(".status."):
+            node = status
+            for part in column["jsonPath"].split(".")[2:]:
+                node = node["properties"][part]
+            assert node["type"] == column["type"] or (node["type"], column["type"]) == ("number", "string"), column
     assert version["subresources"] == {"status": {}}
     assert crd["spec"]["names"]["shortNames"] == ["ftj"]
 
