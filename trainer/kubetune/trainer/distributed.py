@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.conditions import EXIT_STALLED, NON_RETRYABLE_EXIT_CODES
 from kubetune.api.v1alpha1 import DistributedSpec, FineTuneJobSpec
 from kubetune.trainer.errors import TrainerError
 
@@ -162,7 +163,7 @@ def last_failure() -> dict[str, Any]:
 # Exit codes a worker chooses itself (kubetune.trainer.errors, Preempted) outrank a crash, and a crash outranks a
 # signal (the agent SIGTERMs the surviving workers once one fails), so the non-retryable 3 and 4 always reach the
 # Job's podFailurePolicy.
-_TIER_OF_CODE = {3: 0, 4: 0, 143: 1}
+_TIER_OF_CODE = {**{code: 0 for code in NON_RETRYABLE_EXIT_CODES}, EXIT_STALLED: 1, 143: 1}  # 143: preempted
 
 
 def _tier(code: int) -> int:
@@ -174,7 +175,8 @@ def _tier(code: int) -> int:
 def pod_exit_code(failures: dict[int, tuple[int, float, str]]) -> tuple[int, int, str]:
     """(exit code, rank, message) for the pod from the failed workers' ``{rank: (exitcode, timestamp, message)}``.
 
-    A documented code (3 bad config, 4 bad data; then 143 preempted) from any rank wins over a crash, a crash
+    A documented code (3 bad config, 4 bad data, 5 diverged; then 75 stalled, 143 preempted) from any rank wins
+    over a crash, a crash
     over a signal; among equals the earliest failure (then the lowest rank) decides. A worker killed by
     signal N (exitcode ``-N``) gives the shell's ``128 + N``.
     """
