@@ -206,7 +206,7 @@ def bench_steps(reps: int, server_pid: int) -> dict[str, Any]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from kubetune.trainer.storage.checkpoints import CheckpointUploader
+    from kubetune.trainer.storage.uploader import CheckpointUploader
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
     model_dir = WORK / "model"

@@ -13,6 +13,7 @@ import pytest
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.storage import checkpoints as ck
 from kubetune.trainer.storage import s3
+from kubetune.trainer.storage import uploader as up
 from tests.trainer.storage.conftest import LOCAL, object_keys, write_tree
 
 
@@ -54,7 +55,7 @@ def test_no_checkpoints_yet(s3_bucket: str) -> None:
 def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path,
                                                                proxy) -> None:
     out = f"s3://{s3_bucket}/bg"
-    uploader = ck.CheckpointUploader(out, keep=2, allow=LOCAL)
+    uploader = up.CheckpointUploader(out, keep=2, allow=LOCAL)
     args = SimpleNamespace(output_dir=str(tmp_path))
     control = SimpleNamespace()
     proxy.inject("503", "drop", method="PUT")  # retried in the background
@@ -77,7 +78,7 @@ def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3
 
 def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: str, tmp_path: Path,
                                                                     proxy) -> None:
-    uploader = ck.CheckpointUploader(f"s3://{s3_bucket}/hook", keep=3, allow=LOCAL, on_save=False)
+    uploader = up.CheckpointUploader(f"s3://{s3_bucket}/hook", keep=3, allow=LOCAL, on_save=False)
     uploader.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=1,
                      is_world_process_zero=True), SimpleNamespace())  # ignored in hook mode
     proxy.fail_always("step-5/")
@@ -96,8 +97,8 @@ def test_checkpoint_callback_for_outputs_with_every_steps() -> None:
                                spec=SimpleNamespace(checkpointing=SimpleNamespace(every_steps=every, keep=2)))
 
     # file:// too: a pod's scratch dies with it, and the other nodes of a multi-node job resume from the output
-    assert isinstance(ck.checkpoint_callback(cfg("file:///tmp/x", 5)), ck.CheckpointUploader)
-    assert ck.checkpoint_callback(cfg("file:///tmp/x", None)) is None
-    assert ck.checkpoint_callback(cfg("s3://b/x", None)) is None
-    cb = ck.checkpoint_callback(cfg("s3://b/x", 5))
-    assert isinstance(cb, ck.CheckpointUploader) and cb.keep == 2 and cb.allow == ["127.0.0.1"]
+    assert isinstance(up.checkpoint_callback(cfg("file:///tmp/x", 5)), up.CheckpointUploader)
+    assert up.checkpoint_callback(cfg("file:///tmp/x", None)) is None
+    assert up.checkpoint_callback(cfg("s3://b/x", None)) is None
+    cb = up.checkpoint_callback(cfg("s3://b/x", 5))
+    assert isinstance(cb, up.CheckpointUploader) and cb.keep == 2 and cb.allow == ["127.0.0.1"]

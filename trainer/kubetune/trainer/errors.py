@@ -41,3 +41,20 @@ class Stalled(TrainerError):
     """The hang watchdog saw no optimizer step for ``spec.training.stallTimeoutSeconds`` (retried by the Job)."""
 
     exit_code = EXIT_STALLED
+
+
+TERMINATION_LOG = "/dev/termination-log"  # the Job's terminationMessagePath; KUBETUNE_TERMINATION_LOG overrides
+
+
+def write_termination_message(message: str) -> None:
+    """The pod's termination message (the operator shows it in status): redacted, the last 4,000 characters."""
+    import os
+    from pathlib import Path
+
+    from kubetune.api.redact import redact
+
+    path = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", TERMINATION_LOG))
+    try:
+        path.write_text(redact(message)[-4000:], encoding="utf-8")
+    except OSError:
+        pass

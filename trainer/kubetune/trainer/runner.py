@@ -28,10 +28,10 @@ from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 from kubetune.trainer.preflight import check_fit
 from kubetune.trainer.stages import RunContext, get_stage
 from kubetune.trainer.storage.cache import set_limit as set_cache_limit
-from kubetune.trainer.storage.checkpoints import checkpoint_callback
 from kubetune.trainer.storage.checkpoints import delete_all as delete_checkpoints
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
+from kubetune.trainer.storage.uploader import checkpoint_callback
 
 log = get_logger(__name__)
 

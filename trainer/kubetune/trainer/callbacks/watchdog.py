@@ -58,9 +58,8 @@ def dump_stacks() -> str:
 
 
 def _exit(message: str) -> None:
-    from kubetune.trainer.__main__ import write_termination_message
     from kubetune.trainer.distributed import record_failure
-    from kubetune.trainer.errors import Stalled
+    from kubetune.trainer.errors import Stalled, write_termination_message
 
     write_termination_message(message)
     with contextlib.suppress(Exception):  # the exit below must happen whatever the launcher's error file does

@@ -36,12 +36,11 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from kubetune.trainer.artifacts.manifest import CHECKPOINTS
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import s3
+from kubetune.trainer.storage.manifest_format import CHECKPOINTS
 from kubetune.trainer.storage.paths import UnsafePath, contained
 from kubetune.trainer.storage.uris import Uri, file_path, join
 
@@ -200,7 +199,7 @@ def _delete(uri: str, allow: Iterable[str]) -> None:
     s3.delete_keys(cli, bucket, [o["Key"] for o in s3.list_objects(cli, bucket, prefix)])
 
 
-def _stage(src: Path, dest: Path) -> Path:
+def stage_checkpoint(src: Path, dest: Path) -> Path:
     """Hard-link (or copy, across filesystems) ``src`` into ``dest``: a snapshot the Trainer cannot rotate away."""
     shutil.rmtree(dest, ignore_errors=True)
 
@@ -212,29 +211,6 @@ def _stage(src: Path, dest: Path) -> Path:
 
     shutil.copytree(src, dest, copy_function=link)
     return dest
-
-
-def checkpoint_callback(config: Any) -> Any:
-    """The uploader for a TrainerConfig when periodic checkpoints are on (s3:// and file:// outputs), else None.
-
-    file:// outputs too: a pod's scratch folder dies with the pod, and the other nodes of a multi-node job
-    never see it, so the output (a shared volume) is where every node of the next attempt resumes from."""
-    uri = config.runtime.output_uri
-    if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme not in ("s3", "file"):
-        return None
-    from kubetune.trainer.storage.uploader import CheckpointUploader
-
-    return CheckpointUploader(uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls,
-                              on_save=False)
-
-
-def __getattr__(name: str) -> Any:
-    # The callback class needs transformers; keep this module light for the upload subprocess.
-    if name == "CheckpointUploader":
-        from kubetune.trainer.storage.uploader import CheckpointUploader
-
-        return CheckpointUploader
-    raise AttributeError(name)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.redact import redact
-from kubetune.trainer.artifacts.manifest import MANIFEST
 from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.storage.manifest_format import MANIFEST
 from kubetune.trainer.storage.paths import contained
 from kubetune.trainer.storage.uris import Uri, file_path, pvc_path
 

@@ -33,13 +33,6 @@ from urllib.parse import unquote, urlsplit
 from kubetune.api import trainer_config
 from kubetune.api.names import dns_subdomain_problem
 from kubetune.api.redact import redact
-from kubetune.trainer.artifacts.manifest import (
-    CHECKPOINTS,
-    MANIFEST,
-    MAX_MANIFEST_BYTES,
-    ManifestProblem,
-    parse_manifest,
-)
 from kubetune.trainer.errors import ConfigError, TrainerError
 from kubetune.trainer.logging import get_logger
 from kubetune.trainer.storage import fetch as _fetch
@@ -47,6 +40,13 @@ from kubetune.trainer.storage import publish as _publish
 from kubetune.trainer.storage import s3
 from kubetune.trainer.storage.cache import cache_key, cached, safe_name, unversioned_revision
 from kubetune.trainer.storage.guard import Guard, URLRefused, check_url
+from kubetune.trainer.storage.manifest_format import (
+    CHECKPOINTS,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    ManifestProblem,
+    parse_manifest,
+)
 from kubetune.trainer.storage.paths import check_relative, contained
 from kubetune.trainer.storage.uris import Uri
 

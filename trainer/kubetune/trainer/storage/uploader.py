@@ -5,7 +5,7 @@ thread takes the newest staged checkpoint and runs ``python -m kubetune.trainer.
 on it in a child process at a lower CPU priority: the upload (hashing, HTTP, retries) never holds the
 training process's GIL, and the kernel schedules the training threads first. ``on_train_end`` waits
 for the queue to drain; failed uploads are logged and listed in ``errors`` (training goes on, the
-next checkpoint tries again). Re-exported as ``kubetune.trainer.storage.checkpoints.CheckpointUploader``.
+next checkpoint tries again). :func:`checkpoint_callback` makes one for a TrainerConfig.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kubetune.trainer.logging import get_logger
-from kubetune.trainer.storage.checkpoints import Checkpoint, _stage, checkpoint_uri
+from kubetune.trainer.storage.checkpoints import Checkpoint, checkpoint_uri, stage_checkpoint
+from kubetune.trainer.storage.uris import Uri
 
 log = get_logger(__name__)
 
@@ -61,7 +62,7 @@ class CheckpointUploader(TrainerCallback):
         if not folder.is_dir():
             log.warning("checkpoint folder %s not found; not uploading step %d", folder, step)
             return
-        staged = _stage(folder, folder.parent / ".kubetune-upload" / f"step-{step}")
+        staged = stage_checkpoint(folder, folder.parent / ".kubetune-upload" / f"step-{step}")
         self._queue.put((step, staged))
         if self._thread is None:
             self._thread = threading.Thread(target=self._work, name="kubetune-checkpoints", daemon=True)
@@ -110,3 +111,15 @@ class CheckpointUploader(TrainerCallback):
             log.warning("checkpoint step %d upload failed (training continues): %s", step, exc)
         finally:
             shutil.rmtree(staged, ignore_errors=True)
+
+
+def checkpoint_callback(config: Any) -> Any:
+    """The uploader for a TrainerConfig when periodic checkpoints are on (s3:// and file:// outputs), else None.
+
+    file:// outputs too: a pod's scratch folder dies with the pod, and the other nodes of a multi-node job
+    never see it, so the output (a shared volume) is where every node of the next attempt resumes from."""
+    uri = config.runtime.output_uri
+    if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme not in ("s3", "file"):
+        return None
+    return CheckpointUploader(uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls,
+                              on_save=False)
