@@ -319,8 +319,6 @@ def test_trainer_image_trains_as_the_job_pod_into_s3(images: im.BuiltImages, tin
 
 
 
-@pytest.mark.xfail(strict=True, reason="the training Job sets no readOnlyRootFilesystem and mounts no /tmp: "
-                   "on a read-only root the trainer cannot import torch (tempfile finds no writable folder)")
 def test_job_pods_can_run_with_a_read_only_root() -> None:
     """PodSecurity "restricted" does not require it, but the operator's own Deployment runs read-only; the
     trainer's Job should too, with a writable /tmp (an emptyDir), as the run above needs."""
@@ -330,7 +328,7 @@ def test_job_pods_can_run_with_a_read_only_root() -> None:
 
     ftj = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
                                       "metadata": {"name": "ro", "namespace": "default"},
-                                      "spec": tiny_lora_spec("s3://b/m/", "s3://b/d.json", "s3://b/o", "s")})
+                                      "spec": tiny_lora_spec("s3://bkt/m/", "s3://bkt/d.json", "s3://bkt/o", "s")})
     pod = build_job(ftj, BuildOptions())["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["securityContext"].get("readOnlyRootFilesystem") is True

@@ -197,6 +197,7 @@ def with_cache(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptions) -> 
         cache = {"name": "cache", "emptyDir": {"sizeLimit": res.cache_size}}
     _volume(job, cache, CACHE_DIR)
     _volume(job, {"name": "state", "emptyDir": {}}, STATE_DIR)
+    _volume(job, {"name": "tmp", "emptyDir": {}}, "/tmp")  # the root filesystem is read-only (with_security)
     return job
 
 
@@ -280,6 +281,7 @@ def with_security(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptions) 
     _container(job)["securityContext"] = {
         "allowPrivilegeEscalation": False,
         "privileged": False,
+        "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
