@@ -162,6 +162,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     faults: list[list[Any]] = attrs.field(factory=list, init=False)  # [method, resource, subresource, count, error]
     fault_hits: int = attrs.field(default=0, init=False)
     owned: dict[str, set[Key]] = attrs.field(factory=lambda: defaultdict(set), init=False)  # owner uid -> dependents
+    pod_logs: dict[tuple[str, str], str] = attrs.field(factory=dict, init=False)  # (ns, pod) -> text of pods/log
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -419,6 +420,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return await self._watch(request, resource, ns)
             if method == enums.method.GET and request.name is None:
                 return self._table_or_json(request, resource, self._list(request, resource, ns))
+            if method == enums.method.GET and resource == "v1/pods" and request.subresource == "log":
+                if (resource, ns, request.name) not in self.store:
+                    raise ApiError(404, "NotFound", f'pods "{request.name}" not found', {"name": request.name, "kind": "pods"})
+                return aiohttp.web.Response(text=self.pod_logs.get((ns, request.name or ""), ""), content_type="text/plain")
             if method == enums.method.GET:
                 obj = self.store.get((resource, ns, request.name))
                 if obj is None:
@@ -455,7 +460,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         paths = []
         if resource == FTJ:
             for c in PRINTER_COLUMNS:
-                columns.append({"name": c["name"], "type": c["type"], "format": "", "description": c.get("description", ""), "priority": 0})
+                columns.append({"name": c["name"], "type": c["type"], "format": "", "description": c.get("description", ""),
+                                "priority": c.get("priority", 0)})  # kubectl shows priority > 0 only with -o wide
                 paths.append(c["jsonPath"])
         else:
             columns.append({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0})

@@ -117,7 +117,7 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], str, str]]:
         _status(body, job=_job(body, active=1, spec_hash="0123456789abcdef"), pods=[RUNNING_POD]), "Degraded", "Failed")
     waiting = _ftj(model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": {"fromJob": "sft-base"}})
     out["waiting-for-upstream"] = (_status(waiting, job=None, upstream={"sft-base": None}), "Progressing", "InProgress")
-    out["secret-missing"] = (_status(_ftj(output={"uri": "s3://a/b", "credentialsSecret": "s3"}), job=None,
+    out["secret-missing"] = (_status(_ftj(output={"uri": "s3://bkt/b", "credentialsSecret": "s3"}), job=None,
                                      missing_secrets=["s3"]), "Progressing", "InProgress")
     stale = copy.deepcopy(out["succeeded"][0])
     stale["metadata"]["generation"] = 2

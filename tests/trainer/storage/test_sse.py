@@ -17,6 +17,7 @@ from kubetune.trainer.storage.cache import COMPLETE
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
 from kubetune.trainer.storage.remote import verify_remote
+from kubetune.trainer.storage.uploader import CheckpointUploader
 from tests.trainer.storage.conftest import LOCAL, object_keys, write_tree
 from tests.trainer.storage.test_checkpoints import make_checkpoint
 from tests.trainer.storage.test_s3 import SMALL, artifact
@@ -96,7 +97,7 @@ def test_checkpoints_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_path: Path
 
 
 def test_background_checkpoint_upload_with_opaque_etags(s3_bucket: str, s3c, sse_proxy, tmp_path: Path) -> None:
-    uploader = ck.CheckpointUploader(f"s3://{s3_bucket}/kms-bg", keep=1, allow=LOCAL, on_save=False)
+    uploader = CheckpointUploader(f"s3://{s3_bucket}/kms-bg", keep=1, allow=LOCAL, on_save=False)
     sse_proxy.inject("503", "drop", method="PUT")
     for step in (3, 4):
         uploader(make_checkpoint(tmp_path, step, size=200_000), step)
