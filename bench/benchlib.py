@@ -70,8 +70,9 @@ def machine_info(extra_packages: Iterable[str] = (), note: str | None = None) ->
         "memory_gib": _mem_total_gib(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "packages": package_versions(["kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets",
-                                      *extra_packages]),
+        "packages": package_versions(
+            ["kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", *extra_packages]
+        ),
         "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
@@ -96,8 +97,14 @@ class Measured:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 log_file: Path | None = None, timeout_s: float | None = None) -> Measured:
+def run_measured(
+    cmd: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+    timeout_s: float | None = None,
+) -> Measured:
     """Run ``cmd``; measure wall time, peak RSS (``wait4`` rusage) and CPU seconds of that process tree."""
     started = time.perf_counter()
     log_file = log_file or (WORK_DIR / "last-run.log")
@@ -118,9 +125,12 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str] | None = None, cwd: 
     wall = time.perf_counter() - started
     text = log_file.read_text(errors="replace")
     return Measured(
-        cmd=list(cmd), returncode=proc.returncode, wall_s=round(wall, 3),
+        cmd=list(cmd),
+        returncode=proc.returncode,
+        wall_s=round(wall, 3),
         peak_rss_mib=round(usage.ru_maxrss / 1024, 1),  # Linux: KiB
-        cpu_s=round(usage.ru_utime + usage.ru_stime, 2), output_tail=text[-4000:],
+        cpu_s=round(usage.ru_utime + usage.ru_stime, 2),
+        output_tail=text[-4000:],
     )
 
 
@@ -188,8 +198,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]
 def machine_markdown(info: dict[str, Any]) -> str:
     pkgs = ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items() if v)
     lines = [
-        f"- CPU: {info.get('cpu_model')} ({info.get('cpu_count')} logical cores, {info.get('cpu_affinity')} usable), "
-        f"{info.get('memory_gib')} GiB memory; {info.get('platform')}; Python {info.get('python')}",
+        (
+            f"- CPU: {info.get('cpu_model')} ({info.get('cpu_count')} logical cores, {info.get('cpu_affinity')} usable), "
+            f"{info.get('memory_gib')} GiB memory; {info.get('platform')}; Python {info.get('python')}"
+        ),
         f"- Packages: {pkgs}",
         f"- Measured at {info.get('measured_at')}; load average at start {info.get('load_average_at_start')}",
     ]

@@ -51,12 +51,36 @@ DEFAULT_PEAK_TFLOPS = 989.0
 
 SHAPES: dict[str, dict[str, Any]] = {
     # Llama-3.2-1B and Llama-3.1-8B shapes
-    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True, "head_dim": 64},
-    "8b": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-           "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": False, "head_dim": 128},
-    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-             "num_key_value_heads": 2, "vocab_size": 512, "tie_word_embeddings": True, "head_dim": 16},
+    "1b": {
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "head_dim": 64,
+    },
+    "8b": {
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "head_dim": 128,
+    },
+    "tiny": {
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 512,
+        "tie_word_embeddings": True,
+        "head_dim": 16,
+    },
 }
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -84,7 +108,9 @@ def lora_params(shape: dict[str, Any], rank: int, targets: list[str] = LORA_TARG
         "k_proj": (h, shape["num_key_value_heads"] * head_dim),
         "v_proj": (h, shape["num_key_value_heads"] * head_dim),
         "o_proj": (shape["num_attention_heads"] * head_dim, h),
-        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
     }
     return layers * sum(rank * (dims[t][0] + dims[t][1]) for t in targets)
 
@@ -187,8 +213,12 @@ def run_case(case: Case, *, device: str, dtype_name: str, attn: str, peak: float
     if case.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS,
-                                                 lora_dropout=0.0, task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
+            ),
+        )
         n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -221,12 +251,23 @@ def run_case(case: Case, *, device: str, dtype_name: str, attn: str, peak: float
     per_token = flops_per_token(case.method, n, n_lora)
     tps = tokens / step_s
     result = {
-        "shape": case.shape, "method": case.method, "packed": case.packed, "batch_rows": case.batch,
-        "cutoff": case.cutoff, "grad_checkpointing": case.grad_ckpt, "non_padding_tokens_per_step": tokens,
+        "shape": case.shape,
+        "method": case.method,
+        "packed": case.packed,
+        "batch_rows": case.batch,
+        "cutoff": case.cutoff,
+        "grad_checkpointing": case.grad_ckpt,
+        "non_padding_tokens_per_step": tokens,
         "computed_positions_per_step": tokens if case.packed else padded_positions(lengths),
-        "step_s": round(step_s, 4), "tokens_per_s": round(tps, 1), "params_matmul": n, "params_lora": n_lora,
-        "flops_per_token": per_token, "mfu": round(mfu(tps, per_token, peak), 4), "loss": loss,
-        "build_s": round(build_s, 2), "steps_timed": case.steps,
+        "step_s": round(step_s, 4),
+        "tokens_per_s": round(tps, 1),
+        "params_matmul": n,
+        "params_lora": n_lora,
+        "flops_per_token": per_token,
+        "mfu": round(mfu(tps, per_token, peak), 4),
+        "loss": loss,
+        "build_s": round(build_s, 2),
+        "steps_timed": case.steps,
     }
     if device.startswith("cuda"):
         result["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -254,8 +295,10 @@ class ProductCase:
     @property
     def name(self) -> str:
         extra = "-".join(self.kernels)
-        return (f"{self.shape}-{self.method}-{'packed' if self.packed else 'padded'}-{self.attention}"
-                + (f"-{extra}" if extra else "")).replace("_", "")
+        return (
+            f"{self.shape}-{self.method}-{'packed' if self.packed else 'padded'}-{self.attention}"
+            + (f"-{extra}" if extra else "")
+        ).replace("_", "")
 
 
 def word_tokenizer(vocab_size: int) -> Any:
@@ -278,8 +321,9 @@ def model_folder(shape_name: str, root: Path, *, device: str, cutoff: int) -> Pa
     if (folder / "config.json").exists():
         return folder
     shape = SHAPES[shape_name]
-    config = LlamaConfig(**shape, max_position_embeddings=max(4096, cutoff), bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0)
+    config = LlamaConfig(
+        **shape, max_position_embeddings=max(4096, cutoff), bos_token_id=1, eos_token_id=2, pad_token_id=0
+    )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     with torch.device(device):
@@ -306,23 +350,40 @@ def write_product_job(case: ProductCase, root: Path, model: Path, *, device: str
     if not data.exists():
         with data.open("w") as fh:
             for n in lengths:
-                fh.write(json.dumps({"text": " ".join(f"w{rng.randrange(shape['vocab_size'] - 3)}"
-                                                      for _ in range(max(1, n - 2)))}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {"text": " ".join(f"w{rng.randrange(shape['vocab_size'] - 3)}" for _ in range(max(1, n - 2)))}
+                    )
+                    + "\n"
+                )
     training: dict[str, Any] = {
-        "maxSteps": case.steps + case.warmup, "batchSize": case.batch, "cutoffLen": case.cutoff,
-        "packing": case.packed, "learningRate": 1e-5, "loggingSteps": 1, "attention": case.attention,
-        "kernels": list(case.kernels), "gradientCheckpointing": case.grad_ckpt,
+        "maxSteps": case.steps + case.warmup,
+        "batchSize": case.batch,
+        "cutoffLen": case.cutoff,
+        "packing": case.packed,
+        "learningRate": 1e-5,
+        "loggingSteps": 1,
+        "attention": case.attention,
+        "kernels": list(case.kernels),
+        "gradientCheckpointing": case.grad_ckpt,
         "precision": "bf16" if device == "cuda" else "fp32",
     }
     method: dict[str, Any] = {"type": case.method}
     if case.method == "lora":
         method["lora"] = {"rank": 16, "alpha": 32, "target": ["all"]}
     job = {
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": case.name},
-        "spec": {"stage": "pt", "model": {"source": f"file://{model}"},
-                 "datasets": [{"name": "synthetic", "source": f"file://{data}", "columns": {"prompt": "text"}}],
-                 "method": method, "training": training, "resources": {"gpusPerNode": 1 if device == "cuda" else 0},
-                 "output": {"uri": f"file://{root / 'out' / case.name}"}},
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": case.name},
+        "spec": {
+            "stage": "pt",
+            "model": {"source": f"file://{model}"},
+            "datasets": [{"name": "synthetic", "source": f"file://{data}", "columns": {"prompt": "text"}}],
+            "method": method,
+            "training": training,
+            "resources": {"gpusPerNode": 1 if device == "cuda" else 0},
+            "output": {"uri": f"file://{root / 'out' / case.name}"},
+        },
     }
     path = root / f"{case.name}.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
@@ -387,13 +448,23 @@ def run_product_case(case: ProductCase, root: Path, *, peak: float) -> dict[str,
     tokens_per_step = tps * step_s
     seq = tokens_per_step / case.batch if not case.packed else sum(sequence_lengths(64, case.cutoff)) / 64
     row: dict[str, Any] = {
-        "path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method, "packed": case.packed,
-        "batch_rows": case.batch, "cutoff": case.cutoff, "grad_checkpointing": case.grad_ckpt,
-        "attention": manifest["job"]["kernels"]["attention"], "kernels": manifest["job"]["kernels"]["kernels"],
-        "tokens_per_s": round(tps, 1), "step_s": round(step_s, 4), "steps_timed": case.steps,
+        "path": "kubetune",
+        "case": case.name,
+        "shape": case.shape,
+        "method": case.method,
+        "packed": case.packed,
+        "batch_rows": case.batch,
+        "cutoff": case.cutoff,
+        "grad_checkpointing": case.grad_ckpt,
+        "attention": manifest["job"]["kernels"]["attention"],
+        "kernels": manifest["job"]["kernels"]["kernels"],
+        "tokens_per_s": round(tps, 1),
+        "step_s": round(step_s, 4),
+        "steps_timed": case.steps,
         "mfu": round(mfu(tps, per_token, peak), 4),
         "mfu_nemo": round(mfu(tps, nemo_flops_per_token(shape, seq), peak), 4),
-        "loss": manifest.get("metrics", {}).get("train_loss"), "wall_s": round(wall, 1),
+        "loss": manifest.get("metrics", {}).get("train_loss"),
+        "wall_s": round(wall, 1),
     }
     if device == "cuda":
         row["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -405,27 +476,50 @@ def run_product_case(case: ProductCase, root: Path, *, peak: float) -> dict[str,
 def product_subprocess(case: ProductCase, root: Path, *, peak: float, timeout_s: float) -> dict[str, Any]:
     """run_product_case in a fresh interpreter (GPU memory starts empty); its last stdout line is the row."""
     env = dict(os.environ, KUBETUNE_CACHE_DIR=str(root / "cache"))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--product-case", json.dumps(case.__dict__),
-           "--work", str(root), "--peak-tflops", str(peak), "--out", str(root)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--product-case",
+        json.dumps(case.__dict__),
+        "--work",
+        str(root),
+        "--peak-tflops",
+        str(peak),
+        "--out",
+        str(root),
+    ]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(30.0, timeout_s),
-                              check=False)
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=max(30.0, timeout_s), check=False)
     except subprocess.TimeoutExpired:
-        return {"path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method,
-                "packed": case.packed, "error": f"over its time budget ({timeout_s:.0f} s)"}
+        return {
+            "path": "kubetune",
+            "case": case.name,
+            "shape": case.shape,
+            "method": case.method,
+            "packed": case.packed,
+            "error": f"over its time budget ({timeout_s:.0f} s)",
+        }
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr or proc.stdout)[-600:].strip().splitlines()
-        return {"path": "kubetune", "case": case.name, "shape": case.shape, "method": case.method,
-                "packed": case.packed, "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}"[:400]}
+        return {
+            "path": "kubetune",
+            "case": case.name,
+            "shape": case.shape,
+            "method": case.method,
+            "packed": case.packed,
+            "error": f"exit {proc.returncode}: {tail[-1] if tail else ''}"[:400],
+        }
     return json.loads(lines[-1])
 
 
 def product_plan(smoke: bool) -> list[ProductCase]:
     if smoke:
-        return [ProductCase("tiny", "lora", False, batch=4, cutoff=64, steps=2, warmup=1),
-                ProductCase("tiny", "lora", True, batch=2, cutoff=64, steps=2, warmup=1, kernels=("chunked_loss",)),
-                ProductCase("tiny", "full", True, batch=2, cutoff=64, steps=2, warmup=1, attention="eager")]
+        return [
+            ProductCase("tiny", "lora", False, batch=4, cutoff=64, steps=2, warmup=1),
+            ProductCase("tiny", "lora", True, batch=2, cutoff=64, steps=2, warmup=1, kernels=("chunked_loss",)),
+            ProductCase("tiny", "full", True, batch=2, cutoff=64, steps=2, warmup=1, attention="eager"),
+        ]
     return [  # most telling first: the budget stops starting new cases
         ProductCase("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2),
         ProductCase("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2),
@@ -467,36 +561,62 @@ def llamafactory_case(case: Case, *, out: Path, attn: str, rank: int, budget_s: 
         hf_tok.save_pretrained(work / "model")
         rng = random.Random(0)
         lengths = sequence_lengths(case.batch * (case.steps + case.warmup), case.cutoff)
-        rows = [{"text": " ".join(f"w{rng.randrange(shape['vocab_size'] - 3)}" for _ in range(n - 1))}
-                for n in lengths]
+        rows = [
+            {"text": " ".join(f"w{rng.randrange(shape['vocab_size'] - 3)}" for _ in range(n - 1))} for n in lengths
+        ]
         (work / "data").mkdir()
         (work / "data" / "pt.json").write_text(json.dumps(rows))
-        (work / "data" / "dataset_info.json").write_text(json.dumps(
-            {"synthetic": {"file_name": "pt.json", "columns": {"prompt": "text"}}}))
+        (work / "data" / "dataset_info.json").write_text(
+            json.dumps({"synthetic": {"file_name": "pt.json", "columns": {"prompt": "text"}}})
+        )
         cfg = {
-            "model_name_or_path": str(work / "model"), "stage": "pt", "do_train": True, "finetuning_type": "lora",
-            "lora_rank": rank, "lora_alpha": 2 * rank, "lora_target": "all", "dataset": "synthetic",
-            "dataset_dir": str(work / "data"), "template": "empty", "cutoff_len": case.cutoff, "packing": False,
-            "output_dir": str(work / "out"), "per_device_train_batch_size": case.batch, "bf16": True,
-            "max_steps": case.steps + case.warmup, "logging_steps": 1, "save_strategy": "no", "report_to": "none",
-            "flash_attn": "sdpa" if attn == "sdpa" else "fa2", "overwrite_cache": True,
+            "model_name_or_path": str(work / "model"),
+            "stage": "pt",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "lora_rank": rank,
+            "lora_alpha": 2 * rank,
+            "lora_target": "all",
+            "dataset": "synthetic",
+            "dataset_dir": str(work / "data"),
+            "template": "empty",
+            "cutoff_len": case.cutoff,
+            "packing": False,
+            "output_dir": str(work / "out"),
+            "per_device_train_batch_size": case.batch,
+            "bf16": True,
+            "max_steps": case.steps + case.warmup,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "flash_attn": "sdpa" if attn == "sdpa" else "fa2",
+            "overwrite_cache": True,
         }
         import yaml
 
         (work / "lf.yaml").write_text(yaml.safe_dump(cfg))
         env = dict(os.environ, DISABLE_VERSION_CHECK="1", HF_HUB_OFFLINE="1", WANDB_DISABLED="true")
         t0 = time.perf_counter()
-        proc = subprocess.run([cli, "train", str(work / "lf.yaml")], env=env, capture_output=True, text=True,
-                              timeout=max(30.0, budget_s), check=False)
+        proc = subprocess.run(
+            [cli, "train", str(work / "lf.yaml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=max(30.0, budget_s),
+            check=False,
+        )
         wall = time.perf_counter() - t0
         results = work / "out" / "train_results.json"
         if proc.returncode != 0 or not results.exists():
             return {"failed": proc.returncode, "tail": (proc.stdout + proc.stderr)[-2000:]}
         metrics = json.loads(results.read_text())
         tokens = sum(lengths)
-        return {"train_runtime_s": metrics.get("train_runtime"), "wall_s": round(wall, 1),
-                "tokens_per_s_incl_warmup": round(tokens / metrics["train_runtime"], 1),
-                "note": "includes its first (warm-up) steps; compare with kubetune-path tokens/s as an upper bound"}
+        return {
+            "train_runtime_s": metrics.get("train_runtime"),
+            "wall_s": round(wall, 1),
+            "tokens_per_s_incl_warmup": round(tokens / metrics["train_runtime"], 1),
+            "note": "includes its first (warm-up) steps; compare with kubetune-path tokens/s as an upper bound",
+        }
     except subprocess.TimeoutExpired:
         return {"skipped": f"over its time budget ({budget_s:.0f} s)"}
     finally:
@@ -507,10 +627,12 @@ def plan(smoke: bool) -> list[Case]:
     """The bare-loop ceiling: the same shapes with no data pipeline and no Trainer."""
     if smoke:
         return [Case("tiny", "lora", p, batch=4, cutoff=64, steps=2, warmup=1) for p in (False, True)]
-    return [Case("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2),
-            Case("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2),
-            Case("8b", "lora", True, batch=2, cutoff=4096, steps=4, warmup=2),
-            Case("1b", "full", True, batch=4, cutoff=4096, steps=5, warmup=2)]
+    return [
+        Case("1b", "lora", True, batch=4, cutoff=4096, steps=5, warmup=2),
+        Case("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2),
+        Case("8b", "lora", True, batch=2, cutoff=4096, steps=4, warmup=2),
+        Case("1b", "full", True, batch=4, cutoff=4096, steps=5, warmup=2),
+    ]
 
 
 def with_ceiling(rows: list[dict[str, Any]], ceiling: list[dict[str, Any]]) -> None:
@@ -528,17 +650,42 @@ def render(result: dict[str, Any]) -> str:
     import benchlib
 
     def rows(key: str) -> list[dict[str, Any]]:
-        return [dict(r, packed="packed" if r.get("packed") else "padded",
-                     kernels=",".join(r.get("kernels") or []) or "-") for r in result.get(key, [])]
+        return [
+            dict(r, packed="packed" if r.get("packed") else "padded", kernels=",".join(r.get("kernels") or []) or "-")
+            for r in result.get(key, [])
+        ]
 
     mem = "peak_mem_gib" if not result["smoke"] else "peak_rss_gib"
-    product = benchlib.markdown_table(rows("cases"), [
-        ("shape", "shape"), ("method", "method"), ("packed", "batch"), ("attention", "attention"),
-        ("kernels", "kernels"), ("tokens_per_s", "non-padding tokens/s"), ("step_s", "step s"), ("mfu", "MFU"),
-        ("mfu_nemo", "MFU (NeMo formula)"), (mem, "peak GiB"), ("of_ceiling", "of bare loop"), ("error", "error")])
-    ceiling = benchlib.markdown_table(rows("ceiling"), [
-        ("shape", "shape"), ("method", "method"), ("packed", "batch"), ("tokens_per_s", "non-padding tokens/s"),
-        ("step_s", "step s"), ("mfu", "MFU"), ("peak_mem_gib", "peak GiB"), ("error", "error")])
+    product = benchlib.markdown_table(
+        rows("cases"),
+        [
+            ("shape", "shape"),
+            ("method", "method"),
+            ("packed", "batch"),
+            ("attention", "attention"),
+            ("kernels", "kernels"),
+            ("tokens_per_s", "non-padding tokens/s"),
+            ("step_s", "step s"),
+            ("mfu", "MFU"),
+            ("mfu_nemo", "MFU (NeMo formula)"),
+            (mem, "peak GiB"),
+            ("of_ceiling", "of bare loop"),
+            ("error", "error"),
+        ],
+    )
+    ceiling = benchlib.markdown_table(
+        rows("ceiling"),
+        [
+            ("shape", "shape"),
+            ("method", "method"),
+            ("packed", "batch"),
+            ("tokens_per_s", "non-padding tokens/s"),
+            ("step_s", "step s"),
+            ("mfu", "MFU"),
+            ("peak_mem_gib", "peak GiB"),
+            ("error", "error"),
+        ],
+    )
     env = result["environment"]
     return (
         "# GPU fine-tuning throughput and MFU of kubetune's trainer (random-weight Llama shapes)\n\n"
@@ -591,11 +738,23 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     result: dict[str, Any] = {
-        "benchmark": "gpu", "smoke": p.smoke, "peak_tflops": peak, "peak_source": source, "budget_s": p.budget_s,
-        "environment": {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda,
-                        "transformers": transformers.__version__, "peft": peft.__version__, "attn_bare": attn,
-                        "dtype": dtype, "python": sys.version.split()[0]},
-        "cases": [], "ceiling": [],
+        "benchmark": "gpu",
+        "smoke": p.smoke,
+        "peak_tflops": peak,
+        "peak_source": source,
+        "budget_s": p.budget_s,
+        "environment": {
+            "device": name,
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "transformers": transformers.__version__,
+            "peft": peft.__version__,
+            "attn_bare": attn,
+            "dtype": dtype,
+            "python": sys.version.split()[0],
+        },
+        "cases": [],
+        "ceiling": [],
     }
 
     def left() -> float:
@@ -611,8 +770,15 @@ def main(argv: list[str] | None = None) -> int:
         # kubetune's own trainer first (75 % of the budget), then the bare loop, then LLaMA-Factory
         for pcase in product_plan(p.smoke):
             if not p.smoke and left() < 0.25 * p.budget_s:
-                result["cases"].append({"case": pcase.name, "shape": pcase.shape, "method": pcase.method,
-                                        "packed": pcase.packed, "error": "skipped: time budget spent"})
+                result["cases"].append(
+                    {
+                        "case": pcase.name,
+                        "shape": pcase.shape,
+                        "method": pcase.method,
+                        "packed": pcase.packed,
+                        "error": "skipped: time budget spent",
+                    }
+                )
                 continue
             print(f"gpu_bench: kubetune {pcase.name}", file=sys.stderr, flush=True)
             row = product_subprocess(pcase, work, peak=peak, timeout_s=left() if not p.smoke else 900.0)
@@ -621,15 +787,25 @@ def main(argv: list[str] | None = None) -> int:
             save()
         for case in plan(p.smoke):
             if left() < 0:
-                result["ceiling"].append({"shape": case.shape, "method": case.method, "packed": case.packed,
-                                          "error": "skipped: time budget spent"})
+                result["ceiling"].append(
+                    {
+                        "shape": case.shape,
+                        "method": case.method,
+                        "packed": case.packed,
+                        "error": "skipped: time budget spent",
+                    }
+                )
                 continue
             print(f"gpu_bench: bare {case}", file=sys.stderr, flush=True)
             try:
                 row = run_case(case, device=device, dtype_name=dtype, attn=attn, peak=peak, rank=p.rank)
             except Exception as exc:  # noqa: BLE001 - OOM or a kernel error: record it, go on with the other cases
-                row = {"shape": case.shape, "method": case.method, "packed": case.packed,
-                       "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+                row = {
+                    "shape": case.shape,
+                    "method": case.method,
+                    "packed": case.packed,
+                    "error": f"{type(exc).__name__}: {str(exc)[:300]}",
+                }
             if device == "cuda":
                 torch.cuda.empty_cache()
             result["ceiling"].append(row)
@@ -638,8 +814,11 @@ def main(argv: list[str] | None = None) -> int:
             result["llamafactory"] = {"skipped": "smoke run" if p.smoke else "--skip-llamafactory"}
         else:
             lf_case = Case("1b", "lora", False, batch=8, cutoff=4096, steps=5, warmup=2)
-            result["llamafactory"] = (llamafactory_case(lf_case, out=p.out, attn=attn, rank=p.rank, budget_s=left())
-                                      if left() > 60 else {"skipped": "no time left in the budget"})
+            result["llamafactory"] = (
+                llamafactory_case(lf_case, out=p.out, attn=attn, rank=p.rank, budget_s=left())
+                if left() > 60
+                else {"skipped": "no time left in the budget"}
+            )
         save()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -45,10 +45,17 @@ def child(model_dir: str, method: str) -> None:
     from kubetune.trainer.models.precision import autocast_flags
 
     spec_method = {"type": method, **({"lora": {"rank": 8}} if method == "lora" else {})}
-    config = TrainerConfig.model_validate({
-        "spec": {"model": {"source": f"file://{model_dir}"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
-                 "method": spec_method, "training": {"precision": "bf16", "cutoffLen": CUTOFF, "batchSize": BATCH}},
-        "runtime": {"jobName": "m", "outputUri": "file:///tmp/o", "cacheDir": "/tmp", "scratchDir": "/tmp"}})
+    config = TrainerConfig.model_validate(
+        {
+            "spec": {
+                "model": {"source": f"file://{model_dir}"},
+                "datasets": [{"name": "d", "source": "file:///d.json"}],
+                "method": spec_method,
+                "training": {"precision": "bf16", "cutoffLen": CUTOFF, "batchSize": BATCH},
+            },
+            "runtime": {"jobName": "m", "outputUri": "file:///tmp/o", "cacheDir": "/tmp", "scratchDir": "/tmp"},
+        }
+    )
     baseline = _rss_mib()
     model = apply_method(load_model(ModelRef(Path(model_dir), "bench"), config), config.spec)
     seen: dict[str, int] = {}
@@ -61,15 +68,26 @@ def child(model_dir: str, method: str) -> None:
 
         def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
             trainable = [p for p in model.parameters() if p.requires_grad]
-            seen["optimizer"] = sum(v.numel() * v.element_size() for p in trainable
-                                    for v in optimizer.state.get(p, {}).values()
-                                    if isinstance(v, torch.Tensor) and v.dim() > 0)
+            seen["optimizer"] = sum(
+                v.numel() * v.element_size()
+                for p in trainable
+                for v in optimizer.state.get(p, {}).values()
+                if isinstance(v, torch.Tensor) and v.dim() > 0
+            )
 
     ids = list(range(5, 5 + CUTOFF))
     rows = Dataset.from_list([{"input_ids": ids, "labels": ids, "attention_mask": [1] * CUTOFF}] * BATCH)
-    args = TrainingArguments(output_dir=str(WORK_DIR / "memory-fit"), max_steps=1, per_device_train_batch_size=BATCH,
-                             use_cpu=True, report_to="none", save_strategy="no", remove_unused_columns=False,
-                             disable_tqdm=True, **autocast_flags("bf16"))
+    args = TrainingArguments(
+        output_dir=str(WORK_DIR / "memory-fit"),
+        max_steps=1,
+        per_device_train_batch_size=BATCH,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        **autocast_flags("bf16"),
+    )
     Trainer(model=model, args=args, train_dataset=rows, callbacks=[States()]).train()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps({**seen, "peak_rss_above_baseline_mib": round(peak - baseline, 1)}))
@@ -83,9 +101,18 @@ def tiny_model(folder: Path, tokenizer_dir: Path) -> Path:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                                 tie_word_embeddings=True)).save_pretrained(folder)
+    LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=True,
+        )
+    ).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
 
@@ -101,26 +128,50 @@ def main() -> None:
     for label, folder in models.items():
         shape = ModelShape.from_config(json.loads((folder / "config.json").read_text()))
         for method in ("full", "lora"):
-            proc = subprocess.run([sys.executable, __file__, "--child", str(folder), method], capture_output=True,
-                                  text=True, check=True, cwd=REPO_ROOT)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(folder), method],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO_ROOT,
+            )
             got = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
             est = estimate(shape, method=method, lora_rank=8, cutoff_len=CUTOFF, batch_size=BATCH)
             states_est = (est.weights_gib + est.gradients_gib + est.optimizer_gib) * GIB / 2**20
             states = (got["weights"] + got["grads"] + got["optimizer"]) / 2**20
-            rows.append({"model": label, "method": method, "params_m": round(shape.parameters / 1e6, 2),
-                         "states_measured": round(states, 2), "states_estimated": round(states_est, 2),
-                         "peak_measured": got["peak_rss_above_baseline_mib"],
-                         "total_estimated": round((est.total_gib - est.overhead_gib) * GIB / 2**20, 1)})
+            rows.append(
+                {
+                    "model": label,
+                    "method": method,
+                    "params_m": round(shape.parameters / 1e6, 2),
+                    "states_measured": round(states, 2),
+                    "states_estimated": round(states_est, 2),
+                    "peak_measured": got["peak_rss_above_baseline_mib"],
+                    "total_estimated": round((est.total_gib - est.overhead_gib) * GIB / 2**20, 1),
+                }
+            )
             print(rows[-1], flush=True)
     info = machine_info(note=f"bf16 autocast on CPU, cutoff {CUTOFF}, batch {BATCH}, one AdamW step")
-    table = markdown_table(rows, [("model", "model"), ("method", "method"), ("params_m", "params (M)"),
-                                  ("states_measured", "model states measured (MiB)"),
-                                  ("states_estimated", "model states estimated (MiB)"),
-                                  ("peak_measured", "peak RSS above load (MiB)"),
-                                  ("total_estimated", "estimate total, no CUDA overhead (MiB)")])
-    md = ("# GPU-fit estimate vs the trainer's allocations (CPU)\n\n" + machine_markdown(info) + "\n" + table +
-          "\nModel states measured = parameters + gradients (before the optimizer step) + Adam states; the "
-          "estimate adds autocast's 16-bit copy of the trainable weights, alive during forward/backward.\n")
+    table = markdown_table(
+        rows,
+        [
+            ("model", "model"),
+            ("method", "method"),
+            ("params_m", "params (M)"),
+            ("states_measured", "model states measured (MiB)"),
+            ("states_estimated", "model states estimated (MiB)"),
+            ("peak_measured", "peak RSS above load (MiB)"),
+            ("total_estimated", "estimate total, no CUDA overhead (MiB)"),
+        ],
+    )
+    md = (
+        "# GPU-fit estimate vs the trainer's allocations (CPU)\n\n"
+        + machine_markdown(info)
+        + "\n"
+        + table
+        + "\nModel states measured = parameters + gradients (before the optimizer step) + Adam states; the "
+        "estimate adds autocast's 16-bit copy of the trainable weights, alive during forward/backward.\n"
+    )
     write_results("memory_fit", {"machine": info, "rows": rows}, md)
     print(md)
 

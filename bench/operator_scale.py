@@ -62,9 +62,14 @@ def percentile(values: list[float], q: float) -> float | None:
 def latency_summary(values: list[float]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
-    return {"n": len(values), "p50_s": round(percentile(values, 50), 4), "p90_s": round(percentile(values, 90), 4),
-            "p99_s": round(percentile(values, 99), 4), "max_s": round(max(values), 4),
-            "mean_s": round(statistics.fmean(values), 4)}
+    return {
+        "n": len(values),
+        "p50_s": round(percentile(values, 50), 4),
+        "p90_s": round(percentile(values, 90), 4),
+        "p99_s": round(percentile(values, 99), 4),
+        "max_s": round(max(values), 4),
+        "mean_s": round(statistics.fmean(values), 4),
+    }
 
 
 def requests_per_job(counts: dict[str, int], jobs: int) -> dict[str, Any]:
@@ -83,22 +88,35 @@ def requests_per_job(counts: dict[str, int], jobs: int) -> dict[str, Any]:
 
 def lifecycle_writes(per_job: dict[str, dict[str, int]]) -> dict[str, Any]:
     """Writes (POST/PATCH/PUT/DELETE) attributed to each FineTuneJob whose whole lifecycle finished."""
-    writes = [sum(n for key, n in counts.items() if key.split(" ", 1)[0] in WRITE_VERBS) for counts in per_job.values()]
+    writes = [
+        sum(n for key, n in counts.items() if key.split(" ", 1)[0] in WRITE_VERBS) for counts in per_job.values()
+    ]
     if not writes:
         return {"n": 0}
     merged: collections.Counter = collections.Counter()
     for counts in per_job.values():
         merged.update(counts)
-    return {"n": len(writes), "mean": round(statistics.fmean(writes), 2), "p50": percentile(writes, 50),
-            "max": max(writes), "by_request": {k: round(v / len(writes), 2) for k, v in sorted(merged.items())}}
+    return {
+        "n": len(writes),
+        "mean": round(statistics.fmean(writes), 2),
+        "p50": percentile(writes, 50),
+        "max": max(writes),
+        "by_request": {k: round(v / len(writes), 2) for k, v in sorted(merged.items())},
+    }
 
 
 def ftj_doc(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NS},
-        "spec": {"stage": "sft", "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-                 "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
-                 "resources": {"nodes": 1, "gpusPerNode": 1}, "output": {"uri": f"s3://out/{name}"}},
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "stage": "sft",
+            "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
+            "resources": {"nodes": 1, "gpusPerNode": 1},
+            "output": {"uri": f"s3://out/{name}"},
+        },
     }
 
 
@@ -152,22 +170,27 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
 
         counts: collections.Counter = attrs.field(factory=collections.Counter, init=False)
         service_s: list = attrs.field(factory=list, init=False)  # time the emulator spent on each request
-        per_job: collections.defaultdict = attrs.field(factory=lambda: collections.defaultdict(collections.Counter),
-                                                       init=False)
+        per_job: collections.defaultdict = attrs.field(
+            factory=lambda: collections.defaultdict(collections.Counter), init=False
+        )
 
         async def _handle(self, request: Any) -> Any:
             if request.resource is not None and request.resource.plural is not None:
                 watch = request.params.get("watch", "").lower() in ("true", "1")
                 sub = f"/{request.subresource}" if request.subresource else ""
-                verb = "WATCH" if watch else str(request.method.value if hasattr(request.method, "value")
-                                                  else request.method).upper()
+                verb = (
+                    "WATCH"
+                    if watch
+                    else str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+                )
                 if verb == "GET" and request.name is None:
                     verb = "LIST"
                 key = f"{verb} {_res(request.resource)}{sub}"
                 self.counts[key] += 1
                 # which FineTuneJob the request is about: its name in the URL or, for a create, in the body
                 found = JOB_NAME.search(request.name or "") or JOB_NAME.search(
-                    (request.body or b"").decode(errors="replace") if verb == "POST" else "")
+                    (request.body or b"").decode(errors="replace") if verb == "POST" else ""
+                )
                 if found:
                     self.per_job[found.group(0)][key] += 1
                 if not watch:
@@ -188,8 +211,9 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
         status = obj.get("status") or {}
         if resource == JOBS and kind == "ADDED":
             tl.job_added.setdefault(name, now)
-        elif resource == JOBS and any(c.get("type") == "Complete" and c.get("status") == "True"
-                                      for c in status.get("conditions") or []):
+        elif resource == JOBS and any(
+            c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or []
+        ):
             tl.job_complete.setdefault(name, now)
         elif resource == PODS and status.get("phase") == "Running":
             job = (obj["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
@@ -225,18 +249,36 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
         env = dict(os.environ, KUBECONFIG=str(kc), PYTHONWARNINGS="ignore")
         env.pop("KUBERNETES_SERVICE_HOST", None)
         log = (work / "operator.log").open("wb")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "kubetune.operator", "--standalone", "-A", "--metrics-port", "0",
-             "--health-port", "0", "--sync-interval", str(p.sync_interval), "--trainer-metrics-port",
-             str(p.trainer_metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured loop
+            [
+                sys.executable,
+                "-m",
+                "kubetune.operator",
+                "--standalone",
+                "-A",
+                "--metrics-port",
+                "0",
+                "--health-port",
+                "0",
+                "--sync-interval",
+                str(p.sync_interval),
+                "--trainer-metrics-port",
+                str(p.trainer_metrics_port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         sampler = ProcSampler(proc.pid)
         try:
             async with ClusterSimulator(api, tick=p.tick) as sim:
                 t_ready = time.perf_counter()
                 while not api.watchers[FTJ]:
                     if time.perf_counter() - t_ready > p.startup_timeout_s:
-                        raise SystemExit(f"the operator opened no watches in {p.startup_timeout_s} s; requests so far: "
-                                         f"{dict(api.counts)}; see {work / 'operator.log'}")
+                        raise SystemExit(
+                            f"the operator opened no watches in {p.startup_timeout_s} s; requests so far: "
+                            f"{dict(api.counts)}; see {work / 'operator.log'}"
+                        )
                     if proc.poll() is not None:
                         raise SystemExit(f"the operator exited ({proc.returncode}); see {work / 'operator.log'}")
                     await asyncio.sleep(0.05)
@@ -277,8 +319,12 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
 
     done = len(tl.ftj_gone)
     return {
-        "jobs": p.jobs, "rate_per_s": p.rate, "achieved_rate_per_s": round(p.jobs / created_s, 2),
-        "completed_lifecycles": done, "operator_startup_s": round(startup_s, 2), "total_s": round(total_s, 1),
+        "jobs": p.jobs,
+        "rate_per_s": p.rate,
+        "achieved_rate_per_s": round(p.jobs / created_s, 2),
+        "completed_lifecycles": done,
+        "operator_startup_s": round(startup_s, 2),
+        "total_s": round(total_s, 1),
         "latency": {
             "create_to_job": latency_summary(tl.deltas(tl.created, tl.job_added)),
             "pod_running_to_ftj_running": latency_summary(tl.deltas(tl.pod_running, tl.ftj_running)),
@@ -289,9 +335,13 @@ async def run(p: argparse.Namespace) -> dict[str, Any]:
         },
         "requests": requests_per_job(dict(api.counts), p.jobs),
         "writes_per_lifecycle": lifecycle_writes({n: dict(api.per_job[n]) for n in tl.ftj_gone}),
-        "operator": {"idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(sampler.hwm_mib, 1),
-                     "max_sampled_rss_mib": round(max(sampler.rss_mib), 1), "cpu_s": round(cpu_s, 2),
-                     "cpu_percent_of_one_core": round(100 * cpu_s / total_s, 1)},
+        "operator": {
+            "idle_rss_mib": round(idle_rss, 1),
+            "peak_rss_mib": round(sampler.hwm_mib, 1),
+            "max_sampled_rss_mib": round(max(sampler.rss_mib), 1),
+            "cpu_s": round(cpu_s, 2),
+            "cpu_percent_of_one_core": round(100 * cpu_s / total_s, 1),
+        },
         "settings": {"run_s": p.run_s, "hold_s": p.hold_s, "sync_interval_s": p.sync_interval, "tick_s": p.tick},
     }
 
@@ -347,7 +397,9 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
             if resource == "batch/v1/jobs":
                 if kind == "ADDED":
                     tl.job_added.setdefault(name, now)
-                if any(c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or []):
+                if any(
+                    c.get("type") == "Complete" and c.get("status") == "True" for c in status.get("conditions") or []
+                ):
                     tl.job_complete.setdefault(name, now)
             elif resource == "v1/pods" and status.get("phase") == "Running" and kind != "DELETED":
                 job = (obj["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name")
@@ -405,17 +457,38 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
     env.pop("KUBERNETES_SERVICE_HOST", None)
     log = (work / "operator.log").open("wb")
     proc = subprocess.Popen(  # noqa: ASYNC220 - the operator runs beside this loop for the whole run
-        [sys.executable, "-m", "kubetune.operator", "--standalone", "--namespace", ns, "--metrics-port", "0",
-         "--health-port", "0", "--sync-interval", str(p.sync_interval), "--trainer-metrics-port",
-         str(p.trainer_metrics_port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "kubetune.operator",
+            "--standalone",
+            "--namespace",
+            ns,
+            "--metrics-port",
+            "0",
+            "--health-port",
+            "0",
+            "--sync-interval",
+            str(p.sync_interval),
+            "--trainer-metrics-port",
+            str(p.trainer_metrics_port),
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     sampler = ProcSampler(proc.pid)
     try:
         t_ready = time.perf_counter()
         # the operator is up once its FineTuneJob watch is open: the audit log records it
-        while not any(e["verb"] == "watch" and (e.get("objectRef") or {}).get("resource") == "finetunejobs"
-                      for e in cp.audit(0, user=OPERATOR_USER)):
+        while not any(
+            e["verb"] == "watch" and (e.get("objectRef") or {}).get("resource") == "finetunejobs"
+            for e in cp.audit(0, user=OPERATOR_USER)
+        ):
             if time.perf_counter() - t_ready > p.startup_timeout_s:
-                raise SystemExit(f"the operator opened no watch in {p.startup_timeout_s} s; see {work / 'operator.log'}")
+                raise SystemExit(
+                    f"the operator opened no watch in {p.startup_timeout_s} s; see {work / 'operator.log'}"
+                )
             if proc.poll() is not None:
                 raise SystemExit(f"the operator exited ({proc.returncode}); see {work / 'operator.log'}")
             await asyncio.sleep(0.2)
@@ -464,8 +537,16 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
         audit = cp.audit(mark if "mark" in locals() else 0, user=OPERATOR_USER)
         cp.stop()
 
-    verbs = {"create": "POST", "patch": "PATCH", "update": "PUT", "delete": "DELETE", "get": "GET", "list": "LIST",
-             "watch": "WATCH", "deletecollection": "DELETE"}
+    verbs = {
+        "create": "POST",
+        "patch": "PATCH",
+        "update": "PUT",
+        "delete": "DELETE",
+        "get": "GET",
+        "list": "LIST",
+        "watch": "WATCH",
+        "deletecollection": "DELETE",
+    }
     counts: collections.Counter = collections.Counter()
     per_job: collections.defaultdict = collections.defaultdict(collections.Counter)
     codes: collections.Counter = collections.Counter()
@@ -473,8 +554,14 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
         ref = e.get("objectRef") or {}
         if not ref.get("resource"):
             continue
-        res = (f"{ref['apiGroup']}/{ref.get('apiVersion', '')}/" if ref.get("apiGroup") else f"{ref.get('apiVersion', 'v1')}/")
-        key = f"{verbs.get(e['verb'], e['verb'].upper())} {res}{ref['resource']}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        res = (
+            f"{ref['apiGroup']}/{ref.get('apiVersion', '')}/"
+            if ref.get("apiGroup")
+            else f"{ref.get('apiVersion', 'v1')}/"
+        )
+        key = f"{verbs.get(e['verb'], e['verb'].upper())} {res}{ref['resource']}" + (
+            f"/{ref['subresource']}" if ref.get("subresource") else ""
+        )
         counts[key] += 1
         codes[str((e.get("responseStatus") or {}).get("code"))] += 1
         found = JOB_NAME.search(ref.get("name") or "")
@@ -483,9 +570,14 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
     done = len(tl.ftj_gone)
     return {
         "backend": "real control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok)",
-        "jobs": p.jobs, "rate_per_s": p.rate, "achieved_rate_per_s": round(p.jobs / created_s, 2),
-        "completed_lifecycles": done, "operator_startup_s": round(startup_s, 2), "total_s": round(total_s, 1),
-        "controlplane_start_s": round(controlplane_start_s, 1), "kwok_nodes": nodes,
+        "jobs": p.jobs,
+        "rate_per_s": p.rate,
+        "achieved_rate_per_s": round(p.jobs / created_s, 2),
+        "completed_lifecycles": done,
+        "operator_startup_s": round(startup_s, 2),
+        "total_s": round(total_s, 1),
+        "controlplane_start_s": round(controlplane_start_s, 1),
+        "kwok_nodes": nodes,
         "latency": {
             "create_to_job": latency_summary(tl.deltas(tl.created, tl.job_added)),
             "pod_running_to_ftj_running": latency_summary(tl.deltas(tl.pod_running, tl.ftj_running)),
@@ -497,9 +589,13 @@ async def run_real(p: argparse.Namespace) -> dict[str, Any]:
         "response_codes": dict(codes),
         "bench_watch_errors": dict(errors),
         "writes_per_lifecycle": lifecycle_writes({n: dict(per_job[n]) for n in tl.ftj_gone}),
-        "operator": {"idle_rss_mib": round(idle_rss, 1), "peak_rss_mib": round(sampler.hwm_mib, 1),
-                     "max_sampled_rss_mib": round(max(sampler.rss_mib), 1), "cpu_s": round(cpu_s, 2),
-                     "cpu_percent_of_one_core": round(100 * cpu_s / total_s, 1)},
+        "operator": {
+            "idle_rss_mib": round(idle_rss, 1),
+            "peak_rss_mib": round(sampler.hwm_mib, 1),
+            "max_sampled_rss_mib": round(max(sampler.rss_mib), 1),
+            "cpu_s": round(cpu_s, 2),
+            "cpu_percent_of_one_core": round(100 * cpu_s / total_s, 1),
+        },
         "settings": {"run_s": p.run_s, "hold_s": p.hold_s, "sync_interval_s": p.sync_interval},
     }
 
@@ -510,26 +606,47 @@ def render_real(result: dict[str, Any], emulated: dict[str, Any] | None) -> str:
     e = (emulated or {}).get("result") or {}
     el, eo, ew = e.get("latency", {}), e.get("operator", {}), e.get("writes_per_lifecycle", {})
     rows = [
-        {"m": "jobs (completed lifecycles)", "real": f"{r['jobs']} ({r['completed_lifecycles']})",
-         "emu": f"{e.get('jobs')} ({e.get('completed_lifecycles')})" if e else "-"},
-        {"m": "create rate / s (achieved)", "real": f"{r['rate_per_s']} ({r['achieved_rate_per_s']})",
-         "emu": f"{e.get('rate_per_s')} ({e.get('achieved_rate_per_s')})" if e else "-"},
+        {
+            "m": "jobs (completed lifecycles)",
+            "real": f"{r['jobs']} ({r['completed_lifecycles']})",
+            "emu": f"{e.get('jobs')} ({e.get('completed_lifecycles')})" if e else "-",
+        },
+        {
+            "m": "create rate / s (achieved)",
+            "real": f"{r['rate_per_s']} ({r['achieved_rate_per_s']})",
+            "emu": f"{e.get('rate_per_s')} ({e.get('achieved_rate_per_s')})" if e else "-",
+        },
     ]
-    for k in ("create_to_job", "pod_running_to_ftj_running", "job_complete_to_ftj_succeeded", "delete_to_gone",
-              "create_to_succeeded"):
+    for k in (
+        "create_to_job",
+        "pod_running_to_ftj_running",
+        "job_complete_to_ftj_succeeded",
+        "delete_to_gone",
+        "create_to_succeeded",
+    ):
         for q in ("p50_s", "p99_s"):
-            rows.append({"m": f"{k.replace('_', ' ')} {q[:3]} (s)", "real": lat.get(k, {}).get(q),
-                         "emu": el.get(k, {}).get(q, "-")})
+            rows.append(
+                {
+                    "m": f"{k.replace('_', ' ')} {q[:3]} (s)",
+                    "real": lat.get(k, {}).get(q),
+                    "emu": el.get(k, {}).get(q, "-"),
+                }
+            )
     rows += [
         {"m": "writes per lifecycle, attributed by name (mean)", "real": wl.get("mean"), "emu": ew.get("mean", "-")},
-        {"m": "all operator writes / jobs", "real": req["writes_per_job"],
-         "emu": e.get("requests", {}).get("writes_per_job", "-")},
+        {
+            "m": "all operator writes / jobs",
+            "real": req["writes_per_job"],
+            "emu": e.get("requests", {}).get("writes_per_job", "-"),
+        },
         {"m": "operator peak RSS (MiB)", "real": op["peak_rss_mib"], "emu": eo.get("peak_rss_mib", "-")},
         {"m": "operator CPU (s)", "real": op["cpu_s"], "emu": eo.get("cpu_s", "-")},
     ]
     table = benchlib.markdown_table(rows, [("m", "measure"), ("real", "real control plane"), ("emu", "emulator")])
-    req_table = benchlib.markdown_table([{"req": k, "n": v} for k, v in req["by_verb_and_resource"].items()],
-                                        [("req", "request (audit log)"), ("n", "per job")])
+    req_table = benchlib.markdown_table(
+        [{"req": k, "n": v} for k, v in req["by_verb_and_resource"].items()],
+        [("req", "request (audit log)"), ("n", "per job")],
+    )
     return (
         "# Operator at scale on the real control plane\n\n"
         f"`.venv/bin/python bench/operator_scale.py --real --jobs {r['jobs']} --rate {r['rate_per_s']}` — "
@@ -551,20 +668,39 @@ def render(result: dict[str, Any]) -> str:
     r = result["result"]
     lat = r["latency"]
     lat_rows = [{"what": k.replace("_", " "), **v} for k, v in lat.items()]
-    lat_table = benchlib.markdown_table(lat_rows, [("what", "latency"), ("n", "n"), ("p50_s", "p50 s"),
-                                                   ("p90_s", "p90 s"), ("p99_s", "p99 s"), ("max_s", "max s")])
+    lat_table = benchlib.markdown_table(
+        lat_rows,
+        [
+            ("what", "latency"),
+            ("n", "n"),
+            ("p50_s", "p50 s"),
+            ("p90_s", "p90 s"),
+            ("p99_s", "p99 s"),
+            ("max_s", "max s"),
+        ],
+    )
     req = r["requests"]
     wl = r["writes_per_lifecycle"]
-    req_table = benchlib.markdown_table([{"req": k, "n": v} for k, v in req["by_verb_and_resource"].items()],
-                                        [("req", "request"), ("n", "per job")])
+    req_table = benchlib.markdown_table(
+        [{"req": k, "n": v} for k, v in req["by_verb_and_resource"].items()], [("req", "request"), ("n", "per job")]
+    )
     op = r["operator"]
-    targets = benchlib.markdown_table([
-        {"t": "create→Job p99 ≤ 1 s", "v": lat["create_to_job"].get("p99_s"),
-         "met": (lat["create_to_job"].get("p99_s") or 99) <= 1.0},
-        {"t": "≤ 10 writes per job lifecycle (mean over finished lifecycles)", "v": wl.get("mean"),
-         "met": wl.get("mean") is not None and wl["mean"] <= 10},
-        {"t": "operator RSS ≤ 150 MiB", "v": op["peak_rss_mib"], "met": op["peak_rss_mib"] <= 150},
-    ], [("t", "target"), ("v", "measured"), ("met", "met")])
+    targets = benchlib.markdown_table(
+        [
+            {
+                "t": "create→Job p99 ≤ 1 s",
+                "v": lat["create_to_job"].get("p99_s"),
+                "met": (lat["create_to_job"].get("p99_s") or 99) <= 1.0,
+            },
+            {
+                "t": "≤ 10 writes per job lifecycle (mean over finished lifecycles)",
+                "v": wl.get("mean"),
+                "met": wl.get("mean") is not None and wl["mean"] <= 10,
+            },
+            {"t": "operator RSS ≤ 150 MiB", "v": op["peak_rss_mib"], "met": op["peak_rss_mib"] <= 150},
+        ],
+        [("t", "target"), ("v", "measured"), ("met", "met")],
+    )
     return (
         "# Operator at scale (API emulator + simulated kubelet)\n\n"
         f"`.venv/bin/python bench/operator_scale.py` — {r['jobs']} FineTuneJobs created at {r['rate_per_s']}/s "
@@ -596,25 +732,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--startup-timeout-s", type=float, default=120.0)
     ap.add_argument("--note", default="2 vCPUs shared with other engineers' processes during the run")
     ap.add_argument("--out", type=Path, default=benchlib.RESULTS_DIR)
-    ap.add_argument("--real", action="store_true",
-                    help="on the real control plane (etcd, kube-apiserver, KCM, scheduler, kwok; `make tools`)")
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="on the real control plane (etcd, kube-apiserver, KCM, scheduler, kwok; `make tools`)",
+    )
     p = ap.parse_args(argv)
     if p.real:
         import json
 
         name = p.name if p.name != "operator_scale" else "operator_scale_real"
-        result = {"benchmark": "operator_scale_real",
-                  "machine": benchlib.machine_info(extra_packages=["kopf", "kubernetes"], note=p.note),
-                  "result": asyncio.run(run_real(p))}
+        result = {
+            "benchmark": "operator_scale_real",
+            "machine": benchlib.machine_info(extra_packages=["kopf", "kubernetes"], note=p.note),
+            "result": asyncio.run(run_real(p)),
+        }
         emulated_path = p.out / "operator_scale.json"
         emulated = json.loads(emulated_path.read_text()) if emulated_path.exists() else None
         js, md = benchlib.write_results(name, result, render_real(result, emulated), p.out)
         print(md.read_text())
         print(f"wrote {js} and {md}", file=sys.stderr)
         return 0
-    result = {"benchmark": "operator_scale",
-              "machine": benchlib.machine_info(extra_packages=["kopf", "kmock", "kubernetes"], note=p.note),
-              "result": asyncio.run(run(p))}
+    result = {
+        "benchmark": "operator_scale",
+        "machine": benchlib.machine_info(extra_packages=["kopf", "kmock", "kubernetes"], note=p.note),
+        "result": asyncio.run(run(p)),
+    }
     js, md = benchlib.write_results(p.name, result, render(result), p.out)
     print(md.read_text())
     print(f"wrote {js} and {md}", file=sys.stderr)

@@ -44,9 +44,38 @@ GGUF = REPO_ROOT / ".cache" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = REPO_ROOT / ".cache" / "kubetune"
 HERE = WORK_DIR / "preprocess"
 WORDS = [
-    "the", "model", "data", "train", "token", "cluster", "node", "pod", "job", "queue", "batch", "loss", "rate", "step",
-    "adapter", "rank", "layer", "weight", "bias", "cache", "shard", "write", "read", "fast", "slow", "large", "small",
-    "check", "report", "value", "answer", "question",
+    "the",
+    "model",
+    "data",
+    "train",
+    "token",
+    "cluster",
+    "node",
+    "pod",
+    "job",
+    "queue",
+    "batch",
+    "loss",
+    "rate",
+    "step",
+    "adapter",
+    "rank",
+    "layer",
+    "weight",
+    "bias",
+    "cache",
+    "shard",
+    "write",
+    "read",
+    "fast",
+    "slow",
+    "large",
+    "small",
+    "check",
+    "report",
+    "value",
+    "answer",
+    "question",
 ]
 
 
@@ -59,8 +88,12 @@ def make_data(folder: Path, n_alpaca: int, n_sharegpt: int, seed: int = 0) -> No
     folder.mkdir(parents=True, exist_ok=True)
     alpaca = []
     for i in range(n_alpaca):
-        row: dict[str, Any] = {"instruction": sentence(rng, 5, 40), "input": sentence(rng, 0, 30) if i % 2 else "",
-                               "output": sentence(rng, 10, 120), "system": "You are a concise assistant."}
+        row: dict[str, Any] = {
+            "instruction": sentence(rng, 5, 40),
+            "input": sentence(rng, 0, 30) if i % 2 else "",
+            "output": sentence(rng, 10, 120),
+            "system": "You are a concise assistant.",
+        }
         if i % 5 == 0:
             row["history"] = [[sentence(rng, 3, 15), sentence(rng, 5, 30)]]
         alpaca.append(row)
@@ -70,29 +103,52 @@ def make_data(folder: Path, n_alpaca: int, n_sharegpt: int, seed: int = 0) -> No
             turns = rng.randint(1, 4)
             conv = [{"from": "system", "value": "Answer briefly."}]
             for _t in range(turns):
-                conv += [{"from": "human", "value": sentence(rng, 4, 40)}, {"from": "gpt", "value": sentence(rng, 8, 90)}]
+                conv += [
+                    {"from": "human", "value": sentence(rng, 4, 40)},
+                    {"from": "gpt", "value": sentence(rng, 8, 90)},
+                ]
             fh.write(json.dumps({"conversations": conv}) + "\n")
     # every column spelled out: LLaMA-Factory turns the ones left out into null (its all-None trap)
-    columns = {"prompt": "instruction", "query": "input", "response": "output", "system": "system", "history": "history"}
-    info = {"bench_alpaca": {"file_name": "alpaca.json", "columns": columns},
-            "bench_sharegpt": {"file_name": "sharegpt.jsonl", "formatting": "sharegpt"}}
+    columns = {
+        "prompt": "instruction",
+        "query": "input",
+        "response": "output",
+        "system": "system",
+        "history": "history",
+    }
+    info = {
+        "bench_alpaca": {"file_name": "alpaca.json", "columns": columns},
+        "bench_sharegpt": {"file_name": "sharegpt.jsonl", "formatting": "sharegpt"},
+    }
     (folder / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def lf_config(model_dir: Path, data_dir: Path, cutoff: int) -> dict[str, Any]:
     return {
-        "model_name_or_path": str(model_dir), "stage": "sft", "do_train": True, "finetuning_type": "lora",
-        "lora_target": "all", "dataset": "bench_alpaca,bench_sharegpt", "dataset_dir": str(data_dir),
-        "template": "chatml", "cutoff_len": cutoff, "overwrite_cache": True, "preprocessing_num_workers": None,
-        "output_dir": str(HERE / "lf-out"), "overwrite_output_dir": True, "report_to": "none", "bf16": False,
+        "model_name_or_path": str(model_dir),
+        "stage": "sft",
+        "do_train": True,
+        "finetuning_type": "lora",
+        "lora_target": "all",
+        "dataset": "bench_alpaca,bench_sharegpt",
+        "dataset_dir": str(data_dir),
+        "template": "chatml",
+        "cutoff_len": cutoff,
+        "overwrite_cache": True,
+        "preprocessing_num_workers": None,
+        "output_dir": str(HERE / "lf-out"),
+        "overwrite_output_dir": True,
+        "report_to": "none",
+        "bf16": False,
     }
 
 
 # ------------------------------------------------------------------------------------------- kubetune worker
 
 
-def kubetune_worker(data_dir: Path, model_dir: Path, cutoff: int, result: Path, ids: Path | None,
-                    cache_dir: Path | None) -> None:
+def kubetune_worker(
+    data_dir: Path, model_dir: Path, cutoff: int, result: Path, ids: Path | None, cache_dir: Path | None
+) -> None:
     """Runs in a fresh process: the trainer's data steps for stage sft, timed from dataset_info.json to rows."""
     from transformers import AutoTokenizer
 
@@ -109,14 +165,18 @@ def kubetune_worker(data_dir: Path, model_dir: Path, cutoff: int, result: Path, 
     opts = ProcessorOptions(cutoff)
     started, cpu_started = time.perf_counter(), time.process_time()
     base = f"file://{data_dir}/dataset_info.json"
-    specs = parse_registry(load_registry_file(data_dir / "dataset_info.json", base), base,
-                           ["bench_alpaca", "bench_sharegpt"])
+    specs = parse_registry(
+        load_registry_file(data_dir / "dataset_info.json", base), base, ["bench_alpaca", "bench_sharegpt"]
+    )
     tokens = Tokens(tokenizer)
     groups = []
     for spec in specs:
         loaded = convert_dataset(spec, file_path(spec.source))
-        groups.append(tokenize_dataset(loaded, None, template, tokenizer, tokens, shape=DataShape.SUPERVISED,
-                                       opts=opts, cache_dir=cache_dir))
+        groups.append(
+            tokenize_dataset(
+                loaded, None, template, tokenizer, tokens, shape=DataShape.SUPERVISED, opts=opts, cache_dir=cache_dir
+            )
+        )
     rows, _ = finish(DataShape.SUPERVISED, mix(groups), opts, tokens)
     seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     result.write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds, "rows_out": len(rows)}))
@@ -147,8 +207,19 @@ def run_tool(tool: str, p: argparse.Namespace, lf_py: str, model_dir: Path, ids:
     if tool == "llamafactory":
         cmd = [lf_py, str(BENCH_DIR / "_lf_preprocess.py"), str(HERE / "lf-config.json"), str(result)]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--data", str(HERE / "data"),
-               "--model-dir", str(model_dir), "--cutoff", str(p.cutoff), "--result", str(result)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            "--data",
+            str(HERE / "data"),
+            "--model-dir",
+            str(model_dir),
+            "--cutoff",
+            str(p.cutoff),
+            "--result",
+            str(result),
+        ]
         if tool == "kubetune-cached":
             cmd += ["--cache-dir", str(HERE / "tokenized-cache")]
     if ids is not None:
@@ -157,16 +228,25 @@ def run_tool(tool: str, p: argparse.Namespace, lf_py: str, model_dir: Path, ids:
     if measured.returncode != 0 or not result.exists():
         raise SystemExit(f"{tool} failed (exit {measured.returncode}):\n{measured.output_tail}")
     out = json.loads(result.read_text())
-    return {"tool": tool, "seconds": round(out["seconds"], 3), "cpu_seconds": round(out["cpu_seconds"], 3),
-            "rows_out": out["rows_out"],
-            "peak_rss_mib": measured.peak_rss_mib, "process_wall_s": measured.wall_s}
+    return {
+        "tool": tool,
+        "seconds": round(out["seconds"], 3),
+        "cpu_seconds": round(out["cpu_seconds"], 3),
+        "rows_out": out["rows_out"],
+        "peak_rss_mib": measured.peak_rss_mib,
+        "process_wall_s": measured.wall_s,
+    }
 
 
 def compare_ids(a: Path, b: Path) -> dict[str, Any]:
     left, right = json.loads(a.read_text()), json.loads(b.read_text())
     same = sum(1 for x, y in zip(left, right) if x["input_ids"] == y["input_ids"] and x["labels"] == y["labels"])
-    return {"rows_llamafactory": len(left), "rows_kubetune": len(right), "rows_identical": same,
-            "identical": len(left) == len(right) == same}
+    return {
+        "rows_llamafactory": len(left),
+        "rows_kubetune": len(right),
+        "rows_identical": same,
+        "identical": len(left) == len(right) == same,
+    }
 
 
 def main() -> None:
@@ -216,35 +296,59 @@ def main() -> None:
     by_rep = {(r["rep"], r["tool"]): r for r in runs}
     # load on this shared machine drifts between repetitions: the ratio within one repetition (A and B back to
     # back) is the fairer number; the ratio of the medians is reported too
-    paired = {t: median(ratio(by_rep[(k, t)]["rows_per_s"], by_rep[(k, "llamafactory")]["rows_per_s"])
-                        for k in range(p.reps)) for t in tools}
+    paired = {
+        t: median(
+            ratio(by_rep[(k, t)]["rows_per_s"], by_rep[(k, "llamafactory")]["rows_per_s"]) for k in range(p.reps)
+        )
+        for t in tools
+    }
     summary = {
-        "rows_in": rows_in, "cutoff_len": p.cutoff, "template": "chatml", "reps": p.reps,
+        "rows_in": rows_in,
+        "cutoff_len": p.cutoff,
+        "template": "chatml",
+        "reps": p.reps,
         "rows_per_s_median": med,
         "rows_per_cpu_s_median": med_cpu,
         "ratio_kubetune_vs_llamafactory": ratio(med["kubetune"], med["llamafactory"]),
         "ratio_kubetune_vs_llamafactory_paired_median": paired["kubetune"],
         "ratio_kubetune_vs_llamafactory_cpu": ratio(med_cpu["kubetune"], med_cpu["llamafactory"]),
         "ratio_cached_vs_llamafactory": ratio(med["kubetune-cached"], med["llamafactory"]),
-        "target_ratio": 2.0, "token_ids": check,
+        "target_ratio": 2.0,
+        "token_ids": check,
     }
     data = {"benchmark": "preprocess", "machine": info, "summary": summary, "runs": runs}
     table = markdown_table(
-        [{"tool": t, "rps": med[t], "ratio": ratio(med[t], med["llamafactory"]), "paired": paired[t],
-          "cpu": med_cpu[t], "cpu_ratio": ratio(med_cpu[t], med_cpu["llamafactory"])} for t in tools],
-        [("tool", "tool"), ("rps", "rows/s (median)"), ("ratio", "ratio of medians"),
-         ("paired", "median of per-repetition ratios"), ("cpu", "rows per CPU-second (median)"),
-         ("cpu_ratio", "CPU ratio")],
+        [
+            {
+                "tool": t,
+                "rps": med[t],
+                "ratio": ratio(med[t], med["llamafactory"]),
+                "paired": paired[t],
+                "cpu": med_cpu[t],
+                "cpu_ratio": ratio(med_cpu[t], med_cpu["llamafactory"]),
+            }
+            for t in tools
+        ],
+        [
+            ("tool", "tool"),
+            ("rps", "rows/s (median)"),
+            ("ratio", "ratio of medians"),
+            ("paired", "median of per-repetition ratios"),
+            ("cpu", "rows per CPU-second (median)"),
+            ("cpu_ratio", "CPU ratio"),
+        ],
     )
-    md = (f"# Preprocessing benchmark\n\n{rows_in} rows ({p.alpaca} alpaca with history/system, {p.sharegpt} "
-          f"multi-turn sharegpt), SmolLM2 tokenizer, chatml, cutoffLen {p.cutoff}, one process each, median of "
-          f"{p.reps} alternating runs. Token ids identical row by row: {check['identical']} "
-          f"({check['rows_identical']}/{check['rows_llamafactory']}).\n\n{table}\n"
-          f"Target: kubetune ≥ 2× LLaMA-Factory's rows/s. Measured: {summary['ratio_kubetune_vs_llamafactory']}× "
-          f"(ratio of medians), {summary['ratio_kubetune_vs_llamafactory_paired_median']}× (median of the "
-          f"per-repetition ratios), {summary['ratio_kubetune_vs_llamafactory_cpu']}× in rows per CPU-second "
-          "(kubetune's batched tokenizer call uses both cores; CPU seconds count every thread).\n\n"
-          f"## Machine\n\n{machine_markdown(info)}")
+    md = (
+        f"# Preprocessing benchmark\n\n{rows_in} rows ({p.alpaca} alpaca with history/system, {p.sharegpt} "
+        f"multi-turn sharegpt), SmolLM2 tokenizer, chatml, cutoffLen {p.cutoff}, one process each, median of "
+        f"{p.reps} alternating runs. Token ids identical row by row: {check['identical']} "
+        f"({check['rows_identical']}/{check['rows_llamafactory']}).\n\n{table}\n"
+        f"Target: kubetune ≥ 2× LLaMA-Factory's rows/s. Measured: {summary['ratio_kubetune_vs_llamafactory']}× "
+        f"(ratio of medians), {summary['ratio_kubetune_vs_llamafactory_paired_median']}× (median of the "
+        f"per-repetition ratios), {summary['ratio_kubetune_vs_llamafactory_cpu']}× in rows per CPU-second "
+        "(kubetune's batched tokenizer call uses both cores; CPU seconds count every thread).\n\n"
+        f"## Machine\n\n{machine_markdown(info)}"
+    )
     js, mdp = write_results("preprocess", data, md)
     print(md)
     print(f"wrote {js} and {mdp}")

@@ -44,7 +44,10 @@ FIRST_STEP = re.compile(r"'loss':|kubetune: step 1/")  # TRL's log dict; kubetun
 MILESTONES = [
     ("python + CLI imports", re.compile(r"kubetune: running")),
     ("trainer imports, data fetch + convert, model resolve + fit estimate", re.compile(r"memory estimate")),
-    ("tokenizer load + template + tokenize", re.compile(r"dataset \S+: (\d+ tokenized rows cached|tokenized rows from cache)")),
+    (
+        "tokenizer load + template + tokenize",
+        re.compile(r"dataset \S+: (\d+ tokenized rows cached|tokenized rows from cache)"),
+    ),
     ("model load + LoRA + TrainingArguments", re.compile(r"training_args\.py|TrainingArguments")),
     ("Trainer init (imports DeepSpeed) + first step", FIRST_STEP),
 ]
@@ -60,23 +63,43 @@ def smollm_dir() -> Path:
 def job_file(folder: Path, model: Path, data: Path) -> Path:
     import yaml
 
-    spec = {"stage": "sft", "model": {"source": f"file://{model}"},
-            "datasets": [{"name": "identity", "source": f"file://{data}"}],
-            "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}},
-            "training": {"maxSteps": STEPS, "batchSize": BATCH, "cutoffLen": CUTOFF, "learningRate": 1e-4,
-                         "loggingSteps": 1},
-            "output": {"uri": f"file://{folder / 'out'}"}}
+    spec = {
+        "stage": "sft",
+        "model": {"source": f"file://{model}"},
+        "datasets": [{"name": "identity", "source": f"file://{data}"}],
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.0}},
+        "training": {
+            "maxSteps": STEPS,
+            "batchSize": BATCH,
+            "cutoffLen": CUTOFF,
+            "learningRate": 1e-4,
+            "loggingSteps": 1,
+        },
+        "output": {"uri": f"file://{folder / 'out'}"},
+    }
     path = folder / "job.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                    "metadata": {"name": "ttfs"}, "spec": spec}, sort_keys=False))
+    path.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ttfs"}, "spec": spec},
+            sort_keys=False,
+        )
+    )
     return path
 
 
 def timed(cmd: list[str], env: dict[str, str], log: Path) -> dict:
     """Run until the first-step line (then stop the process); every line with its arrival time."""
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", bufsize=1)
+    proc = subprocess.Popen(
+        cmd,
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        bufsize=1,
+    )
     lines: list[tuple[float, str]] = []
     first = None
     assert proc.stdout is not None
@@ -132,15 +155,43 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     model, data = smollm_dir(), REPO_ROOT / "examples" / "data" / "identity.json"
-    env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT / 'operator'}:{REPO_ROOT / 'trainer'}", "PYTHONUNBUFFERED": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{REPO_ROOT / 'operator'}:{REPO_ROOT / 'trainer'}",
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     bindir = Path(sys.executable).parent
     commands = {
-        "kubetune": [str(bindir / "kubetune"), "run", "-v", "--cache-dir", str(folder / "cache"),
-                     str(job_file(folder, model, data))],
-        "trl": [str(bindir / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO_ROOT / "bench" / "_ttfs_trl.py"),
-                str(model), str(data), str(folder / "trl-out"), str(CUTOFF), str(BATCH), str(STEPS)],
+        "kubetune": [
+            str(bindir / "kubetune"),
+            "run",
+            "-v",
+            "--cache-dir",
+            str(folder / "cache"),
+            str(job_file(folder, model, data)),
+        ],
+        "trl": [
+            str(bindir / "accelerate"),
+            "launch",
+            "--cpu",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(REPO_ROOT / "bench" / "_ttfs_trl.py"),
+            str(model),
+            str(data),
+            str(folder / "trl-out"),
+            str(CUTOFF),
+            str(BATCH),
+            str(STEPS),
+        ],
     }
     for tool, cmd in commands.items():  # warm-up: caches filled, first-run costs (GGUF, compile) left out
         if not args.no_warmup:
@@ -148,11 +199,19 @@ def main() -> None:
     runs = []
     for rep, tool in alternate(list(commands), args.reps):
         got = timed(commands[tool], env, folder / f"{tool}-{rep}.log")
-        runs.append({"tool": tool, "rep": rep, "ttfs_s": got["ttfs_s"],
-                     "phases": phases(got["lines"]) if tool == "kubetune" else {}})
+        runs.append(
+            {
+                "tool": tool,
+                "rep": rep,
+                "ttfs_s": got["ttfs_s"],
+                "phases": phases(got["lines"]) if tool == "kubetune" else {},
+            }
+        )
         print(runs[-1], flush=True)
-    info = machine_info(note=f"SmolLM2-135M, LoRA r8 all-linear, cutoff {CUTOFF}, batch {BATCH}, CPU, "
-                             f"{'no warm-up' if args.no_warmup else 'warm caches'}, {args.reps} alternated runs per tool")
+    info = machine_info(
+        note=f"SmolLM2-135M, LoRA r8 all-linear, cutoff {CUTOFF}, batch {BATCH}, CPU, "
+        f"{'no warm-up' if args.no_warmup else 'warm caches'}, {args.reps} alternated runs per tool"
+    )
     report(runs, info, args.reps)
 
 
@@ -161,15 +220,30 @@ def report(runs: list[dict], info: dict, reps: int) -> None:
     med = {tool: statistics.median(r["ttfs_s"] for r in runs if r["tool"] == tool) for tool in commands}
     kube_phases = [r["phases"] for r in runs if r["tool"] == "kubetune"]
     breakdown = {name: round(statistics.median(p.get(name, 0.0) for p in kube_phases), 2) for name, _ in MILESTONES}
-    rows = [{"tool": "kubetune run -v", "ttfs": med["kubetune"]},
-            {"tool": "accelerate launch (TRL SFTTrainer)", "ttfs": med["trl"]}]
-    md = ("# Time to first step: kubetune run vs a bare accelerate launch of TRL\n\n" + machine_markdown(info) + "\n"
-          + markdown_table(rows, [("tool", "command"), ("ttfs", "median seconds to the first optimizer step")])
-          + f"\nRatio kubetune / TRL: **{ratio(med['kubetune'], med['trl'])}x** (target <= 1.2x)\n\n"
-          + "Where kubetune's time goes (median seconds per phase):\n\n"
-          + markdown_table([{"phase": k, "s": v} for k, v in breakdown.items()], [("phase", "phase"), ("s", "s")]))
-    write_results("ttfs", {"machine": info, "runs": runs, "median_s": med,
-                           "ratio": ratio(med["kubetune"], med["trl"]), "kubetune_phases_s": breakdown}, md)
+    rows = [
+        {"tool": "kubetune run -v", "ttfs": med["kubetune"]},
+        {"tool": "accelerate launch (TRL SFTTrainer)", "ttfs": med["trl"]},
+    ]
+    md = (
+        "# Time to first step: kubetune run vs a bare accelerate launch of TRL\n\n"
+        + machine_markdown(info)
+        + "\n"
+        + markdown_table(rows, [("tool", "command"), ("ttfs", "median seconds to the first optimizer step")])
+        + f"\nRatio kubetune / TRL: **{ratio(med['kubetune'], med['trl'])}x** (target <= 1.2x)\n\n"
+        + "Where kubetune's time goes (median seconds per phase):\n\n"
+        + markdown_table([{"phase": k, "s": v} for k, v in breakdown.items()], [("phase", "phase"), ("s", "s")])
+    )
+    write_results(
+        "ttfs",
+        {
+            "machine": info,
+            "runs": runs,
+            "median_s": med,
+            "ratio": ratio(med["kubetune"], med["trl"]),
+            "kubetune_phases_s": breakdown,
+        },
+        md,
+    )
     print(md)
 
 

@@ -28,7 +28,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
-        if "cluster" in item.keywords and not os.environ.get("KUBECONFIG") and item.get_closest_marker("cluster").kwargs.get("only"):
+        if (
+            "cluster" in item.keywords
+            and not os.environ.get("KUBECONFIG")
+            and item.get_closest_marker("cluster").kwargs.get("only")
+        ):
             item.add_marker(pytest.mark.skip(reason="needs KUBECONFIG"))
 
 
@@ -76,9 +80,18 @@ def tiny_model_dir(smollm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     tok = AutoTokenizer.from_pretrained(smollm_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True, initializer_range=0.2,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)

@@ -30,23 +30,48 @@ from tests.conftest import job_doc
 
 LINE_LIMIT = 400  # no problem line echoes more than this, whatever the value was
 
-VALID = job_doc({
-    "stage": "sft",
-    "model": {"source": "hf://org/model", "quantization": {"bits": 4}, "adapter": {"source": "s3://bkt/adapter"},
-              "credentialsSecret": "hf-token", "parameters": "7B"},
-    "datasets": [{"name": "d", "source": "s3://bkt/d.json", "numSamples": 100}],
-    "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "loraplusRatio": 16.0}},
-    "training": {"epochs": 1, "seed": 7, "mixStrategy": "interleave_under",
-                 "preference": {"beta": 0.1}, "kto": {"beta": 0.1}, "ppo": {"klCoef": 0.1}},
-    "resources": {"nodes": 1, "gpusPerNode": 1, "gpuType": "H100", "cpu": "4", "memory": "32Gi",
-                  "serviceAccountName": "trainer", "priorityClassName": "high", "cacheClaim": "model-cache",
-                  "nodeSelector": {"nvidia.com/gpu.product": "H100"}},
-    "checkpointing": {"everySteps": 10},
-    "output": {"uri": "s3://bkt/out", "credentialsSecret": "s3-creds",
-               "hub": {"repo": "org/x", "credentialsSecret": "hf"}},
-    "runPolicy": {"backoffLimit": 1, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60},
-    "queueName": "team-a",
-}, name="valid-job")
+VALID = job_doc(
+    {
+        "stage": "sft",
+        "model": {
+            "source": "hf://org/model",
+            "quantization": {"bits": 4},
+            "adapter": {"source": "s3://bkt/adapter"},
+            "credentialsSecret": "hf-token",
+            "parameters": "7B",
+        },
+        "datasets": [{"name": "d", "source": "s3://bkt/d.json", "numSamples": 100}],
+        "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16, "loraplusRatio": 16.0}},
+        "training": {
+            "epochs": 1,
+            "seed": 7,
+            "mixStrategy": "interleave_under",
+            "preference": {"beta": 0.1},
+            "kto": {"beta": 0.1},
+            "ppo": {"klCoef": 0.1},
+        },
+        "resources": {
+            "nodes": 1,
+            "gpusPerNode": 1,
+            "gpuType": "H100",
+            "cpu": "4",
+            "memory": "32Gi",
+            "serviceAccountName": "trainer",
+            "priorityClassName": "high",
+            "cacheClaim": "model-cache",
+            "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+        },
+        "checkpointing": {"everySteps": 10},
+        "output": {
+            "uri": "s3://bkt/out",
+            "credentialsSecret": "s3-creds",
+            "hub": {"repo": "org/x", "credentialsSecret": "hf"},
+        },
+        "runPolicy": {"backoffLimit": 1, "activeDeadlineSeconds": 3600, "ttlSecondsAfterFinished": 60},
+        "queueName": "team-a",
+    },
+    name="valid-job",
+)
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 CRD = jsonschema.Draft4Validator(crd_json_schema())
 
@@ -93,11 +118,31 @@ def test_parameter_counts_that_overflow_or_are_zero_are_field_errors(value: str)
 
 # ---------------------------------------------------------------------------------------------------- names
 
-BAD_NAMES = ["Bad_Name", "UPPER", "with space", "-lead", "trail-", "a..b", ".dot", "x" * 254, "", "name\n",
-             "na\x00me", "ünïcode", "a/b", "a:b"]
-NAME_FIELDS = [("resources", "serviceAccountName"), ("resources", "priorityClassName"), ("resources", "cacheClaim"),
-               ("queueName",), ("model", "credentialsSecret"), ("output", "credentialsSecret"),
-               ("output", "hub", "credentialsSecret")]
+BAD_NAMES = [
+    "Bad_Name",
+    "UPPER",
+    "with space",
+    "-lead",
+    "trail-",
+    "a..b",
+    ".dot",
+    "x" * 254,
+    "",
+    "name\n",
+    "na\x00me",
+    "ünïcode",
+    "a/b",
+    "a:b",
+]
+NAME_FIELDS = [
+    ("resources", "serviceAccountName"),
+    ("resources", "priorityClassName"),
+    ("resources", "cacheClaim"),
+    ("queueName",),
+    ("model", "credentialsSecret"),
+    ("output", "credentialsSecret"),
+    ("output", "hub", "credentialsSecret"),
+]
 
 
 @pytest.mark.parametrize("path", NAME_FIELDS, ids=[".".join(p) for p in NAME_FIELDS])
@@ -113,22 +158,54 @@ def test_queue_name_is_also_a_label_value() -> None:
     parse_job(with_value(("queueName",), "q" * 63))
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("resources", "gpuResource"), "nvidia.com/"), (("resources", "gpuResource"), "Bad_Prefix/gpu"),
-    (("resources", "gpuResource"), "a/b/c"), (("resources", "gpuResource"), "gpu with space"),
-    (("resources", "nodeSelector"), {"bad key!": "v"}), (("resources", "nodeSelector"), {"k": "v" * 64}),
-    (("resources", "nodeSelector"), {"k": "bad value"}), (("resources", "image"), "ghcr.io/x y:1"),
-    (("resources", "image"), ""), (("output", "hub", "repo"), "org/with space"),
-    (("output", "hub", "repo"), "a/b/c"), (("model", "adapter"), {"fromJob": "Bad_Job"}),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("resources", "gpuResource"), "nvidia.com/"),
+        (("resources", "gpuResource"), "Bad_Prefix/gpu"),
+        (("resources", "gpuResource"), "a/b/c"),
+        (("resources", "gpuResource"), "gpu with space"),
+        (("resources", "nodeSelector"), {"bad key!": "v"}),
+        (("resources", "nodeSelector"), {"k": "v" * 64}),
+        (("resources", "nodeSelector"), {"k": "bad value"}),
+        (("resources", "image"), "ghcr.io/x y:1"),
+        (("resources", "image"), ""),
+        (("output", "hub", "repo"), "org/with space"),
+        (("output", "hub", "repo"), "a/b/c"),
+        (("model", "adapter"), {"fromJob": "Bad_Job"}),
+    ],
+)
 def test_other_kubernetes_strings(path: tuple[str, ...], value: Any) -> None:
     assert_refused_at(path, value)
 
 
 # ---------------------------------------------------------------------------------------------------- quantities
 
-BAD_QUANTITIES = ["1.2.3", "1Gib", "1gi", "--1", "-1Gi", "1e999", "0", "0Gi", "Gi", "1 Gi", "1Gi\n", "1.5.Gi", "inf",
-                  "NaN", "1K", "1e", "1e1.5", "0x10", "", "+", ".", "1E99", "99999999999Ei"]
+BAD_QUANTITIES = [
+    "1.2.3",
+    "1Gib",
+    "1gi",
+    "--1",
+    "-1Gi",
+    "1e999",
+    "0",
+    "0Gi",
+    "Gi",
+    "1 Gi",
+    "1Gi\n",
+    "1.5.Gi",
+    "inf",
+    "NaN",
+    "1K",
+    "1e",
+    "1e1.5",
+    "0x10",
+    "",
+    "+",
+    ".",
+    "1E99",
+    "99999999999Ei",
+]
 
 
 @pytest.mark.parametrize("field", ["cpu", "memory", "sharedMemory", "cacheSize"])
@@ -137,9 +214,21 @@ def test_bad_quantities_are_refused_by_models_and_crd_pattern(field: str, value:
     assert_refused_at(("resources", field), value)
 
 
-@pytest.mark.parametrize(("text", "value"), [("500m", "0.5"), ("2", "2"), ("16Gi", str(16 * 2**30)), ("1.5G", "1.5E+9"),
-                                             ("1e9", "1E+9"), ("+1Ki", "1024"), (".5", "0.5"), ("1.", "1"),
-                                             ("2E", "2E+18"), ("100n", "1.00E-7")])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("500m", "0.5"),
+        ("2", "2"),
+        ("16Gi", str(16 * 2**30)),
+        ("1.5G", "1.5E+9"),
+        ("1e9", "1E+9"),
+        ("+1Ki", "1024"),
+        (".5", "0.5"),
+        ("1.", "1"),
+        ("2E", "2E+18"),
+        ("100n", "1.00E-7"),
+    ],
+)
 def test_good_quantities_parse_as_kubernetes_does(text: str, value: str) -> None:
     from decimal import Decimal
 
@@ -220,12 +309,19 @@ def test_every_boolean_is_as_strict_as_the_crd(path: tuple, value: Any) -> None:
     _refused_everywhere(path, value)
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("training", "seed"), 2**32), (("runPolicy", "ttlSecondsAfterFinished"), 2**31),
-    (("runPolicy", "activeDeadlineSeconds"), 2**63), (("runPolicy", "backoffLimit"), 2**31),
-    (("checkpointing", "everySteps"), 2**63), (("method", "lora", "alpha"), 10**30),
-    (("datasets", 0, "numSamples"), 10**11), (("datasets", 0, "numSamples"), 1e11),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("training", "seed"), 2**32),
+        (("runPolicy", "ttlSecondsAfterFinished"), 2**31),
+        (("runPolicy", "activeDeadlineSeconds"), 2**63),
+        (("runPolicy", "backoffLimit"), 2**31),
+        (("checkpointing", "everySteps"), 2**63),
+        (("method", "lora", "alpha"), 10**30),
+        (("datasets", 0, "numSamples"), 10**11),
+        (("datasets", 0, "numSamples"), 1e11),
+    ],
+)
 def test_int32_int64_and_sample_bounds(path: tuple, value: Any) -> None:
     assert_refused_at(path, value)
 
@@ -245,18 +341,33 @@ def test_ports_are_bounded_in_the_pod_contract() -> None:
 # ---------------------------------------------------------------------------------------------------- URIs, templates, text
 
 BAD_URIS = [
-    ("datasets", 0, "source", "s3:///key"), ("datasets", 0, "source", "s3://B/key"),
-    ("datasets", 0, "source", "s3://ab/key"), ("datasets", 0, "source", "s3://a_b/key"),
-    ("datasets", 0, "source", "s3://a..b/key"), ("datasets", 0, "source", "s3://-abc/key"),
-    ("datasets", 0, "source", "s3://192.168.1.1/key"), ("datasets", 0, "source", "s3://" + "a" * 64 + "/k"),
-    ("output", "uri", "s3://Bucket/out"), ("model", "adapter", "source", "s3://x/adapter"),
-    ("model", "source", "hf://a/b/c"), ("model", "source", "hf://org--x/m"), ("model", "source", "hf://.org/m"),
-    ("model", "source", "hf://org/m.git"), ("model", "source", "hf://org/a..b"), ("model", "source", "hf://" + "a" * 97),
-    ("model", "source", "hf://org/ m"), ("model", "source", "hf://org/modèle"), ("model", "source", "ms://a/b/c"),
-    ("datasets", 0, "source", "hf://org/-data"), ("datasets", 0, "source", "configmap://Bad_Name/key"),
-    ("datasets", 0, "source", "configmap://cm/a/b"), ("datasets", 0, "source", "configmap://cm/"),
-    ("datasets", 0, "source", "configmap://cm/.."), ("datasets", 0, "source", "pvc://Bad_Claim/data.json"),
-    ("datasets", 0, "source", "pvc://claim/../etc/passwd"), ("datasets", 0, "source", "s3://bkt/key\x00"),
+    ("datasets", 0, "source", "s3:///key"),
+    ("datasets", 0, "source", "s3://B/key"),
+    ("datasets", 0, "source", "s3://ab/key"),
+    ("datasets", 0, "source", "s3://a_b/key"),
+    ("datasets", 0, "source", "s3://a..b/key"),
+    ("datasets", 0, "source", "s3://-abc/key"),
+    ("datasets", 0, "source", "s3://192.168.1.1/key"),
+    ("datasets", 0, "source", "s3://" + "a" * 64 + "/k"),
+    ("output", "uri", "s3://Bucket/out"),
+    ("model", "adapter", "source", "s3://x/adapter"),
+    ("model", "source", "hf://a/b/c"),
+    ("model", "source", "hf://org--x/m"),
+    ("model", "source", "hf://.org/m"),
+    ("model", "source", "hf://org/m.git"),
+    ("model", "source", "hf://org/a..b"),
+    ("model", "source", "hf://" + "a" * 97),
+    ("model", "source", "hf://org/ m"),
+    ("model", "source", "hf://org/modèle"),
+    ("model", "source", "ms://a/b/c"),
+    ("datasets", 0, "source", "hf://org/-data"),
+    ("datasets", 0, "source", "configmap://Bad_Name/key"),
+    ("datasets", 0, "source", "configmap://cm/a/b"),
+    ("datasets", 0, "source", "configmap://cm/"),
+    ("datasets", 0, "source", "configmap://cm/.."),
+    ("datasets", 0, "source", "pvc://Bad_Claim/data.json"),
+    ("datasets", 0, "source", "pvc://claim/../etc/passwd"),
+    ("datasets", 0, "source", "s3://bkt/key\x00"),
 ]
 
 
@@ -278,8 +389,9 @@ def test_known_templates_are_the_trainers() -> None:
         parse_job(with_value(("model", "template"), name))
 
 
-@pytest.mark.parametrize("name", ["a\x00b", "a\nb", "a\rb", "a\tb", "\x7f", "a\u202eb", "a\u200bb", "\x1b[31mred",
-                                  "a\u0085b", "a\ud800b"])
+@pytest.mark.parametrize(
+    "name", ["a\x00b", "a\nb", "a\rb", "a\tb", "\x7f", "a\u202eb", "a\u200bb", "\x1b[31mred", "a\u0085b", "a\ud800b"]
+)
 def test_control_characters_in_dataset_names_and_other_strings(name: str) -> None:
     assert_refused_at(("datasets", 0, "name"), name)
     assert_refused_at(("datasets", 0, "split"), name)
@@ -297,12 +409,24 @@ def test_a_regex_reward_pattern_may_hold_newlines() -> None:
 HUGE = "x" * 1_000_000
 
 
-@pytest.mark.parametrize(("path", "value"), [
-    (("datasets", 0, "name"), HUGE), (("datasets", 0, "source"), "s3://bkt/" + HUGE), (("datasets", 0, "source"), HUGE),
-    (("model", "template"), HUGE), (("stage",), HUGE), (("resources", "memory"), HUGE), (("queueName",), HUGE),
-    (("training", "epochs"), HUGE), (("method", "type"), HUGE), (("model", "parameters"), "9" * 100_000 + "B"),
-    ((HUGE,), 1), (("training", "reportTo"), [HUGE]), (("resources", "nodeSelector"), {HUGE: HUGE}),
-])
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("datasets", 0, "name"), HUGE),
+        (("datasets", 0, "source"), "s3://bkt/" + HUGE),
+        (("datasets", 0, "source"), HUGE),
+        (("model", "template"), HUGE),
+        (("stage",), HUGE),
+        (("resources", "memory"), HUGE),
+        (("queueName",), HUGE),
+        (("training", "epochs"), HUGE),
+        (("method", "type"), HUGE),
+        (("model", "parameters"), "9" * 100_000 + "B"),
+        ((HUGE,), 1),
+        (("training", "reportTo"), [HUGE]),
+        (("resources", "nodeSelector"), {HUGE: HUGE}),
+    ],
+)
 def test_a_huge_value_is_never_echoed_in_full(path: tuple, value: Any) -> None:
     problems_of(with_value(path, value))  # asserts every line is at most LINE_LIMIT characters
 
@@ -316,11 +440,15 @@ def test_huge_api_version_and_kind_are_clipped() -> None:
 # ---------------------------------------------------------------------------------------------------- hypothesis
 
 WEIRD = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-(2**80), max_value=2**80),
-    st.text(max_size=20), st.text(alphabet=st.characters(max_codepoint=0x9f), max_size=10),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.text(max_size=20),
+    st.text(alphabet=st.characters(max_codepoint=0x9F), max_size=10),
     st.sampled_from(["1e999B", "1.2.3", "Bad_Name", "s3:///k", "hf://a/b/c", "yes", "16", "NaN", "-1", HUGE[:5000]]),
-    st.booleans(), st.none(), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=5),
-                                                                                    st.integers(), max_size=3),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=3),
 )
 PATHS = [p for p, _ in LEAVES]
 
@@ -357,23 +485,28 @@ def test_configmap_size_check_is_a_pure_function_over_the_rendered_object() -> N
 
 # ---------------------------------------------------------------------------------------------------- YAML
 
-BOMB = "\n".join(["a: &a [x, x, x, x, x, x, x, x, x]"] + [
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)])
+BOMB = "\n".join(
+    ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    + [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+)
 
 
-@pytest.mark.parametrize(("text", "words"), [
-    (BOMB, "alias"),
-    ("spec: " + "[" * 100_000 + "]" * 100_000, "nested deeper"),
-    ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 80)), "nested deeper"),
-    ("a: &a [*a]\n", "recursive"),
-    ("kind: FineTuneJob\nkind: Secret\n", "duplicate key"),
-    ("spec:\n  a: 1\n  b: 2\n  a: 3\n", "duplicate key"),
-    (b"\x00\x01\x02\xff binary", "binary"),
-    ("name: caf\xe9\n".encode("latin-1"), "not UTF-8"),
-    ("a: [unclosed", "not valid YAML"),
-    ("a:\n\t- tab", "not valid YAML"),
-    ("x: " + "y" * (MAX_BYTES + 1), "larger than"),
-])
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (BOMB, "alias"),
+        ("spec: " + "[" * 100_000 + "]" * 100_000, "nested deeper"),
+        ("a:\n" + "".join("  " * i + "- \n" for i in range(1, 80)), "nested deeper"),
+        ("a: &a [*a]\n", "recursive"),
+        ("kind: FineTuneJob\nkind: Secret\n", "duplicate key"),
+        ("spec:\n  a: 1\n  b: 2\n  a: 3\n", "duplicate key"),
+        (b"\x00\x01\x02\xff binary", "binary"),
+        ("name: caf\xe9\n".encode("latin-1"), "not UTF-8"),
+        ("a: [unclosed", "not valid YAML"),
+        ("a:\n\t- tab", "not valid YAML"),
+        ("x: " + "y" * (MAX_BYTES + 1), "larger than"),
+    ],
+)
 def test_the_yaml_loader_refuses_with_one_short_line(text: str | bytes, words: str) -> None:
     with pytest.raises(YamlRefused) as info:
         load_documents(text)
@@ -412,8 +545,9 @@ def test_every_bad_document_is_reported_and_named(tmp_path: Path) -> None:
     assert any(line.startswith("document 2 (FinetuneJob/typo): kind: must be FineTuneJob") for line in lines), lines
     assert any(line.startswith("document 4 (FineTuneJob/bad-epochs): spec.training.epochs:") for line in lines), lines
     assert any(line.startswith("document 5: document 5 is a list") for line in lines), lines
-    assert any(line.startswith("document 6 (FineTuneJob/valid-job): metadata.name:") and "twice" in line
-               for line in lines), lines
+    assert any(
+        line.startswith("document 6 (FineTuneJob/valid-job): metadata.name:") and "twice" in line for line in lines
+    ), lines
     assert any(line.startswith("document 7: document 7 is a string") for line in lines), lines
     assert any(line.startswith("document 8 (?/nokind): kind:") for line in lines), lines
     assert not any("document 3" in line for line in lines)  # the Secret beside the jobs is not ours to judge
@@ -422,8 +556,22 @@ def test_every_bad_document_is_reported_and_named(tmp_path: Path) -> None:
     assert len(str(info.value).splitlines()) == len(problems) and str(info.value).startswith(f"{f}: document 2")
 
 
-@pytest.mark.parametrize("kind", ["FinetuneJob", "FineTuneJobs", "finetunejob", "FineTunejob", "FineTune", "Finetunejob",
-                                  "ftj", "FineTuningJob", None, "", 7])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "FinetuneJob",
+        "FineTuneJobs",
+        "finetunejob",
+        "FineTunejob",
+        "FineTune",
+        "Finetunejob",
+        "ftj",
+        "FineTuningJob",
+        None,
+        "",
+        7,
+    ],
+)
 def test_a_misspelt_or_missing_kind_is_an_error_not_a_skip(kind: Any, tmp_path: Path) -> None:
     doc = copy.deepcopy(VALID)
     doc["kind"] = kind
@@ -467,6 +615,10 @@ def test_the_trainer_resolves_configmap_sources_at_the_path_the_job_mounts(tmp_p
     in_pod.mkdir(parents=True)
     (in_pod / "train.jsonl").write_text('{"instruction": "hi", "output": "yo"}\n')
     monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(tmp_path) + CONFIGMAP_ROOT)
-    got = fetch("configmap://prefs-data/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                cache_dir=tmp_path / "cache")
+    got = fetch(
+        "configmap://prefs-data/train.jsonl",
+        field="spec.datasets[0].source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+    )
     assert got.resolve() == (in_pod / "train.jsonl").resolve()

@@ -18,18 +18,23 @@ from kubetune.api.crdgen import build_crd, crd_json_schema
 from kubetune.api.validation import InvalidFineTuneJob, format_path, parse_job
 from tests.conftest import job_doc
 
-VALID = job_doc({
-    "stage": "sft",
-    "model": {"source": "hf://org/model", "quantization": {"bits": 4}, "adapter": {"source": "s3://bkt/adapter"}},
-    "datasets": [{"name": "d", "source": "s3://bkt/d.json", "columns": {"prompt": "q"}, "tags": {"roleTag": "role"}}],
-    "method": {"type": "lora", "lora": {"rank": 8}, "freeze": {"trainableLayers": 2}},
-    "training": {"epochs": 1, "preference": {"beta": 0.1}, "kto": {"beta": 0.1}, "ppo": {"klCoef": 0.1}},
-    "resources": {"nodes": 1, "gpusPerNode": 1},
-    "distributed": {"strategy": "auto"},
-    "checkpointing": {"everySteps": 10},
-    "output": {"uri": "s3://bkt/out", "hub": {"repo": "org/x", "credentialsSecret": "hf"}},
-    "runPolicy": {"backoffLimit": 1},
-}, name="valid-job")
+VALID = job_doc(
+    {
+        "stage": "sft",
+        "model": {"source": "hf://org/model", "quantization": {"bits": 4}, "adapter": {"source": "s3://bkt/adapter"}},
+        "datasets": [
+            {"name": "d", "source": "s3://bkt/d.json", "columns": {"prompt": "q"}, "tags": {"roleTag": "role"}}
+        ],
+        "method": {"type": "lora", "lora": {"rank": 8}, "freeze": {"trainableLayers": 2}},
+        "training": {"epochs": 1, "preference": {"beta": 0.1}, "kto": {"beta": 0.1}, "ppo": {"klCoef": 0.1}},
+        "resources": {"nodes": 1, "gpusPerNode": 1},
+        "distributed": {"strategy": "auto"},
+        "checkpointing": {"everySteps": 10},
+        "output": {"uri": "s3://bkt/out", "hub": {"repo": "org/x", "credentialsSecret": "hf"}},
+        "runPolicy": {"backoffLimit": 1},
+    },
+    name="valid-job",
+)
 SPEC_SCHEMA = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
 CRD_VALIDATOR = jsonschema.Draft4Validator(crd_json_schema())
 
@@ -127,7 +132,7 @@ def test_invalid_specs_are_rejected_by_models_and_crd_with_the_path(case):
         parse_job(doc, "job.yaml")
     except InvalidFineTuneJob as exc:
         paths = [p.path for p in exc.problems]
-        assert any(p == path or p.startswith(path + ".") or p.startswith(path + "[") for p in paths), (path, paths)
+        assert any(p == path or p.startswith((path + ".", path + "[")) for p in paths), (path, paths)
     else:
         raise AssertionError(f"models accepted an invalid value at {path}")
     errors = list(CRD_VALIDATOR.iter_errors(doc))

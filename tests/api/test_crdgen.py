@@ -52,8 +52,15 @@ def test_schema_is_structural():
 
 def test_every_field_has_a_description():
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    missing = [p for p, n in _walk(spec) if isinstance(n, dict) and ".properties." in p
-               and not p.endswith(".properties") and p.rsplit(".", 2)[-2] == "properties" and "description" not in n]
+    missing = [
+        p
+        for p, n in _walk(spec)
+        if isinstance(n, dict)
+        and ".properties." in p
+        and not p.endswith(".properties")
+        and p.rsplit(".", 2)[-2] == "properties"
+        and "description" not in n
+    ]
     assert not missing, missing
 
 
@@ -61,7 +68,14 @@ def test_printer_columns_and_names():
     crd = build_crd()
     version = crd["spec"]["versions"][0]
     columns = version["additionalPrinterColumns"]
-    assert [c["name"] for c in columns if not c.get("priority")] == ["Stage", "Phase", "Progress", "Loss", "ETA", "Age"]
+    assert [c["name"] for c in columns if not c.get("priority")] == [
+        "Stage",
+        "Phase",
+        "Progress",
+        "Loss",
+        "ETA",
+        "Age",
+    ]
     # kubectl get ftj -o wide adds the cost and the guard's rollbacks; each path exists in the status schema
     assert [c["name"] for c in columns if c.get("priority") == 1] == ["GPU-Hours", "Tokens/GPU-h", "Cost", "Rollbacks"]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]

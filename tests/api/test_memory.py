@@ -8,8 +8,15 @@ from kubetune.api.memory import ModelShape, estimate, gpu_memory_gib, parse_para
 from kubetune.api.validation import InvalidFineTuneJob, parse_job
 from tests.conftest import job_doc
 
-LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
-             "num_key_value_heads": 32, "vocab_size": 32000, "tie_word_embeddings": False}
+LLAMA2_7B = {
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 32,
+    "vocab_size": 32000,
+    "tie_word_embeddings": False,
+}
 
 # LLaMA-Factory README "Hardware Requirement", 7B column (GB), gradient checkpointing on (its default).
 LLAMAFACTORY_7B = [
@@ -26,7 +33,9 @@ def test_parameter_count_from_config():
 
 
 @pytest.mark.parametrize("method, bits, pure_bf16, published_gb", LLAMAFACTORY_7B)
-@pytest.mark.parametrize("shape", [ModelShape.from_config(LLAMA2_7B), ModelShape.from_parameters(7e9)], ids=["config", "guess"])
+@pytest.mark.parametrize(
+    "shape", [ModelShape.from_config(LLAMA2_7B), ModelShape.from_parameters(7e9)], ids=["config", "guess"]
+)
 def test_matches_llamafactory_table_within_20_percent(shape, method, bits, pure_bf16, published_gb):
     est = estimate(shape, method=method, bits=bits, pure_bf16=pure_bf16, gradient_checkpointing=True, cutoff_len=1024)
     published_gib = published_gb * 1e9 / 2**30
@@ -49,9 +58,12 @@ def test_parsing_helpers():
 
 
 def _spec(method="full", gpu="L4", **extra):
-    spec = {"model": {"source": "hf://meta-llama/Llama-2-7b-hf", "parameters": "7B"},
-            "datasets": [{"name": "d", "source": "file://d.json"}], "method": {"type": method},
-            "resources": {"gpusPerNode": 1, "gpuType": gpu}}
+    spec = {
+        "model": {"source": "hf://meta-llama/Llama-2-7b-hf", "parameters": "7B"},
+        "datasets": [{"name": "d", "source": "file://d.json"}],
+        "method": {"type": method},
+        "resources": {"gpusPerNode": 1, "gpuType": gpu},
+    }
     spec.update(extra)
     return spec
 
@@ -67,6 +79,14 @@ def test_validation_rejects_a_job_that_cannot_fit_with_advice():
 
 def test_validation_accepts_qlora_7b_on_l4_and_full_on_many_h100s():
     parse_job(job_doc(_spec(method="qlora", training={"gradientCheckpointing": True})))
-    parse_job(job_doc(_spec(method="full", gpu="H100-80GB", resources={"nodes": 2, "gpusPerNode": 8, "gpuType": "H100"},
-                            distributed={"strategy": "deepspeed", "zeroStage": 3},
-                            training={"gradientCheckpointing": True})))
+    parse_job(
+        job_doc(
+            _spec(
+                method="full",
+                gpu="H100-80GB",
+                resources={"nodes": 2, "gpusPerNode": 8, "gpuType": "H100"},
+                distributed={"strategy": "deepspeed", "zeroStage": 3},
+                training={"gradientCheckpointing": True},
+            )
+        )
+    )

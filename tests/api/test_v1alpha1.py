@@ -34,16 +34,25 @@ def test_minimal_job_gets_defaults():
     assert job.spec.training.cutoff_len == 1024
     assert job.spec.datasets[0].formatting == "alpaca"
     # LLaMA-Factory trap: giving one column must keep the other defaults.
-    job = parse_job(job_doc(with_changes(datasets=[{"name": "d", "source": "file://x.json", "columns": {"prompt": "q"}}])))
+    job = parse_job(
+        job_doc(with_changes(datasets=[{"name": "d", "source": "file://x.json", "columns": {"prompt": "q"}}]))
+    )
     cols = job.spec.datasets[0].columns
     assert (cols.prompt, cols.query, cols.response, cols.messages) == ("q", "input", "output", "conversations")
 
 
 def test_grpo_trains_on_rule_rewards_without_a_reward_model():
-    spec = with_changes(stage="grpo", training={"rewardFunctions": [
-        {"type": "answer"}, {"type": "regex", "pattern": "<think>.*</think>", "weight": 0.5}]})
+    spec = with_changes(
+        stage="grpo",
+        training={
+            "rewardFunctions": [{"type": "answer"}, {"type": "regex", "pattern": "<think>.*</think>", "weight": 0.5}]
+        },
+    )
     rules = parse_job(job_doc(spec)).spec.training.reward_functions
-    assert [(r.type, r.pattern, r.weight) for r in rules] == [("answer", None, 1.0), ("regex", "<think>.*</think>", 0.5)]
+    assert [(r.type, r.pattern, r.weight) for r in rules] == [
+        ("answer", None, 1.0),
+        ("regex", "<think>.*</think>", 0.5),
+    ]
 
 
 def test_qlora_implies_4bit_nf4_and_pt_implies_packing():
@@ -58,31 +67,70 @@ def test_qlora_implies_4bit_nf4_and_pt_implies_packing():
     "spec, expected",
     [
         pytest.param(with_changes(stage="ppx"), "spec.stage: 'ppx' is not allowed", id="unknown-stage"),
-        pytest.param(with_changes(method={"lora": {"rank": -1}}), "spec.method.lora.rank: must be > 0", id="negative-rank"),
+        pytest.param(
+            with_changes(method={"lora": {"rank": -1}}), "spec.method.lora.rank: must be > 0", id="negative-rank"
+        ),
         pytest.param(
             with_changes(method={"type": "full"}, model={"source": "hf://a/b", "quantization": {"bits": 4}}),
             "spec.model.quantization: quantization only works with method lora or qlora",
             id="qlora-with-full",
         ),
-        pytest.param(with_changes(stage="dpo"), "spec.datasets[0].ranking: stage dpo needs pairwise data", id="dpo-needs-ranking"),
         pytest.param(
-            with_changes(datasets=[{"name": "d", "source": "file://x", "ranking": True, "columns": {"chosen": "c", "rejected": "r"}}]),
+            with_changes(stage="dpo"),
+            "spec.datasets[0].ranking: stage dpo needs pairwise data",
+            id="dpo-needs-ranking",
+        ),
+        pytest.param(
+            with_changes(
+                datasets=[
+                    {"name": "d", "source": "file://x", "ranking": True, "columns": {"chosen": "c", "rejected": "r"}}
+                ]
+            ),
             "spec.datasets[0].ranking: stage sft does not train on pairwise data",
             id="sft-with-ranking",
         ),
-        pytest.param(with_changes(model={"source": "ftp://x/y"}), "spec.model.source: unsupported URI 'ftp://x/y'", id="bad-scheme"),
-        pytest.param(with_changes(datasets__0__formating="alpaca"), "spec.datasets[0].formating: unknown field (did you mean 'formatting'?)", id="typo"),
-        pytest.param(with_changes(stage="ppo"), "spec.training.rewardModel: stage ppo needs a reward model", id="ppo-needs-rm"),
-        pytest.param(with_changes(stage="kto"), "spec.datasets[0].columns.ktoTag: stage kto needs a boolean label column", id="kto-needs-tag"),
-        pytest.param(with_changes(stage="grpo"), "spec.training.rewardModel: stage grpo needs a reward model (source or fromJob) "
-                     "or training.rewardFunctions", id="grpo-needs-a-reward"),
-        pytest.param(with_changes(training={"rewardFunctions": [{"type": "answer"}]}),
-                     "spec.training.rewardFunctions: rewardFunctions apply to stage grpo only, not sft", id="rules-only-grpo"),
-        pytest.param(with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex", "pattern": "(a"}]}),
-                     "spec.training.rewardFunctions[0].pattern: not a valid regular expression", id="bad-regex"),
-        pytest.param(with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex"}]}),
-                     "spec.training.rewardFunctions[0].pattern: a regex reward needs a pattern", id="regex-without-pattern"),
-        pytest.param(with_changes(training={"epochs": "many"}), "spec.training.epochs: must be a number", id="wrong-type"),
+        pytest.param(
+            with_changes(model={"source": "ftp://x/y"}),
+            "spec.model.source: unsupported URI 'ftp://x/y'",
+            id="bad-scheme",
+        ),
+        pytest.param(
+            with_changes(datasets__0__formating="alpaca"),
+            "spec.datasets[0].formating: unknown field (did you mean 'formatting'?)",
+            id="typo",
+        ),
+        pytest.param(
+            with_changes(stage="ppo"), "spec.training.rewardModel: stage ppo needs a reward model", id="ppo-needs-rm"
+        ),
+        pytest.param(
+            with_changes(stage="kto"),
+            "spec.datasets[0].columns.ktoTag: stage kto needs a boolean label column",
+            id="kto-needs-tag",
+        ),
+        pytest.param(
+            with_changes(stage="grpo"),
+            "spec.training.rewardModel: stage grpo needs a reward model (source or fromJob) "
+            "or training.rewardFunctions",
+            id="grpo-needs-a-reward",
+        ),
+        pytest.param(
+            with_changes(training={"rewardFunctions": [{"type": "answer"}]}),
+            "spec.training.rewardFunctions: rewardFunctions apply to stage grpo only, not sft",
+            id="rules-only-grpo",
+        ),
+        pytest.param(
+            with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex", "pattern": "(a"}]}),
+            "spec.training.rewardFunctions[0].pattern: not a valid regular expression",
+            id="bad-regex",
+        ),
+        pytest.param(
+            with_changes(stage="grpo", training={"rewardFunctions": [{"type": "regex"}]}),
+            "spec.training.rewardFunctions[0].pattern: a regex reward needs a pattern",
+            id="regex-without-pattern",
+        ),
+        pytest.param(
+            with_changes(training={"epochs": "many"}), "spec.training.epochs: must be a number", id="wrong-type"
+        ),
         pytest.param(with_changes(resources={"nodes": 0}), "spec.resources.nodes: must be >= 1", id="zero-nodes"),
         pytest.param(with_changes(datasets=[]), "spec.datasets: give at least one dataset", id="no-data"),
         pytest.param(

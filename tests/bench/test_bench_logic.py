@@ -107,10 +107,12 @@ def test_packed_batch_keeps_sequences_apart(gpu):
     """Packed (padding-free, position ids per sequence) and padded batches give the same loss on the same
     rows: the packed attention does not cross sequence boundaries."""
     case = {"batch": 4, "cutoff": 160, "steps": 1, "warmup": 0}
-    padded = gpu.run_case(gpu.Case("tiny", "full", False, **case), device="cpu", dtype_name="float32",
-                          attn="sdpa", peak=989.0, rank=4)
-    packed = gpu.run_case(gpu.Case("tiny", "full", True, **case), device="cpu", dtype_name="float32",
-                          attn="sdpa", peak=989.0, rank=4)
+    padded = gpu.run_case(
+        gpu.Case("tiny", "full", False, **case), device="cpu", dtype_name="float32", attn="sdpa", peak=989.0, rank=4
+    )
+    packed = gpu.run_case(
+        gpu.Case("tiny", "full", True, **case), device="cpu", dtype_name="float32", attn="sdpa", peak=989.0, rank=4
+    )
     assert packed["non_padding_tokens_per_step"] == padded["non_padding_tokens_per_step"]
     assert packed["computed_positions_per_step"] < padded["computed_positions_per_step"]
     assert packed["loss"] == pytest.approx(padded["loss"], rel=1e-4)
@@ -126,8 +128,12 @@ def test_alternate_interleaves_tools(lib):
 
 
 def test_summarize_takes_medians_of_successful_runs(lib):
-    runs = [{"ok": True, "tps": 10.0}, {"ok": True, "tps": 30.0}, {"ok": True, "tps": 20.0},
-            {"ok": False, "tps": 1000.0}]
+    runs = [
+        {"ok": True, "tps": 10.0},
+        {"ok": True, "tps": 30.0},
+        {"ok": True, "tps": 20.0},
+        {"ok": False, "tps": 1000.0},
+    ]
     s = lib.summarize(runs, ["tps", "missing"])
     assert s == {"runs": 4, "ok_runs": 3, "tps": 20.0, "tps_min": 10.0, "tps_max": 30.0, "missing": None}
 
@@ -143,7 +149,10 @@ def test_markdown_table_formats_cells(lib):
         [("a", "A"), ("b", "B"), ("c", "C")],
     )
     assert table.splitlines() == [
-        "| A | B | C |", "|---|---|---|", "| 1,234 | – | yes |", "| 0.0123 | x\\|y | no |",
+        "| A | B | C |",
+        "|---|---|---|",
+        "| 1,234 | – | yes |",
+        "| 0.0123 | x\\|y | no |",
     ]
 
 
@@ -155,8 +164,7 @@ def test_machine_info_names_the_machine(lib):
 
 
 def test_run_measured_reports_exit_code_and_rss(lib, tmp_path):
-    m = lib.run_measured([sys.executable, "-c", "b = bytearray(64 * 2**20); print('hi')"],
-                         log_file=tmp_path / "log")
+    m = lib.run_measured([sys.executable, "-c", "b = bytearray(64 * 2**20); print('hi')"], log_file=tmp_path / "log")
     assert m.returncode == 0 and "hi" in m.output_tail
     assert m.peak_rss_mib >= 64
     failed = lib.run_measured([sys.executable, "-c", "raise SystemExit(3)"], log_file=tmp_path / "log2")
@@ -193,10 +201,17 @@ def test_both_tools_get_the_same_hyperparameters(tt, tmp_path):
     assert (spec["method"]["lora"]["rank"], spec["method"]["lora"]["alpha"]) == (lf["lora_rank"], lf["lora_alpha"])
     t = spec["training"]
     assert (t["batchSize"], t["learningRate"], t["cutoffLen"], t["seed"], t["scheduler"]) == (
-        lf["per_device_train_batch_size"], lf["learning_rate"], lf["cutoff_len"], lf["seed"], lf["lr_scheduler_type"])
+        lf["per_device_train_batch_size"],
+        lf["learning_rate"],
+        lf["cutoff_len"],
+        lf["seed"],
+        lf["lr_scheduler_type"],
+    )
     # LLaMA-Factory checkpoints gradients unless told not to; kubetune does not by default
     assert lf["disable_gradient_checkpointing"] is True and not t.get("gradientCheckpointing")
-    assert "disable_gradient_checkpointing" not in tt.llamafactory_config(tmp_path, tmp_path, tmp_path, p, defaults=True)
+    assert "disable_gradient_checkpointing" not in tt.llamafactory_config(
+        tmp_path, tmp_path, tmp_path, p, defaults=True
+    )
     # the FineTuneJob is valid against the API
     from kubetune.api.v1alpha1 import FineTuneJob
 
@@ -215,8 +230,10 @@ def test_pyspy_summary_counts_each_function_once_per_sample():
         prof = importlib.import_module("profile_train")
     finally:
         sys.path.remove(str(BENCH))
-    raw = ("main (x/site-packages/a.py:1);step (x/site-packages/b.py:2);step (x/site-packages/b.py:9) 3\n"
-           "main (x/site-packages/a.py:1);collate (/work/main/trainer/c.py:5) 1\n")
+    raw = (
+        "main (x/site-packages/a.py:1);step (x/site-packages/b.py:2);step (x/site-packages/b.py:9) 3\n"
+        "main (x/site-packages/a.py:1);collate (/work/main/trainer/c.py:5) 1\n"
+    )
     summary = prof.summarize_pyspy(raw)
     assert summary["samples"] == 4
     shares = {r["function"]: r["share"] for r in summary["top"]}

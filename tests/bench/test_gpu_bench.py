@@ -54,8 +54,10 @@ def test_timed_rate_skips_the_warm_up_steps(gpu):
 
 
 def test_each_case_is_compared_with_the_bare_loop_of_its_kind(gpu):
-    rows = [{"shape": "1b", "method": "lora", "packed": True, "tokens_per_s": 50.0},
-            {"shape": "8b", "method": "lora", "packed": True, "tokens_per_s": 5.0}]
+    rows = [
+        {"shape": "1b", "method": "lora", "packed": True, "tokens_per_s": 50.0},
+        {"shape": "8b", "method": "lora", "packed": True, "tokens_per_s": 5.0},
+    ]
     gpu.with_ceiling(rows, [{"shape": "1b", "method": "lora", "packed": True, "tokens_per_s": 100.0}])
     assert rows[0]["of_ceiling"] == 0.5 and "of_ceiling" not in rows[1]
 
@@ -72,8 +74,9 @@ def test_the_gpu_plan_runs_the_product_with_the_kernel_switches(gpu):
 def test_smoke_run_trains_through_kubetunes_trainer(tmp_path):
     """`bash bench/gpu.sh OUT --smoke`: FineTuneJobs through kubetune.trainer.runner.run on CPU, results written."""
     out = tmp_path / "gpu"
-    proc = subprocess.run(["bash", str(BENCH / "gpu.sh"), str(out), "--smoke"], capture_output=True, text=True,
-                          timeout=1800, check=False)
+    proc = subprocess.run(
+        ["bash", str(BENCH / "gpu.sh"), str(out), "--smoke"], capture_output=True, text=True, timeout=1800, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "gpu.json").read_text())
     assert result["smoke"] is True and len(result["cases"]) == 3

@@ -24,7 +24,9 @@ def ensure_helm() -> Path:
 
 
 def helm(*args: str, chart: Path = CHART) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ensure_helm()), *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=60)
+    return subprocess.run(
+        [str(ensure_helm()), *args], capture_output=True, check=False, text=True, cwd=ROOT, timeout=60
+    )
 
 
 def set_args(values: dict[str, Any] | None) -> list[str]:

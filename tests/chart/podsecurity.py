@@ -10,12 +10,25 @@ from __future__ import annotations
 from typing import Any
 
 ALLOWED_VOLUMES = {
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret",
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
 }
 SAFE_SYSCTLS = {
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
 }
 
@@ -44,7 +57,14 @@ def violations(pod: dict[str, Any], *, read_only_root: bool = True) -> list[str]
         out.append("pod: securityContext.runAsUser must not be 0")
     for key in ("seLinuxOptions",):
         opts = psc.get(key) or {}
-        if opts.get("type") not in (None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"):
+        if opts.get("type") not in (
+            None,
+            "",
+            "container_t",
+            "container_init_t",
+            "container_kvm_t",
+            "container_engine_t",
+        ):
             out.append(f"pod: securityContext.{key}.type {opts.get('type')!r} is not allowed")
         if opts.get("user") or opts.get("role"):
             out.append(f"pod: securityContext.{key}.user/role must be unset")
@@ -74,7 +94,9 @@ def violations(pod: dict[str, Any], *, read_only_root: bool = True) -> list[str]
         added = set(caps.get("add") or []) - {"NET_BIND_SERVICE"}
         if added:
             out.append(f"{where}: capabilities.add {sorted(added)} (only NET_BIND_SERVICE is allowed)")
-        if not (sc.get("runAsNonRoot") is True or (psc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)):
+        if not (
+            sc.get("runAsNonRoot") is True or (psc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)
+        ):
             out.append(f"{where}: runAsNonRoot must be true (on the container or the pod)")
         if sc.get("runAsUser") == 0:
             out.append(f"{where}: runAsUser must not be 0")

@@ -64,7 +64,15 @@ def test_helm_lint_strict(case):
         ({"watch": {"namespaces": ["Not_A_Namespace"]}}, "/watch/namespaces/0"),
         ({"monitoring": {"serviceMonitor": {"interval": "often"}}}, "/monitoring/serviceMonitor/interval"),
     ],
-    ids=["unknown-top-key", "unknown-nested-key", "zero-replicas", "bad-enum", "bad-uri", "bad-namespace", "bad-interval"],
+    ids=[
+        "unknown-top-key",
+        "unknown-nested-key",
+        "zero-replicas",
+        "bad-enum",
+        "bad-uri",
+        "bad-namespace",
+        "bad-interval",
+    ],
 )
 def test_values_schema_rejects(values, message):
     proc = helm("template", "kubetune", str(CHART), *set_args(values))
@@ -139,7 +147,9 @@ def test_rendered_objects_validate_strictly(rendered, case, version):
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{case}: {where} is invalid for Kubernetes {version} at {list(exc.absolute_path)}: {exc.message}")
+            pytest.fail(
+                f"{case}: {where} is invalid for Kubernetes {version} at {list(exc.absolute_path)}: {exc.message}"
+            )
         checked += 1
     assert checked >= 1
 
@@ -227,7 +237,9 @@ def test_single_replica_is_standalone_and_never_overlaps(rendered):
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert "--standalone" in _container(objs)["args"]
-    assert not [o for o in objs if o["apiVersion"].startswith("kopf.dev/") or o["metadata"]["name"].endswith("kopf.dev")]
+    assert not [
+        o for o in objs if o["apiVersion"].startswith("kopf.dev/") or o["metadata"]["name"].endswith("kopf.dev")
+    ]
 
 
 def test_replicas_share_a_cluster_peering():
@@ -283,7 +295,8 @@ def test_network_policy_matches_the_operator_and_trainer_pods(rendered):
     assert policy["spec"]["podSelector"]["matchLabels"] == _deployment(objs)["spec"]["selector"]["matchLabels"]
     trainer_rule = policy["spec"]["egress"][-1]
     assert trainer_rule["to"][0]["podSelector"]["matchLabels"] == {
-        "app.kubernetes.io/managed-by": MANAGED_BY, COMPONENT_LABEL: TRAINER,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        COMPONENT_LABEL: TRAINER,
     }
     assert trainer_rule["ports"] == [{"port": 9500, "protocol": "TCP"}]
     assert policy["spec"]["ingress"][0]["from"] == FULL["networkPolicy"]["metricsFrom"]
@@ -333,9 +346,19 @@ def test_pod_security_check_catches_violations(rendered):
     container["ports"][0]["hostPort"] = 8080
     pod["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     found = "\n".join(violations(pod))
-    for expected in ("hostNetwork", "runAsUser must not be 0", "privileged", "allowPrivilegeEscalation",
-                     "drop must contain ALL", "SYS_ADMIN", "runAsNonRoot", "seccompProfile", "hostPort",
-                     "hostPath", "readOnlyRootFilesystem"):
+    for expected in (
+        "hostNetwork",
+        "runAsUser must not be 0",
+        "privileged",
+        "allowPrivilegeEscalation",
+        "drop must contain ALL",
+        "SYS_ADMIN",
+        "runAsNonRoot",
+        "seccompProfile",
+        "hostPort",
+        "hostPath",
+        "readOnlyRootFilesystem",
+    ):
         assert expected in found, expected
 
 
@@ -356,7 +379,7 @@ def _render_notes(tmp_path: Path, values: dict[str, Any]) -> str:
     (chart / "templates" / "NOTES.txt").unlink()
     (chart / "templates" / "_notes.tpl").write_text('{{- define "notes" -}}\n' + notes + "{{- end }}\n")
     (chart / "templates" / "notes.yaml").write_text(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include \"notes\" . | quote }}\n"
+        'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: {{ include "notes" . | quote }}\n'
     )
     objs = template(values, "--show-only", "templates/notes.yaml", chart=chart)
     return objs[0]["data"]["notes"]

@@ -11,8 +11,11 @@ from kubetune.operator.rbac import RULES
 from tests.chart.helm import NAMESPACE, find, one, template
 
 PEERING = {("kopf.dev", "clusterkopfpeerings"), ("kopf.dev", "kopfpeerings")}
-CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
-                  ("kopf.dev", "clusterkopfpeerings")}
+CLUSTER_SCOPED = {
+    ("", "namespaces"),
+    ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("kopf.dev", "clusterkopfpeerings"),
+}
 
 
 def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
@@ -29,8 +32,11 @@ MODES = {
     "cluster-standalone": ({}, None, []),
     "cluster-peering": ({"replicaCount": 2}, "clusterkopfpeerings", []),
     "namespaced-standalone": ({"watch": {"allNamespaces": False, "namespaces": ["a", "b"]}}, None, ["a", "b"]),
-    "namespaced-peering": ({"replicaCount": 3, "watch": {"allNamespaces": False, "namespaces": ["a"]}},
-                           "kopfpeerings", ["a"]),
+    "namespaced-peering": (
+        {"replicaCount": 3, "watch": {"allNamespaces": False, "namespaces": ["a"]}},
+        "kopfpeerings",
+        ["a"],
+    ),
 }
 
 

@@ -17,14 +17,22 @@ from tests.conftest import job_doc
 ROOT = Path(__file__).resolve().parents[2]
 LINE_LIMIT = 500
 
-GOOD = job_doc({"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "d", "source": "file://d.jsonl"}]},
-               name="good")
+GOOD = job_doc(
+    {"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "d", "source": "file://d.jsonl"}]},
+    name="good",
+)
 
 
 def kubetune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"PYTHONPATH": f"{ROOT}/operator:{ROOT}/trainer", "PATH": "/usr/bin:/bin"}, timeout=300,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": f"{ROOT}/operator:{ROOT}/trainer", "PATH": "/usr/bin:/bin"},
+        timeout=300,
+        check=False,
+    )
 
 
 def assert_one_line_each(result: subprocess.CompletedProcess) -> list[str]:
@@ -47,30 +55,48 @@ def with_spec(**changes: object) -> dict:
 
 BAD_FILES: dict[str, tuple[str | bytes, str]] = {
     # name: (file content, what the line must name)
-    "overflow": (yaml.safe_dump(with_spec(model__parameters="1e999B", resources__gpuType="H100")),
-                 "spec.model.parameters"),
+    "overflow": (
+        yaml.safe_dump(with_spec(model__parameters="1e999B", resources__gpuType="H100")),
+        "spec.model.parameters",
+    ),
     "name": (yaml.safe_dump(with_spec(resources__serviceAccountName="Bad_Name")), "spec.resources.serviceAccountName"),
     "quantity": (yaml.safe_dump(with_spec(resources__memory="1.2.3")), "spec.resources.memory"),
-    "int32": (yaml.safe_dump(with_spec(runPolicy__ttlSecondsAfterFinished=2**31)),
-              "spec.runPolicy.ttlSecondsAfterFinished"),
+    "int32": (
+        yaml.safe_dump(with_spec(runPolicy__ttlSecondsAfterFinished=2**31)),
+        "spec.runPolicy.ttlSecondsAfterFinished",
+    ),
     "seed": (yaml.safe_dump(with_spec(training__seed=2**32)), "spec.training.seed"),
-    "nan": (("apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: j}\nspec:\n"
-             "  model: {source: hf://a/b}\n  datasets: [{name: d, source: 'file://d.jsonl'}]\n"
-             "  training: {weightDecay: .nan}\n"), "spec.training.weightDecay"),
+    "nan": (
+        (
+            "apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nmetadata: {name: j}\nspec:\n"
+            "  model: {source: hf://a/b}\n  datasets: [{name: d, source: 'file://d.jsonl'}]\n"
+            "  training: {weightDecay: .nan}\n"
+        ),
+        "spec.training.weightDecay",
+    ),
     "inf": (yaml.safe_dump(with_spec(training__preference={"beta": float("inf")})), "spec.training.preference.beta"),
     "quoted-int": (yaml.safe_dump(with_spec(training__batchSize="16")), "spec.training.batchSize"),
     "quoted-bool": (yaml.safe_dump(with_spec(training__packing="yes")), "spec.training.packing"),
     "bucket": (yaml.safe_dump(with_spec(output={"uri": "s3:///key"})), "spec.output.uri"),
     "hf-id": (yaml.safe_dump(with_spec(model={"source": "hf://a/b/c"})), "spec.model.source"),
     "template": (yaml.safe_dump(with_spec(model={"source": "hf://a/b", "template": "llama9"})), "spec.model.template"),
-    "control": (yaml.safe_dump(with_spec(datasets=[{"name": "d\x1b[2J", "source": "file://d.jsonl"}])),
-                "spec.datasets[0].name"),
-    "num-samples": (yaml.safe_dump(with_spec(datasets=[{"name": "d", "source": "file://d.jsonl", "numSamples": 1e11}])),
-                    "spec.datasets[0].numSamples"),
-    "huge": (yaml.safe_dump(with_spec(datasets=[{"name": "x" * 1_000_000, "source": "file://d.jsonl"}])),
-             "spec.datasets[0].name"),
-    "alias-bomb": ("a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")), "alias"),
+    "control": (
+        yaml.safe_dump(with_spec(datasets=[{"name": "d\x1b[2J", "source": "file://d.jsonl"}])),
+        "spec.datasets[0].name",
+    ),
+    "num-samples": (
+        yaml.safe_dump(with_spec(datasets=[{"name": "d", "source": "file://d.jsonl", "numSamples": 1e11}])),
+        "spec.datasets[0].numSamples",
+    ),
+    "huge": (
+        yaml.safe_dump(with_spec(datasets=[{"name": "x" * 1_000_000, "source": "file://d.jsonl"}])),
+        "spec.datasets[0].name",
+    ),
+    "alias-bomb": (
+        "a: &a [x,x,x,x,x,x,x,x,x]\n"
+        + "".join(f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+        "alias",
+    ),
     "deep": ("spec: " + "[" * 50_000 + "]" * 50_000 + "\n", "nested deeper"),
     "binary": (b"\x00\x01\x02\x03\xff\xfe", "binary"),
     "duplicate-key": (yaml.safe_dump(GOOD) + "kind: FineTuneJob\n", "duplicate key"),
@@ -104,8 +130,9 @@ def test_a_multi_document_file_names_every_bad_document(tmp_path: Path) -> None:
     assert result.returncode == 1
     lines = assert_one_line_each(result)
     assert any(f"{f}: document 2 (FineTuneJob/second): spec.training.epochs: must be > 0" in line for line in lines)
-    assert any(f"{f}: document 3 (FineTuneJob/third): spec.method.lora.rank: must be an integer" in line
-               for line in lines)
+    assert any(
+        f"{f}: document 3 (FineTuneJob/third): spec.method.lora.rank: must be an integer" in line for line in lines
+    )
     assert any(f"{f}: document 4 (FineTuneJob/good): metadata.name:" in line for line in lines), lines
 
 
@@ -133,12 +160,22 @@ def test_run_and_render_refuse_bad_files_in_one_line(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_run_with_only_malformed_rows_fails_on_the_data_before_the_model(tmp_path: Path) -> None:
-    rows = [{"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]},
-            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": ["f"]}]},
-            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "images": 3}]
+    rows = [
+        {"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": ["f"]}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "images": 3},
+    ]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n" + "[" * 100_000 + "\n")
-    doc = with_spec(datasets=[{"name": "chat", "source": "file://d.jsonl", "formatting": "openai",
-                               "columns": {"messages": "messages", "images": "images"}}])
+    doc = with_spec(
+        datasets=[
+            {
+                "name": "chat",
+                "source": "file://d.jsonl",
+                "formatting": "openai",
+                "columns": {"messages": "messages", "images": "images"},
+            }
+        ]
+    )
     f = tmp_path / "job.yaml"
     f.write_text(yaml.safe_dump(doc))
     result = kubetune("run", str(f), "--cache-dir", str(tmp_path / "cache"))
@@ -149,11 +186,23 @@ def test_run_with_only_malformed_rows_fails_on_the_data_before_the_model(tmp_pat
     assert "spec.model.source" not in result.stderr  # the (missing) model was never touched
 
 
-@pytest.mark.parametrize("args", [["--max-samples", "-1"], ["--max-samples", "0"], ["--max-samples", "x"],
-                                  ["--cutoff-len", "-5"]])
+@pytest.mark.parametrize(
+    "args", [["--max-samples", "-1"], ["--max-samples", "0"], ["--max-samples", "x"], ["--cutoff-len", "-5"]]
+)
 def test_data_check_refuses_bad_numbers_in_one_line(args: list[str], tmp_path: Path) -> None:
-    result = kubetune("data", "check", "--dataset-info", str(tmp_path / "dataset_info.json"), "--dataset", "d",
-                      "--stage", "sft", "--model", str(tmp_path / "m.gguf"), *args)
+    result = kubetune(
+        "data",
+        "check",
+        "--dataset-info",
+        str(tmp_path / "dataset_info.json"),
+        "--dataset",
+        "d",
+        "--stage",
+        "sft",
+        "--model",
+        str(tmp_path / "m.gguf"),
+        *args,
+    )
     assert result.returncode == 2
     lines = assert_one_line_each(result)
     assert len(lines) == 1 and args[0] in lines[0], lines

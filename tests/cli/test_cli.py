@@ -14,8 +14,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def kubetune(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={"PYTHONPATH": f"{ROOT}/operator:{ROOT}/trainer", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={"PYTHONPATH": f"{ROOT}/operator:{ROOT}/trainer", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_validate_examples_pass():
@@ -25,12 +31,15 @@ def test_validate_examples_pass():
 
 
 def test_validate_reports_one_line_per_problem(tmp_path):
-    doc = job_doc({
-        "stage": "dpo",
-        "model": {"source": "gopher://x"},
-        "method": {"type": "lora", "lora": {"rank": -4}},
-        "datasets": [{"name": "d", "source": "file://d.json", "formating": "alpaca"}],
-    }, name="Bad_Name")
+    doc = job_doc(
+        {
+            "stage": "dpo",
+            "model": {"source": "gopher://x"},
+            "method": {"type": "lora", "lora": {"rank": -4}},
+            "datasets": [{"name": "d", "source": "file://d.json", "formating": "alpaca"}],
+        },
+        name="Bad_Name",
+    )
     f = tmp_path / "job.yaml"
     f.write_text(yaml.safe_dump(doc))
     result = kubetune("validate", str(f))
@@ -39,8 +48,12 @@ def test_validate_reports_one_line_per_problem(tmp_path):
     assert "Traceback" not in result.stderr
     assert all(line.startswith(f"{f}: ") for line in lines), lines
     joined = "\n".join(lines)
-    for expected in ("metadata.name:", "spec.model.source: unsupported URI", "spec.method.lora.rank: must be > 0",
-                     "spec.datasets[0].formating: unknown field (did you mean 'formatting'?)"):
+    for expected in (
+        "metadata.name:",
+        "spec.model.source: unsupported URI",
+        "spec.method.lora.rank: must be > 0",
+        "spec.datasets[0].formating: unknown field (did you mean 'formatting'?)",
+    ):
         assert expected in joined, joined
 
 
@@ -62,19 +75,27 @@ def test_crd_command_prints_the_committed_crd():
 def test_run_reports_missing_model_with_its_field(tmp_path):
     data = tmp_path / "d.json"
     data.write_text('[{"instruction": "hi", "output": "hello"}]')
-    doc = job_doc({"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "d", "source": "file://d.json"}]})
+    doc = job_doc(
+        {"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "d", "source": "file://d.json"}]}
+    )
     f = tmp_path / "job.yaml"
     f.write_text(yaml.safe_dump(doc))
     result = kubetune("run", str(f), "--cache-dir", str(tmp_path / "cache"))
     assert result.returncode == 3, result.stderr
-    assert "spec.model.source" in result.stderr and "nope/model.gguf" in result.stderr and "does not exist" in result.stderr
+    assert (
+        "spec.model.source" in result.stderr
+        and "nope/model.gguf" in result.stderr
+        and "does not exist" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 
 def test_run_fails_before_model_load_when_no_row_is_valid(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"instruction": ""}\n{not json\n')
-    doc = job_doc({"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "broken", "source": "file://d.jsonl"}]})
+    doc = job_doc(
+        {"model": {"source": "file://nope/model.gguf"}, "datasets": [{"name": "broken", "source": "file://d.jsonl"}]}
+    )
     f = tmp_path / "job.yaml"
     f.write_text(yaml.safe_dump(doc))
     result = kubetune("run", str(f), "--cache-dir", str(tmp_path / "cache"))

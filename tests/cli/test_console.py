@@ -23,9 +23,24 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # what the libraries print when they are let through (seen in a run before this was fixed)
-STRAY = ("Warning", "warn(", "FutureWarning", "UserWarning", "bitsandbytes", "DeepSpeed", "ds_accelerator",
-         "real_accelerator", "{'loss'", "'learning_rate'", "it/s]", "Loading weights", "Traceback", "tokenizer has new",
-         "PAD/BOS/EOS", "Setting accelerator")
+STRAY = (
+    "Warning",
+    "warn(",
+    "FutureWarning",
+    "UserWarning",
+    "bitsandbytes",
+    "DeepSpeed",
+    "ds_accelerator",
+    "real_accelerator",
+    "{'loss'",
+    "'learning_rate'",
+    "it/s]",
+    "Loading weights",
+    "Traceback",
+    "tokenizer has new",
+    "PAD/BOS/EOS",
+    "Setting accelerator",
+)
 
 
 def quickstart_job(tmp_path: Path, smollm_gguf: Path, steps: int = 4) -> Path:
@@ -105,8 +120,14 @@ def test_a_terminal_sees_only_kubetunes_lines(tmp_path, smollm_gguf, cache_dir):
 def test_verbose_shows_the_libraries_and_a_pipe_gets_plain_lines(tmp_path, smollm_gguf, cache_dir):
     job = quickstart_job(tmp_path, smollm_gguf, steps=2)
     env = {**os.environ, "KUBETUNE_CACHE_DIR": str(cache_dir)}
-    proc = subprocess.run([sys.executable, "-m", "kubetune.cli", "run", "-v", str(job)], env=env,
-                          capture_output=True, text=True, timeout=1500, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune.cli", "run", "-v", str(job)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # not a terminal: one plain progress line per logging step, no carriage-return redraws
     steps = [line for line in proc.stderr.splitlines() if line.startswith("kubetune: step ")]

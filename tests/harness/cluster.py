@@ -48,7 +48,9 @@ def _job_of(pod: dict[str, Any]) -> str | None:
 
 
 def _cond(obj: dict[str, Any], ctype: str) -> bool:
-    return any(c.get("type") == ctype and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or [])
+    return any(
+        c.get("type") == ctype and c.get("status") == "True" for c in (obj.get("status") or {}).get("conditions") or []
+    )
 
 
 @dataclass
@@ -97,8 +99,13 @@ class ClusterSimulator:
         for pod in self.pods(job, namespace):
             if pod["metadata"]["annotations"][INDEX] == str(index):
                 cs = pod["status"]["containerStatuses"][0]
-                self.api.update(PODS, namespace, pod["metadata"]["name"], {"status": {"containerStatuses": [
-                    {**cs, "restartCount": cs.get("restartCount", 0) + 1}]}}, status=True)
+                self.api.update(
+                    PODS,
+                    namespace,
+                    pod["metadata"]["name"],
+                    {"status": {"containerStatuses": [{**cs, "restartCount": cs.get("restartCount", 0) + 1}]}},
+                    status=True,
+                )
                 return
 
     # ------------------------------------------------------------------------------------------ loop
@@ -120,7 +127,9 @@ class ClusterSimulator:
         status = dict(job.get("status") or {})
         if _cond(job, "Complete") or _cond(job, "Failed"):
             return
-        by_phase = {ph: [p for p in pods if p["status"]["phase"] == ph] for ph in ("Pending", "Running", "Succeeded", "Failed")}
+        by_phase = {
+            ph: [p for p in pods if p["status"]["phase"] == ph] for ph in ("Pending", "Running", "Succeeded", "Failed")
+        }
         active = by_phase["Pending"] + by_phase["Running"]
         done = {p["metadata"]["annotations"][INDEX] for p in by_phase["Succeeded"]}
         conditions = [c for c in status.get("conditions") or [] if c["type"] != "Suspended"]
@@ -131,23 +140,45 @@ class ClusterSimulator:
             for p in active:
                 self.api.delete(PODS, ns, p["metadata"]["name"])
             now = _now()
-            conds = [*conditions, {"type": "FailureTarget", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now},
-                     {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now}]
+            conds = [
+                *conditions,
+                {
+                    "type": "FailureTarget",
+                    "status": "True",
+                    "reason": reason,
+                    "message": message,
+                    "lastTransitionTime": now,
+                },
+                {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": now},
+            ]
             self.api.update(JOBS, ns, name, {"status": {**new, "active": 0, "conditions": conds}}, status=True)
 
         if len(done) >= completions:
             now = _now()
-            conds = [*conditions, {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
-                     {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now}]
-            self.api.update(JOBS, ns, name, {"status": {**new, "completionTime": now, "conditions": conds}}, status=True)
+            conds = [
+                *conditions,
+                {
+                    "type": "SuccessCriteriaMet",
+                    "status": "True",
+                    "reason": "CompletionsReached",
+                    "lastTransitionTime": now,
+                },
+                {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": now},
+            ]
+            self.api.update(
+                JOBS, ns, name, {"status": {**new, "completionTime": now, "conditions": conds}}, status=True
+            )
             return
         for pod in by_phase["Failed"]:
             code = pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"]
             for rule in (spec.get("podFailurePolicy") or {}).get("rules", []):
                 on = rule.get("onExitCodes")
                 if rule["action"] == "FailJob" and on and (code in on["values"]) == (on["operator"] == "In"):
-                    fail("PodFailurePolicy", f"Container trainer for pod {ns}/{pod['metadata']['name']} failed with exit code "
-                         f"{code} matching FailJob rule at index 0")
+                    fail(
+                        "PodFailurePolicy",
+                        f"Container trainer for pod {ns}/{pod['metadata']['name']} failed with exit code "
+                        f"{code} matching FailJob rule at index 0",
+                    )
                     return
         if len(by_phase["Failed"]) > int(spec.get("backoffLimit", 6)):
             fail("BackoffLimitExceeded", "Job has reached the specified backoff limit")
@@ -162,8 +193,16 @@ class ClusterSimulator:
             for p in active:
                 self.api.delete(PODS, ns, p["metadata"]["name"])
             new["active"] = 0
-            conds = [*conditions, {"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended",
-                                   "lastTransitionTime": _now()}]
+            conds = [
+                *conditions,
+                {
+                    "type": "Suspended",
+                    "status": "True",
+                    "reason": "JobSuspended",
+                    "message": "Job suspended",
+                    "lastTransitionTime": _now(),
+                },
+            ]
             if new != status or conds != status.get("conditions"):
                 self.api.update(JOBS, ns, name, {"status": {**new, "conditions": conds}}, status=True)
             return
@@ -179,21 +218,43 @@ class ClusterSimulator:
     def _create_pod(self, job: dict[str, Any], index: int) -> dict[str, Any]:
         meta = job["metadata"]
         template = copy.deepcopy(job["spec"]["template"])
-        labels = {**(template.get("metadata") or {}).get("labels", {}), "batch.kubernetes.io/job-name": meta["name"],
-                  "job-name": meta["name"], "batch.kubernetes.io/controller-uid": meta["uid"], INDEX: str(index)}
+        labels = {
+            **(template.get("metadata") or {}).get("labels", {}),
+            "batch.kubernetes.io/job-name": meta["name"],
+            "job-name": meta["name"],
+            "batch.kubernetes.io/controller-uid": meta["uid"],
+            INDEX: str(index),
+        }
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {
-                "name": f"{meta['name']}-{index}-{uuid.uuid4().hex[:5]}", "namespace": meta["namespace"], "labels": labels,
+                "name": f"{meta['name']}-{index}-{uuid.uuid4().hex[:5]}",
+                "namespace": meta["namespace"],
+                "labels": labels,
                 "annotations": {INDEX: str(index)},
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
-                                     "controller": True, "blockOwnerDeletion": True}],
+                "ownerReferences": [
+                    {
+                        "apiVersion": "batch/v1",
+                        "kind": "Job",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
             },
             "spec": {**template["spec"], "hostname": f"{meta['name']}-{index}"},
             "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
         }
         for c in pod["spec"]["containers"]:
-            c["env"] = [*c.get("env", []), {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX}']"}}}]
+            c["env"] = [
+                *c.get("env", []),
+                {
+                    "name": "JOB_COMPLETION_INDEX",
+                    "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{INDEX}']"}},
+                },
+            ]
         return self.api.create(PODS, pod)
 
     async def _kubelet(self, pod: dict[str, Any]) -> None:
@@ -203,10 +264,23 @@ class ClusterSimulator:
             first = self._started.setdefault(key, asyncio.get_running_loop().time())
             if asyncio.get_running_loop().time() - first < self.start_after:
                 return
-            running = {"phase": "Running", "podIP": self.pod_ip, "hostIP": self.pod_ip, "startTime": _now(),
-                       "containerStatuses": [{"name": c["name"], "ready": True, "restartCount": 0, "started": True,
-                                              "image": c["image"], "state": {"running": {"startedAt": _now()}}}
-                                             for c in pod["spec"]["containers"]]}
+            running = {
+                "phase": "Running",
+                "podIP": self.pod_ip,
+                "hostIP": self.pod_ip,
+                "startTime": _now(),
+                "containerStatuses": [
+                    {
+                        "name": c["name"],
+                        "ready": True,
+                        "restartCount": 0,
+                        "started": True,
+                        "image": c["image"],
+                        "state": {"running": {"startedAt": _now()}},
+                    }
+                    for c in pod["spec"]["containers"]
+                ],
+            }
             self.api.update(PODS, meta["namespace"], meta["name"], {"status": running}, status=True)
             if self.run_commands:
                 await self._start_process(self.api.get(PODS, meta["namespace"], meta["name"]))
@@ -225,12 +299,27 @@ class ClusterSimulator:
         if self.api.get(PODS, meta["namespace"], meta["name"]) is None:
             return
         cs = pod["status"]["containerStatuses"][0]
-        terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error", "finishedAt": _now()}
+        terminated = {
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "finishedAt": _now(),
+        }
         if message:
             terminated["message"] = message
-        self.api.update(PODS, meta["namespace"], meta["name"], {"status": {
-            "phase": "Succeeded" if exit_code == 0 else "Failed",
-            "containerStatuses": [{**cs, "ready": False, "started": False, "state": {"terminated": terminated}}]}}, status=True)
+        self.api.update(
+            PODS,
+            meta["namespace"],
+            meta["name"],
+            {
+                "status": {
+                    "phase": "Succeeded" if exit_code == 0 else "Failed",
+                    "containerStatuses": [
+                        {**cs, "ready": False, "started": False, "state": {"terminated": terminated}}
+                    ],
+                }
+            },
+            status=True,
+        )
 
     # ------------------------------------------------------------------------------------------ real commands
 
@@ -278,14 +367,22 @@ class ClusterSimulator:
             else:
                 path = e["valueFrom"]["fieldRef"]["fieldPath"]
                 m = re.match(r"metadata\.(annotations|labels)\['(.+)'\]", path)
-                env[e["name"]] = meta[m.group(1)][m.group(2)] if m else {"metadata.name": meta["name"],
-                                                                         "metadata.namespace": meta["namespace"],
-                                                                         "status.podIP": self.pod_ip}[path]
+                env[e["name"]] = (
+                    meta[m.group(1)][m.group(2)]
+                    if m
+                    else {
+                        "metadata.name": meta["name"],
+                        "metadata.namespace": meta["namespace"],
+                        "status.podIP": self.pod_ip,
+                    }[path]
+                )
         argv = [rewrite(a) for a in container["command"] + container.get("args", [])]
         exe = shutil.which(argv[0], path=str(Path(sys.executable).parent)) or shutil.which(argv[0])
         assert exe, f"{argv[0]} not found next to {sys.executable}"
         log = open(root / "container.log", "wb")  # noqa: SIM115, ASYNC230 - closed with the process
-        proc = await asyncio.create_subprocess_exec(exe, *argv[1:], env=env, cwd=str(root), stdout=log, stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            exe, *argv[1:], env=env, cwd=str(root), stdout=log, stderr=asyncio.subprocess.STDOUT
+        )
         key = f"{meta['namespace']}/{meta['name']}"
         self.processes[key] = proc
         self._files[key] = term_local

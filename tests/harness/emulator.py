@@ -71,7 +71,11 @@ def _now() -> str:
 
 
 def _res(resource: Any) -> str:
-    return f"{resource.group}/{resource.version}/{resource.plural}" if resource.group else f"{resource.version}/{resource.plural}"
+    return (
+        f"{resource.group}/{resource.version}/{resource.plural}"
+        if resource.group
+        else f"{resource.version}/{resource.plural}"
+    )
 
 
 def _merge(target: Any, patch: Any) -> Any:
@@ -168,15 +172,26 @@ class KubeEmulator(kmock.KubernetesEmulator):
         super().__attrs_post_init__()
         self.resources.load_bundled()
         self.resources[FTJ] = kmock.ResourceInfo(
-            kind=KIND, singular=SINGULAR, namespaced=True, shortnames=set(SHORT_NAMES), categories={"all"},
-            verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, subresources={"status"},
+            kind=KIND,
+            singular=SINGULAR,
+            namespaced=True,
+            shortnames=set(SHORT_NAMES),
+            categories={"all"},
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            subresources={"status"},
         )
         self.ftj_schema = jsonschema.Draft4Validator(crd_json_schema())
         # kopf's peering CRDs (installed by the chart for HA)
-        for plural, kind, namespaced in (("clusterkopfpeerings", "ClusterKopfPeering", False), ("kopfpeerings", "KopfPeering", True)):
+        for plural, kind, namespaced in (
+            ("clusterkopfpeerings", "ClusterKopfPeering", False),
+            ("kopfpeerings", "KopfPeering", True),
+        ):
             self.resources[f"kopf.dev/v1/{plural}"] = kmock.ResourceInfo(
-                kind=kind, singular=kind.lower(), namespaced=namespaced,
-                verbs={"get", "list", "watch", "create", "update", "patch", "delete"})
+                kind=kind,
+                singular=kind.lower(),
+                namespaced=namespaced,
+                verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+            )
 
     # ---------------------------------------------------------------------------------- direct access (tests)
 
@@ -185,17 +200,25 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return copy.deepcopy(obj) if obj is not None else None
 
     def list(self, resource: str, namespace: str | None = None, labels: str | None = None) -> list[dict[str, Any]]:
-        found = [(key, o) for key, o in self.store.items()
-                 if key[0] == resource and (namespace is None or key[1] == namespace)
-                 and label_matches(labels, o["metadata"].get("labels"))]
+        found = [
+            (key, o)
+            for key, o in self.store.items()
+            if key[0] == resource
+            and (namespace is None or key[1] == namespace)
+            and label_matches(labels, o["metadata"].get("labels"))
+        ]
         return [copy.deepcopy(o) for _, o in sorted(found, key=lambda item: item[0])]
 
     def create(self, resource: str, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         """Create as the API server would (used by the Job/kubelet simulator)."""
         return self._create(resource, namespace or obj["metadata"].get("namespace") or "", copy.deepcopy(obj))
 
-    def update(self, resource: str, namespace: str, name: str, patch: dict[str, Any], status: bool = False) -> dict[str, Any]:
-        return self._patch(resource, namespace, name, "application/merge-patch+json", patch, "status" if status else None)
+    def update(
+        self, resource: str, namespace: str, name: str, patch: dict[str, Any], status: bool = False
+    ) -> dict[str, Any]:
+        return self._patch(
+            resource, namespace, name, "application/merge-patch+json", patch, "status" if status else None
+        )
 
     def delete(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
         return self._delete(resource, namespace, name)
@@ -209,8 +232,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
             for queue in queues:
                 queue.put_nowait(None)
 
-    def inject(self, method: str, resource: str, *, subresource: str | None = None, count: int = 1,
-               code: int = 409, reason: str = "Conflict") -> None:
+    def inject(
+        self,
+        method: str,
+        resource: str,
+        *,
+        subresource: str | None = None,
+        count: int = 1,
+        code: int = 409,
+        reason: str = "Conflict",
+    ) -> None:
         """Fail the next ``count`` requests with this method on this resource (and subresource)."""
         message = f"injected fault: {reason}" + (": the object has been modified" if code == 409 else "")
         self.faults.append([method.upper(), resource, subresource, count, ApiError(code, reason, message)])
@@ -254,8 +285,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             causes = [{"field": ".".join(str(p) for p in e.path), "message": e.message} for e in errors]
             msg = "; ".join(f"{c['field']}: {c['message']}" for c in causes)
             name = obj.get("metadata", {}).get("name")
-            raise ApiError(422, "Invalid", f'{KIND}.{GROUP} "{name}" is invalid: {msg}',
-                           {"name": name, "group": GROUP, "kind": KIND, "causes": causes})
+            raise ApiError(
+                422,
+                "Invalid",
+                f'{KIND}.{GROUP} "{name}" is invalid: {msg}',
+                {"name": name, "group": GROUP, "kind": KIND, "causes": causes},
+            )
 
     # ---------------------------------------------------------------------------------- verbs
 
@@ -267,12 +302,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise ApiError(422, "Invalid", "metadata.name: Required value: name or generateName is required")
         if self._info(resource).namespaced:
             if meta.get("namespace") and namespace and meta["namespace"] != namespace:
-                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match the namespace sent on the request")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                )
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         key = (resource, meta.get("namespace", ""), meta["name"])
         if key in self.store:
-            raise ApiError(409, "AlreadyExists", f'{resource.rsplit("/", 1)[-1]} "{meta["name"]}" already exists',
-                           {"name": meta["name"], "kind": resource.rsplit("/", 1)[-1]})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{resource.rsplit("/", 1)[-1]} "{meta["name"]}" already exists',
+                {"name": meta["name"], "kind": resource.rsplit("/", 1)[-1]},
+            )
         obj.setdefault("apiVersion", self._api_version(resource))
         obj.setdefault("kind", self._kind(resource))
         if "status" in self._info(resource).subresources and resource != "v1/pods":
@@ -285,17 +328,25 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._emit(resource, "ADDED", obj)
         return copy.deepcopy(obj)
 
-    def _patch(self, resource: str, namespace: str, name: str, content_type: str, body: Any, sub: str | None) -> dict[str, Any]:
+    def _patch(
+        self, resource: str, namespace: str, name: str, content_type: str, body: Any, sub: str | None
+    ) -> dict[str, Any]:
         key = (resource, namespace, name)
         if key not in self.store:
-            raise ApiError(404, "NotFound", f'{resource.rsplit("/", 1)[-1]} "{name}" not found',
-                           {"name": name, "kind": resource.rsplit("/", 1)[-1]})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{resource.rsplit("/", 1)[-1]} "{name}" not found',
+                {"name": name, "kind": resource.rsplit("/", 1)[-1]},
+            )
         old = self.store[key]
         if "json-patch" in content_type:
             try:
                 new = jsonpatch.apply_patch(old, body)
             except jsonpatch.JsonPatchTestFailed as exc:
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+                raise ApiError(
+                    422, "Invalid", f"the server rejected our request due to an error in our request: {exc}"
+                ) from None
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                 raise ApiError(422, "Invalid", str(exc)) from None
         elif content_type.startswith("PUT"):
@@ -305,13 +356,19 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 raise ApiError(400, "BadRequest", "a merge patch must be a JSON object")
             sent_rv = (body.get("metadata") or {}).get("resourceVersion")
             if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {resource.rsplit("/", 1)[-1]} "{name}": '
-                               "the object has been modified; please apply your changes to the latest version and try again")
+                raise ApiError(
+                    409,
+                    "Conflict",
+                    f'Operation cannot be fulfilled on {resource.rsplit("/", 1)[-1]} "{name}": '
+                    "the object has been modified; please apply your changes to the latest version and try again",
+                )
             new = _merge(old, body)
         if content_type.startswith("PUT"):
             sent_rv = (new.get("metadata") or {}).get("resourceVersion")
             if sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
-                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on "{name}": the object has been modified')
+                raise ApiError(
+                    409, "Conflict", f'Operation cannot be fulfilled on "{name}": the object has been modified'
+                )
         has_status = "status" in self._info(resource).subresources
         if sub == "status":
             new = {**copy.deepcopy(old), "status": new.get("status")}
@@ -346,8 +403,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _delete(self, resource: str, namespace: str, name: str) -> dict[str, Any]:
         key = (resource, namespace, name)
         if key not in self.store:
-            raise ApiError(404, "NotFound", f'{resource.rsplit("/", 1)[-1]} "{name}" not found',
-                           {"name": name, "kind": resource.rsplit("/", 1)[-1]})
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{resource.rsplit("/", 1)[-1]} "{name}" not found',
+                {"name": name, "kind": resource.rsplit("/", 1)[-1]},
+            )
         obj = self.store[key]
         if obj["metadata"].get("finalizers"):
             if not obj["metadata"].get("deletionTimestamp"):
@@ -373,6 +434,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _own(self, key: Key, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
         """Keep ``owned`` (owner uid -> dependents) in step with the ownerReferences of ``key``."""
+
         def owners(obj: dict[str, Any] | None) -> set[str]:
             return {r.get("uid") for r in ((obj or {}).get("metadata") or {}).get("ownerReferences") or []}
 
@@ -399,8 +461,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     def _error(self, exc: ApiError) -> aiohttp.web.Response:
         return aiohttp.web.json_response(
-            {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure", "message": exc.message,
-             "reason": exc.reason, "details": exc.details, "code": exc.code},
+            {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "metadata": {},
+                "status": "Failure",
+                "message": exc.message,
+                "reason": exc.reason,
+                "details": exc.details,
+                "code": exc.code,
+            },
             status=exc.code,
         )
 
@@ -409,7 +479,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         resource = _res(request.resource)
         if resource not in self.resources:
-            return self._error(ApiError(404, "NotFound", f"the server could not find the requested resource ({resource})"))
+            return self._error(
+                ApiError(404, "NotFound", f"the server could not find the requested resource ({resource})")
+            )
         ns = request.namespace or ""
         method = request.method
         try:
@@ -422,21 +494,33 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 return self._table_or_json(request, resource, self._list(request, resource, ns))
             if method == enums.method.GET and resource == "v1/pods" and request.subresource == "log":
                 if (resource, ns, request.name) not in self.store:
-                    raise ApiError(404, "NotFound", f'pods "{request.name}" not found', {"name": request.name, "kind": "pods"})
-                return aiohttp.web.Response(text=self.pod_logs.get((ns, request.name or ""), ""), content_type="text/plain")
+                    raise ApiError(
+                        404, "NotFound", f'pods "{request.name}" not found', {"name": request.name, "kind": "pods"}
+                    )
+                return aiohttp.web.Response(
+                    text=self.pod_logs.get((ns, request.name or ""), ""), content_type="text/plain"
+                )
             if method == enums.method.GET:
                 obj = self.store.get((resource, ns, request.name))
                 if obj is None:
-                    raise ApiError(404, "NotFound", f'{resource.rsplit("/", 1)[-1]} "{request.name}" not found',
-                                   {"name": request.name, "kind": resource.rsplit("/", 1)[-1]})
+                    raise ApiError(
+                        404,
+                        "NotFound",
+                        f'{resource.rsplit("/", 1)[-1]} "{request.name}" not found',
+                        {"name": request.name, "kind": resource.rsplit("/", 1)[-1]},
+                    )
                 return self._table_or_json(request, resource, copy.deepcopy(obj), single=True)
             if method == enums.method.POST and request.name is None:
                 return aiohttp.web.json_response(self._create(resource, ns, self._body(request) or {}), status=201)
             if method == enums.method.PATCH and request.name:
                 ctype = self._header(request, "Content-Type", "application/merge-patch+json")
-                return aiohttp.web.json_response(self._patch(resource, ns, request.name, ctype, self._body(request), request.subresource))
+                return aiohttp.web.json_response(
+                    self._patch(resource, ns, request.name, ctype, self._body(request), request.subresource)
+                )
             if method == enums.method.PUT and request.name:
-                return aiohttp.web.json_response(self._patch(resource, ns, request.name, "PUT", self._body(request), request.subresource))
+                return aiohttp.web.json_response(
+                    self._patch(resource, ns, request.name, "PUT", self._body(request), request.subresource)
+                )
             if method == enums.method.DELETE and request.name:
                 return aiohttp.web.json_response(self._delete(resource, ns, request.name))
             raise ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
@@ -446,13 +530,24 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _list(self, request: rendering.Request, resource: str, ns: str) -> dict[str, Any]:
         labels = request.params.get("labelSelector")
         fields = request.params.get("fieldSelector")
-        items = [copy.deepcopy(o) for (r, n, _), o in sorted(self.store.items())
-                 if r == resource and (not ns or n == ns)
-                 and label_matches(labels, o["metadata"].get("labels")) and field_matches(fields, o)]
-        return {"apiVersion": self._api_version(resource), "kind": f"{self._kind(resource)}List",
-                "metadata": {"resourceVersion": str(self.rv)}, "items": items}
+        items = [
+            copy.deepcopy(o)
+            for (r, n, _), o in sorted(self.store.items())
+            if r == resource
+            and (not ns or n == ns)
+            and label_matches(labels, o["metadata"].get("labels"))
+            and field_matches(fields, o)
+        ]
+        return {
+            "apiVersion": self._api_version(resource),
+            "kind": f"{self._kind(resource)}List",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "items": items,
+        }
 
-    def _table_or_json(self, request: rendering.Request, resource: str, data: dict[str, Any], single: bool = False) -> aiohttp.web.Response:
+    def _table_or_json(
+        self, request: rendering.Request, resource: str, data: dict[str, Any], single: bool = False
+    ) -> aiohttp.web.Response:
         if "as=Table" not in self._header(request, "Accept"):
             return aiohttp.web.json_response(data)
         items = [data] if single else data["items"]
@@ -460,8 +555,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
         paths = []
         if resource == FTJ:
             for c in PRINTER_COLUMNS:
-                columns.append({"name": c["name"], "type": c["type"], "format": "", "description": c.get("description", ""),
-                                "priority": c.get("priority", 0)})  # kubectl shows priority > 0 only with -o wide
+                columns.append(
+                    {
+                        "name": c["name"],
+                        "type": c["type"],
+                        "format": "",
+                        "description": c.get("description", ""),
+                        "priority": c.get("priority", 0),
+                    }
+                )  # kubectl shows priority > 0 only with -o wide
                 paths.append(c["jsonPath"])
         else:
             columns.append({"name": "Age", "type": "date", "format": "", "description": "", "priority": 0})
@@ -477,8 +579,13 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 cells.append(value)
             partial = {"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": obj["metadata"]}
             rows.append({"cells": cells, "object": partial})
-        table = {"apiVersion": "meta.k8s.io/v1", "kind": "Table",
-                 "metadata": {"resourceVersion": str(self.rv)}, "columnDefinitions": columns, "rows": rows}
+        table = {
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "Table",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "columnDefinitions": columns,
+            "rows": rows,
+        }
         return aiohttp.web.json_response(table)
 
     async def _watch(self, request: rendering.Request, resource: str, ns: str) -> aiohttp.web.StreamResponse:
@@ -498,8 +605,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
         queue: asyncio.Queue = asyncio.Queue()
         if since not in ("", "0") and int(since) < self.compacted_rv:
-            gone = {"type": "ERROR", "object": {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410,
-                                                "reason": "Expired", "message": f"too old resource version: {since} ({self.compacted_rv})"}}
+            gone = {
+                "type": "ERROR",
+                "object": {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": f"too old resource version: {since} ({self.compacted_rv})",
+                },
+            }
             response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
             raw = request._raw_request
             assert raw is not None
@@ -508,7 +624,11 @@ class KubeEmulator(kmock.KubernetesEmulator):
             await response.write_eof()
             return response
         if since in ("", "0"):
-            backlog = [{"type": "ADDED", "object": copy.deepcopy(o)} for (r, _, _), o in sorted(self.store.items()) if r == resource]
+            backlog = [
+                {"type": "ADDED", "object": copy.deepcopy(o)}
+                for (r, _, _), o in sorted(self.store.items())
+                if r == resource
+            ]
         else:
             backlog = [e for rv, r, e in self.log if r == resource and rv > int(since)]
         self.watchers[resource].append(queue)
@@ -560,14 +680,27 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return payload
 
     async def _serve_server_version(self, request: rendering.Request) -> rendering.Payload:
-        return {"major": "1", "minor": "37", "gitVersion": "v1.37.0-kubetune-emulator", "gitCommit": "", "gitTreeState": "clean",
-                "buildDate": "2026-01-01T00:00:00Z", "goVersion": "go1.25", "compiler": "gc", "platform": "linux/amd64"}
+        return {
+            "major": "1",
+            "minor": "37",
+            "gitVersion": "v1.37.0-kubetune-emulator",
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "2026-01-01T00:00:00Z",
+            "goVersion": "go1.25",
+            "compiler": "gc",
+            "platform": "linux/amd64",
+        }
 
 
 def kubeconfig(url: str) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "emulator",
         "clusters": [{"name": "emulator", "cluster": {"server": url}}],
         "users": [{"name": "tester", "user": {"token": "emulator-token"}}],
-        "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}],
+        "contexts": [
+            {"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": "default"}}
+        ],
     }

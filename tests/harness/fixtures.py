@@ -62,11 +62,22 @@ async def start_operator() -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     runs: list[tuple[threading.Thread, threading.Event]] = []
 
     async def start(**overrides: Any) -> Any:
-        settings = OperatorSettings(**{"standalone": True, "metrics_port": 0, "health_port": 0, "sync_interval": 0.2,
-                                       "trainer_image": "ghcr.io/kubetune/kubetune-trainer:test", **overrides})
+        settings = OperatorSettings(
+            **{
+                "standalone": True,
+                "metrics_port": 0,
+                "health_port": 0,
+                "sync_interval": 0.2,
+                "trainer_image": "ghcr.io/kubetune/kubetune-trainer:test",
+                **overrides,
+            }
+        )
         ready, stop = threading.Event(), threading.Event()
-        thread = threading.Thread(target=lambda: asyncio.run(operate(settings, ready_flag=ready, stop_flag=stop)),
-                                  name="kopf-operator", daemon=True)
+        thread = threading.Thread(
+            target=lambda: asyncio.run(operate(settings, ready_flag=ready, stop_flag=stop)),
+            name="kopf-operator",
+            daemon=True,
+        )
         thread.start()
         runs.append((thread, stop))
         assert await asyncio.to_thread(ready.wait, 30), "the operator did not start in 30 s"

@@ -96,21 +96,35 @@ def ensure_images(timeout: float = 5400) -> BuiltImages:
     takes the images the last build recorded as they are (to iterate on a test while a build runs)."""
     if os.environ.get("KUBETUNE_IMAGES_SKIP_BUILD") == "1" and ENV_FILE.exists():
         env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
-        return BuiltImages(operator=env["KUBETUNE_OPERATOR_IMAGE"], trainer=env["KUBETUNE_TRAINER_IMAGE"],
-                           driver=env["KUBETUNE_IMAGES_DRIVER"], hash=env["KUBETUNE_IMAGES_HASH"], log="")
-    proc = subprocess.run(["bash", str(SCRIPT), str(TOOLS)], cwd=ROOT, capture_output=True, text=True,
-                          check=False, timeout=timeout)
+        return BuiltImages(
+            operator=env["KUBETUNE_OPERATOR_IMAGE"],
+            trainer=env["KUBETUNE_TRAINER_IMAGE"],
+            driver=env["KUBETUNE_IMAGES_DRIVER"],
+            hash=env["KUBETUNE_IMAGES_HASH"],
+            log="",
+        )
+    proc = subprocess.run(
+        ["bash", str(SCRIPT), str(TOOLS)], cwd=ROOT, capture_output=True, text=True, check=False, timeout=timeout
+    )
     if proc.returncode != 0 or not ENV_FILE.exists():
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-40:])
         raise ImagesUnavailable(f"scripts/tools.d/50-images.sh failed (exit {proc.returncode}):\n{tail}")
     env = dict(line.split("=", 1) for line in ENV_FILE.read_text().splitlines() if "=" in line)
-    return BuiltImages(operator=env["KUBETUNE_OPERATOR_IMAGE"], trainer=env["KUBETUNE_TRAINER_IMAGE"],
-                       driver=env["KUBETUNE_IMAGES_DRIVER"], hash=env["KUBETUNE_IMAGES_HASH"], log=proc.stderr)
+    return BuiltImages(
+        operator=env["KUBETUNE_OPERATOR_IMAGE"],
+        trainer=env["KUBETUNE_TRAINER_IMAGE"],
+        driver=env["KUBETUNE_IMAGES_DRIVER"],
+        hash=env["KUBETUNE_IMAGES_HASH"],
+        log=proc.stderr,
+    )
 
 
-def buildah(*args: str, check: bool = True, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([str(KT_BUILDAH), *args], capture_output=True, text=True, check=False, timeout=timeout,
-                          input=input)
+def buildah(
+    *args: str, check: bool = True, timeout: float = 300, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [str(KT_BUILDAH), *args], capture_output=True, text=True, check=False, timeout=timeout, input=input
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"buildah {shlex.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     return proc
@@ -191,8 +205,22 @@ class Container:
         uid, _, gid = (self.user or self._image_user()).partition(":")
         flags += ["--user", "0:0", "--cap-add", "CAP_SYS_ADMIN"]
         home = "keep" if "HOME" in self.env or self._image_sets_home() else "passwd"
-        return [str(KT_BUILDAH), "run", *flags, self.name, "--", "env", *env, "python3", "-c", READ_ONLY_SHIM,
-                uid, gid or uid, home, *self.command]
+        return [
+            str(KT_BUILDAH),
+            "run",
+            *flags,
+            self.name,
+            "--",
+            "env",
+            *env,
+            "python3",
+            "-c",
+            READ_ONLY_SHIM,
+            uid,
+            gid or uid,
+            home,
+            *self.command,
+        ]
 
     def _image_user(self) -> str:
         user = image_config(self.image)["config"].get("User") or "0"
@@ -267,7 +295,7 @@ def resolve_in_root(root: Path, path: str, depth: int = 0) -> str:
         if here.is_symlink():
             link = os.readlink(here)
             base = "/" if link.startswith("/") else "/" + "/".join(done)
-            rest = "/".join(parts[i + 1:])
+            rest = "/".join(parts[i + 1 :])
             return resolve_in_root(root, f"{base.rstrip('/')}/{link.lstrip('/')}/{rest}".rstrip("/"), depth + 1)
         done.append(part)
     return "/" + "/".join(done)
@@ -299,19 +327,26 @@ def _field(pod: dict[str, Any], path: str) -> str:
     m = re.fullmatch(r"metadata\.(annotations|labels)\['([^']+)'\]", path)
     if m:
         return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
-    simple = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace"),
-              "metadata.uid": meta.get("uid"), "spec.nodeName": (pod.get("spec") or {}).get("nodeName"),
-              "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
-              "status.podIP": (pod.get("status") or {}).get("podIP"),
-              "status.hostIP": (pod.get("status") or {}).get("hostIP")}
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": (pod.get("spec") or {}).get("nodeName"),
+        "spec.serviceAccountName": (pod.get("spec") or {}).get("serviceAccountName"),
+        "status.podIP": (pod.get("status") or {}).get("podIP"),
+        "status.hostIP": (pod.get("status") or {}).get("hostIP"),
+    }
     assert path in simple, f"fieldRef {path} is not supported by this runner"
     return str(simple[path] or "")
 
 
 def _expand(value: str, env: dict[str, str]) -> str:
     """``$(VAR)`` from the variables defined before; ``$$(VAR)`` stays literal; unknown ones stay as written."""
-    return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-                  lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        value,
+    )
 
 
 def pod_env(pod: dict[str, Any], container: dict[str, Any], configmaps: Lookup, secrets: Lookup) -> dict[str, str]:
@@ -354,7 +389,9 @@ def _user(pod: dict[str, Any], container: dict[str, Any]) -> tuple[int | None, i
     return uid, gid
 
 
-def _write_files(folder: Path, data: dict[str, str], items: list[dict[str, Any]] | None, owner: tuple[int, int] | None) -> None:
+def _write_files(
+    folder: Path, data: dict[str, str], items: list[dict[str, Any]] | None, owner: tuple[int, int] | None
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pairs = [(i["key"], i["path"]) for i in items] if items else [(k, k) for k in data]
     for key, rel in pairs:
@@ -370,8 +407,14 @@ def _own(path: Path, owner: tuple[int, int] | None) -> None:
         os.chown(path, owner[0], owner[1] if owner[1] is not None else owner[0])
 
 
-def pod_mounts(pod: dict[str, Any], container: dict[str, Any], workdir: Path, configmaps: Lookup, secrets: Lookup,
-               pvcs: Callable[[str], Path] | None = None) -> tuple[list[Mount], Path]:
+def pod_mounts(
+    pod: dict[str, Any],
+    container: dict[str, Any],
+    workdir: Path,
+    configmaps: Lookup,
+    secrets: Lookup,
+    pvcs: Callable[[str], Path] | None = None,
+) -> tuple[list[Mount], Path]:
     """Host folders for the container's volume mounts, and the termination message file (host side)."""
     spec = pod.get("spec") or {}
     sc = spec.get("securityContext") or {}
@@ -431,9 +474,16 @@ def termination_target(container: dict[str, Any]) -> str:
     return f"/run/{Path(path).name}" if path.startswith("/dev/") else path
 
 
-def pod_container(pod: dict[str, Any], image: str, workdir: Path, configmaps: Lookup, secrets: Lookup,
-                  read_only_root: bool | None = None, extra_env: dict[str, str] | None = None,
-                  pvcs: Callable[[str], Path] | None = None) -> tuple[Container, Path]:
+def pod_container(
+    pod: dict[str, Any],
+    image: str,
+    workdir: Path,
+    configmaps: Lookup,
+    secrets: Lookup,
+    read_only_root: bool | None = None,
+    extra_env: dict[str, str] | None = None,
+    pvcs: Callable[[str], Path] | None = None,
+) -> tuple[Container, Path]:
     """The first container of ``pod`` as a :class:`Container` from ``image`` (not yet created), and the host
     file that receives its termination message."""
     container = pod["spec"]["containers"][0]
@@ -446,8 +496,15 @@ def pod_container(pod: dict[str, Any], image: str, workdir: Path, configmaps: Lo
     env = {**pod_env(pod, container, configmaps, secrets), **(extra_env or {})}
     original = container.get("terminationMessagePath") or "/dev/termination-log"
     env = {k: termination_target(container) if v == original else v for k, v in env.items()}
-    ctr = Container(image, pod_command(container, config), env=env, mounts=mounts, user=user,
-                    workdir=container.get("workingDir"), read_only_root=read_only_root)
+    ctr = Container(
+        image,
+        pod_command(container, config),
+        env=env,
+        mounts=mounts,
+        user=user,
+        workdir=container.get("workingDir"),
+        read_only_root=read_only_root,
+    )
     return ctr, term
 
 
@@ -484,20 +541,31 @@ def image_kubelet_class() -> type:
             image = spec["containers"][0]["image"]
             if buildah("inspect", "--type", "image", image, check=False).returncode != 0:
                 raise RuntimeError(f'image "{image}" is not in the node\'s image storage (ErrImageNeverPull)')
-            running = {**pod, "spec": {**spec, "nodeName": self.node},
-                       "status": {**(pod.get("status") or {}), "podIP": self.pod_ip, "hostIP": self.pod_ip}}
+            running = {
+                **pod,
+                "spec": {**spec, "nodeName": self.node},
+                "status": {**(pod.get("status") or {}), "podIP": self.pod_ip, "hostIP": self.pod_ip},
+            }
+
             def lookup(read: Callable[[str, str], dict[str, str]]) -> Lookup:
                 def get(name: str) -> dict[str, str]:
                     try:
                         return read(ns, name)
                     except RuntimeError as exc:  # the base class's "not found"
                         raise KeyError(name) from exc
+
                 return get
 
-            ctr, term = pod_container(running, image, root, lookup(self._configmap), lookup(self._secret),
-                                      read_only_root=self.read_only_root,
-                                      extra_env=self.extra_env,
-                                      pvcs=lambda claim: self.workdir / "pvc" / claim)
+            ctr, term = pod_container(
+                running,
+                image,
+                root,
+                lookup(self._configmap),
+                lookup(self._secret),
+                read_only_root=self.read_only_root,
+                extra_env=self.extra_env,
+                pvcs=lambda claim: self.workdir / "pvc" / claim,
+            )
             ctr.create()
             self.containers[key] = ctr
             log = root / "container.log"

@@ -56,10 +56,20 @@ def _now() -> str:
 class ProcessKubelet:
     NODE_LABEL = "kubetune.test/node"
     NODE_SELECTOR: ClassVar[dict[str, str]] = {"kubetune.test/node": "proc"}
-    TOLERATIONS: ClassVar[list[dict[str, str]]] = [{"key": "kubetune.test/node", "operator": "Equal", "value": "proc", "effect": "NoSchedule"}]
+    TOLERATIONS: ClassVar[list[dict[str, str]]] = [
+        {"key": "kubetune.test/node", "operator": "Equal", "value": "proc", "effect": "NoSchedule"}
+    ]
 
-    def __init__(self, api: RealApi, workdir: Path, node: str = "proc-0", pod_ip: str = "127.0.0.1",
-                 gpus: int = 0, extra_env: dict[str, str] | None = None, heartbeat_s: float = 10.0):
+    def __init__(
+        self,
+        api: RealApi,
+        workdir: Path,
+        node: str = "proc-0",
+        pod_ip: str = "127.0.0.1",
+        gpus: int = 0,
+        extra_env: dict[str, str] | None = None,
+        heartbeat_s: float = 10.0,
+    ):
         self.api, self.workdir, self.node, self.pod_ip = api, Path(workdir), node, pod_ip
         self.gpus, self.extra_env, self.heartbeat_s = gpus, dict(extra_env or {}), heartbeat_s
         self.processes: dict[str, subprocess.Popen] = {}
@@ -104,11 +114,16 @@ class ProcessKubelet:
         capacity = {"cpu": str(os.cpu_count() or 2), "memory": "64Gi", "pods": "20"}
         if self.gpus:
             capacity["nvidia.com/gpu"] = str(self.gpus)
-        body = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node, "labels": {self.NODE_LABEL: "proc", "kubernetes.io/hostname": self.node,
-                                                           "kubernetes.io/os": "linux"}},
-                "spec": {"taints": [{"key": self.NODE_LABEL, "value": "proc", "effect": "NoSchedule"}]},
-                "status": {"capacity": capacity, "allocatable": capacity}}
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node,
+                "labels": {self.NODE_LABEL: "proc", "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux"},
+            },
+            "spec": {"taints": [{"key": self.NODE_LABEL, "value": "proc", "effect": "NoSchedule"}]},
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
         try:
             self.api.create("v1/nodes", body)
         except ApiError as exc:
@@ -118,15 +133,41 @@ class ProcessKubelet:
 
     def _ready(self) -> None:
         now = _now()
-        self.api.patch("v1/nodes", None, self.node, {"status": {
-            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "process kubelet",
-                            "lastHeartbeatTime": now, "lastTransitionTime": now}],
-            "addresses": [{"type": "InternalIP", "address": self.pod_ip}, {"type": "Hostname", "address": self.node}]}},
-            sub="status", kind="strategic")
-        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                 "metadata": {"name": self.node, "namespace": "kube-node-lease"},
-                 "spec": {"holderIdentity": self.node, "leaseDurationSeconds": 40,
-                          "renewTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")}}
+        self.api.patch(
+            "v1/nodes",
+            None,
+            self.node,
+            {
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "process kubelet",
+                            "lastHeartbeatTime": now,
+                            "lastTransitionTime": now,
+                        }
+                    ],
+                    "addresses": [
+                        {"type": "InternalIP", "address": self.pod_ip},
+                        {"type": "Hostname", "address": self.node},
+                    ],
+                }
+            },
+            sub="status",
+            kind="strategic",
+        )
+        lease = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": self.node, "namespace": "kube-node-lease"},
+            "spec": {
+                "holderIdentity": self.node,
+                "leaseDurationSeconds": 40,
+                "renewTime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            },
+        }
         try:
             self.api.create("coordination.k8s.io/v1/leases", lease)
         except ApiError as exc:
@@ -189,14 +230,31 @@ class ProcessKubelet:
             return
         with self._lock:
             self.processes[key] = proc
-        self._patch_status(pod, {
-            "phase": "Running", "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}], "hostIP": self.pod_ip,
-            "startTime": _now(),
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": _now()}
-                           for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")],
-            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "ready": True, "started": True,
-                                   "restartCount": 0, "state": {"running": {"startedAt": _now()}}}
-                                  for c in pod["spec"]["containers"]]})
+        self._patch_status(
+            pod,
+            {
+                "phase": "Running",
+                "podIP": self.pod_ip,
+                "podIPs": [{"ip": self.pod_ip}],
+                "hostIP": self.pod_ip,
+                "startTime": _now(),
+                "conditions": [
+                    {"type": t, "status": "True", "lastTransitionTime": _now()}
+                    for t in ("Initialized", "Ready", "ContainersReady", "PodScheduled")
+                ],
+                "containerStatuses": [
+                    {
+                        "name": c["name"],
+                        "image": c.get("image", ""),
+                        "ready": True,
+                        "started": True,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": _now()}},
+                    }
+                    for c in pod["spec"]["containers"]
+                ],
+            },
+        )
 
     def _reap(self) -> None:
         while not self._stop.wait(0.2):
@@ -212,25 +270,46 @@ class ProcessKubelet:
                     message = term.read_text(encoding="utf-8", errors="replace")[-4096:]
                 pod = self.api.get("v1/pods", ns, name)
                 if pod is not None and not pod["metadata"].get("deletionTimestamp"):
-                    self._set_terminated(pod, proc.returncode if proc.returncode >= 0 else 128 - proc.returncode, message)
+                    self._set_terminated(
+                        pod, proc.returncode if proc.returncode >= 0 else 128 - proc.returncode, message
+                    )
 
     def _set_terminated(self, pod: dict[str, Any], code: int, message: str) -> None:
-        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error", "finishedAt": _now(),
-                      "startedAt": (pod.get("status") or {}).get("startTime") or _now()}
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "finishedAt": _now(),
+            "startedAt": (pod.get("status") or {}).get("startTime") or _now(),
+        }
         if message:
             terminated["message"] = message
-        self._patch_status(pod, {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "conditions": [{"type": t, "status": "False", "lastTransitionTime": _now()} for t in ("Ready", "ContainersReady")],
-            "containerStatuses": [{"name": c["name"], "image": c.get("image", ""), "ready": False, "started": False,
-                                   "restartCount": 0, "state": {"terminated": terminated}}
-                                  for c in pod["spec"]["containers"]]})
+        self._patch_status(
+            pod,
+            {
+                "phase": "Succeeded" if code == 0 else "Failed",
+                "conditions": [
+                    {"type": t, "status": "False", "lastTransitionTime": _now()} for t in ("Ready", "ContainersReady")
+                ],
+                "containerStatuses": [
+                    {
+                        "name": c["name"],
+                        "image": c.get("image", ""),
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 0,
+                        "state": {"terminated": terminated},
+                    }
+                    for c in pod["spec"]["containers"]
+                ],
+            },
+        )
 
     def _patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
         try:
-            self.api.patch("v1/pods", meta["namespace"], meta["name"], {"status": status}, sub="status",
-                           kind="strategic")
+            self.api.patch(
+                "v1/pods", meta["namespace"], meta["name"], {"status": status}, sub="status", kind="strategic"
+            )
         except ApiError as exc:
             if exc.code != 404:
                 self.errors.append(f"status {meta['name']}: {exc}")
@@ -253,7 +332,9 @@ class ProcessKubelet:
         secret = self.api.get("v1/secrets", ns, name)
         if secret is None:
             raise RuntimeError(f'secret "{name}" not found')
-        return {k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (secret.get("data") or {}).items()}
+        return {
+            k: base64.b64decode(v).decode("utf-8", errors="replace") for k, v in (secret.get("data") or {}).items()
+        }
 
     def _configmap(self, ns: str, name: str) -> dict[str, str]:
         cm = self.api.get("v1/configmaps", ns, name)
@@ -321,16 +402,26 @@ class ProcessKubelet:
             if "fieldRef" in src:
                 path = src["fieldRef"]["fieldPath"]
                 m = re.match(r"metadata\.(annotations|labels)\['(.+)'\]", path)
-                env[e["name"]] = (meta.get(m.group(1)) or {}).get(m.group(2), "") if m else {
-                    "metadata.name": meta["name"], "metadata.namespace": ns, "metadata.uid": meta.get("uid", ""),
-                    "spec.nodeName": self.node, "status.podIP": self.pod_ip, "status.hostIP": self.pod_ip,
-                    "spec.serviceAccountName": spec.get("serviceAccountName", "")}.get(path, "")
+                env[e["name"]] = (
+                    (meta.get(m.group(1)) or {}).get(m.group(2), "")
+                    if m
+                    else {
+                        "metadata.name": meta["name"],
+                        "metadata.namespace": ns,
+                        "metadata.uid": meta.get("uid", ""),
+                        "spec.nodeName": self.node,
+                        "status.podIP": self.pod_ip,
+                        "status.hostIP": self.pod_ip,
+                        "spec.serviceAccountName": spec.get("serviceAccountName", ""),
+                    }.get(path, "")
+                )
             elif "secretKeyRef" in src:
                 ref = src["secretKeyRef"]
                 env[e["name"]] = self._secret(ns, ref["name"]).get(ref["key"], "")
             elif "configMapKeyRef" in src:
                 ref = src["configMapKeyRef"]
                 env[e["name"]] = self._configmap(ns, ref["name"]).get(ref["key"], "")
+
         # $(VAR) references in command and args, as the kubelet expands them
         def expand(text: str) -> str:
             return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda mm: env.get(mm.group(1), mm.group(0)), text)
@@ -345,8 +436,15 @@ class ProcessKubelet:
         log = root / "container.log"
         self.logs[key], self._term_files[key] = log, term_local
         with open(log, "ab") as out:
-            return subprocess.Popen([exe, *argv[1:]], env=env, cwd=str(root), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            return subprocess.Popen(
+                [exe, *argv[1:]],
+                env=env,
+                cwd=str(root),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def wait_idle(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

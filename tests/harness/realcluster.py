@@ -110,7 +110,8 @@ def bin_dir() -> Path:
             return d
     raise ControlPlaneMissing(
         f"the control plane binaries ({', '.join(BINARIES)}) are not built in {candidates[0]}: run `make tools` "
-        "(scripts/tools.d/40-controlplane.sh builds them from Go modules)")
+        "(scripts/tools.d/40-controlplane.sh builds them from Go modules)"
+    )
 
 
 class ApiError(Exception):
@@ -153,11 +154,22 @@ class RealApi:
 
     def __init__(self, server: str, token: str, ca_file: Path, timeout: float = 30.0):
         self.server, self.token = server.rstrip("/"), token
-        self.http = urllib3.PoolManager(maxsize=16, cert_reqs="CERT_REQUIRED", ca_certs=str(ca_file),
-                                        timeout=urllib3.Timeout(connect=5, read=timeout), retries=False)
+        self.http = urllib3.PoolManager(
+            maxsize=16,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=str(ca_file),
+            timeout=urllib3.Timeout(connect=5, read=timeout),
+            retries=False,
+        )
 
-    def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
-                content_type: str = "application/json") -> dict[str, Any]:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
         data = None
         if body is not None:
@@ -184,26 +196,34 @@ class RealApi:
                 return None
             raise
 
-    def list(self, resource: str, namespace: str | None = None, labels: str | None = None,
-             fields: str | None = None) -> list[dict[str, Any]]:
-        doc = self.request("GET", resource_path(resource, namespace),
-                           params={"labelSelector": labels, "fieldSelector": fields})
+    def list(
+        self, resource: str, namespace: str | None = None, labels: str | None = None, fields: str | None = None
+    ) -> list[dict[str, Any]]:
+        doc = self.request(
+            "GET", resource_path(resource, namespace), params={"labelSelector": labels, "fieldSelector": fields}
+        )
         return doc.get("items") or []
 
-    def create(self, resource: str, obj: dict[str, Any], namespace: str | None = None,
-               params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def create(
+        self, resource: str, obj: dict[str, Any], namespace: str | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         ns = namespace if namespace is not None else (obj.get("metadata") or {}).get("namespace")
         return self.request("POST", resource_path(resource, ns), obj, params=params)
 
-    def update(self, resource: str, namespace: str | None, name: str, patch: dict[str, Any],
-               status: bool = False) -> dict[str, Any]:
+    def update(
+        self, resource: str, namespace: str | None, name: str, patch: dict[str, Any], status: bool = False
+    ) -> dict[str, Any]:
         """A JSON merge patch (the emulator's ``update``); ``status=True`` patches the status subresource."""
         return self.patch(resource, namespace, name, patch, sub="status" if status else None)
 
-    def patch(self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None,
-              kind: str = "merge") -> dict[str, Any]:
-        ctype = {"merge": "application/merge-patch+json", "strategic": "application/strategic-merge-patch+json",
-                 "json": "application/json-patch+json"}[kind]
+    def patch(
+        self, resource: str, namespace: str | None, name: str, patch: Any, sub: str | None = None, kind: str = "merge"
+    ) -> dict[str, Any]:
+        ctype = {
+            "merge": "application/merge-patch+json",
+            "strategic": "application/strategic-merge-patch+json",
+            "json": "application/json-patch+json",
+        }[kind]
         return self.request("PATCH", resource_path(resource, namespace, name, sub), patch, content_type=ctype)
 
     def replace(self, resource: str, namespace: str | None, name: str, obj: dict[str, Any]) -> dict[str, Any]:
@@ -211,22 +231,52 @@ class RealApi:
 
     def delete(self, resource: str, namespace: str | None, name: str, **options: Any) -> dict[str, Any] | None:
         try:
-            return self.request("DELETE", resource_path(resource, namespace, name),
-                                {"kind": "DeleteOptions", "apiVersion": "v1", **options} if options else None)
+            return self.request(
+                "DELETE",
+                resource_path(resource, namespace, name),
+                {"kind": "DeleteOptions", "apiVersion": "v1", **options} if options else None,
+            )
         except ApiError as exc:
             if exc.code == 404:
                 return None
             raise
 
-    def watch(self, resource: str, namespace: str | None, resource_version: str, timeout: int = 30,
-              labels: str | None = None, fields: str | None = None) -> Iterator[dict[str, Any]]:
+    def watch(
+        self,
+        resource: str,
+        namespace: str | None,
+        resource_version: str,
+        timeout: int = 30,
+        labels: str | None = None,
+        fields: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Watch events (dicts with ``type`` and ``object``) from ``resource_version`` until ``timeout`` s."""
-        url = self.server + resource_path(resource, namespace) + "?" + urlencode(
-            {k: v for k, v in {"watch": "1", "resourceVersion": resource_version, "timeoutSeconds": timeout,
-                               "allowWatchBookmarks": "false", "labelSelector": labels, "fieldSelector": fields}.items()
-             if v is not None})
-        r = self.http.request("GET", url, headers={"Authorization": f"Bearer {self.token}"}, preload_content=False,
-                              timeout=urllib3.Timeout(connect=5, read=timeout + 10))
+        url = (
+            self.server
+            + resource_path(resource, namespace)
+            + "?"
+            + urlencode(
+                {
+                    k: v
+                    for k, v in {
+                        "watch": "1",
+                        "resourceVersion": resource_version,
+                        "timeoutSeconds": timeout,
+                        "allowWatchBookmarks": "false",
+                        "labelSelector": labels,
+                        "fieldSelector": fields,
+                    }.items()
+                    if v is not None
+                }
+            )
+        )
+        r = self.http.request(
+            "GET",
+            url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=5, read=timeout + 10),
+        )
         try:
             if r.status >= 400:
                 raise ApiError(r.status, r.data.decode())
@@ -255,45 +305,81 @@ def _write_pki(d: Path) -> None:
     now = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
 
     def pem_key(key: Any) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kubetune-test-ca")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     (d / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (d / "ca.key").write_bytes(pem_key(ca_key))
 
     import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
-    sans = [x509.DNSName(n) for n in ("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
-                                      "kubernetes.default.svc.cluster.local")]
+    sans = [
+        x509.DNSName(n)
+        for n in (
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        )
+    ]
     sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in ("127.0.0.1", "10.0.0.1")]
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     (d / "serving.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     (d / "serving.key").write_bytes(pem_key(key))
 
     sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     (d / "sa.key").write_bytes(pem_key(sa))
-    (d / "sa.pub").write_bytes(sa.public_key().public_bytes(serialization.Encoding.PEM,
-                                                            serialization.PublicFormat.SubjectPublicKeyInfo))
+    (d / "sa.pub").write_bytes(
+        sa.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
 
 
 def kubeconfig(server: str, ca_file: Path, token: str, user: str = "user") -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Config", "current-context": "kubetune-test",
+        "apiVersion": "v1",
+        "kind": "Config",
+        "current-context": "kubetune-test",
         "clusters": [{"name": "kubetune-test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}],
         "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "kubetune-test", "context": {"cluster": "kubetune-test", "user": user}}],
@@ -301,14 +387,31 @@ def kubeconfig(server: str, ca_file: Path, token: str, user: str = "user") -> di
 
 
 AUDIT_POLICY = {
-    "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "None", "resources": [{"group": "coordination.k8s.io", "resources": ["leases"]}]},
-        {"level": "None", "nonResourceURLs": ["/readyz*", "/healthz*", "/livez*", "/version", "/openapi*", "/api",
-                                              "/api/*", "/apis", "/apis/*"]},
+        {
+            "level": "None",
+            "nonResourceURLs": [
+                "/readyz*",
+                "/healthz*",
+                "/livez*",
+                "/version",
+                "/openapi*",
+                "/api",
+                "/api/*",
+                "/apis",
+                "/apis/*",
+            ],
+        },
         # the control plane's own reads would drown the log; everything else (the operator, the tests) is kept
-        {"level": "None", "verbs": ["get", "list", "watch"],
-         "users": ["system:kube-controller-manager", "system:kube-scheduler", "kwok"]},
+        {
+            "level": "None",
+            "verbs": ["get", "list", "watch"],
+            "users": ["system:kube-controller-manager", "system:kube-scheduler", "kwok"],
+        },
         {"level": "None", "verbs": ["get", "list", "watch"], "userGroups": ["system:serviceaccounts:kube-system"]},
         {"level": "Metadata"},
     ],
@@ -415,10 +518,12 @@ class ControlPlane:
         atexit.register(self.stop)  # also when the session dies without its fixture teardown
         self.workdir.mkdir(parents=True, exist_ok=True)
         _write_pki(self.pki)
-        tokens = [(self.admin_token, ADMIN_USER, "system:masters"),
-                  (self._component_token("kcm"), "system:kube-controller-manager", "system:masters"),
-                  (self._component_token("scheduler"), "system:kube-scheduler", "system:masters"),
-                  (self._component_token("kwok"), "kwok", "system:masters")]
+        tokens = [
+            (self.admin_token, ADMIN_USER, "system:masters"),
+            (self._component_token("kcm"), "system:kube-controller-manager", "system:masters"),
+            (self._component_token("scheduler"), "system:kube-scheduler", "system:masters"),
+            (self._component_token("kwok"), "kwok", "system:masters"),
+        ]
         (self.workdir / "tokens.csv").write_text("".join(f'{t},{u},{u},"{g}"\n' for t, u, g in tokens))
         (self.workdir / "audit-policy.yaml").write_text(yaml.safe_dump(AUDIT_POLICY))
         try:
@@ -486,13 +591,24 @@ class ControlPlane:
             shutil.rmtree(data, ignore_errors=True)
             url = f"http://127.0.0.1:{self.etcd_port}"
             http = urllib3.PoolManager(retries=False, timeout=2)
-            self._spawn("etcd", [str(self.bin / "etcd"), "--name=node0", f"--data-dir={data}",
-                                 f"--listen-client-urls={url}", f"--advertise-client-urls={url}",
-                                 f"--listen-peer-urls=http://127.0.0.1:{peer}",
-                                 f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-                                 f"--initial-cluster=node0=http://127.0.0.1:{peer}", "--unsafe-no-fsync",
-                                 "--log-level=warn", "--quota-backend-bytes=4294967296"],
-                        ready=lambda: http.request("GET", url + "/health").status == 200, timeout=60)
+            self._spawn(
+                "etcd",
+                [
+                    str(self.bin / "etcd"),
+                    "--name=node0",
+                    f"--data-dir={data}",
+                    f"--listen-client-urls={url}",
+                    f"--advertise-client-urls={url}",
+                    f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                    f"--initial-cluster=node0=http://127.0.0.1:{peer}",
+                    "--unsafe-no-fsync",
+                    "--log-level=warn",
+                    "--quota-backend-bytes=4294967296",
+                ],
+                ready=lambda: http.request("GET", url + "/health").status == 200,
+                timeout=60,
+            )
 
         self._with_ports(start)
 
@@ -500,10 +616,14 @@ class ControlPlane:
         w = self.workdir
         return [
             str(self.bin / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}", "--bind-address=127.0.0.1",
-            f"--secure-port={self.apiserver_port}", "--advertise-address=127.0.0.1",
-            f"--tls-cert-file={self.pki / 'serving.crt'}", f"--tls-private-key-file={self.pki / 'serving.key'}",
-            f"--client-ca-file={self.ca_file}", f"--token-auth-file={w / 'tokens.csv'}",
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}",
+            "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={self.pki / 'serving.crt'}",
+            f"--tls-private-key-file={self.pki / 'serving.key'}",
+            f"--client-ca-file={self.ca_file}",
+            f"--token-auth-file={w / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
             "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             # fake nodes: no not-ready taint on create (the node lifecycle controller is off, see _start_kcm)
@@ -511,10 +631,16 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={self.pki / 'sa.pub'}",
             f"--service-account-signing-key-file={self.pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true", "--endpoint-reconciler-type=none",
-            f"--audit-policy-file={w / 'audit-policy.yaml'}", f"--audit-log-path={self.audit_log}",
-            "--audit-log-format=json", "--audit-log-maxsize=4096", "--audit-log-mode=blocking",
-            "--profiling=false", "--v=1",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--endpoint-reconciler-type=none",
+            f"--audit-policy-file={w / 'audit-policy.yaml'}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=4096",
+            "--audit-log-mode=blocking",
+            "--profiling=false",
+            "--v=1",
         ]
 
     def _apiserver_ready(self) -> bool:
@@ -530,20 +656,33 @@ class ControlPlane:
         self._with_ports(start)
 
     def _write_kubeconfigs(self) -> None:
-        self.admin_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, self.ca_file, self.admin_token, "admin")))
+        self.admin_kubeconfig.write_text(
+            yaml.safe_dump(kubeconfig(self.server, self.ca_file, self.admin_token, "admin"))
+        )
         for name in ("kcm", "scheduler", "kwok"):
             path = self.workdir / f"{name}.kubeconfig"
             path.write_text(yaml.safe_dump(kubeconfig(self.server, self.ca_file, self._component_token(name), name)))
 
     def _start_kcm(self) -> None:
         w = self.workdir
-        self._spawn("kube-controller-manager", [
-            str(self.bin / "kube-controller-manager"), f"--kubeconfig={w / 'kcm.kubeconfig'}", "--leader-elect=false",
-            "--use-service-account-credentials=true", f"--service-account-private-key-file={self.pki / 'sa.key'}",
-            f"--root-ca-file={self.ca_file}", "--secure-port=0",
-            # fake nodes are Ready by fiat: no lease-based NotReady taints (a paused API server would cause them)
-            "--controllers=*,-node-lifecycle-controller", "--concurrent-job-syncs=10", "--v=1",
-        ], ready=lambda: self._kcm_up(), timeout=120)
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin / "kube-controller-manager"),
+                f"--kubeconfig={w / 'kcm.kubeconfig'}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={self.pki / 'sa.key'}",
+                f"--root-ca-file={self.ca_file}",
+                "--secure-port=0",
+                # fake nodes are Ready by fiat: no lease-based NotReady taints (a paused API server would cause them)
+                "--controllers=*,-node-lifecycle-controller",
+                "--concurrent-job-syncs=10",
+                "--v=1",
+            ],
+            ready=lambda: self._kcm_up(),
+            timeout=120,
+        )
 
     def _kcm_up(self) -> bool:
         # the service-account controller creates "default" in every namespace
@@ -551,12 +690,20 @@ class ControlPlane:
 
     def _start_scheduler(self) -> None:
         w = self.workdir
-        self._spawn("kube-scheduler", [
-            str(self.bin / "kube-scheduler"), f"--kubeconfig={w / 'scheduler.kubeconfig'}",
-            f"--authentication-kubeconfig={w / 'scheduler.kubeconfig'}",
-            f"--authorization-kubeconfig={w / 'scheduler.kubeconfig'}",
-            "--leader-elect=false", "--secure-port=0", "--v=1",
-        ], ready=lambda: self.proc_alive_for("kube-scheduler", 2.0), timeout=60)
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin / "kube-scheduler"),
+                f"--kubeconfig={w / 'scheduler.kubeconfig'}",
+                f"--authentication-kubeconfig={w / 'scheduler.kubeconfig'}",
+                f"--authorization-kubeconfig={w / 'scheduler.kubeconfig'}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                "--v=1",
+            ],
+            ready=lambda: self.proc_alive_for("kube-scheduler", 2.0),
+            timeout=60,
+        )
 
     def proc_alive_for(self, name: str, seconds: float) -> bool:
         key = f"_since_{name}"
@@ -566,51 +713,95 @@ class ControlPlane:
 
     def _start_kwok(self) -> None:
         w = self.workdir
-        self._spawn("kwok", [
-            str(self.bin / "kwok"), f"--kubeconfig={w / 'kwok.kubeconfig'}", f"--config={STAGES}",
-            "--manage-all-nodes=false", "--manage-nodes-with-label-selector=kubetune.test/fake=true",
-            "--cidr=10.244.0.0/16", "--node-ip=10.243.0.1", "--node-lease-duration-seconds=40",
-        ], ready=lambda: self.proc_alive_for("kwok", 1.0), timeout=60)
+        self._spawn(
+            "kwok",
+            [
+                str(self.bin / "kwok"),
+                f"--kubeconfig={w / 'kwok.kubeconfig'}",
+                f"--config={STAGES}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-label-selector=kubetune.test/fake=true",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.243.0.1",
+                "--node-lease-duration-seconds=40",
+            ],
+            ready=lambda: self.proc_alive_for("kwok", 1.0),
+            timeout=60,
+        )
         for i in range(self.gpu_nodes):
             self._node(f"kwok-gpu-{i}", {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"})
-        self._node("kwok-imagepull", {"kubetune.test/behaviour": "image-pull-backoff"},
-                   taints=[{"key": "kubetune.test/behaviour", "value": "image-pull-backoff", "effect": "NoSchedule"}])
+        self._node(
+            "kwok-imagepull",
+            {"kubetune.test/behaviour": "image-pull-backoff"},
+            taints=[{"key": "kubetune.test/behaviour", "value": "image-pull-backoff", "effect": "NoSchedule"}],
+        )
         for name in [f"kwok-gpu-{i}" for i in range(self.gpu_nodes)] + ["kwok-imagepull"]:
-            self.wait(lambda n=name: any(c["type"] == "Ready" and c["status"] == "True"
-                                         for c in (self.api.get("v1/nodes", None, n) or {}).get("status", {})
-                                         .get("conditions", [])), 60, f"node {name} Ready (kwok)")
+            self.wait(
+                lambda n=name: any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in (self.api.get("v1/nodes", None, n) or {}).get("status", {}).get("conditions", [])
+                ),
+                60,
+                f"node {name} Ready (kwok)",
+            )
 
     def _node(self, name: str, labels: dict[str, str], taints: list[dict[str, str]] | None = None) -> None:
-        capacity = {"cpu": "64", "memory": "512Gi", "pods": str(self.pods_per_node),
-                    "nvidia.com/gpu": str(self.gpus_per_node)}
-        self.api.create("v1/nodes", {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubetune.test/fake": "true", "kubernetes.io/hostname": name,
-                                                  "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                                                  "type": "kwok", **labels},
-                         "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"}},
-            "spec": {"taints": taints or []},
-            "status": {"capacity": capacity, "allocatable": capacity},
-        })
+        capacity = {
+            "cpu": "64",
+            "memory": "512Gi",
+            "pods": str(self.pods_per_node),
+            "nvidia.com/gpu": str(self.gpus_per_node),
+        }
+        self.api.create(
+            "v1/nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubetune.test/fake": "true",
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "kwok",
+                        **labels,
+                    },
+                    "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                },
+                "spec": {"taints": taints or []},
+                "status": {"capacity": capacity, "allocatable": capacity},
+            },
+        )
 
     def _bootstrap(self) -> None:
         """CRDs, the chart's ServiceAccount and RBAC, and the operator's token."""
         # kopf's peering CRDs as the chart renders them (only with peering on: more than one replica)
-        peering = [o for o in chart_objects(kinds=("CustomResourceDefinition",), values={"replicaCount": 2})
-                   if o["spec"]["group"] == "kopf.dev"]
+        peering = [
+            o
+            for o in chart_objects(kinds=("CustomResourceDefinition",), values={"replicaCount": 2})
+            if o["spec"]["group"] == "kopf.dev"
+        ]
         (self.workdir / "peering-crds.yaml").write_text(yaml.safe_dump_all(peering))
         self.kubectl_sync("apply", "-f", str(ROOT / "crds"), "-f", str(self.workdir / "peering-crds.yaml"))
-        self.kubectl_sync("wait", "--for=condition=Established", "--timeout=60s",
-                          "crd/finetunejobs.kubetune.io", "crd/clusterkopfpeerings.kopf.dev")
+        self.kubectl_sync(
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/finetunejobs.kubetune.io",
+            "crd/clusterkopfpeerings.kopf.dev",
+        )
         self.api.create("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}})
         objs = chart_objects(kinds=("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"))
         path = self.workdir / "chart-rbac.yaml"
         path.write_text(yaml.safe_dump_all(objs))
         self.kubectl_sync("apply", "-f", str(path))
-        self.operator_token = self.kubectl_sync("create", "token", OPERATOR_SA, "-n", OPERATOR_NS,
-                                                "--duration=24h").strip()
-        self.operator_kubeconfig.write_text(yaml.safe_dump(kubeconfig(self.server, self.ca_file, self.operator_token,
-                                                                      "kubetune-operator")))
+        self.operator_token = self.kubectl_sync(
+            "create", "token", OPERATOR_SA, "-n", OPERATOR_NS, "--duration=24h"
+        ).strip()
+        self.operator_kubeconfig.write_text(
+            yaml.safe_dump(kubeconfig(self.server, self.ca_file, self.operator_token, "kubetune-operator"))
+        )
 
     # -------------------------------------------------------------------------------------- helpers
 
@@ -627,10 +818,22 @@ class ControlPlane:
             time.sleep(0.2)
         raise AssertionError(f"{what}: not met in {timeout} s; last: {last!r}")
 
-    def kubectl_sync(self, *args: str, kubeconfig: Path | None = None, check: bool = True,
-                     input: str | None = None, timeout: float = 120) -> str:
-        proc = subprocess.run([str(KUBECTL), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
-                              check=False, capture_output=True, text=True, timeout=timeout, input=input)
+    def kubectl_sync(
+        self,
+        *args: str,
+        kubeconfig: Path | None = None,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 120,
+    ) -> str:
+        proc = subprocess.run(
+            [str(KUBECTL), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}", *args],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
         if check and proc.returncode != 0:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc.stdout if check else proc.stdout + proc.stderr
@@ -694,8 +897,10 @@ class ControlPlane:
     # -------------------------------------------------------------------------------------- namespaces
 
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> str:
-        self.api.create("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                          "metadata": {"name": name, "labels": labels or {}}})
+        self.api.create(
+            "v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels or {}}},
+        )
         self.wait(lambda: self.api.get("v1/serviceaccounts", name, "default"), 60, f"ServiceAccount {name}/default")
         return name
 
@@ -741,8 +946,12 @@ class K8s:
             "output": {"uri": f"s3://out/{name}"},
         }
         body.update(spec)
-        return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                "metadata": {"name": name, "namespace": self.ns}, "spec": body}
+        return {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": body,
+        }
 
     def create(self, obj: dict[str, Any], resource: str = FTJ) -> dict[str, Any]:
         obj.setdefault("metadata", {}).setdefault("namespace", self.ns)
@@ -758,8 +967,10 @@ class K8s:
         return next((c for c in self.status(name).get("conditions", []) if c["type"] == ctype), {})
 
     def events(self, name: str = "demo") -> list[tuple[str, str]]:
-        return [(e.get("type"), e.get("reason")) for e in self.api.list("v1/events", self.ns,
-                                                                        fields=f"involvedObject.name={name}")]
+        return [
+            (e.get("type"), e.get("reason"))
+            for e in self.api.list("v1/events", self.ns, fields=f"involvedObject.name={name}")
+        ]
 
     def event_objects(self, name: str) -> list[dict[str, Any]]:
         return self.api.list("v1/events", self.ns, fields=f"involvedObject.name={name}")
@@ -786,8 +997,11 @@ class K8s:
         return self.api.list("v1/pods", self.ns, labels=f"batch.kubernetes.io/job-name={job}")
 
     def running(self, job: str) -> list[dict[str, Any]]:
-        return [p for p in self.pods(job) if p["status"].get("phase") == "Running"
-                and not p["metadata"].get("deletionTimestamp")]
+        return [
+            p
+            for p in self.pods(job)
+            if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
+        ]
 
     def finish(self, job: str, index: int, exit_code: int = 0, message: str = "", reason: str | None = None) -> None:
         """End the running container of one completion index, as if the trainer exited with ``exit_code``."""
@@ -800,24 +1014,38 @@ class K8s:
                     notes["kubetune.test/reason"] = reason
                 self.api.update("v1/pods", self.ns, pod["metadata"]["name"], {"metadata": {"annotations": notes}})
                 return
-        raise AssertionError(f"no running pod of {self.ns}/{job} index {index}: "
-                             f"{[(p['metadata']['name'], p['status'].get('phase')) for p in self.pods(job)]}")
+        raise AssertionError(
+            f"no running pod of {self.ns}/{job} index {index}: "
+            f"{[(p['metadata']['name'], p['status'].get('phase')) for p in self.pods(job)]}"
+        )
 
     def restart_container(self, job: str, index: int) -> None:
         """The kubelet restarted the container once (restartCount + 1)."""
         for pod in self.running(job):
             if pod["metadata"].get("annotations", {}).get(INDEX) == str(index):
                 cs = pod["status"]["containerStatuses"]
-                self.api.patch("v1/pods", self.ns, pod["metadata"]["name"], {"status": {"containerStatuses": [
-                    {"name": c["name"], "restartCount": c.get("restartCount", 0) + 1} for c in cs]}},
-                    sub="status", kind="strategic")
+                self.api.patch(
+                    "v1/pods",
+                    self.ns,
+                    pod["metadata"]["name"],
+                    {
+                        "status": {
+                            "containerStatuses": [
+                                {"name": c["name"], "restartCount": c.get("restartCount", 0) + 1} for c in cs
+                            ]
+                        }
+                    },
+                    sub="status",
+                    kind="strategic",
+                )
                 return
         raise AssertionError(f"no running pod of {self.ns}/{job} index {index}")
 
     # kubectl -------------------------------------------------------------------------------------------
 
-    async def kubectl(self, *args: str, check: bool = True, kubeconfig: Path | None = None,
-                      input: str | None = None) -> str:
+    async def kubectl(
+        self, *args: str, check: bool = True, kubeconfig: Path | None = None, input: str | None = None
+    ) -> str:
         if not any(a in ("-n", "--namespace", "-A", "--all-namespaces") or a.startswith("--namespace=") for a in args):
             args = ("-n", self.ns, *args)
         return await asyncio.to_thread(self.cp.kubectl_sync, *args, check=check, kubeconfig=kubeconfig, input=input)
@@ -832,12 +1060,23 @@ class K8s:
 
         os.environ["KUBECONFIG"] = str(self.cp.operator_kubeconfig)
         os.environ.pop("KUBERNETES_SERVICE_HOST", None)
-        settings = OperatorSettings(**{"standalone": True, "metrics_port": 0, "health_port": 0, "sync_interval": 1.0,
-                                       "namespaces": [self.ns], "trainer_image": "registry.test/kubetune-trainer:test",
-                                       **overrides})
+        settings = OperatorSettings(
+            **{
+                "standalone": True,
+                "metrics_port": 0,
+                "health_port": 0,
+                "sync_interval": 1.0,
+                "namespaces": [self.ns],
+                "trainer_image": "registry.test/kubetune-trainer:test",
+                **overrides,
+            }
+        )
         ready, stop = threading.Event(), threading.Event()
-        thread = threading.Thread(target=lambda: asyncio.run(operate(settings, ready_flag=ready, stop_flag=stop)),
-                                  name="kopf-operator", daemon=True)
+        thread = threading.Thread(
+            target=lambda: asyncio.run(operate(settings, ready_flag=ready, stop_flag=stop)),
+            name="kopf-operator",
+            daemon=True,
+        )
         thread.start()
         self._runs.append((thread, stop))
         assert await asyncio.to_thread(ready.wait, 60), "the operator did not start in 60 s"

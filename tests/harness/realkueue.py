@@ -38,8 +38,9 @@ def kueue_module_dir(cp: ControlPlane) -> Path | None:
     modcache = os.environ.get("GOMODCACHE")
     if not modcache:
         try:
-            modcache = subprocess.run(["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=False,
-                                      timeout=30).stdout.strip()
+            modcache = subprocess.run(
+                ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=False, timeout=30
+            ).stdout.strip()
         except OSError:
             modcache = ""
     modcache = modcache or str(Path.home() / "go" / "pkg" / "mod")
@@ -61,31 +62,63 @@ def kueue_pki(out: Path) -> dict[str, bytes]:
     until = now + dt.timedelta(days=3650)
 
     def pem(key: Any) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                 serialization.NoEncryption())
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
 
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kueue-ca"),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kueue")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(until)
-          .add_extension(x509.SubjectAlternativeName([x509.DNSName("kueue-ca")]), critical=False)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=True, key_cert_sign=True,
-                                       content_commitment=False, data_encipherment=False, key_agreement=False,
-                                       crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, "kueue-ca"), x509.NameAttribute(NameOID.ORGANIZATION_NAME, "kueue")]
+    )
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("kueue-ca")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     dns = "kueue-webhook-service.kueue-system.svc"
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(until)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    files = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM), "ca.key": pem(ca_key),
-             "tls.crt": cert.public_bytes(serialization.Encoding.PEM), "tls.key": pem(key)}
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(dns), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    files = {
+        "ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+        "ca.key": pem(ca_key),
+        "tls.crt": cert.public_bytes(serialization.Encoding.PEM),
+        "tls.key": pem(key),
+    }
     out.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         (out / name).write_bytes(data)
@@ -104,7 +137,9 @@ class Kueue:
         path = self.crd_dir / "webhooks.yaml"
         if not path.exists():
             mod = kueue_module_dir(self.cp)
-            assert mod is not None, "Kueue's webhook manifests: neither <cache>/kueue-crds/webhooks.yaml nor the module"
+            assert mod is not None, (
+                "Kueue's webhook manifests: neither <cache>/kueue-crds/webhooks.yaml nor the module"
+            )
             path = mod / "config/components/webhook/manifests.yaml"
         ca = base64.b64encode(self.pki["ca.crt"]).decode()
         out = []
@@ -119,8 +154,15 @@ class Kueue:
                 if not any(p in svc.get("path", "") for p in WEBHOOK_PATHS):
                     continue
                 w["clientConfig"] = {"url": f"https://127.0.0.1:{self.port}{svc['path']}", "caBundle": ca}
-                w["namespaceSelector"] = {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                                                 "values": ["kube-system", "kueue-system"]}]}
+                w["namespaceSelector"] = {
+                    "matchExpressions": [
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": ["kube-system", "kueue-system"],
+                        }
+                    ]
+                }
                 hooks.append(w)
             doc["webhooks"] = hooks
             out.append(doc)
@@ -132,9 +174,13 @@ class Kueue:
         for f in sorted(self.crd_dir.glob("kueue.x-k8s.io_*.yaml")):
             crd = yaml.safe_load(f.read_text())
             if crd["spec"]["names"]["plural"] in CONVERTED:
-                crd["spec"]["conversion"] = {"strategy": "Webhook", "webhook": {
-                    "conversionReviewVersions": ["v1"],
-                    "clientConfig": {"url": f"https://127.0.0.1:{self.port}/convert", "caBundle": ca}}}
+                crd["spec"]["conversion"] = {
+                    "strategy": "Webhook",
+                    "webhook": {
+                        "conversionReviewVersions": ["v1"],
+                        "clientConfig": {"url": f"https://127.0.0.1:{self.port}/convert", "caBundle": ca},
+                    },
+                }
             out.append(crd)
         return out
 
@@ -145,24 +191,36 @@ class Kueue:
         certs = self.workdir / "certs"
         self.pki = kueue_pki(certs)
         if self.cp.api.get("v1/namespaces", None, "kueue-system") is None:
-            self.cp.api.create("v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                 "metadata": {"name": "kueue-system"}})
+            self.cp.api.create(
+                "v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kueue-system"}}
+            )
         if self.cp.api.get("v1/secrets", "kueue-system", "kueue-webhook-server-cert") is None:
-            self.cp.api.create("v1/secrets", {
-                "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                "metadata": {"name": "kueue-webhook-server-cert", "namespace": "kueue-system"},
-                "data": {k: base64.b64encode(v).decode() for k, v in self.pki.items()}})
+            self.cp.api.create(
+                "v1/secrets",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "Opaque",
+                    "metadata": {"name": "kueue-webhook-server-cert", "namespace": "kueue-system"},
+                    "data": {k: base64.b64encode(v).decode() for k, v in self.pki.items()},
+                },
+            )
 
         def start() -> None:
             self.port, self.health_port = free_port(), free_port()
             config = {
-                "apiVersion": "config.kueue.x-k8s.io/v1beta2", "kind": "Configuration", "namespace": "kueue-system",
+                "apiVersion": "config.kueue.x-k8s.io/v1beta2",
+                "kind": "Configuration",
+                "namespace": "kueue-system",
                 "health": {"healthProbeBindAddress": f"127.0.0.1:{self.health_port}"},
                 "metrics": {"bindAddress": "0"},
                 "webhook": {"port": self.port, "host": "127.0.0.1", "certDir": str(certs)},
                 "leaderElection": {"leaderElect": False},
-                "internalCertManagement": {"enable": True, "webhookServiceName": "kueue-webhook-service",
-                                           "webhookSecretName": "kueue-webhook-server-cert"},
+                "internalCertManagement": {
+                    "enable": True,
+                    "webhookServiceName": "kueue-webhook-service",
+                    "webhookSecretName": "kueue-webhook-server-cert",
+                },
                 "manageJobsWithoutQueueName": False,
                 "integrations": {"frameworks": ["batch/job"]},
             }
@@ -173,11 +231,18 @@ class Kueue:
             self.cp.kubectl_sync("apply", "--server-side", "--force-conflicts", "-f", str(crds))
             self.cp.kubectl_sync("wait", "--for=condition=Established", "--timeout=60s", "-f", str(crds))
             http = urllib3.PoolManager(retries=False, timeout=2)
-            self.cp._spawn("kueue", [str(self.cp.bin / "kueue"), f"--config={self.workdir / 'config.yaml'}",
-                                     f"--kubeconfig={self.cp.admin_kubeconfig}", "--feature-gates=VisibilityOnDemand=false",
-                                     "--zap-log-level=info"],
-                           ready=lambda: http.request("GET", f"http://127.0.0.1:{self.health_port}/readyz").status == 200,
-                           timeout=120)
+            self.cp._spawn(
+                "kueue",
+                [
+                    str(self.cp.bin / "kueue"),
+                    f"--config={self.workdir / 'config.yaml'}",
+                    f"--kubeconfig={self.cp.admin_kubeconfig}",
+                    "--feature-gates=VisibilityOnDemand=false",
+                    "--zap-log-level=info",
+                ],
+                ready=lambda: http.request("GET", f"http://127.0.0.1:{self.health_port}/readyz").status == 200,
+                timeout=120,
+            )
 
         self.cp._with_ports(start)
         hooks = self.workdir / "webhooks.yaml"
@@ -196,7 +261,6 @@ class Kueue:
         proc = self.cp.procs.get("kueue")
         if proc is not None:
             proc.stop()
-
 
 
 try:

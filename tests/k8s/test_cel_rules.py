@@ -30,7 +30,9 @@ async def test_kubectl_apply_of_a_broken_rule_fails_at_once_with_the_path(k8s: K
 
 async def test_every_example_is_accepted(k8s: K8s) -> None:
     for path in EXAMPLES:
-        docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d and d.get("kind") == "FineTuneJob"]
+        docs = [
+            d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d and d.get("kind") == "FineTuneJob"
+        ]
         for d in docs:
             d["metadata"]["namespace"] = k8s.ns
             out = await k8s.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(d), check=False)

@@ -19,17 +19,32 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 
 def helm(k8s: K8s, *args: str) -> str:
-    proc = subprocess.run([str(ensure_helm()), f"--kubeconfig={k8s.cp.admin_kubeconfig}", *args],
-                          capture_output=True, text=True, timeout=300, check=False, cwd=ROOT)
+    proc = subprocess.run(
+        [str(ensure_helm()), f"--kubeconfig={k8s.cp.admin_kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, f"helm {' '.join(args[:2])} failed:\n{proc.stderr}\n{proc.stdout[-2000:]}"
     return proc.stdout
 
 
 async def test_helm_install_upgrade_uninstall(k8s: K8s) -> None:
     release = "kt-chart"
-    common = ("--namespace", k8s.ns, "--set-json", f'peering.name="{release}-{k8s.ns}"',
-              "--set-json", 'image.repository="registry.test/kubetune-operator"', "--take-ownership",
-              "--wait", "--timeout", "180s")
+    common = (
+        "--namespace",
+        k8s.ns,
+        "--set-json",
+        f'peering.name="{release}-{k8s.ns}"',
+        "--set-json",
+        'image.repository="registry.test/kubetune-operator"',
+        "--take-ownership",
+        "--wait",
+        "--timeout",
+        "180s",
+    )
     # the CRDs exist already (the session applied crds/): helm takes them over; the real server validates them
     await asyncio.to_thread(helm, k8s, "install", release, str(CHART), *common)
     deploy = k8s.get("apps/v1/deployments", f"{release}-kubetune")
@@ -46,8 +61,11 @@ async def test_helm_install_upgrade_uninstall(k8s: K8s) -> None:
     await asyncio.to_thread(helm, k8s, "upgrade", release, str(CHART), *common, "--set", "replicaCount=2")
     peering = k8s.api.get("kopf.dev/v1/clusterkopfpeerings", None, f"{release}-{k8s.ns}")
     assert peering is not None, "the post-upgrade hook created the peering object"
-    await k8s.wait(lambda: (k8s.get("apps/v1/deployments", f"{release}-kubetune") or {}).get("status", {})
-                   .get("readyReplicas") == 2)
+    await k8s.wait(
+        lambda: (
+            (k8s.get("apps/v1/deployments", f"{release}-kubetune") or {}).get("status", {}).get("readyReplicas") == 2
+        )
+    )
     history = json.loads(await asyncio.to_thread(helm, k8s, "history", release, "-n", k8s.ns, "-o", "json"))
     assert [h["status"] for h in history] == ["superseded", "deployed"]
     # a second upgrade with the same values: the hook object churns (deleted, re-created), nothing fails
@@ -79,5 +97,7 @@ async def test_example_is_accepted_by_the_api_server(k8s: K8s, example: Path, re
     # Kueue v0.17 serves the example's kueue.x-k8s.io/v1beta1 (what Kueue v0.9-v0.14 clusters have) with a
     # deprecation warning; any other warning (an unknown or duplicate field) fails
     assert "error" not in out.lower() and all("is deprecated" in w for w in warnings), out
-    names = [d["metadata"]["name"] for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == "FineTuneJob"]
+    names = [
+        d["metadata"]["name"] for d in yaml.safe_load_all(example.read_text()) if d and d.get("kind") == "FineTuneJob"
+    ]
     assert names and all(f"finetunejob.kubetune.io/{n} created (server dry run)" in out for n in names), out

@@ -13,8 +13,11 @@ JOBS = "batch/v1/jobs"
 
 
 def children(k8s: K8s) -> tuple[int, int, int]:
-    return (len(k8s.api.list(JOBS, k8s.ns)), len(k8s.api.list("v1/configmaps", k8s.ns, labels="kubetune.io/finetunejob")),
-            len(k8s.api.list("v1/services", k8s.ns)))
+    return (
+        len(k8s.api.list(JOBS, k8s.ns)),
+        len(k8s.api.list("v1/configmaps", k8s.ns, labels="kubetune.io/finetunejob")),
+        len(k8s.api.list("v1/services", k8s.ns)),
+    )
 
 
 async def test_api_server_restart_mid_job_with_compacted_history(k8s: K8s) -> None:

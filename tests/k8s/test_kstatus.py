@@ -30,7 +30,9 @@ async def test_kstatus_in_progress_current_failed(k8s: K8s) -> None:
     assert health(k8s, "good") == "InProgress"
     k8s.finish("good", 0)
     k8s.finish("bad", 0, exit_code=4, message="dataset identity: no valid rows")
-    await k8s.wait(lambda: k8s.status("good").get("phase") == "Succeeded" and k8s.status("bad").get("phase") == "Failed")
+    await k8s.wait(
+        lambda: k8s.status("good").get("phase") == "Succeeded" and k8s.status("bad").get("phase") == "Failed"
+    )
     assert health(k8s, "good") == "Current"
     failed = kstatus(k8s, k8s.get(FTJ, "bad"))[0]
     assert failed["status"] == "Failed" and "no valid rows" in failed["message"], failed

@@ -21,12 +21,28 @@ BIN = Path(sys.executable).parent
 
 async def start_cli_operator(k8s: K8s, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
     log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115, ASYNC230 - closed when the test ends
-    env = {**os.environ, "KUBECONFIG": str(k8s.cp.operator_kubeconfig), "KUBETUNE_HEALTH_PORT": str(free_port()),
-           "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1"}
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(k8s.cp.operator_kubeconfig),
+        "KUBETUNE_HEALTH_PORT": str(free_port()),
+        "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1",
+    }
     env.pop("KUBERNETES_SERVICE_HOST", None)
     return await asyncio.create_subprocess_exec(
-        str(BIN / "kubetune"), "operator", "--standalone", "--namespace", k8s.ns, "--metrics-port", "0",
-        "--sync-interval", "1", *extra, env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        str(BIN / "kubetune"),
+        "operator",
+        "--standalone",
+        "--namespace",
+        k8s.ns,
+        "--metrics-port",
+        "0",
+        "--sync-interval",
+        "1",
+        *extra,
+        env=env,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
@@ -50,8 +66,14 @@ async def cli_operator(k8s: K8s, tmp_path: Path) -> AsyncIterator[asyncio.subpro
 
 
 async def test_kubectl_apply_get_wait_delete(k8s: K8s, cli_operator: asyncio.subprocess.Process) -> None:
-    out = await k8s.kubectl("apply", "--validate=strict", "-f", str(ROOT / "tests/operator/fixtures/two-node.yaml"),
-                            "-f", str(ROOT / "examples/quickstart.yaml"))
+    out = await k8s.kubectl(
+        "apply",
+        "--validate=strict",
+        "-f",
+        str(ROOT / "tests/operator/fixtures/two-node.yaml"),
+        "-f",
+        str(ROOT / "examples/quickstart.yaml"),
+    )
     assert "finetunejob.kubetune.io/two-node created" in out and "finetunejob.kubetune.io/quickstart created" in out
     await k8s.kubectl("wait", "--for=jsonpath={.status.phase}=Running", "ftj/two-node", "--timeout=120s")
     await k8s.wait(lambda: len(k8s.running("two-node")) == 2)
@@ -63,18 +85,25 @@ async def test_kubectl_apply_get_wait_delete(k8s: K8s, cli_operator: asyncio.sub
     header, *rows = table.strip().splitlines()
     assert header.split() == ["NAME", "STAGE", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"], table
     assert any(r.split()[:3] == ["two-node", "sft", "Running"] for r in rows), table
-    children = await k8s.kubectl("get", "jobs,configmaps,services", "-l", "kubetune.io/finetunejob=two-node", "-o", "name")
+    children = await k8s.kubectl(
+        "get", "jobs,configmaps,services", "-l", "kubetune.io/finetunejob=two-node", "-o", "name"
+    )
     assert sorted(children.split()) == ["configmap/two-node-trainer", "job.batch/two-node", "service/two-node"]
-    assert await k8s.kubectl("get", "ftj", "two-node", "-o",
-                             "jsonpath={.status.conditions[?(@.type=='Reconciling')].status}") == "True"
+    assert (
+        await k8s.kubectl(
+            "get", "ftj", "two-node", "-o", "jsonpath={.status.conditions[?(@.type=='Reconciling')].status}"
+        )
+        == "True"
+    )
 
     k8s.finish("two-node", 0)
     k8s.finish("two-node", 1)
     await k8s.kubectl("wait", "--for=condition=Ready", "ftj/two-node", "--timeout=120s")
     assert "Succeeded" in await k8s.kubectl("get", "ftj", "two-node")
     await k8s.kubectl("delete", "ftj", "two-node", "--wait=true", "--timeout=120s")
-    await k8s.wait(lambda: k8s.get("batch/v1/jobs", "two-node") is None
-                   and k8s.get("v1/configmaps", "two-node-trainer") is None)
+    await k8s.wait(
+        lambda: k8s.get("batch/v1/jobs", "two-node") is None and k8s.get("v1/configmaps", "two-node-trainer") is None
+    )
 
 
 async def test_unknown_fields_strict_vs_default_validation(k8s: K8s, tmp_path: Path) -> None:

@@ -43,8 +43,11 @@ async def test_two_node_job_runs_to_success(k8s: K8s) -> None:
     await k8s.wait(lambda: ("Normal", "TrainingCompleted") in k8s.events("demo"))
     assert ("Normal", "Training") in k8s.events("demo")
     # every request of the operator was allowed by the real RBAC authorizer
-    denied = [(e["verb"], e.get("objectRef"), e["responseStatus"].get("code"))
-              for e in k8s.cp.audit(mark, user=OPERATOR_USER) if e["responseStatus"].get("code") == 403]
+    denied = [
+        (e["verb"], e.get("objectRef"), e["responseStatus"].get("code"))
+        for e in k8s.cp.audit(mark, user=OPERATOR_USER)
+        if e["responseStatus"].get("code") == 403
+    ]
     assert not denied, denied
 
 
@@ -90,8 +93,13 @@ async def test_deletion_cleans_up_through_the_garbage_collector(k8s: K8s) -> Non
     k8s.api.delete(FTJ, k8s.ns, "gone")
     await k8s.wait(lambda: k8s.get(FTJ, "gone") is None)
     # the real garbage collector follows the ownerReferences: Job, ConfigMap, Service, then the pods
-    await k8s.wait(lambda: k8s.get(JOBS, "gone") is None and k8s.get("v1/configmaps", "gone-trainer") is None
-                   and k8s.get("v1/services", "gone") is None)
+    await k8s.wait(
+        lambda: (
+            k8s.get(JOBS, "gone") is None
+            and k8s.get("v1/configmaps", "gone-trainer") is None
+            and k8s.get("v1/services", "gone") is None
+        )
+    )
     await k8s.wait(lambda: not k8s.pods("gone"))
 
 
@@ -100,8 +108,15 @@ async def test_missing_secret_waits_then_starts(k8s: K8s) -> None:
     k8s.create(k8s.ftj("creds", output={"uri": "s3://out/creds", "credentialsSecret": "s3-writer"}))
     await k8s.wait(lambda: k8s.cond("creds", "Waiting").get("reason") == "SecretMissing")
     assert "s3-writer" in k8s.cond("creds", "Waiting")["message"] and k8s.get(JOBS, "creds") is None
-    k8s.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-writer"},
-                "stringData": {"AWS_ACCESS_KEY_ID": "x"}}, "v1/secrets")
+    k8s.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-writer"},
+            "stringData": {"AWS_ACCESS_KEY_ID": "x"},
+        },
+        "v1/secrets",
+    )
     job = await k8s.wait(lambda: k8s.get(JOBS, "creds"))
     assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-writer"}}]
     await k8s.wait(lambda: k8s.cond("creds", "Waiting").get("status") == "False")
@@ -125,8 +140,12 @@ async def test_invalid_spec_is_rejected_once_without_children(k8s: K8s) -> None:
 
 async def test_pipeline_from_job_waits_for_the_upstream_success(k8s: K8s) -> None:
     await k8s.start_operator()
-    k8s.create(k8s.ftj("continue", model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
-                                          "adapter": {"fromJob": "sft-base"}}))
+    k8s.create(
+        k8s.ftj(
+            "continue",
+            model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": {"fromJob": "sft-base"}},
+        )
+    )
     await k8s.wait(lambda: k8s.cond("continue", "Waiting").get("reason") == "WaitingForUpstreamJob")
     assert "not found" in k8s.cond("continue", "Waiting")["message"]
     k8s.create(k8s.ftj("sft-base"))

@@ -24,9 +24,13 @@ def warnings(k8s: K8s, name: str) -> list[str]:
 
 
 def operator_requests(k8s: K8s, mark: int, resource: str, verb: str) -> list[dict[str, Any]]:
-    return [e for e in k8s.cp.audit(mark, user=OPERATOR_USER)
-            if (e.get("objectRef") or {}).get("resource") == resource and e.get("verb") == verb
-            and e.get("stage", "ResponseComplete") == "ResponseComplete"]
+    return [
+        e
+        for e in k8s.cp.audit(mark, user=OPERATOR_USER)
+        if (e.get("objectRef") or {}).get("resource") == resource
+        and e.get("verb") == verb
+        and e.get("stage", "ResponseComplete") == "ResponseComplete"
+    ]
 
 
 async def settled(k8s: K8s, name: str, intervals: int = 4) -> str:
@@ -53,8 +57,15 @@ async def assert_stalled_once(k8s: K8s, name: str, reason: str, *words: str) -> 
 
 
 async def test_a_job_refused_by_quota_fails_with_the_cause_and_is_not_retried(k8s: K8s) -> None:
-    k8s.create({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
-                "spec": {"hard": {"count/jobs.batch": "0"}}}, "v1/resourcequotas")
+    k8s.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": {"name": "no-jobs"},
+            "spec": {"hard": {"count/jobs.batch": "0"}},
+        },
+        "v1/resourcequotas",
+    )
     await k8s.wait(lambda: (k8s.get("v1/resourcequotas", "no-jobs").get("status") or {}).get("hard"))
     mark = k8s.cp.audit_mark()
     await k8s.start_operator()
@@ -81,8 +92,11 @@ async def test_an_invalid_node_selector_is_refused_once_with_the_field(k8s: K8s)
     assert len(warnings(k8s, "selector")) == 1, k8s.events("selector")
 
 
-@pytest.mark.parametrize("resources", [{"cpu": "1.2.3"}, {"memory": "-1Gi"}, {"sharedMemory": "1.5.0Gi"}],
-                         ids=["cpu-two-dots", "negative-memory", "shm-two-dots"])
+@pytest.mark.parametrize(
+    "resources",
+    [{"cpu": "1.2.3"}, {"memory": "-1Gi"}, {"sharedMemory": "1.5.0Gi"}],
+    ids=["cpu-two-dots", "negative-memory", "shm-two-dots"],
+)
 async def test_a_quantity_the_job_api_refuses_never_loops(k8s: K8s, resources: dict[str, str]) -> None:
     """Refused at once by the CRD (its pattern agrees with the Job API), or else a Stalled status; never a loop."""
     await k8s.start_operator()
@@ -100,8 +114,13 @@ async def test_a_quantity_the_job_api_refuses_never_loops(k8s: K8s, resources: d
 
 async def test_dotted_configmap_and_claim_names_make_a_valid_job(k8s: K8s) -> None:
     await k8s.start_operator()
-    k8s.create(k8s.ftj("dots", datasets=[{"name": "d", "source": "configmap://data.v1/train.json"}],
-                       resources={"nodes": 1, "gpusPerNode": 1, "cacheClaim": "cache.team-a"}))
+    k8s.create(
+        k8s.ftj(
+            "dots",
+            datasets=[{"name": "d", "source": "configmap://data.v1/train.json"}],
+            resources={"nodes": 1, "gpusPerNode": 1, "cacheClaim": "cache.team-a"},
+        )
+    )
     job = await k8s.wait(lambda: k8s.get(JOBS, "dots") or k8s.cond("dots", "Stalled").get("status") == "True")
     assert isinstance(job, dict), k8s.cond("dots", "Stalled")
     volumes = job["spec"]["template"]["spec"]["volumes"]
@@ -126,17 +145,33 @@ async def test_unschedulable_pods_are_explained(k8s: K8s) -> None:
 
 async def test_an_image_that_cannot_be_pulled_is_explained(k8s: K8s) -> None:
     await k8s.start_operator()
-    k8s.create(k8s.ftj("pull", resources={
-        "nodes": 1, "gpusPerNode": 0, "nodeSelector": {"kubetune.test/behaviour": "image-pull-backoff"},
-        "tolerations": [{"key": "kubetune.test/behaviour", "operator": "Equal", "value": "image-pull-backoff",
-                         "effect": "NoSchedule"}]}))
+    k8s.create(
+        k8s.ftj(
+            "pull",
+            resources={
+                "nodes": 1,
+                "gpusPerNode": 0,
+                "nodeSelector": {"kubetune.test/behaviour": "image-pull-backoff"},
+                "tolerations": [
+                    {
+                        "key": "kubetune.test/behaviour",
+                        "operator": "Equal",
+                        "value": "image-pull-backoff",
+                        "effect": "NoSchedule",
+                    }
+                ],
+            },
+        )
+    )
     stalled = await assert_stalled_once(k8s, "pull", "ImagePullFailed", "registry.test/kubetune-trainer:test")
     assert k8s.status("pull")["phase"] == "Pending" and "ImagePullBackOff" in stalled["message"]
 
 
 async def test_an_oom_killed_trainer_is_named_in_the_failure(k8s: K8s) -> None:
     await k8s.start_operator()
-    k8s.create(k8s.ftj("oom", resources={"nodes": 1, "gpusPerNode": 1, "memory": "8Gi"}, runPolicy={"backoffLimit": 0}))
+    k8s.create(
+        k8s.ftj("oom", resources={"nodes": 1, "gpusPerNode": 1, "memory": "8Gi"}, runPolicy={"backoffLimit": 0})
+    )
     await k8s.wait(lambda: len(k8s.running("oom")) == 1)
     k8s.finish("oom", 0, exit_code=137, reason="OOMKilled")
     await k8s.wait(lambda: k8s.status("oom").get("phase") == "Failed")
@@ -164,7 +199,9 @@ async def test_a_recreated_object_never_reads_the_old_jobs_verdict(k8s: K8s) -> 
     await k8s.wait(lambda: k8s.cond("again", "Waiting").get("reason") == "WaitingForPreviousChildren")
     assert k8s.status("again")["phase"] == "Pending", "the new object read the old Job's verdict"
     k8s.api.update(JOBS, k8s.ns, "again", {"metadata": {"finalizers": None}})
-    job = await k8s.wait(lambda: (j := k8s.get(JOBS, "again")) and j["metadata"]["ownerReferences"][0]["uid"] == new_uid and j)
+    job = await k8s.wait(
+        lambda: (j := k8s.get(JOBS, "again")) and j["metadata"]["ownerReferences"][0]["uid"] == new_uid and j
+    )
     assert job["metadata"]["ownerReferences"][0]["uid"] == new_uid
     await k8s.wait(lambda: len(k8s.running("again")) == 1)
     await k8s.wait(lambda: k8s.status("again").get("phase") == "Running")
@@ -217,12 +254,18 @@ async def test_children_with_block_owner_deletion_pass_owner_references_enforcem
     k8s.create(k8s.ftj("owners", resources={"nodes": 1, "gpusPerNode": 1}))
     job = await k8s.wait(lambda: k8s.get(JOBS, "owners"))
     assert job["metadata"]["ownerReferences"][0]["blockOwnerDeletion"] is True
-    denied = [(e["verb"], e.get("objectRef")) for e in k8s.cp.audit(mark, user=OPERATOR_USER)
-              if (e.get("responseStatus") or {}).get("code") == 403]
+    denied = [
+        (e["verb"], e.get("objectRef"))
+        for e in k8s.cp.audit(mark, user=OPERATOR_USER)
+        if (e.get("responseStatus") or {}).get("code") == 403
+    ]
     assert not denied, denied
     # without the rule (the chart before the fix), the plugin refuses the children: said once, not retried
-    role = next(r for r in k8s.api.list("rbac.authorization.k8s.io/v1/clusterroles")
-                if any("finetunejobs/finalizers" in rule.get("resources", []) for rule in r.get("rules") or []))
+    role = next(
+        r
+        for r in k8s.api.list("rbac.authorization.k8s.io/v1/clusterroles")
+        if any("finetunejobs/finalizers" in rule.get("resources", []) for rule in r.get("rules") or [])
+    )
     rules = [rule for rule in role["rules"] if "finetunejobs/finalizers" not in rule.get("resources", [])]
     path = "rbac.authorization.k8s.io/v1/clusterroles"
     k8s.api.patch(path, None, role["metadata"]["name"], {"rules": rules})
@@ -246,10 +289,13 @@ async def test_the_operator_watches_only_kubetune_pods_and_jobs(k8s: K8s) -> Non
     for e in k8s.cp.audit(mark, user=OPERATOR_USER):
         resource = (e.get("objectRef") or {}).get("resource")
         if e.get("verb") in ("watch", "list") and resource in ("pods", "jobs"):
-            selectors.setdefault(resource, set()).update(parse_qs(urlsplit(e["requestURI"]).query).get("labelSelector", [""]))
+            selectors.setdefault(resource, set()).update(
+                parse_qs(urlsplit(e["requestURI"]).query).get("labelSelector", [""])
+            )
     assert selectors["jobs"] == {"kubetune.io/finetunejob"}, selectors
     assert {frozenset(s.split(",")) for s in selectors["pods"]} == {
-        frozenset({"kubetune.io/finetunejob", "app.kubernetes.io/component=trainer"})}, selectors
+        frozenset({"kubetune.io/finetunejob", "app.kubernetes.io/component=trainer"})
+    }, selectors
 
 
 async def test_unknown_fields_are_refused_by_kubectl_and_pruned_without_strict(k8s: K8s, tmp_path: Any) -> None:
@@ -269,8 +315,13 @@ async def test_unknown_fields_are_refused_by_kubectl_and_pruned_without_strict(k
 
 async def test_poison_specs_the_crd_accepts_end_as_a_condition(k8s: K8s) -> None:
     await k8s.start_operator()
-    k8s.create(k8s.ftj("inf", model={"source": "hf://a/b", "parameters": "1e999B"},
-                       resources={"nodes": 1, "gpusPerNode": 1, "gpuType": "H100-80GB"}))
+    k8s.create(
+        k8s.ftj(
+            "inf",
+            model={"source": "hf://a/b", "parameters": "1e999B"},
+            resources={"nodes": 1, "gpusPerNode": 1, "gpuType": "H100-80GB"},
+        )
+    )
     k8s.create(k8s.ftj("fine", resources={"nodes": 1, "gpusPerNode": 1}))
     await k8s.wait(lambda: k8s.cond("inf", "Validated").get("status") == "False")
     assert k8s.cond("inf", "Stalled")["status"] == "True" and k8s.get(JOBS, "inf") is None
@@ -290,7 +341,9 @@ async def test_the_spec_hash_survives_defaults_applied_on_read(k8s: K8s) -> None
     await asyncio.sleep(1.0)
     original = yaml.safe_load(CRD_FILE.read_text(encoding="utf-8"))
     upgraded = copy.deepcopy(original)
-    training = upgraded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["training"]
+    training = upgraded["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "training"
+    ]
     training["properties"]["maxSteps"]["default"] = 50  # a later release's default for an unset field
     try:
         await k8s.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(upgraded))

@@ -32,41 +32,68 @@ async def replica(k8s: K8s, tmp_path: Path, name: str, priority: int) -> tuple[a
     env = {**os.environ, "KUBECONFIG": str(path), "KUBETUNE_HEALTH_PORT": "0"}
     log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115, ASYNC230 - lives as long as the process
     proc = await asyncio.create_subprocess_exec(
-        str(BIN / "kubetune"), "operator", "--namespace", k8s.ns, "--peering", "kubetune", "--peering-priority",
-        str(priority), "--metrics-port", "0", "--sync-interval", "1", env=env, stdout=log, stderr=asyncio.subprocess.STDOUT)
+        str(BIN / "kubetune"),
+        "operator",
+        "--namespace",
+        k8s.ns,
+        "--peering",
+        "kubetune",
+        "--peering-priority",
+        str(priority),
+        "--metrics-port",
+        "0",
+        "--sync-interval",
+        "1",
+        env=env,
+        stdout=log,
+        stderr=asyncio.subprocess.STDOUT,
+    )
     return proc, f"JTI={jti(token)}"
 
 
 def acts(k8s: K8s, mark: int, credential: str) -> int:
     """Writes by one replica, kopf's own peering heartbeats aside (children, status, Events)."""
-    return sum(1 for e in k8s.cp.audit(mark, user=OPERATOR_USER)
-               if credential in (e["user"].get("extra") or {}).get(CREDENTIAL_ID, [])
-               and e["verb"] in ("create", "patch", "update", "delete")
-               and (e.get("objectRef") or {}).get("apiGroup") != "kopf.dev")
+    return sum(
+        1
+        for e in k8s.cp.audit(mark, user=OPERATOR_USER)
+        if credential in (e["user"].get("extra") or {}).get(CREDENTIAL_ID, [])
+        and e["verb"] in ("create", "patch", "update", "delete")
+        and (e.get("objectRef") or {}).get("apiGroup") != "kopf.dev"
+    )
 
 
 async def test_only_the_highest_priority_replica_acts(k8s: K8s, tmp_path: Path) -> None:
     # the chart's namespaced HA profile: a Role in the watched namespace that grants kopf's namespaced peering
-    roles = chart_objects(("Role", "RoleBinding"), {"watch": {"allNamespaces": False, "namespaces": [k8s.ns]},
-                                                    "replicaCount": 2})
+    roles = chart_objects(
+        ("Role", "RoleBinding"), {"watch": {"allNamespaces": False, "namespaces": [k8s.ns]}, "replicaCount": 2}
+    )
     assert any(r["kind"] == "Role" and any("kopfpeerings" in rule["resources"] for rule in r["rules"]) for r in roles)
     (tmp_path / "roles.yaml").write_text(yaml.safe_dump_all(roles))
     await k8s.kubectl("apply", "-f", str(tmp_path / "roles.yaml"))
-    k8s.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune"}},
-               "kopf.dev/v1/kopfpeerings")
+    k8s.create(
+        {"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune"}},
+        "kopf.dev/v1/kopfpeerings",
+    )
     mark = k8s.cp.audit_mark()
     low, low_id = await replica(k8s, tmp_path, "low", 10)
     high, high_id = await replica(k8s, tmp_path, "high", 20)
     try:
-        peers = await k8s.wait(lambda: len((k8s.get("kopf.dev/v1/kopfpeerings", "kubetune") or {}).get("status") or {}) == 2
-                               and k8s.get("kopf.dev/v1/kopfpeerings", "kubetune")["status"], timeout=120)
+        peers = await k8s.wait(
+            lambda: (
+                len((k8s.get("kopf.dev/v1/kopfpeerings", "kubetune") or {}).get("status") or {}) == 2
+                and k8s.get("kopf.dev/v1/kopfpeerings", "kubetune")["status"]
+            ),
+            timeout=120,
+        )
         assert sorted(p["priority"] for p in peers.values()) == [10, 20]
         k8s.create(k8s.ftj("ha"))
         await k8s.wait(lambda: k8s.status("ha").get("phase") == "Running", timeout=120)
         k8s.finish("ha", 0)
         k8s.finish("ha", 1)
         await k8s.wait(lambda: k8s.status("ha").get("phase") == "Succeeded", timeout=120)
-        assert acts(k8s, mark, high_id) >= 4, "the replica with the highest priority creates the children and the status"
+        assert acts(k8s, mark, high_id) >= 4, (
+            "the replica with the highest priority creates the children and the status"
+        )
         assert acts(k8s, mark, low_id) == 0, "the paused replica must not reconcile"
         # the acting replica dies: the other one takes over once the peer entry expires
         high.send_signal(signal.SIGKILL)

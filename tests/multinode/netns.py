@@ -166,15 +166,32 @@ class TwoNodes:
 
         ``scratch_path`` (the trainer config's scratch folder) is backed by this node's own disk."""
         scratch_path.mkdir(parents=True, exist_ok=True)
-        wrapper = ('hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "$3" "$4" && shift 4 '
-                   '&& exec "$@"')
+        wrapper = 'hostname "$1" && mount --bind "$2" /etc/hosts && mount --bind "$3" "$4" && shift 4 && exec "$@"'
         attempt = len(node.procs) + 1
-        cmd = ["ip", "netns", "exec", node.netns, "unshare", "--uts", "--", "sh", "-c", wrapper, "sh",
-               node.hostname, str(node.root / "hosts"), str(node.root / "scratch"), str(scratch_path),
-               str(TRAIN), "--config", str(config)]
+        cmd = [
+            "ip",
+            "netns",
+            "exec",
+            node.netns,
+            "unshare",
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            wrapper,
+            "sh",
+            node.hostname,
+            str(node.root / "hosts"),
+            str(node.root / "scratch"),
+            str(scratch_path),
+            str(TRAIN),
+            "--config",
+            str(config),
+        ]
         full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
         with open(node.root / f"train-{attempt}.log", "wb") as out:
-            proc = subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=node.root,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=node.root, start_new_session=True
+            )
         node.procs.append(proc)
         return proc

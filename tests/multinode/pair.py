@@ -46,13 +46,18 @@ class PairJob:
         return [f"{job_name(self.name)}-{i}" for i in range(2)]
 
 
-def pair_job(tmp_path: Path, model_dir: Path, cache_dir: Path, prefix: str, *, nodes: int = 2,
-             **overrides: Any) -> PairJob:
+def pair_job(
+    tmp_path: Path, model_dir: Path, cache_dir: Path, prefix: str, *, nodes: int = 2, **overrides: Any
+) -> PairJob:
     """A job for ``nodes`` nodes x 2 processes (gpusPerNode: 2 makes the operator render NPROC_PER_NODE=2;
     on a CPU-only node each process is a CPU worker over gloo)."""
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    spec = {"training": {**TRAINING, **overrides.pop("training", {})}, "method": METHOD,
-            "resources": {"nodes": nodes, "gpusPerNode": 2}, **overrides}
+    spec = {
+        "training": {**TRAINING, **overrides.pop("training", {})},
+        "method": METHOD,
+        "resources": {"nodes": nodes, "gpusPerNode": 2},
+        **overrides,
+    }
     job_file = tiny_job(tmp_path, model_dir, "sft", "sft", name=name, **spec)
     # 28 rows: a multiple of every global batch here (4), so no layout pads or shortens the last batch of an epoch
     # (4 x 1, 2 x 1 x 2 accumulation and 1 x 4 then see the same rows in every step of every epoch)
@@ -78,8 +83,14 @@ def resized(pj: PairJob, nodes: int) -> PairJob:
 def node_env(pj: PairJob, nodes: TwoNodes, index: int) -> dict[str, str]:
     """The pod's environment; only paths that point into the pod's own filesystem are moved into the node's folder."""
     node = nodes.nodes[index]
-    return pod_env(pj.job, index, HOME=str(node.root / "home"), HF_HOME=str(node.root / "home" / "hf"),
-                   KUBETUNE_TERMINATION_LOG=str(node.termination_log), KUBETUNE_METRICS_LINGER_SECONDS="0")
+    return pod_env(
+        pj.job,
+        index,
+        HOME=str(node.root / "home"),
+        HF_HOME=str(node.root / "home" / "hf"),
+        KUBETUNE_TERMINATION_LOG=str(node.termination_log),
+        KUBETUNE_METRICS_LINGER_SECONDS="0",
+    )
 
 
 def start_pair(pj: PairJob, nodes: TwoNodes) -> None:
@@ -97,5 +108,7 @@ def wait_all(nodes: TwoNodes, timeout: float) -> list[int]:
         try:
             codes.append(proc.wait(timeout=left))
         except subprocess.TimeoutExpired:
-            raise AssertionError(f"node {node.index} still running after {timeout:.0f} s:\n{node.log()[-3000:]}") from None
+            raise AssertionError(
+                f"node {node.index} still running after {timeout:.0f} s:\n{node.log()[-3000:]}"
+            ) from None
     return codes

@@ -39,8 +39,15 @@ def single_process_curve(tmp_path_factory, tiny_model_dir, cache_dir):
     def reference(steps: int, key: str = "loss") -> list[float]:
         if (steps, key) not in curves:
             tmp = tmp_path_factory.mktemp(f"single-{steps}")
-            pj = pair_job(tmp, tiny_model_dir, cache_dir, "single", nodes=1,
-                          resources={"nodes": 1, "gpusPerNode": 0}, training={"maxSteps": steps, "batchSize": 4})
+            pj = pair_job(
+                tmp,
+                tiny_model_dir,
+                cache_dir,
+                "single",
+                nodes=1,
+                resources={"nodes": 1, "gpusPerNode": 0},
+                training={"maxSteps": steps, "batchSize": 4},
+            )
             proc = train(pj.config, {"MASTER_PORT": str(free_port())})
             assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
             assert manifest(pj.out)["metrics"]["world_size"] == 1
@@ -51,15 +58,21 @@ def single_process_curve(tmp_path_factory, tiny_model_dir, cache_dir):
     return reference
 
 
-@pytest.mark.parametrize(("distributed", "recorded"), [
-    ({"strategy": "ddp"}, "ddp"),
-    ({"strategy": "deepspeed", "zeroStage": 3}, "deepspeed-zero3"),
-    ({"strategy": "fsdp"}, "fsdp"),
-], ids=["ddp", "deepspeed-zero3", "fsdp"])
-def test_two_nodes_train_like_one_process(netns_ok, tmp_path, tiny_model_dir, cache_dir, single_process_curve,
-                                          distributed, recorded):
-    pj = pair_job(tmp_path, tiny_model_dir, cache_dir, f"mn-{recorded}", distributed=distributed,
-                  training={"maxSteps": STEPS})
+@pytest.mark.parametrize(
+    ("distributed", "recorded"),
+    [
+        ({"strategy": "ddp"}, "ddp"),
+        ({"strategy": "deepspeed", "zeroStage": 3}, "deepspeed-zero3"),
+        ({"strategy": "fsdp"}, "fsdp"),
+    ],
+    ids=["ddp", "deepspeed-zero3", "fsdp"],
+)
+def test_two_nodes_train_like_one_process(
+    netns_ok, tmp_path, tiny_model_dir, cache_dir, single_process_curve, distributed, recorded
+):
+    pj = pair_job(
+        tmp_path, tiny_model_dir, cache_dir, f"mn-{recorded}", distributed=distributed, training={"maxSteps": STEPS}
+    )
     with TwoNodes(tmp_path, pj.hostnames(), pj.node_names()) as nodes:
         for node in nodes.nodes:  # the pod network only: no default route, nothing outside is reachable
             assert nodes.routes(node) == [f"{SUBNET}.0/24 dev eth0 proto kernel scope link src {node.address}"]
@@ -86,11 +99,18 @@ def wait_for(condition, nodes: TwoNodes, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_dead_node_fails_the_other_in_bounded_time_and_the_pair_resumes(netns_ok, tmp_path, tiny_model_dir,
-                                                                         cache_dir, single_process_curve):
-    pj = pair_job(tmp_path, tiny_model_dir, cache_dir, "mn-fault", training={"maxSteps": LONG},
-                  distributed={"strategy": "ddp", "collectiveTimeoutSeconds": COLLECTIVE_TIMEOUT},
-                  checkpointing={"everySteps": 2, "keep": 2})
+def test_a_dead_node_fails_the_other_in_bounded_time_and_the_pair_resumes(
+    netns_ok, tmp_path, tiny_model_dir, cache_dir, single_process_curve
+):
+    pj = pair_job(
+        tmp_path,
+        tiny_model_dir,
+        cache_dir,
+        "mn-fault",
+        training={"maxSteps": LONG},
+        distributed={"strategy": "ddp", "collectiveTimeoutSeconds": COLLECTIVE_TIMEOUT},
+        checkpointing={"everySteps": 2, "keep": 2},
+    )
     uploaded = pj.out / "checkpoints"
     with TwoNodes(tmp_path, pj.hostnames(), pj.node_names()) as nodes:
         node0, node1 = nodes.nodes
@@ -104,8 +124,9 @@ def test_a_dead_node_fails_the_other_in_bounded_time_and_the_pair_resumes(netns_
         try:
             code = node0.procs[-1].wait(timeout=COLLECTIVE_TIMEOUT + 120)
         except Exception:  # noqa: BLE001 - the assertion below says what went wrong
-            raise AssertionError(f"node 0 still waits {COLLECTIVE_TIMEOUT + 120} s after node 1 died (a hang):\n"
-                                 f"{node0.log()[-3000:]}") from None
+            raise AssertionError(
+                f"node 0 still waits {COLLECTIVE_TIMEOUT + 120} s after node 1 died (a hang):\n{node0.log()[-3000:]}"
+            ) from None
         waited = time.monotonic() - lost
         assert code == 1, node0.log()[-3000:]  # retryable: the Job's next pods resume
         message = node0.termination_log.read_text()
@@ -128,23 +149,32 @@ def test_a_dead_node_fails_the_other_in_bounded_time_and_the_pair_resumes(netns_
     assert curve(pj.out) == pytest.approx(single_process_curve(LONG), rel=LOSS_RTOL)
 
 
-def test_resuming_on_half_the_processes_keeps_the_global_batch(netns_ok, tmp_path, tiny_model_dir, cache_dir,
-                                                               single_process_curve):
+def test_resuming_on_half_the_processes_keeps_the_global_batch(
+    netns_ok, tmp_path, tiny_model_dir, cache_dir, single_process_curve
+):
     """4 processes on 2 nodes are preempted (SIGTERM to both pods); the job comes back on 1 node x 2 processes:
     gradient accumulation doubles, so every step sees the same rows, the schedule and the total samples stay."""
-    pj = pair_job(tmp_path, tiny_model_dir, cache_dir, "mn-resize", training={"maxSteps": LONG},
-                  checkpointing={"everySteps": 2, "keep": 2})
+    pj = pair_job(
+        tmp_path,
+        tiny_model_dir,
+        cache_dir,
+        "mn-resize",
+        training={"maxSteps": LONG},
+        checkpointing={"everySteps": 2, "keep": 2},
+    )
     with TwoNodes(tmp_path, pj.hostnames(), pj.node_names()) as nodes:
         node0 = nodes.nodes[0]
         start_pair(pj, nodes)
-        wait_for((node0.root / "scratch" / "trainer" / "checkpoint-2" / MARKER).exists, nodes, 600,
-                 "checkpoint 2 on node 0")
+        wait_for(
+            (node0.root / "scratch" / "trainer" / "checkpoint-2" / MARKER).exists, nodes, 600, "checkpoint 2 on node 0"
+        )
         for node in nodes.nodes:  # the kubelet's SIGTERM to each pod's PID 1
             node.procs[-1].send_signal(signal.SIGTERM)
         codes = wait_all(nodes, timeout=300)
         assert codes == [143, 143], "\n\n".join(node.log()[-3000:] for node in nodes.nodes)
-        saved = sorted(int(p.name.split("-")[1]) for p in (pj.out / "checkpoints").iterdir()
-                       if (p / "COMPLETE").exists())
+        saved = sorted(
+            int(p.name.split("-")[1]) for p in (pj.out / "checkpoints").iterdir() if (p / "COMPLETE").exists()
+        )
         assert saved and saved[-1] < LONG, saved
 
         local = max(checkpoint_step(p) for p in complete_checkpoints(node0.root / "scratch" / "trainer"))
@@ -172,11 +202,16 @@ def test_resuming_on_half_the_processes_keeps_the_global_batch(netns_ok, tmp_pat
     assert curve(pj.out, "learning_rate") == pytest.approx(single_process_curve(LONG, "learning_rate"), rel=1e-6)
 
 
-def test_a_node_that_never_starts_fails_the_rendezvous_in_bounded_time(netns_ok, tmp_path, tiny_model_dir,
-                                                                       cache_dir):
+def test_a_node_that_never_starts_fails_the_rendezvous_in_bounded_time(netns_ok, tmp_path, tiny_model_dir, cache_dir):
     """Node 1's pod never starts (unschedulable, image pull): node 0 gives up after rendezvousTimeoutSeconds."""
-    pj = pair_job(tmp_path, tiny_model_dir, cache_dir, "mn-rdzv", training={"maxSteps": STEPS},
-                  distributed={"strategy": "ddp", "rendezvousTimeoutSeconds": 10})
+    pj = pair_job(
+        tmp_path,
+        tiny_model_dir,
+        cache_dir,
+        "mn-rdzv",
+        training={"maxSteps": STEPS},
+        distributed={"strategy": "ddp", "rendezvousTimeoutSeconds": 10},
+    )
     with TwoNodes(tmp_path, pj.hostnames(), pj.node_names()) as nodes:
         node0 = nodes.nodes[0]
         nodes.start(node0, node_env(pj, nodes, 0), pj.config, pj.scratch)

@@ -11,22 +11,39 @@ from tests.observability.tools import ALERT_TESTS, ALERTS, alerts, promtool
 
 
 def test_rules_are_valid():
-    proc = subprocess.run([promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False, timeout=60)
+    proc = subprocess.run(
+        [promtool(), "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS: 8 rules found" in proc.stdout
 
 
 def test_every_alert_is_unit_tested_and_passes():
     rules = [r["alert"] for g in alerts()["groups"] for r in g["rules"] if "alert" in r]
-    tested = {t["alertname"] for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
-              for t in case.get("alert_rule_test", [])}
+    tested = {
+        t["alertname"]
+        for case in yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+        for t in case.get("alert_rule_test", [])
+    }
     assert set(rules) <= tested, f"alerts without a promtool test: {sorted(set(rules) - tested)}"
     # the five: loss NaN/Inf, no step progress, throughput drop, ETA past the deadline, job failed
-    for required in ("KubetuneLossNotFinite", "KubetuneNoStepProgress", "KubetuneThroughputDrop",
-                     "KubetuneEtaBeyondDeadline", "KubetuneTrainerFailed", "KubetuneFineTuneJobFailed"):
+    for required in (
+        "KubetuneLossNotFinite",
+        "KubetuneNoStepProgress",
+        "KubetuneThroughputDrop",
+        "KubetuneEtaBeyondDeadline",
+        "KubetuneTrainerFailed",
+        "KubetuneFineTuneJobFailed",
+    ):
         assert required in rules
-    proc = subprocess.run([promtool(), "test", "rules", ALERT_TESTS.name], capture_output=True, text=True, check=False,
-                          cwd=ALERT_TESTS.parent, timeout=120)
+    proc = subprocess.run(
+        [promtool(), "test", "rules", ALERT_TESTS.name],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ALERT_TESTS.parent,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -36,7 +53,9 @@ def test_a_wrong_expectation_fails(tmp_path):
     assert text != ALERT_TESTS.read_text()
     copy = tmp_path / "alerts_test.yaml"
     copy.write_text(text.replace("../../charts/kubetune/files/alerts.yaml", str(ALERTS)))
-    proc = subprocess.run([promtool(), "test", "rules", str(copy)], capture_output=True, text=True, check=False, timeout=120)
+    proc = subprocess.run(
+        [promtool(), "test", "rules", str(copy)], capture_output=True, text=True, check=False, timeout=120
+    )
     assert proc.returncode == 1 and "KubetuneLossNotFinite" in proc.stdout + proc.stderr
 
 

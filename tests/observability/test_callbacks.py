@@ -32,11 +32,15 @@ LABELS = {"job": "demo", "namespace": "ml", "stage": "sft", "method": "lora", "m
 
 
 def config(tmp_path: Path, **training: object) -> TrainerConfig:
-    spec = {"model": {"source": "hf://HuggingFaceTB/SmolLM2-135M"},
-            "datasets": [{"name": "d", "source": "file://d.json"}], "training": training}
+    spec = {
+        "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M"},
+        "datasets": [{"name": "d", "source": "file://d.json"}],
+        "training": training,
+    }
     job = FineTuneJob.model_validate({**job_doc(spec, name="demo"), "metadata": {"name": "demo", "namespace": "ml"}})
-    return TrainerConfig.from_job(job, output_uri="file:///tmp/out", cache_dir=str(tmp_path),
-                                  scratch_dir=str(tmp_path / "scratch"))
+    return TrainerConfig.from_job(
+        job, output_uri="file:///tmp/out", cache_dir=str(tmp_path), scratch_dir=str(tmp_path / "scratch")
+    )
 
 
 class Clock:
@@ -76,11 +80,22 @@ def test_flops_and_mfu_follow_6n_and_4n_plus_6n_lora():
     assert mfu(1e4, 6e9, 0.0, 1) == 0.0  # CPU: no peak, MFU 0
 
 
-@pytest.mark.parametrize("name, flops", [
-    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
-    ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A10G", 70e12), ("NVIDIA L4", 121e12), ("NVIDIA L40S", 362e12),
-    ("Tesla T4", 65e12), ("cpu", 0.0), (None, 0.0), ("Some Future Accelerator", 0.0),
-])
+@pytest.mark.parametrize(
+    "name, flops",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA A10G", 70e12),
+        ("NVIDIA L4", 121e12),
+        ("NVIDIA L40S", 362e12),
+        ("Tesla T4", 65e12),
+        ("cpu", 0.0),
+        (None, 0.0),
+        ("Some Future Accelerator", 0.0),
+    ],
+)
 def test_gpu_peak_table(name, flops):
     assert peak_flops(name) == flops
 
@@ -98,8 +113,13 @@ def test_trainer_metrics_labels_phases_and_upload_duration(tmp_path):
 
     registry = CollectorRegistry()
     labels = job_labels(config(tmp_path))
-    assert labels == {"job": "demo", "namespace": "ml", "stage": "sft", "method": "lora",
-                      "model": "HuggingFaceTB/SmolLM2-135M"}
+    assert labels == {
+        "job": "demo",
+        "namespace": "ml",
+        "stage": "sft",
+        "method": "lora",
+        "model": "HuggingFaceTB/SmolLM2-135M",
+    }
     metrics = TrainerMetrics(LABELS, registry)
     assert sample(registry, names.PHASE, phase="fetching_model") == 1
     assert sample(registry, names.GLOBAL_STEP) == 0  # scrapeable before the first step
@@ -125,8 +145,13 @@ def test_model_label():
 def _state_and_args(tmp_path, max_steps=10):
     from transformers import TrainerState, TrainingArguments
 
-    args = TrainingArguments(output_dir=str(tmp_path / "hf"), per_device_train_batch_size=4,
-                             gradient_accumulation_steps=2, use_cpu=True, report_to="none")
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        use_cpu=True,
+        report_to="none",
+    )
     state = TrainerState()
     state.max_steps = max_steps
     return args, state
@@ -140,8 +165,9 @@ def test_prometheus_callback_feeds_every_gauge(tmp_path):
 
     registry = CollectorRegistry()
     clock = Clock()
-    callback = PrometheusCallback(TrainerMetrics(LABELS, registry), Throughput(clock=clock),
-                                  peak=lambda: (1e9, 2))  # a pretend 1 GFLOP/s device, two of them
+    callback = PrometheusCallback(
+        TrainerMetrics(LABELS, registry), Throughput(clock=clock), peak=lambda: (1e9, 2)
+    )  # a pretend 1 GFLOP/s device, two of them
     model = torch.nn.Sequential(torch.nn.Linear(10, 10), torch.nn.Linear(10, 2))  # 110 + 22 parameters
     model[0].requires_grad_(False)
     args, state = _state_and_args(tmp_path)
@@ -153,8 +179,7 @@ def test_prometheus_callback_feeds_every_gauge(tmp_path):
         clock.now += 0.5
         state.global_step, state.num_input_tokens_seen, state.epoch = step, 250 * step, step / 5
         callback.on_step_end(args, state, control)
-    callback.on_log(args, state, control, logs={"loss": 1.25, "learning_rate": 2e-4, "grad_norm": 0.7,
-                                                 "epoch": 0.8})
+    callback.on_log(args, state, control, logs={"loss": 1.25, "learning_rate": 2e-4, "grad_norm": 0.7, "epoch": 0.8})
     assert sample(registry, names.GLOBAL_STEP) == 4
     assert sample(registry, names.TOKENS_TOTAL) == 1000
     assert sample(registry, names.TOKENS_PER_SECOND) == pytest.approx(500.0)
@@ -193,8 +218,10 @@ def test_metrics_endpoint_serves_and_reports_a_busy_port(tmp_path):
     server = serve(metrics, port, "127.0.0.1")
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert f'{names.PHASE}{{job="demo",method="lora",model="SmolLM2-135M",namespace="ml",phase="fetching_model"' \
-               in body
+        assert (
+            f'{names.PHASE}{{job="demo",method="lora",model="SmolLM2-135M",namespace="ml",phase="fetching_model"'
+            in body
+        )
         assert names.TOKENS_TOTAL in body
         with pytest.raises(ConfigError, match=f"runtime.metricsPort {port}"):
             serve(TrainerMetrics(LABELS, CollectorRegistry()), port, "127.0.0.1")
@@ -210,11 +237,17 @@ def test_telemetry_phases_and_failure(tmp_path):
     with pytest.raises(RuntimeError), Telemetry(config(tmp_path), registry=registry) as telemetry:
         assert [type(cb).__name__ for cb in telemetry.callbacks] == ["PrometheusCallback"]
         telemetry.on_phase("training")
-        assert registry.get_sample_value(names.PHASE, {**LABELS, "model": "HuggingFaceTB/SmolLM2-135M",
-                                                       "phase": "training"}) == 1
+        assert (
+            registry.get_sample_value(
+                names.PHASE, {**LABELS, "model": "HuggingFaceTB/SmolLM2-135M", "phase": "training"}
+            )
+            == 1
+        )
         raise RuntimeError("boom")
-    assert registry.get_sample_value(names.PHASE, {**LABELS, "model": "HuggingFaceTB/SmolLM2-135M",
-                                                   "phase": "failed"}) == 1
+    assert (
+        registry.get_sample_value(names.PHASE, {**LABELS, "model": "HuggingFaceTB/SmolLM2-135M", "phase": "failed"})
+        == 1
+    )
 
 
 # ------------------------------------------------------------------------------------------ live view
@@ -225,12 +258,15 @@ def test_live_view_prints_compact_lines_and_progress_file(tmp_path):
 
     from kubetune.trainer.callbacks.live import LiveView, format_line
 
-    assert format_line(step=12, total=40, loss=2.34117, eval_loss=None, lr=1e-3, tokens_per_second=1234.0,
-                       eta=35) == "step 12/40  30% | loss 2.3412 | lr 1.0e-03 | 1.2k tok/s | ETA 35s"
+    assert (
+        format_line(step=12, total=40, loss=2.34117, eval_loss=None, lr=1e-3, tokens_per_second=1234.0, eta=35)
+        == "step 12/40  30% | loss 2.3412 | lr 1.0e-03 | 1.2k tok/s | ETA 35s"
+    )
     clock = Clock()
     out = io.StringIO()
-    view = LiveView(stream=out, progress_file=tmp_path / "p" / "progress.json", min_interval=0,
-                    throughput=Throughput(clock=clock))
+    view = LiveView(
+        stream=out, progress_file=tmp_path / "p" / "progress.json", min_interval=0, throughput=Throughput(clock=clock)
+    )
     args, state = _state_and_args(tmp_path, max_steps=4)
     control = TrainerControl()
     view.on_train_begin(args, state, control)
@@ -264,7 +300,10 @@ def test_curves_written_for_logged_keys_only(tmp_path):
 
     history.append({"eval_loss": 2.0, "step": 20})
     assert [p.name for p in write_curves(history, tmp_path)] == [
-        "training_loss.png", "training_eval_loss.png", "training_learning_rate.png"]
+        "training_loss.png",
+        "training_eval_loss.png",
+        "training_learning_rate.png",
+    ]
 
 
 # ------------------------------------------------------------------------------------------ report_to
@@ -317,14 +356,26 @@ def test_pod_entry_point_exports_the_failed_phase_before_exiting(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cfg = config(tmp_path).model_copy(update={"runtime": config(tmp_path).runtime.model_copy(
-        update={"metrics_port": port, "work_dir": str(tmp_path)})})
+    cfg = config(tmp_path).model_copy(
+        update={
+            "runtime": config(tmp_path).runtime.model_copy(update={"metrics_port": port, "work_dir": str(tmp_path)})
+        }
+    )
     (tmp_path / "trainer.json").write_text(cfg.to_json())
     root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "KUBETUNE_METRICS_LINGER_SECONDS": "5", "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term"),
-           "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "trainer")])}
-    proc = subprocess.Popen([sys.executable, "-m", "kubetune.trainer", "--config", str(tmp_path / "trainer.json")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "KUBETUNE_METRICS_LINGER_SECONDS": "5",
+        "KUBETUNE_TERMINATION_LOG": str(tmp_path / "term"),
+        "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "trainer")]),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(tmp_path / "trainer.json")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     failed = None
     try:
         deadline = time.time() + 120

@@ -29,10 +29,29 @@ def typecheck(board: dict) -> subprocess.CompletedProcess[str]:
     try:
         (folder / "check.ts").write_text(
             "import type { Dashboard } from '@grafana/schema';\n"
-            f"export const dashboard: Dashboard = {json.dumps(board, indent=2)};\n", encoding="utf-8")
-        return subprocess.run([compiler, "--noEmit", "--strict", "--skipLibCheck", "--moduleResolution", "bundler",
-                               "--module", "esnext", "--target", "es2022", str(folder / "check.ts")],
-                              capture_output=True, text=True, check=False, timeout=120, cwd=NPM_DIR)
+            f"export const dashboard: Dashboard = {json.dumps(board, indent=2)};\n",
+            encoding="utf-8",
+        )
+        return subprocess.run(
+            [
+                compiler,
+                "--noEmit",
+                "--strict",
+                "--skipLibCheck",
+                "--moduleResolution",
+                "bundler",
+                "--module",
+                "esnext",
+                "--target",
+                "es2022",
+                str(folder / "check.ts"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+            cwd=NPM_DIR,
+        )
     finally:
         for path in folder.iterdir():
             path.unlink()
@@ -44,11 +63,14 @@ def test_dashboard_type_checks_with_grafana_schema():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("breakage, error", [
-    (lambda b: b.update(graphTooltip=7), "DashboardCursorSync"),
-    (lambda b: b["panels"][1]["gridPos"].update(w="12"), "'string' is not assignable to type 'number'"),
-    (lambda b: b["panels"][1].update(titel="typo"), "titel"),
-])
+@pytest.mark.parametrize(
+    "breakage, error",
+    [
+        (lambda b: b.update(graphTooltip=7), "DashboardCursorSync"),
+        (lambda b: b["panels"][1]["gridPos"].update(w="12"), "'string' is not assignable to type 'number'"),
+        (lambda b: b["panels"][1].update(titel="typo"), "titel"),
+    ],
+)
 def test_type_check_rejects_a_broken_dashboard(breakage, error):
     board = dashboard()
     breakage(board)
@@ -66,8 +88,17 @@ def test_dashboard_layout_and_variables():
     assert len(set(ids)) == len(set(map(id, board["panels"] + panels(board)))), "panel ids must be unique"
     titles = {p["title"] for p in panels(board)}
     # what the issue asks the dashboard to show
-    for title in ("FineTuneJobs by phase", "Loss", "Learning rate", "Tokens / s", "ETA", "Progress", "GPU memory",
-                  "MFU", "Restarts"):
+    for title in (
+        "FineTuneJobs by phase",
+        "Loss",
+        "Learning rate",
+        "Tokens / s",
+        "ETA",
+        "Progress",
+        "GPU memory",
+        "MFU",
+        "Restarts",
+    ):
         assert title in titles
     for panel in panels(board):
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
@@ -87,17 +118,25 @@ def test_queries_use_the_shared_metric_names_and_cover_the_trainer_metrics():
     assert used <= METRIC_NAMES, sorted(used - METRIC_NAMES)
     trainer = {n for n in METRIC_NAMES if not n.startswith("kubetune_operator")}
     assert trainer <= used, f"trainer metrics not on the dashboard: {sorted(trainer - used)}"
-    operator = {names.OPERATOR_JOBS, names.OPERATOR_RECONCILE_SECONDS, names.OPERATOR_API_ERRORS,
-                names.OPERATOR_PROGRESS_POLL_FAILURES}
+    operator = {
+        names.OPERATOR_JOBS,
+        names.OPERATOR_RECONCILE_SECONDS,
+        names.OPERATOR_API_ERRORS,
+        names.OPERATOR_PROGRESS_POLL_FAILURES,
+    }
     assert operator <= used
 
 
 # ------------------------------------------------------------------------------------------ chart templates
 
-MONITORING_ON = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
-                                "podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
-                                "dashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"},
-                                              "annotations": {"grafana_folder": "ML"}}}}
+MONITORING_ON = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True, "labels": {"grafana_dashboard": "1"}, "annotations": {"grafana_folder": "ML"}},
+    }
+}
 
 
 def test_chart_ships_dashboard_rules_and_monitors():
@@ -135,15 +174,22 @@ def test_monitors_and_rules_are_opt_in():
     objs = template({})
     for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         assert not find(objs, kind)
-    assert not [o for o in template({"monitoring": {"dashboard": {"enabled": False}}}) if
-                o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert not [
+        o
+        for o in template({"monitoring": {"dashboard": {"enabled": False}}})
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+    ]
 
 
 def test_service_monitor_needs_the_metrics_service():
     from tests.chart.helm import RELEASE, helm, set_args
 
-    proc = helm("template", RELEASE, "charts/kubetune", *set_args(
-        {"monitoring": {"serviceMonitor": {"enabled": True}}, "metrics": {"service": {"enabled": False}}}))
+    proc = helm(
+        "template",
+        RELEASE,
+        "charts/kubetune",
+        *set_args({"monitoring": {"serviceMonitor": {"enabled": True}}, "metrics": {"service": {"enabled": False}}}),
+    )
     assert proc.returncode != 0 and "needs metrics.service.enabled" in proc.stderr
 
 
@@ -151,9 +197,13 @@ def test_every_panel_query_parses(tmp_path):
     """promtool parses each query (as a recording rule) after Grafana's variables are substituted."""
     from tests.observability.tools import promtool, substitute
 
-    rules = [{"record": f"panel:query:{i}",
-              "expr": substitute(t["expr"], namespace="ml", job="demo", rate_interval="1m", range_="1h")}
-             for i, (_title, _ref, t) in enumerate(panel_queries(dashboard()))]
+    rules = [
+        {
+            "record": f"panel:query:{i}",
+            "expr": substitute(t["expr"], namespace="ml", job="demo", rate_interval="1m", range_="1h"),
+        }
+        for i, (_title, _ref, t) in enumerate(panel_queries(dashboard()))
+    ]
     path = tmp_path / "queries.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False)

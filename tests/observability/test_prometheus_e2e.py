@@ -84,8 +84,9 @@ class Scraped:
     out_dir: Path
 
     def query_range(self, expr: str) -> list[dict[str, Any]]:
-        body = http_json(f"{self.api}/api/v1/query_range",
-                         {"query": expr, "start": self.start, "end": self.end, "step": SCRAPE})
+        body = http_json(
+            f"{self.api}/api/v1/query_range", {"query": expr, "start": self.start, "end": self.end, "step": SCRAPE}
+        )
         assert body["status"] == "success", body
         return body["data"]["result"]
 
@@ -126,31 +127,58 @@ scrape_configs:
     honor_labels: true
     static_configs: [{{targets: ["127.0.0.1:{operator_port}"]}}]
 """)
-    check = subprocess.run([promtool(), "check", "config",
-                            str(work / "prometheus.yml")], capture_output=True, text=True, check=False)
+    check = subprocess.run(
+        [promtool(), "check", "config", str(work / "prometheus.yml")], capture_output=True, text=True, check=False
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
     shutil.copy(ROOT / "examples" / "data" / "identity.json", work / "identity.json")
-    job_file = write_job(work / "job.yaml", {
-        "model": {"source": f"file://{tiny_model_dir}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": MAX_STEPS, "batchSize": 2, "learningRate": 0.01, "cutoffLen": 64,
-                     "scheduler": "cosine", "evalSplit": 0.2, "evalSteps": 10, "reportTo": ["tensorboard", "mlflow"]},
-        "checkpointing": {"everySteps": 10},
-        "output": {"uri": "file://out"},
-    }, name=JOB)
+    job_file = write_job(
+        work / "job.yaml",
+        {
+            "model": {"source": f"file://{tiny_model_dir}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": MAX_STEPS,
+                "batchSize": 2,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "scheduler": "cosine",
+                "evalSplit": 0.2,
+                "evalSteps": 10,
+                "reportTo": ["tensorboard", "mlflow"],
+            },
+            "checkpointing": {"everySteps": 10},
+            "output": {"uri": "file://out"},
+        },
+        name=JOB,
+    )
 
-    env = {**os.environ, "KUBETUNE_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1",
-           "KUBETUNE_METRICS_LINGER_SECONDS": str(3 * SCRAPE), "PYTHONPATH": os.pathsep.join(
-               [str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)])}
+    env = {
+        **os.environ,
+        "KUBETUNE_CACHE_DIR": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "KUBETUNE_METRICS_LINGER_SECONDS": str(3 * SCRAPE),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)]),
+    }
     procs = []
     try:
-        procs.append(_start([prometheus(), f"--config.file={work / 'prometheus.yml'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}", f"--storage.tsdb.path={work / 'tsdb'}",
-                             "--log.level=warn"], work / "prometheus.log"))
-        procs.append(_start([sys.executable, "-c", OPERATOR_DRIVER, str(operator_port)], work / "operator.log",
-                            env=env))
+        procs.append(
+            _start(
+                [
+                    prometheus(),
+                    f"--config.file={work / 'prometheus.yml'}",
+                    f"--web.listen-address=127.0.0.1:{prom_port}",
+                    f"--storage.tsdb.path={work / 'tsdb'}",
+                    "--log.level=warn",
+                ],
+                work / "prometheus.log",
+            )
+        )
+        procs.append(
+            _start([sys.executable, "-c", OPERATOR_DRIVER, str(operator_port)], work / "operator.log", env=env)
+        )
         api = f"http://127.0.0.1:{prom_port}"
         deadline = time.time() + 30
         while True:
@@ -162,14 +190,22 @@ scrape_configs:
                 time.sleep(0.2)
         start = time.time()
         kubetune = str(Path(sys.executable).with_name("kubetune"))
-        run = subprocess.run([kubetune, "run", str(job_file), "--metrics-port", str(trainer_port),
-                              "--cache-dir", str(cache_dir)], capture_output=True, text=True, env=env,
-                             cwd=work, timeout=420, check=False)
+        run = subprocess.run(
+            [kubetune, "run", str(job_file), "--metrics-port", str(trainer_port), "--cache-dir", str(cache_dir)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=work,
+            timeout=420,
+            check=False,
+        )
         assert run.returncode == 0, run.stdout + run.stderr[-5000:]
         time.sleep(2 * SCRAPE)  # one more operator scrape after the trainer is gone
         end = time.time()
-        api_up = http_json(f"{api}/api/v1/query_range", {"query": 'up{job="kubetune-trainer"} == 1',
-                                                           "start": start, "end": end, "step": SCRAPE})
+        api_up = http_json(
+            f"{api}/api/v1/query_range",
+            {"query": 'up{job="kubetune-trainer"} == 1', "start": start, "end": end, "step": SCRAPE},
+        )
         live = [float(t) for series in api_up["data"]["result"] for t, _ in series["values"]]
         assert len(live) >= 5, f"Prometheus scraped the trainer {len(live)} times; the run was too short to observe"
         yield Scraped(api, start, max(live), end, run, work / "out")
@@ -198,11 +234,14 @@ def test_every_dashboard_query_returns_data(scraped):
 
 
 def test_template_variables_find_the_run(scraped):
-    namespaces = http_json(f"{scraped.api}/api/v1/label/namespace/values",
-                           {"match[]": names.PHASE, "start": scraped.start, "end": scraped.end})["data"]
-    jobs = http_json(f"{scraped.api}/api/v1/label/job/values",
-                     {"match[]": f'{names.PHASE}{{namespace=~"{NAMESPACE}"}}', "start": scraped.start,
-                      "end": scraped.end})["data"]
+    namespaces = http_json(
+        f"{scraped.api}/api/v1/label/namespace/values",
+        {"match[]": names.PHASE, "start": scraped.start, "end": scraped.end},
+    )["data"]
+    jobs = http_json(
+        f"{scraped.api}/api/v1/label/job/values",
+        {"match[]": f'{names.PHASE}{{namespace=~"{NAMESPACE}"}}', "start": scraped.start, "end": scraped.end},
+    )["data"]
     assert namespaces == [NAMESPACE] and jobs == [JOB]  # honor_labels: not exported_job
 
 
@@ -262,8 +301,14 @@ def test_live_view_printed_step_loss_tokens_and_eta(scraped):
     lines = re.findall(r"^kubetune: step .*$", scraped.run.stderr, flags=re.MULTILINE)
     assert lines, scraped.run.stderr[-3000:]
     assert lines[-1].startswith(f"kubetune: step {MAX_STEPS}/{MAX_STEPS} 100% | loss ")
-    assert all(re.fullmatch(r"kubetune: step \d+/\d+ +\d+% \| loss [\d.]+( \| eval [\d.]+)? \| lr [\d.e+-]+ "
-                            r"\| [\d.]+k? tok/s \| ETA \S+", line) for line in lines), lines
+    assert all(
+        re.fullmatch(
+            r"kubetune: step \d+/\d+ +\d+% \| loss [\d.]+( \| eval [\d.]+)? \| lr [\d.e+-]+ "
+            r"\| [\d.]+k? tok/s \| ETA \S+",
+            line,
+        )
+        for line in lines
+    ), lines
 
 
 def test_curves_and_tracker_logs_are_published_in_the_manifest(scraped):

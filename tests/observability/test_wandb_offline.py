@@ -13,21 +13,31 @@ from tests.conftest import ROOT, write_job
 pytest.importorskip("wandb")
 
 
-def test_wandb_offline_run_is_published_with_the_artifact(tmp_path: Path, tiny_model_dir: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_wandb_offline_run_is_published_with_the_artifact(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kubetune.cli import main
 
     for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_BASE_URL"):
         monkeypatch.delenv(key, raising=False)
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"file://{tiny_model_dir}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": 4, "batchSize": 2, "learningRate": 0.01, "cutoffLen": 64, "loggingSteps": 1,
-                     "reportTo": ["wandb"]},
-        "output": {"uri": "file://out"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"file://{tiny_model_dir}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": 4,
+                "batchSize": 2,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "loggingSteps": 1,
+                "reportTo": ["wandb"],
+            },
+            "output": {"uri": "file://out"},
+        },
+    )
     assert main(["run", str(job), "--cache-dir", str(tmp_path / "cache")]) == 0
     out = tmp_path / "out"
     runs = list((out / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))

@@ -24,8 +24,12 @@ def tool(name: str, installer: str) -> str:
     """The tool's path; installs it with its tools.d script first if it is missing (as `make tools` does)."""
     path = shutil.which(name) or (str(TSC) if name == "tsc" and TSC.exists() else None)
     if path is None:
-        subprocess.run(["bash", str(ROOT / "scripts" / "tools.d" / installer), str(ROOT / ".tools")], check=True,
-                       cwd=ROOT, timeout=600)
+        subprocess.run(
+            ["bash", str(ROOT / "scripts" / "tools.d" / installer), str(ROOT / ".tools")],
+            check=True,
+            cwd=ROOT,
+            timeout=600,
+        )
         path = shutil.which(name) or (str(TSC) if name == "tsc" and TSC.exists() else None)
     if path is None:
         pytest.fail(f"{name} is missing: run `make tools` (scripts/tools.d/{installer})")

@@ -39,6 +39,7 @@ async def test_applied_job_gets_owned_children_and_status(target: None, start_op
     await start_operator()
     await kubectl("apply", "--validate=false", "-f", str(ROOT / "tests/operator/fixtures/two-node.yaml"))
     try:
+
         async def get(*args: str) -> dict[str, Any] | None:
             try:
                 return json.loads(await kubectl("get", *args, "-o", "json"))

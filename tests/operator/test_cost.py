@@ -36,8 +36,7 @@ def pod(phase: str, start: float | None = None, end: float | None = None, runnin
 
 
 def test_failed_attempts_and_the_running_one_all_count():
-    pods = [pod("Failed", 0, 100), pod("Failed", 110, 160), pod("Running", 200, running=True),
-            pod("Pending")]
+    pods = [pod("Failed", 0, 100), pod("Failed", 110, 160), pod("Running", 200, running=True), pod("Pending")]
     now = T0 + dt.timedelta(seconds=500)
     node_s, gpu_s = cost.usage(pods, gpus_per_node=8, now=now)
     assert node_s == 100 + 50 + 300
@@ -50,13 +49,19 @@ def test_status_cost_prices_throughput_and_never_goes_down():
     pods = [pod("Running", 0, running=True), pod("Running", 0, running=True)]
     now = T0 + dt.timedelta(hours=1)
     status = cost.cost_status(None, spec, pods, 8000.0, {"H100-80GB": 2.5}, now)
-    assert status == {"nodeSeconds": 7200.0, "gpuSeconds": 28800.0, "gpuHours": 8.0, "tokensPerGpuHour": 3600000,
-                      "estimatedCost": 20.0}
+    assert status == {
+        "nodeSeconds": 7200.0,
+        "gpuSeconds": 28800.0,
+        "gpuHours": 8.0,
+        "tokensPerGpuHour": 3600000,
+        "estimatedCost": 20.0,
+    }
     FineTuneJobStatus.model_validate({"cost": status})
     gone = cost.cost_status(status, spec, [], None, {}, now)  # pods garbage-collected, no price for this operator
     assert gone == {"nodeSeconds": 7200.0, "gpuSeconds": 28800.0, "gpuHours": 8.0, "tokensPerGpuHour": 3600000}
-    assert "estimatedCost" not in cost.cost_status(None, {"resources": {"gpuType": "A100"}}, pods, None,
-                                                    {"H100-80GB": 2.5}, now)
+    assert "estimatedCost" not in cost.cost_status(
+        None, {"resources": {"gpuType": "A100"}}, pods, None, {"H100-80GB": 2.5}, now
+    )
 
 
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=20), st.integers(0, 64))
@@ -67,13 +72,16 @@ def test_usage_is_the_sum_of_intervals(intervals, gpus):
     assert gpu_s == node_s * gpus
 
 
-@pytest.mark.parametrize("text, error", [
-    ("not json", "not a JSON object"),
-    ("[1, 2]", "expected a JSON object"),
-    ('{"H100": -1}', "'H100' must be a number >= 0"),
-    ('{"H100": "2.5"}', "must be a number"),
-    ('{"H100": true}', "must be a number"),
-])
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ("not json", "not a JSON object"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"H100": -1}', "'H100' must be a number >= 0"),
+        ('{"H100": "2.5"}', "must be a number"),
+        ('{"H100": true}', "must be a number"),
+    ],
+)
 def test_bad_price_table_is_one_clear_line(text, error):
     with pytest.raises(ValueError, match=error):
         cost.parse_prices(text)
@@ -116,17 +124,20 @@ def test_chart_price_table_reaches_the_operator(monkeypatch):
     assert proc.returncode != 0 and "gpuHourPrice" in proc.stderr  # the values schema refuses a negative price
 
 
-junk = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
-                    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children,
-                                                                                        max_size=3), max_leaves=8)
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=8), children, max_size=3),
+    max_leaves=8,
+)
 
 
 @given(junk, junk, junk)
 def test_any_spec_or_previous_shape_never_raises(spec, previous, tps):
     """An invalid spec is the pass's business to report; the cost must not turn it into a retry loop."""
     spec = {"resources": spec} if not isinstance(spec, dict) else spec
-    out = cost.cost_status(previous, spec, [pod("Running", 0, running=True)], tps, {"H100-80GB": 2.5},
-                           T0 + dt.timedelta(seconds=60))
+    out = cost.cost_status(
+        previous, spec, [pod("Running", 0, running=True)], tps, {"H100-80GB": 2.5}, T0 + dt.timedelta(seconds=60)
+    )
     assert out["nodeSeconds"] == 60.0 or out["nodeSeconds"] >= 60.0
 
 
@@ -138,25 +149,41 @@ async def test_operator_reports_cost_of_every_attempt(kube_api, cluster, start_o
     from tests.operator.test_lifecycle import ftj, status
 
     await start_operator(gpu_hour_prices={"H100-80GB": 3600.0})  # 1 per GPU-second: easy to check
-    kube_api.create(FTJ, ftj("cost", resources={"nodes": 1, "gpusPerNode": 4, "gpuType": "H100-80GB"},
-                             runPolicy={"backoffLimit": 2}))
+    kube_api.create(
+        FTJ,
+        ftj("cost", resources={"nodes": 1, "gpusPerNode": 4, "gpuType": "H100-80GB"}, runPolicy={"backoffLimit": 2}),
+    )
     await eventually(lambda: [p for p in cluster.pods("cost") if p["status"]["phase"] == "Running"])
     await eventually(lambda: (status(kube_api, "cost").get("cost") or {}).get("gpuSeconds", 0) >= 4, timeout=30)
     cluster.finish("cost", 0, exit_code=1, message="boom")  # retried by the Job: a second pod
-    await eventually(lambda: len(cluster.pods("cost")) == 2 and any(
-        p["status"]["phase"] == "Running" for p in cluster.pods("cost")), timeout=30)
-    await eventually(lambda: (status(kube_api, "cost").get("cost") or {}).get("nodeSeconds", 0)
-                     > cost.usage([p for p in cluster.pods("cost") if p["status"]["phase"] == "Failed"], 4, T0)[0],
-                     timeout=30)
+    await eventually(
+        lambda: (
+            len(cluster.pods("cost")) == 2 and any(p["status"]["phase"] == "Running" for p in cluster.pods("cost"))
+        ),
+        timeout=30,
+    )
+    await eventually(
+        lambda: (
+            (status(kube_api, "cost").get("cost") or {}).get("nodeSeconds", 0)
+            > cost.usage([p for p in cluster.pods("cost") if p["status"]["phase"] == "Failed"], 4, T0)[0]
+        ),
+        timeout=30,
+    )
     cluster.finish("cost", 0)
     await eventually(lambda: status(kube_api, "cost").get("phase") == "Succeeded", timeout=30)
     pods = cluster.pods("cost")
     node_s, gpu_s = cost.usage(pods, 4, dt.datetime.now(dt.UTC))  # all terminated: now does not matter
     await eventually(lambda: status(kube_api, "cost")["cost"]["nodeSeconds"] == round(node_s, 1), timeout=30)
     final = status(kube_api, "cost")["cost"]
-    assert final["gpuSeconds"] == round(gpu_s, 1) == round(4 * node_s, 1) and final["estimatedCost"] == final["gpuSeconds"]
+    assert (
+        final["gpuSeconds"] == round(gpu_s, 1) == round(4 * node_s, 1)
+        and final["estimatedCost"] == final["gpuSeconds"]
+    )
     assert {c["jsonPath"] for c in PRINTER_COLUMNS if c.get("priority") == 1} >= {
-        ".status.cost.gpuHours", ".status.cost.tokensPerGpuHour", ".status.cost.estimatedCost"}
+        ".status.cost.gpuHours",
+        ".status.cost.tokensPerGpuHour",
+        ".status.cost.estimatedCost",
+    }
 
 
 async def test_a_stalled_pod_shows_in_status_and_an_event_and_is_retried(kube_api, cluster, start_operator):
@@ -168,11 +195,15 @@ async def test_a_stalled_pod_shows_in_status_and_an_event_and_is_retried(kube_ap
     await start_operator()
     kube_api.create(FTJ, ftj("hang", resources={"nodes": 1, "gpusPerNode": 1}, runPolicy={"backoffLimit": 2}))
     await eventually(lambda: [p for p in cluster.pods("hang") if p["status"]["phase"] == "Running"])
-    dump = ("stalled: rank 0 made no optimizer step for 900 s after step 12 ... Python stacks:\n"
-            'Thread 0x00007f (most recent call first):\n  File "torch/distributed/c10d.py", line 2501 in all_reduce')
+    dump = (
+        "stalled: rank 0 made no optimizer step for 900 s after step 12 ... Python stacks:\n"
+        'Thread 0x00007f (most recent call first):\n  File "torch/distributed/c10d.py", line 2501 in all_reduce'
+    )
     cluster.finish("hang", 0, exit_code=75, message=dump)
-    await eventually(lambda: (status(kube_api, "hang").get("lastStall") or {}).get("message", "").endswith(
-        "in all_reduce"), timeout=30)
+    await eventually(
+        lambda: (status(kube_api, "hang").get("lastStall") or {}).get("message", "").endswith("in all_reduce"),
+        timeout=30,
+    )
     await eventually(lambda: ("Warning", "TrainerStalled") in events(kube_api, "hang"), timeout=30)
     await eventually(lambda: any(p["status"]["phase"] == "Running" for p in cluster.pods("hang")), timeout=30)
     cluster.finish("hang", 0)  # the retried pod (resumed from its checkpoint) completes

@@ -52,30 +52,71 @@ async def test_optimistic_concurrency(kube_api: KubeEmulator) -> None:
     rv = created.metadata.resource_version
     await run(core().patch_namespaced_config_map, "b", "default", {"data": {"k": "2"}})
     with pytest.raises(ApiException) as exc:
-        await run(core().patch_namespaced_config_map, "b", "default", {"metadata": {"resourceVersion": rv}, "data": {"k": "3"}})
+        await run(
+            core().patch_namespaced_config_map,
+            "b",
+            "default",
+            {"metadata": {"resourceVersion": rv}, "data": {"k": "3"}},
+        )
     assert exc.value.status == 409
     with pytest.raises(ApiException) as exc:
-        await run(core().patch_namespaced_config_map, "b", "default",
-                  [{"op": "test", "path": "/metadata/resourceVersion", "value": rv}, {"op": "replace", "path": "/data/k", "value": "4"}])
+        await run(
+            core().patch_namespaced_config_map,
+            "b",
+            "default",
+            [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                {"op": "replace", "path": "/data/k", "value": "4"},
+            ],
+        )
     assert exc.value.status == 422
     assert kube_api.get("v1/configmaps", "default", "b")["data"] == {"k": "2"}
 
 
 async def test_status_subresource_and_generation(kube_api: KubeEmulator) -> None:
     api = custom()
-    obj = await run(api.create_namespaced_custom_object, "kubetune.io", "v1alpha1", "default", "finetunejobs",
-                    {**ftj("s"), "status": {"phase": "Succeeded"}})
+    obj = await run(
+        api.create_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        "default",
+        "finetunejobs",
+        {**ftj("s"), "status": {"phase": "Succeeded"}},
+    )
     assert "status" not in obj and obj["metadata"]["generation"] == 1
-    await run(api.patch_namespaced_custom_object, "kubetune.io", "v1alpha1", "default", "finetunejobs", "s",
-              {"status": {"phase": "Running"}, "metadata": {"labels": {"x": "y"}}})
+    await run(
+        api.patch_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        "default",
+        "finetunejobs",
+        "s",
+        {"status": {"phase": "Running"}, "metadata": {"labels": {"x": "y"}}},
+    )
     got = kube_api.get(FTJ, "default", "s")
     assert "status" not in got and got["metadata"]["generation"] == 1, "main endpoint: no status, metadata only"
-    await run(api.patch_namespaced_custom_object_status, "kubetune.io", "v1alpha1", "default", "finetunejobs", "s",
-              {"status": {"phase": "Running"}, "spec": {"stage": "pt"}})
+    await run(
+        api.patch_namespaced_custom_object_status,
+        "kubetune.io",
+        "v1alpha1",
+        "default",
+        "finetunejobs",
+        "s",
+        {"status": {"phase": "Running"}, "spec": {"stage": "pt"}},
+    )
     got = kube_api.get(FTJ, "default", "s")
-    assert got["status"] == {"phase": "Running"} and got["spec"]["stage"] == "sft" and got["metadata"]["generation"] == 1
-    await run(api.patch_namespaced_custom_object, "kubetune.io", "v1alpha1", "default", "finetunejobs", "s",
-              {"spec": {"suspend": True}})
+    assert (
+        got["status"] == {"phase": "Running"} and got["spec"]["stage"] == "sft" and got["metadata"]["generation"] == 1
+    )
+    await run(
+        api.patch_namespaced_custom_object,
+        "kubetune.io",
+        "v1alpha1",
+        "default",
+        "finetunejobs",
+        "s",
+        {"spec": {"suspend": True}},
+    )
     assert kube_api.get(FTJ, "default", "s")["metadata"]["generation"] == 2
 
 
@@ -96,11 +137,17 @@ async def test_label_and_field_selectors(kube_api: KubeEmulator) -> None:
     names = lambda r: sorted(i.metadata.name for i in r.items)
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="team=a")) == ["c1", "c3"]
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="team!=a")) == ["c2"]
-    assert names(await run(core().list_namespaced_config_map, "default", label_selector="tier in (c2,c3),team")) == ["c2", "c3"]
+    assert names(await run(core().list_namespaced_config_map, "default", label_selector="tier in (c2,c3),team")) == [
+        "c2",
+        "c3",
+    ]
     assert names(await run(core().list_namespaced_config_map, "default", label_selector="!team")) == []
     assert names(await run(core().list_namespaced_config_map, "default", field_selector="metadata.name=c2")) == ["c2"]
     listed = await run(core().list_namespaced_config_map, "default", _preload_content=False)
-    assert json.loads(listed.data)["kind"] == "ConfigMapList" and json.loads(listed.data)["metadata"]["resourceVersion"].isdigit()
+    assert (
+        json.loads(listed.data)["kind"] == "ConfigMapList"
+        and json.loads(listed.data)["metadata"]["resourceVersion"].isdigit()
+    )
 
 
 async def test_watch_honours_resource_version_and_timeout(kube_api: KubeEmulator) -> None:
@@ -108,8 +155,10 @@ async def test_watch_honours_resource_version_and_timeout(kube_api: KubeEmulator
     await run(core().create_namespaced_config_map, "default", cm("w2"))
 
     def stream(**kw: Any) -> list[tuple[str, str]]:
-        return [(e["type"], e["object"].metadata.name)
-                for e in watch.Watch().stream(core().list_namespaced_config_map, "default", **kw)]
+        return [
+            (e["type"], e["object"].metadata.name)
+            for e in watch.Watch().stream(core().list_namespaced_config_map, "default", **kw)
+        ]
 
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -121,8 +170,15 @@ async def test_watch_honours_resource_version_and_timeout(kube_api: KubeEmulator
 async def test_owner_reference_garbage_collection(kube_api: KubeEmulator) -> None:
     owner = kube_api.create(FTJ, ftj("owner"))
     child = cm("child")
-    child["metadata"]["ownerReferences"] = [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": "owner",
-                                             "uid": owner["metadata"]["uid"], "controller": True}]
+    child["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "owner",
+            "uid": owner["metadata"]["uid"],
+            "controller": True,
+        }
+    ]
     kube_api.create("v1/configmaps", child, "default")
     kube_api.create("v1/configmaps", cm("unrelated"), "default")
     await run(custom().delete_namespaced_custom_object, "kubetune.io", "v1alpha1", "default", "finetunejobs", "owner")

@@ -31,8 +31,14 @@ AT = "2026-01-01T00:00:00Z"
 LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 
-def body(name: str = "demo", generation: int = 1, uid: str = "uid-1", labels: dict[str, str] | None = None,
-         status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+def body(
+    name: str = "demo",
+    generation: int = 1,
+    uid: str = "uid-1",
+    labels: dict[str, str] | None = None,
+    status: dict[str, Any] | None = None,
+    **spec: Any,
+) -> dict[str, Any]:
     doc = ftj(name, **spec)
     doc["metadata"].update({"generation": generation, "uid": uid, "labels": labels or {}})
     doc["status"] = status or {}
@@ -54,12 +60,20 @@ def created_job(b: dict[str, Any], options: BuildOptions = OPTIONS) -> dict[str,
 
 
 def pending_pod(**status: Any) -> dict[str, Any]:
-    return {"metadata": {"name": "demo-0-abc", "uid": "pod-uid",
-                         "annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-            "spec": {"nodeName": status.pop("node", None),
-                     "containers": [{"name": "trainer", "image": "example.com/trainer:9",
-                                     "resources": {"limits": {"memory": "8Gi"}}}]},
-            "status": {"phase": "Pending", **status}}
+    return {
+        "metadata": {
+            "name": "demo-0-abc",
+            "uid": "pod-uid",
+            "annotations": {"batch.kubernetes.io/job-completion-index": "0"},
+        },
+        "spec": {
+            "nodeName": status.pop("node", None),
+            "containers": [
+                {"name": "trainer", "image": "example.com/trainer:9", "resources": {"limits": {"memory": "8Gi"}}}
+            ],
+        },
+        "status": {"phase": "Pending", **status},
+    }
 
 
 def again(b: dict[str, Any], decision: reconcile.Decision) -> dict[str, Any]:
@@ -73,9 +87,17 @@ def again(b: dict[str, Any], decision: reconcile.Decision) -> dict[str, Any]:
 def test_refused_child_fails_once_with_the_servers_words_and_is_not_retried() -> None:
     b = body()
     parsed = reconcile.parse(b, OPTIONS)
-    decision = reconcile.rejected(b, parsed, "Job", "demo", 422, "Invalid",
-                                  'Job.batch "demo" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: '
-                                  'Invalid value: "1.2.3": quantities must match the regular expression', at=AT)
+    decision = reconcile.rejected(
+        b,
+        parsed,
+        "Job",
+        "demo",
+        422,
+        "Invalid",
+        'Job.batch "demo" is invalid: spec.template.spec.containers[0].resources.requests[cpu]: '
+        'Invalid value: "1.2.3": quantities must match the regular expression',
+        at=AT,
+    )
     stalled = cond(decision.status, "Stalled")
     assert decision.status["phase"] == "Failed" and stalled["status"] == "True"
     assert stalled["reason"] == Reason.CHILD_REJECTED and "requests[cpu]" in stalled["message"]
@@ -108,26 +130,103 @@ def test_children_of_an_earlier_object_are_waited_for_never_read() -> None:
 
 
 PROBLEMS = {
-    "unschedulable": (pending_pod(conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                                               "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}]),
-                      None, Reason.UNSCHEDULABLE, "Insufficient nvidia.com/gpu", False),
-    "image-pull": (pending_pod(node="n1", containerStatuses=[{"name": "trainer", "image": "example.com/trainer:9", "state": {
-        "waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "example.com/trainer:9"'}}}]),
-                   None, Reason.IMAGE_PULL_FAILED, "example.com/trainer:9", True),
-    "err-image-pull": (pending_pod(node="n1", containerStatuses=[{"name": "trainer", "state": {
-        "waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}}}]),
-                       None, Reason.IMAGE_PULL_FAILED, "manifest unknown", True),
-    "config-error": (pending_pod(node="n1", containerStatuses=[{"name": "trainer", "state": {
-        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}}}]),
-                     None, Reason.CONTAINER_CONFIG_ERROR, 'secret "hf" not found', True),
-    "failed-mount": (pending_pod(node="n1", containerStatuses=[{"name": "trainer", "state": {
-        "waiting": {"reason": "ContainerCreating"}}}]),
-                     [{"type": "Warning", "reason": "FailedMount", "involvedObject": {"uid": "pod-uid", "name": "demo-0-abc"},
-                       "message": 'MountVolume.SetUp failed for volume "cm-data" : configmap "data" not found'}],
-                     Reason.MOUNT_FAILED, 'configmap "data" not found', True),
-    "oom-killed": (pending_pod(node="n1", containerStatuses=[{"name": "trainer", "restartCount": 1, "state": {
-        "waiting": {"reason": "ContainerCreating"}}, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]),
-                   None, Reason.OOM_KILLED, "OOMKilled", False),
+    "unschedulable": (
+        pending_pod(
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ]
+        ),
+        None,
+        Reason.UNSCHEDULABLE,
+        "Insufficient nvidia.com/gpu",
+        False,
+    ),
+    "image-pull": (
+        pending_pod(
+            node="n1",
+            containerStatuses=[
+                {
+                    "name": "trainer",
+                    "image": "example.com/trainer:9",
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "example.com/trainer:9"',
+                        }
+                    },
+                }
+            ],
+        ),
+        None,
+        Reason.IMAGE_PULL_FAILED,
+        "example.com/trainer:9",
+        True,
+    ),
+    "err-image-pull": (
+        pending_pod(
+            node="n1",
+            containerStatuses=[
+                {"name": "trainer", "state": {"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}}}
+            ],
+        ),
+        None,
+        Reason.IMAGE_PULL_FAILED,
+        "manifest unknown",
+        True,
+    ),
+    "config-error": (
+        pending_pod(
+            node="n1",
+            containerStatuses=[
+                {
+                    "name": "trainer",
+                    "state": {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}},
+                }
+            ],
+        ),
+        None,
+        Reason.CONTAINER_CONFIG_ERROR,
+        'secret "hf" not found',
+        True,
+    ),
+    "failed-mount": (
+        pending_pod(
+            node="n1", containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+        ),
+        [
+            {
+                "type": "Warning",
+                "reason": "FailedMount",
+                "involvedObject": {"uid": "pod-uid", "name": "demo-0-abc"},
+                "message": 'MountVolume.SetUp failed for volume "cm-data" : configmap "data" not found',
+            }
+        ],
+        Reason.MOUNT_FAILED,
+        'configmap "data" not found',
+        True,
+    ),
+    "oom-killed": (
+        pending_pod(
+            node="n1",
+            containerStatuses=[
+                {
+                    "name": "trainer",
+                    "restartCount": 1,
+                    "state": {"waiting": {"reason": "ContainerCreating"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ],
+        ),
+        None,
+        Reason.OOM_KILLED,
+        "OOMKilled",
+        False,
+    ),
 }
 
 
@@ -139,8 +238,9 @@ def test_pods_that_do_not_start_are_explained_once(case: str) -> None:
     job["spec"]["suspend"] = False
     job["status"] = {"active": 1}
     first = {**b, "status": {"phase": "Pending", "jobName": "demo"}}
-    decision = reconcile.decide(first, reconcile.parse(first, OPTIONS), OPTIONS, job=job, pods=[pod],
-                                pod_events=pod_events, at=AT)
+    decision = reconcile.decide(
+        first, reconcile.parse(first, OPTIONS), OPTIONS, job=job, pods=[pod], pod_events=pod_events, at=AT
+    )
     waiting = cond(decision.status, "Waiting")
     assert decision.status["phase"] == "Pending"
     assert waiting["status"] == "True" and waiting["reason"] == reason and words in waiting["message"], waiting
@@ -148,21 +248,39 @@ def test_pods_that_do_not_start_are_explained_once(case: str) -> None:
     assert cond(decision.status, "Stalled")["status"] == ("True" if stalled else "False")
     assert [(k, r) for k, r, _ in decision.events] == [("Warning", reason)], decision.events
     # the same observation again: nothing new to say
-    nxt = reconcile.decide(again(first, decision), reconcile.parse(first, OPTIONS), OPTIONS, job=job, pods=[pod],
-                           pod_events=pod_events, at=AT)
+    nxt = reconcile.decide(
+        again(first, decision),
+        reconcile.parse(first, OPTIONS),
+        OPTIONS,
+        job=job,
+        pods=[pod],
+        pod_events=pod_events,
+        at=AT,
+    )
     assert nxt.events == [] and st.status_patch(decision.status, nxt.status) == {}
 
 
 def test_oom_killed_failure_names_the_memory_limit() -> None:
-    job = {"spec": {}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}}
-    pod = pending_pod(containerStatuses=[{"name": "trainer", "state": {"terminated": {
-        "reason": "OOMKilled", "exitCode": 137, "message": "step 3 loss 2.1"}}}])
+    job = {
+        "spec": {},
+        "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]},
+    }
+    pod = pending_pod(
+        containerStatuses=[
+            {
+                "name": "trainer",
+                "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "message": "step 3 loss 2.1"}},
+            }
+        ]
+    )
     verdict = st.job_verdict(job, [pod], user_suspended=False, queued=False)
     assert verdict.phase == "Failed" and "OOMKilled" in verdict.message and "8Gi" in verdict.message
 
 
 def test_stuck_creating_selects_scheduled_pods_without_a_reason() -> None:
-    creating = pending_pod(node="n1", containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}])
+    creating = pending_pod(
+        node="n1", containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]
+    )
     assert st.stuck_creating([creating, pending_pod(node="n1"), pending_pod()]) == [creating, pending_pod(node="n1")]
 
 
@@ -173,7 +291,10 @@ DEEP: Any = {}
 for _ in range(2000):
     DEEP = [DEEP]
 POISON = {
-    "overflow": {"model": {"source": "hf://a/b", "parameters": "1e999B"}, "resources": {"nodes": 1, "gpuType": "H100-80GB"}},
+    "overflow": {
+        "model": {"source": "hf://a/b", "parameters": "1e999B"},
+        "resources": {"nodes": 1, "gpuType": "H100-80GB"},
+    },
     "overflow-no-gpu-type": {"model": {"source": "hf://a/b", "parameters": "9" * 400}},
     "spec-not-a-mapping": "just a string",
     "model-a-number": {"model": 5},
@@ -217,11 +338,27 @@ def test_an_exception_while_building_is_a_condition_not_a_retry(monkeypatch: pyt
     assert [(k, r) for k, r, _ in decision.events] == [("Warning", Reason.UNPROCESSABLE)]
 
 
-JSON = hs.recursive(hs.none() | hs.booleans() | hs.integers() | hs.floats(allow_nan=False) | hs.text(max_size=20),
-                    lambda children: hs.lists(children, max_size=4) | hs.dictionaries(hs.text(max_size=12), children, max_size=4),
-                    max_leaves=25)
-KEYS = hs.sampled_from(["stage", "model", "datasets", "method", "training", "resources", "output", "runPolicy",
-                        "suspend", "queueName", "distributed", "checkpointing"])
+JSON = hs.recursive(
+    hs.none() | hs.booleans() | hs.integers() | hs.floats(allow_nan=False) | hs.text(max_size=20),
+    lambda children: hs.lists(children, max_size=4) | hs.dictionaries(hs.text(max_size=12), children, max_size=4),
+    max_leaves=25,
+)
+KEYS = hs.sampled_from(
+    [
+        "stage",
+        "model",
+        "datasets",
+        "method",
+        "training",
+        "resources",
+        "output",
+        "runPolicy",
+        "suspend",
+        "queueName",
+        "distributed",
+        "checkpointing",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None)
@@ -259,7 +396,9 @@ def test_kueue_label_on_the_finetunejob_is_the_queue_and_only_kubetune_sets_it_o
     assert QUEUE_LABEL not in job["metadata"]["labels"] and job["spec"]["suspend"] is False
 
 
-@pytest.mark.parametrize("options", [OPTIONS, BuildOptions(kueue_manages_all_jobs=True)], ids=["detected", "configured"])
+@pytest.mark.parametrize(
+    "options", [OPTIONS, BuildOptions(kueue_manages_all_jobs=True)], ids=["detected", "configured"]
+)
 def test_a_job_suspended_by_kueue_is_never_resumed_by_kubetune(options: BuildOptions) -> None:
     """Kueue with manageJobsWithoutQueueName suspends a Job kubetune created running (no queue name)."""
     b = body()
@@ -322,8 +461,10 @@ def test_an_upgrade_that_changes_the_hash_is_not_a_spec_change(monkeypatch: pyte
 
 
 @settings(max_examples=300, deadline=None)
-@given(hs.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,60}[a-z0-9])?){0,4}", fullmatch=True),
-       hs.sampled_from(["pvc", "cm"]))
+@given(
+    hs.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,60}[a-z0-9])?){0,4}", fullmatch=True),
+    hs.sampled_from(["pvc", "cm"]),
+)
 def test_volume_names_are_dns_labels_for_any_object_name(name: str, prefix: str) -> None:
     vol = volume_name(prefix, name)
     assert len(vol) <= 63 and LABEL.fullmatch(vol), vol
@@ -332,9 +473,11 @@ def test_volume_names_are_dns_labels_for_any_object_name(name: str, prefix: str)
 
 
 def test_dotted_configmap_and_claim_names_give_valid_volumes() -> None:
-    b = body(datasets=[{"name": "d", "source": "configmap://data.v1/train.json"}],
-             output={"uri": "pvc://results.team-a/out"},
-             model={"source": "pvc://models.shared/smol", "credentialsSecret": None})
+    b = body(
+        datasets=[{"name": "d", "source": "configmap://data.v1/train.json"}],
+        output={"uri": "pvc://results.team-a/out"},
+        model={"source": "pvc://models.shared/smol", "credentialsSecret": None},
+    )
     b["spec"]["model"].pop("credentialsSecret")
     decision = reconcile.decide(b, reconcile.parse(b, OPTIONS), OPTIONS, job=None, at=AT)
     assert decision.children, decision.status

@@ -16,24 +16,38 @@ from tests.operator.test_lifecycle import NS, cond, events, ftj, status
 
 
 def requests(api: KubeEmulator, method: str, resource: str) -> int:
-    return sum(1 for r in api if r.resource is not None and r.resource.plural == resource
-               and str(getattr(r.method, "value", r.method)).upper() == method)
+    return sum(
+        1
+        for r in api
+        if r.resource is not None
+        and r.resource.plural == resource
+        and str(getattr(r.method, "value", r.method)).upper() == method
+    )
 
 
 async def test_watches_of_pods_and_jobs_select_kubetune_children_on_the_server(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("sel"))
     await eventually(lambda: status(kube_api, "sel").get("phase") == "Running")
-    selectors = {r.resource.plural: r.params.get("labelSelector") for r in kube_api
-                 if r.resource is not None and r.resource.plural in ("pods", "jobs")
-                 and r.params.get("watch", "").lower() in ("true", "1")}
+    selectors = {
+        r.resource.plural: r.params.get("labelSelector")
+        for r in kube_api
+        if r.resource is not None
+        and r.resource.plural in ("pods", "jobs")
+        and r.params.get("watch", "").lower() in ("true", "1")
+    }
     assert selectors.get("jobs") == "kubetune.io/finetunejob", selectors
-    assert set((selectors.get("pods") or "").split(",")) == {"kubetune.io/finetunejob", "app.kubernetes.io/component=trainer"}
+    assert set((selectors.get("pods") or "").split(",")) == {
+        "kubetune.io/finetunejob",
+        "app.kubernetes.io/component=trainer",
+    }
 
 
 async def test_a_refused_job_fails_the_finetunejob_once_without_retries(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     kube_api.inject("POST", "batch/v1/jobs", code=403, reason="Forbidden", count=100)
     await start_operator()
     kube_api.create(FTJ, ftj("quota"))
@@ -50,7 +64,8 @@ async def test_a_refused_job_fails_the_finetunejob_once_without_retries(
 
 
 async def test_poison_specs_end_as_a_condition_and_one_event(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, caplog: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, caplog: Any
+) -> None:
     await start_operator()
     kube_api.validate_schemas = False  # as if the CRD had no schema (or preserve-unknown-fields)
     poison = {
@@ -81,20 +96,46 @@ async def test_poison_specs_end_as_a_condition_and_one_event(
 
 
 async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     """Delete and re-create with the same name before the garbage collector ran: the finished Job, ConfigMap and
     Service of the first object still exist, owned by its uid."""
     await start_operator()
-    old_owner = [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": "again", "uid": "deleted-uid",
-                  "controller": True}]
+    old_owner = [
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "again",
+            "uid": "deleted-uid",
+            "controller": True,
+        }
+    ]
     labels = {"kubetune.io/finetunejob": "again", "app.kubernetes.io/component": "trainer"}
-    kube_api.create("v1/configmaps", {"apiVersion": "v1", "kind": "ConfigMap", "data": {},
-                                      "metadata": {"name": "again-trainer", "namespace": NS, "ownerReferences": old_owner}})
-    kube_api.create("batch/v1/jobs", {"apiVersion": "batch/v1", "kind": "Job", "metadata": {
-        "name": "again", "namespace": NS, "labels": labels, "ownerReferences": old_owner},
-        "spec": {"suspend": True, "parallelism": 2, "completions": 2, "template": {"spec": {"containers": []}}}})
-    kube_api.update("batch/v1/jobs", NS, "again", {"status": {"conditions": [
-        {"type": "Complete", "status": "True"}], "completionTime": "2026-01-01T00:00:00Z"}}, status=True)
+    kube_api.create(
+        "v1/configmaps",
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "data": {},
+            "metadata": {"name": "again-trainer", "namespace": NS, "ownerReferences": old_owner},
+        },
+    )
+    kube_api.create(
+        "batch/v1/jobs",
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": "again", "namespace": NS, "labels": labels, "ownerReferences": old_owner},
+            "spec": {"suspend": True, "parallelism": 2, "completions": 2, "template": {"spec": {"containers": []}}},
+        },
+    )
+    kube_api.update(
+        "batch/v1/jobs",
+        NS,
+        "again",
+        {"status": {"conditions": [{"type": "Complete", "status": "True"}], "completionTime": "2026-01-01T00:00:00Z"}},
+        status=True,
+    )
     kube_api.create(FTJ, ftj("again"))
     await eventually(lambda: cond(kube_api, "Waiting", "again").get("reason") == Reason.PREVIOUS_CHILDREN)
     assert status(kube_api, "again")["phase"] == "Pending"
@@ -108,7 +149,8 @@ async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(
 
 
 async def test_a_job_suspended_by_another_controller_is_left_suspended(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     """Kueue with manageJobsWithoutQueueName suspends every new Job (no queue label) until it admits it."""
     cluster.start_after = 3600
     await start_operator()
@@ -125,7 +167,8 @@ async def test_a_job_suspended_by_another_controller_is_left_suspended(
 
 
 async def test_queue_label_on_the_finetunejob_queues_the_job(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     body = ftj("labelled")
     body["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "team-a", "team": "nlp"}
@@ -140,7 +183,8 @@ async def test_queue_label_on_the_finetunejob_queues_the_job(
 
 
 async def test_a_long_non_ascii_message_posts_an_event_within_1024_bytes(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("utf8"))
     await eventually(lambda: status(kube_api, "utf8").get("phase") == "Running")
@@ -148,13 +192,17 @@ async def test_a_long_non_ascii_message_posts_an_event_within_1024_bytes(
     assert len(message) < 1300 and len(message.encode()) > 1024
     cluster.finish("utf8", 0, exit_code=4, message=message)
     await eventually(lambda: ("Warning", "JobFailed") in events(kube_api, "utf8"))
-    posted = next(e["message"] for e in kube_api.list("v1/events", NS)
-                  if e["involvedObject"]["name"] == "utf8" and e["reason"] == "JobFailed")
+    posted = next(
+        e["message"]
+        for e in kube_api.list("v1/events", NS)
+        if e["involvedObject"]["name"] == "utf8" and e["reason"] == "JobFailed"
+    )
     assert len(posted.encode("utf-8")) <= 1024 and "Failed: набор данных identity" in posted
 
 
 async def test_a_hung_api_call_does_not_stall_the_resync_of_the_others(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, monkeypatch: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, monkeypatch: Any
+) -> None:
     hung = asyncio.Event()
     handle = KubeEmulator._handle
 
@@ -171,12 +219,15 @@ async def test_a_hung_api_call_does_not_stall_the_resync_of_the_others(
     kube_api.create(FTJ, ftj("other", output={"uri": "s3://out/b", "credentialsSecret": "later"}))
     await eventually(lambda: cond(kube_api, "Waiting", "other").get("reason") == "SecretMissing")
     # Secrets are not watched: only the resync sees this one, and it must not wait for the hung call
-    kube_api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": NS}})
+    kube_api.create(
+        "v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": NS}}
+    )
     await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "other"), timeout=20)
 
 
 async def test_a_refused_status_write_is_said_once_and_not_retried(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     kube_api.inject("PATCH", FTJ, subresource="status", code=422, reason="Invalid", count=1000)
     cluster.start_after = 3600  # nothing changes after the first look: the same status every pass
     await start_operator()

@@ -6,11 +6,18 @@ from kubetune.operator.handlers.finetunejob import first, slim, upstream_names
 
 
 def test_slim_keeps_what_decisions_read_and_drops_managed_fields() -> None:
-    body = {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}, "managedFields": [{"manager": "kubectl"}]},
-            "spec": {"suspend": False}, "status": {"active": 1}}
-    assert slim(body) == {"metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}},
-                          "spec": {"suspend": False}, "status": {"active": 1}}
+    body = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}, "managedFields": [{"manager": "kubectl"}]},
+        "spec": {"suspend": False},
+        "status": {"active": 1},
+    }
+    assert slim(body) == {
+        "metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}},
+        "spec": {"suspend": False},
+        "status": {"active": 1},
+    }
     assert slim({"metadata": {"name": "b"}}) == {"metadata": {"name": "b"}, "spec": {}, "status": {}}
 
 
@@ -22,7 +29,15 @@ def test_upstream_names_and_first() -> None:
 
 
 def test_upstream_names_of_a_spec_of_any_shape() -> None:
-    for spec in ("a string", None, 5, [1], {"model": 5}, {"model": {"adapter": "x"}}, {"training": {"rewardModel": [1]}}):
+    for spec in (
+        "a string",
+        None,
+        5,
+        [1],
+        {"model": 5},
+        {"model": {"adapter": "x"}},
+        {"training": {"rewardModel": [1]}},
+    ):
         assert upstream_names(spec) == []
 
 

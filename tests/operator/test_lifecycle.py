@@ -22,7 +22,12 @@ def ftj(name: str = "demo", **spec: Any) -> dict[str, Any]:
         "output": {"uri": "s3://out/demo"},
     }
     body.update(spec)
-    return {"apiVersion": API_VERSION, "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NS}, "spec": body}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": body,
+    }
 
 
 def status(api: KubeEmulator, name: str = "demo") -> dict[str, Any]:
@@ -37,7 +42,9 @@ def events(api: KubeEmulator, name: str = "demo") -> list[tuple[str, str]]:
     return [(e.get("type"), e.get("reason")) for e in api.list("v1/events", NS) if e["involvedObject"]["name"] == name]
 
 
-async def test_two_node_job_runs_to_success(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_two_node_job_runs_to_success(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj())
     await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "demo"))
@@ -90,7 +97,9 @@ def golden_status(api: KubeEmulator, name: str, phase: str) -> None:
     assert json.loads(text) == json.loads(path.read_text(encoding="utf-8")), f"status differs from {path}"
 
 
-async def test_golden_statuses_pending_running_succeeded(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_golden_statuses_pending_running_succeeded(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     cluster.start_after = 3600  # pods stay Pending until the test lets them start
     await start_operator()
     kube_api.create(FTJ, ftj("golden", resources={"nodes": 2, "gpusPerNode": 1}))
@@ -99,8 +108,12 @@ async def test_golden_statuses_pending_running_succeeded(kube_api: KubeEmulator,
     golden_status(kube_api, "golden", "pending")
     cluster.start_after = 0
     # the operator reacts to each pod: "1 of 2 pods started" first, then both
-    await eventually(lambda: status(kube_api, "golden").get("phase") == "Running"
-                     and status(kube_api, "golden")["conditions"][1]["message"] == "2 of 2 pods started")
+    await eventually(
+        lambda: (
+            status(kube_api, "golden").get("phase") == "Running"
+            and status(kube_api, "golden")["conditions"][1]["message"] == "2 of 2 pods started"
+        )
+    )
     golden_status(kube_api, "golden", "running")
     cluster.finish("golden", 0)
     cluster.finish("golden", 1)
@@ -108,7 +121,9 @@ async def test_golden_statuses_pending_running_succeeded(kube_api: KubeEmulator,
     golden_status(kube_api, "golden", "succeeded")
 
 
-async def test_invalid_spec_is_rejected_once_without_children(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_invalid_spec_is_rejected_once_without_children(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     # passes the CRD schema, fails a cross-field rule: stage rm needs pairwise data
     kube_api.create(FTJ, ftj("invalid", stage="rm"))
@@ -120,13 +135,18 @@ async def test_invalid_spec_is_rejected_once_without_children(kube_api: KubeEmul
     rv = kube_api.get(FTJ, NS, "invalid")["metadata"]["resourceVersion"]
     await __import__("asyncio").sleep(1.0)  # five sync intervals: no retry loop, no status churn
     assert kube_api.get(FTJ, NS, "invalid")["metadata"]["resourceVersion"] == rv
-    assert kube_api.get("batch/v1/jobs", NS, "invalid") is None and kube_api.get("v1/configmaps", NS, "invalid-trainer") is None
+    assert (
+        kube_api.get("batch/v1/jobs", NS, "invalid") is None
+        and kube_api.get("v1/configmaps", NS, "invalid-trainer") is None
+    )
     await eventually(lambda: ("Warning", "InvalidSpec") in events(kube_api, "invalid"))
     assert events(kube_api, "invalid").count(("Warning", "InvalidSpec")) == 1
     golden_status(kube_api, "invalid", "invalid")
 
 
-async def test_garbage_spec_does_not_crash_the_operator(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_garbage_spec_does_not_crash_the_operator(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     bad = ftj("garbage")
     bad["spec"]["model"] = 5
@@ -138,7 +158,9 @@ async def test_garbage_spec_does_not_crash_the_operator(kube_api: KubeEmulator, 
     await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "fine"))
 
 
-async def test_missing_output_uri_without_default(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_missing_output_uri_without_default(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("noout", output={}))
     await eventually(lambda: cond(kube_api, "Validated", "noout").get("status") == "False")
@@ -154,11 +176,15 @@ async def test_default_output_uri(kube_api: KubeEmulator, cluster: ClusterSimula
     assert json.loads(cm["data"]["trainer.json"])["runtime"]["outputUri"] == "s3://results/kubetune/default/defout"
 
 
-async def test_failed_job_reports_the_termination_message(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_failed_job_reports_the_termination_message(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("bad-data"))
     await eventually(lambda: status(kube_api, "bad-data").get("phase") == "Running")
-    cluster.finish("bad-data", 0, exit_code=4, message="dataset identity: no valid rows (row 0: missing column 'output')")
+    cluster.finish(
+        "bad-data", 0, exit_code=4, message="dataset identity: no valid rows (row 0: missing column 'output')"
+    )
     await eventually(lambda: status(kube_api, "bad-data").get("phase") == "Failed")
     failed = cond(kube_api, "Failed", "bad-data")
     assert failed["reason"] == "JobFailed" and "no valid rows" in failed["message"]
@@ -174,8 +200,12 @@ async def test_suspend_and_resume(kube_api: KubeEmulator, cluster: ClusterSimula
     await start_operator()
     kube_api.create(FTJ, ftj("pause", suspend=True))
     # "the Job is created suspended" at first, then, once the Job is seen: "pods are stopped"
-    await eventually(lambda: status(kube_api, "pause").get("phase") == "Suspended"
-                     and status(kube_api, "pause")["conditions"][1]["message"].endswith("pods are stopped"))
+    await eventually(
+        lambda: (
+            status(kube_api, "pause").get("phase") == "Suspended"
+            and status(kube_api, "pause")["conditions"][1]["message"].endswith("pods are stopped")
+        )
+    )
     assert kube_api.get("batch/v1/jobs", NS, "pause")["spec"]["suspend"] is True and not cluster.pods("pause")
     golden_status(kube_api, "pause", "suspended")
     kube_api.update(FTJ, NS, "pause", {"spec": {"suspend": False}})
@@ -187,7 +217,9 @@ async def test_suspend_and_resume(kube_api: KubeEmulator, cluster: ClusterSimula
     assert ("Normal", "SuspendedByUser") in events(kube_api, "pause")
 
 
-async def test_kueue_queue_name_creates_the_job_suspended(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_kueue_queue_name_creates_the_job_suspended(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("queued", queueName="team-a"))
     job = await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "queued"))
@@ -200,7 +232,9 @@ async def test_kueue_queue_name_creates_the_job_suspended(kube_api: KubeEmulator
     assert kube_api.get("batch/v1/jobs", NS, "queued")["spec"]["suspend"] is False, "the operator must not fight Kueue"
 
 
-async def test_spec_change_after_start_is_rejected(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_spec_change_after_start_is_rejected(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("fixed"))
     await eventually(lambda: status(kube_api, "fixed").get("phase") == "Running")
@@ -213,18 +247,24 @@ async def test_spec_change_after_start_is_rejected(kube_api: KubeEmulator, clust
     await eventually(lambda: ("Warning", "SpecChangedAfterStart") in events(kube_api, "fixed"))
 
 
-async def test_deletion_cleans_up_through_owner_references(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_deletion_cleans_up_through_owner_references(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("gone"))
     await eventually(lambda: len(cluster.pods("gone")) == 2)
     kube_api.delete(FTJ, NS, "gone")
     await eventually(lambda: kube_api.get(FTJ, NS, "gone") is None)  # the operator released its finalizer
     assert kube_api.get("batch/v1/jobs", NS, "gone") is None
-    assert kube_api.get("v1/configmaps", NS, "gone-trainer") is None and kube_api.get("v1/services", NS, "gone") is None
+    assert (
+        kube_api.get("v1/configmaps", NS, "gone-trainer") is None and kube_api.get("v1/services", NS, "gone") is None
+    )
     assert not cluster.pods("gone")
 
 
-async def test_operator_restart_creates_no_duplicates(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_operator_restart_creates_no_duplicates(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     import asyncio
 
     stop = await start_operator()
@@ -249,15 +289,23 @@ async def test_missing_secret_waits(kube_api: KubeEmulator, cluster: ClusterSimu
     await eventually(lambda: cond(kube_api, "Waiting", "creds").get("reason") == "SecretMissing")
     assert "s3-writer" in cond(kube_api, "Waiting", "creds")["message"]
     assert status(kube_api, "creds")["phase"] == "Pending" and kube_api.get("batch/v1/jobs", NS, "creds") is None
-    kube_api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-writer", "namespace": NS},
-                                   "stringData": {"AWS_ACCESS_KEY_ID": "x"}})
+    kube_api.create(
+        "v1/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "s3-writer", "namespace": NS},
+            "stringData": {"AWS_ACCESS_KEY_ID": "x"},
+        },
+    )
     job = await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "creds"))
     assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-writer"}}]
     await eventually(lambda: cond(kube_api, "Waiting", "creds").get("status") == "False")
 
 
-async def test_status_follows_watch_events_not_the_sync_interval(kube_api: KubeEmulator, cluster: ClusterSimulator,
-                                                                start_operator: Any) -> None:
+async def test_status_follows_watch_events_not_the_sync_interval(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     """With a one-hour resync, every step still happens within seconds: each watch event reconciles."""
     import time
 

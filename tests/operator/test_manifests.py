@@ -31,7 +31,9 @@ from kubetune.operator.manifests.labels import FINETUNEJOB_LABEL
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
 GOLDEN = HERE / "golden"
-OPTIONS = BuildOptions(trainer_image="ghcr.io/kubetune/kubetune-trainer:test", default_output_uri="pvc://outputs/kubetune")
+OPTIONS = BuildOptions(
+    trainer_image="ghcr.io/kubetune/kubetune-trainer:test", default_output_uri="pvc://outputs/kubetune"
+)
 CASES = {
     "quickstart": ROOT / "examples" / "quickstart.yaml",
     "multinode": HERE / "fixtures" / "multinode.yaml",
@@ -88,7 +90,9 @@ def test_labels_names_and_namespace(case: str) -> None:
 
 
 def _env(kjob: dict) -> dict:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in kjob["spec"]["template"]["spec"]["containers"][0]["env"]}
+    return {
+        e["name"]: e.get("value", e.get("valueFrom")) for e in kjob["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
 
 
 def test_multinode_job_contract() -> None:
@@ -96,7 +100,11 @@ def test_multinode_job_contract() -> None:
     spec = kjob["spec"]
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == 2
-    assert spec["backoffLimit"] == 5 and spec["activeDeadlineSeconds"] == 86400 and spec["ttlSecondsAfterFinished"] == 3600
+    assert (
+        spec["backoffLimit"] == 5
+        and spec["activeDeadlineSeconds"] == 86400
+        and spec["ttlSecondsAfterFinished"] == 3600
+    )
     assert spec["suspend"] is True, "a Kueue job is created suspended"
     assert kjob["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
     fail = spec["podFailurePolicy"]["rules"][0]
@@ -200,8 +208,13 @@ def test_default_storage_secret_applies_only_when_the_job_names_none() -> None:
     kjob = build_all(job, options)[2]
     env_from = kjob["spec"]["template"]["spec"]["containers"][0]["envFrom"]
     assert env_from == [{"secretRef": {"name": "kubetune-storage"}}]
-    named = job.model_copy(update={"spec": job.spec.model_copy(update={
-        "output": job.spec.output.model_copy(update={"credentials_secret": "team-s3"})})})
+    named = job.model_copy(
+        update={
+            "spec": job.spec.model_copy(
+                update={"output": job.spec.output.model_copy(update={"credentials_secret": "team-s3"})}
+            )
+        }
+    )
     assert credential_secrets(named, options) == ["team-s3"]
     assert credential_secrets(job) == []
 

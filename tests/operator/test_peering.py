@@ -29,20 +29,36 @@ def use_token(token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
 
 def acts(api: KubeEmulator, token: str) -> int:
     """Writes by one replica, kopf's own peering heartbeats aside (children, status, Events)."""
-    return sum(1 for r in api if r.resource is not None and r.resource.group != "kopf.dev"
-               and r.method.value in ("POST", "PATCH", "PUT", "DELETE")
-               and r.headers.get("Authorization", r.headers.get("authorization")) == f"Bearer {token}")
+    return sum(
+        1
+        for r in api
+        if r.resource is not None
+        and r.resource.group != "kopf.dev"
+        and r.method.value in ("POST", "PATCH", "PUT", "DELETE")
+        and r.headers.get("Authorization", r.headers.get("authorization")) == f"Bearer {token}"
+    )
 
 
-async def test_only_one_replica_acts(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any,
-                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    kube_api.create(PEERING, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "kubetune"}})
+async def test_only_one_replica_acts(
+    kube_api: KubeEmulator,
+    cluster: ClusterSimulator,
+    start_operator: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kube_api.create(
+        PEERING, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "kubetune"}}
+    )
     use_token("low", tmp_path, monkeypatch)
     await start_operator(standalone=False, peering_priority=10)
     use_token("high", tmp_path, monkeypatch)
     await start_operator(standalone=False, peering_priority=20)
-    peers = await eventually(lambda: len((kube_api.get(PEERING, "", "kubetune") or {}).get("status") or {}) == 2
-                             and kube_api.get(PEERING, "", "kubetune")["status"])
+    peers = await eventually(
+        lambda: (
+            len((kube_api.get(PEERING, "", "kubetune") or {}).get("status") or {}) == 2
+            and kube_api.get(PEERING, "", "kubetune")["status"]
+        )
+    )
     assert sorted(p["priority"] for p in peers.values()) == [10, 20]
     await asyncio.sleep(0.5)  # the lower-priority replica sees its peer and pauses
     kube_api.create(FTJ, ftj("ha"))

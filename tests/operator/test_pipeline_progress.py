@@ -18,8 +18,14 @@ async def test_adapter_from_job_waits_then_uses_the_upstream_artifact(
     kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
 ) -> None:
     await start_operator()
-    kube_api.create(FTJ, ftj("continue", model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
-                                                "adapter": {"fromJob": "sft-base"}}, output={"uri": "s3://out/continue"}))
+    kube_api.create(
+        FTJ,
+        ftj(
+            "continue",
+            model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": {"fromJob": "sft-base"}},
+            output={"uri": "s3://out/continue"},
+        ),
+    )
     await eventually(lambda: cond(kube_api, "Waiting", "continue").get("reason") == "WaitingForUpstreamJob")
     assert "spec.model.adapter.fromJob" in cond(kube_api, "Waiting", "continue")["message"]
     assert "not found" in cond(kube_api, "Waiting", "continue")["message"]
@@ -36,35 +42,63 @@ async def test_adapter_from_job_waits_then_uses_the_upstream_artifact(
     assert ("Normal", "WaitingForUpstreamJob") in events(kube_api, "continue")
 
 
-async def test_reward_model_from_a_failed_job_fails(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_reward_model_from_a_failed_job_fails(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("rm-job", output={"uri": "s3://out/rm"}))
-    kube_api.create(FTJ, ftj("ppo-job", stage="ppo", training={"rewardModel": {"fromJob": "rm-job"}},
-                             output={"uri": "s3://out/ppo"}))
+    kube_api.create(
+        FTJ,
+        ftj("ppo-job", stage="ppo", training={"rewardModel": {"fromJob": "rm-job"}}, output={"uri": "s3://out/ppo"}),
+    )
     await eventually(lambda: status(kube_api, "rm-job").get("phase") == "Running")
     cluster.finish("rm-job", 0, exit_code=3, message="training.rewardModel: bad config")
     await eventually(lambda: status(kube_api, "ppo-job").get("phase") == "Failed")
     failed = cond(kube_api, "Failed", "ppo-job")
-    assert failed["reason"] == "UpstreamJobFailed" and "rm-job" in failed["message"] and "bad config" in failed["message"]
+    assert (
+        failed["reason"] == "UpstreamJobFailed" and "rm-job" in failed["message"] and "bad config" in failed["message"]
+    )
     assert kube_api.get("batch/v1/jobs", NS, "ppo-job") is None
 
 
-async def test_progress_is_pulled_from_rank0(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_progress_is_pulled_from_rank0(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     port = free_port()
     registry = CollectorRegistry()
     labels = {"job": "watched", "namespace": NS, "stage": "sft", "method": "lora", "model": "smollm2"}
-    values = {m.GLOBAL_STEP: 5, m.TOTAL_STEPS: 20, m.EPOCH: 0.25, m.TRAIN_LOSS: 1.75, m.LEARNING_RATE: 1e-4,
-              m.TOKENS_PER_SECOND: 1234.5, m.ETA_SECONDS: 3725}
+    values = {
+        m.GLOBAL_STEP: 5,
+        m.TOTAL_STEPS: 20,
+        m.EPOCH: 0.25,
+        m.TRAIN_LOSS: 1.75,
+        m.LEARNING_RATE: 1e-4,
+        m.TOKENS_PER_SECOND: 1234.5,
+        m.ETA_SECONDS: 3725,
+    }
     for name, value in values.items():
         Gauge(name, name, list(labels), registry=registry).labels(**labels).set(value)
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     try:
         await start_operator(trainer_metrics_port=port)
         kube_api.create(FTJ, ftj("watched", resources={"nodes": 1, "gpusPerNode": 0}))
-        got = await eventually(lambda: status(kube_api, "watched").get("progress", {}).get("step") == 5
-                               and status(kube_api, "watched")["progress"])
-        assert got == {"step": 5, "totalSteps": 20, "percent": 25.0, "epoch": 0.25, "loss": 1.75, "learningRate": 0.0001,
-                       "tokensPerSecond": 1234.5, "etaSeconds": 3725.0, "eta": "1h02m"}
+        got = await eventually(
+            lambda: (
+                status(kube_api, "watched").get("progress", {}).get("step") == 5
+                and status(kube_api, "watched")["progress"]
+            )
+        )
+        assert got == {
+            "step": 5,
+            "totalSteps": 20,
+            "percent": 25.0,
+            "epoch": 0.25,
+            "loss": 1.75,
+            "learningRate": 0.0001,
+            "tokensPerSecond": 1234.5,
+            "etaSeconds": 3725.0,
+            "eta": "1h02m",
+        }
         cluster.finish("watched", 0)
         await eventually(lambda: status(kube_api, "watched").get("phase") == "Succeeded")
         assert status(kube_api, "watched")["progress"]["percent"] == 100.0

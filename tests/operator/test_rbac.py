@@ -21,7 +21,9 @@ def verb(request: Any) -> str:
     return {"post": "create", "patch": "patch", "put": "update", "delete": "delete"}[method]
 
 
-async def test_every_request_is_allowed_by_the_rules(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+async def test_every_request_is_allowed_by_the_rules(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hf", "namespace": NS}})
     kube_api.create(FTJ, ftj("up", model={"source": "hf://a/b", "credentialsSecret": "hf"}, suspend=True))
@@ -43,7 +45,9 @@ async def test_every_request_is_allowed_by_the_rules(kube_api: KubeEmulator, clu
         key = (request.resource.group, resource, verb(request))
         assert rbac.allows(*key), f"the operator made a request its ClusterRole does not allow: {key}"
         used.add(key)
-    granted = {(g, r, v) for rule in rbac.RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    granted = {
+        (g, r, v) for rule in rbac.RULES for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
     unused = {k for k in granted - used if k[0] != "kopf.dev"}
     # namespaces are watched by kopf only with namespace patterns; the CRD watch is kopf's resource discovery;
     # a Job is read only when the status names one the Job watch has not delivered yet (a lagging watch);
@@ -51,7 +55,15 @@ async def test_every_request_is_allowed_by_the_rules(kube_api: KubeEmulator, clu
     # finetunejobs/finalizers is never requested: OwnerReferencesPermissionEnforcement checks it when a child
     # with blockOwnerDeletion is created; children are read (and a ConfigMap patched) only after a 409; a
     # pod's Warning Events are listed only while it is stuck being created
-    rare = {("", "namespaces", "list"), ("", "namespaces", "watch"), ("batch", "jobs", "get"),
-            ("kubetune.io", "finetunejobs", "patch"), ("kubetune.io", "finetunejobs/finalizers", "update"),
-            ("", "configmaps", "get"), ("", "configmaps", "patch"), ("", "services", "get"), ("", "events", "list")}
+    rare = {
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
+        ("batch", "jobs", "get"),
+        ("kubetune.io", "finetunejobs", "patch"),
+        ("kubetune.io", "finetunejobs/finalizers", "update"),
+        ("", "configmaps", "get"),
+        ("", "configmaps", "patch"),
+        ("", "services", "get"),
+        ("", "events", "list"),
+    }
     assert unused <= rare, f"rules granted but never used: {sorted(unused)}"

@@ -65,6 +65,8 @@ def test_kopf_watches_children_with_server_side_selectors() -> None:
     config.configure(s, settings.OperatorSettings(api_timeout=12))
     selectors = s.watching.label_selectors
     assert selectors.collect(Resource("batch", "v1", "jobs")) == ["kubetune.io/finetunejob"]
-    assert selectors.collect(Resource("", "v1", "pods")) == ["kubetune.io/finetunejob,app.kubernetes.io/component=trainer"]
+    assert selectors.collect(Resource("", "v1", "pods")) == [
+        "kubetune.io/finetunejob,app.kubernetes.io/component=trainer"
+    ]
     assert selectors.collect(Resource("kubetune.io", "v1alpha1", "finetunejobs")) == []
     assert s.networking.request_timeout == 12 and s.networking.connect_timeout == 5

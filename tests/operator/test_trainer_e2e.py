@@ -17,16 +17,26 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-async def test_finetunejob_trains_for_real(kube_api: KubeEmulator, start_operator: Any, tiny_model_dir: Path, tmp_path: Path) -> None:
+async def test_finetunejob_trains_for_real(
+    kube_api: KubeEmulator, start_operator: Any, tiny_model_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "artifacts" / "e2e"
     port = free_port()
     job = {
-        "apiVersion": API_VERSION, "kind": "FineTuneJob", "metadata": {"name": "e2e", "namespace": "default"},
+        "apiVersion": API_VERSION,
+        "kind": "FineTuneJob",
+        "metadata": {"name": "e2e", "namespace": "default"},
         "spec": {
             "model": {"source": f"file://{tiny_model_dir}"},
             "datasets": [{"name": "identity", "source": f"file://{ROOT / 'examples/data/identity.json'}"}],
             "method": {"type": "lora", "lora": {"rank": 4}},
-            "training": {"maxSteps": 3, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64, "scheduler": "constant"},
+            "training": {
+                "maxSteps": 3,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "scheduler": "constant",
+            },
             "resources": {"nodes": 1, "gpusPerNode": 0},
             "output": {"uri": f"file://{out}"},
         },
@@ -48,7 +58,9 @@ async def test_finetunejob_trains_for_real(kube_api: KubeEmulator, start_operato
         assert status["phase"] == "Succeeded", status["conditions"]
     assert status["artifacts"]["adapterUri"] == f"file://{out}"
     assert status["progress"]["totalSteps"] == 3 and status["progress"]["percent"] == 100.0, "progress was scraped"
-    assert status["datasets"] == [{"name": "identity", "rows": 30, "valid": 30, "dropped": 0}], "dataset report scraped"
+    assert status["datasets"] == [{"name": "identity", "rows": 30, "valid": 30, "dropped": 0}], (
+        "dataset report scraped"
+    )
     assert 0 < status["memoryEstimateGib"] < 16, "the trainer's estimate from the real model config"
     manifest = json.loads((out / "manifest.json").read_text())
     assert (out / "adapter_model.safetensors").exists() and manifest["config"]["stage"] == "sft"

@@ -75,7 +75,9 @@ def _runs(stage: str) -> str:
 
 
 def test_hadolint_finds_nothing():
-    proc = subprocess.run([str(HADOLINT), "--format", "json", str(DOCKERFILE)], capture_output=True, check=False, text=True)
+    proc = subprocess.run(
+        [str(HADOLINT), "--format", "json", str(DOCKERFILE)], capture_output=True, check=False, text=True
+    )
     issues = json.loads(proc.stdout or "[]")
     assert proc.returncode == 0 and issues == [], "\n".join(f"{i['line']}: {i['code']} {i['message']}" for i in issues)
 
@@ -109,10 +111,17 @@ def test_entrypoints_are_installed_console_scripts():
     assert {operator[0], trainer[0]} <= set(scripts)
     # the subcommand exists and the trainer entry point accepts --config, as the operator's Jobs call it
     kubetune = Path(sys.executable).parent / "kubetune"
-    proc = subprocess.run([str(kubetune), "operator", "--help"], capture_output=True, check=False, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(kubetune), "operator", "--help"], capture_output=True, check=False, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "--peering" in proc.stdout, proc.stderr
-    proc = subprocess.run([str(Path(sys.executable).parent / "kubetune-train"), "--help"],
-                          capture_output=True, check=False, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "kubetune-train"), "--help"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--config" in proc.stdout, proc.stderr
 
 
@@ -131,8 +140,10 @@ def test_images_run_as_the_users_the_pods_expect():
 
 
 def test_exposed_ports_match_the_chart_and_the_trainer():
-    assert _last("operator", "EXPOSE").split() == [str(CHART_VALUES["operator"]["metricsPort"]),
-                                                   str(CHART_VALUES["operator"]["healthPort"])]
+    assert _last("operator", "EXPOSE").split() == [
+        str(CHART_VALUES["operator"]["metricsPort"]),
+        str(CHART_VALUES["operator"]["healthPort"]),
+    ]
     assert _last("trainer", "EXPOSE").split() == [str(DEFAULT_METRICS_PORT), str(MASTER_PORT)]
 
 
@@ -203,8 +214,14 @@ def built_wheel(tmp_path_factory) -> Path:
     command = re.search(r"pip wheel ([^\\&]+)", _runs("wheel")).group(1).split()
     assert command[-1] == "." and command[command.index("--wheel-dir") + 1] == "/dist"
     command[command.index("--wheel-dir") + 1] = str(tmp / "dist")
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", *command], cwd=src,
-                          capture_output=True, check=False, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", *command],
+        cwd=src,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel = tmp / "dist" / f"kubetune-{PYPROJECT['project']['version']}-py3-none-any.whl"
     assert wheel.exists(), sorted(p.name for p in (tmp / "dist").iterdir())
@@ -232,14 +249,28 @@ def test_operator_target_runs_without_torch(built_wheel, tmp_path):
     py = venv / "bin" / "python"
     install = re.search(r'pip install --no-cache-dir "([^"]+)"', _runs("operator")).group(1)
     assert install.endswith("[operator]")
-    proc = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                           f"{built_wheel}[operator]"], capture_output=True, check=False, text=True, timeout=600)
+    proc = subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{built_wheel}[operator]"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([str(venv / "bin" / "kubetune"), *json.loads(_last("operator", "ENTRYPOINT"))[1:], "--help"],
-                          capture_output=True, check=False, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(venv / "bin" / "kubetune"), *json.loads(_last("operator", "ENTRYPOINT"))[1:], "--help"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "--all-namespaces" in proc.stdout, proc.stderr
-    check = ("import importlib.util, sys; import kubetune.operator.handlers.finetunejob, kubetune.cli; "
-             "assert 'torch' not in sys.modules, 'torch imported'; "
-             "assert importlib.util.find_spec('torch') is None, 'torch installed'")
-    proc = subprocess.run([str(py), "-c", check], capture_output=True, check=False, text=True, timeout=120, cwd=tmp_path)
+    check = (
+        "import importlib.util, sys; import kubetune.operator.handlers.finetunejob, kubetune.cli; "
+        "assert 'torch' not in sys.modules, 'torch imported'; "
+        "assert importlib.util.find_spec('torch') is None, 'torch installed'"
+    )
+    proc = subprocess.run(
+        [str(py), "-c", check], capture_output=True, check=False, text=True, timeout=120, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]

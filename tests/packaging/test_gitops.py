@@ -73,15 +73,26 @@ def _job(body: dict[str, Any], *, conditions=(), active=0, suspend=False, spec_h
     return {
         "metadata": {"name": parsed.job_name, "annotations": {"kubetune.io/spec-hash": spec_hash or parsed.spec_hash}},
         "spec": {"parallelism": 1, "suspend": suspend},
-        "status": {"active": active, "conditions": [{"type": t, "status": "True", **extra} for t, extra in conditions]},
+        "status": {
+            "active": active,
+            "conditions": [{"type": t, "status": "True", **extra} for t, extra in conditions],
+        },
     }
 
 
-RUNNING_POD = {"metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-               "status": {"phase": "Running"}}
-FAILED_POD = {"metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
-              "status": {"phase": "Failed", "containerStatuses": [
-                  {"state": {"terminated": {"exitCode": 4, "message": "dataset identity: no valid rows"}}}]}}
+RUNNING_POD = {
+    "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+    "status": {"phase": "Running"},
+}
+FAILED_POD = {
+    "metadata": {"annotations": {"batch.kubernetes.io/job-completion-index": "0"}},
+    "status": {
+        "phase": "Failed",
+        "containerStatuses": [
+            {"state": {"terminated": {"exitCode": 4, "message": "dataset identity: no valid rows"}}}
+        ],
+    },
+}
 
 
 def _status(body: dict[str, Any], **observed: Any) -> dict[str, Any]:
@@ -102,10 +113,16 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], str, str]]:
     running["status"]["progress"] = {"step": 30, "totalSteps": 120, "percent": 25.0, "loss": 1.2345, "eta": "3m10s"}
     out["running"] = (running, "Progressing", "InProgress")
     out["succeeded"] = (_status(body, job=_job(body, conditions=[("Complete", {})])), "Healthy", "Current")
-    out["failed"] = (_status(body, job=_job(body, conditions=[("Failed", {"reason": "PodFailurePolicy"})]),
-                             pods=[FAILED_POD]), "Degraded", "Failed")
-    out["deadline"] = (_status(body, job=_job(body, conditions=[("Failed", {"reason": "DeadlineExceeded"})])),
-                       "Degraded", "Failed")
+    out["failed"] = (
+        _status(body, job=_job(body, conditions=[("Failed", {"reason": "PodFailurePolicy"})]), pods=[FAILED_POD]),
+        "Degraded",
+        "Failed",
+    )
+    out["deadline"] = (
+        _status(body, job=_job(body, conditions=[("Failed", {"reason": "DeadlineExceeded"})])),
+        "Degraded",
+        "Failed",
+    )
     invalid = _ftj(method={"type": "lora", "lora": {"rank": 0}})
     out["invalid-spec"] = (_status(invalid, job=None), "Degraded", "Failed")
     suspended = _ftj(suspend=True)
@@ -114,11 +131,21 @@ def _scenarios() -> dict[str, tuple[dict[str, Any], str, str]]:
     queued = _ftj(queueName="team-a")
     out["queued-for-kueue"] = (_status(queued, job=_job(queued, suspend=True)), "Progressing", "InProgress")
     out["spec-changed-while-running"] = (
-        _status(body, job=_job(body, active=1, spec_hash="0123456789abcdef"), pods=[RUNNING_POD]), "Degraded", "Failed")
+        _status(body, job=_job(body, active=1, spec_hash="0123456789abcdef"), pods=[RUNNING_POD]),
+        "Degraded",
+        "Failed",
+    )
     waiting = _ftj(model={"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct", "adapter": {"fromJob": "sft-base"}})
-    out["waiting-for-upstream"] = (_status(waiting, job=None, upstream={"sft-base": None}), "Progressing", "InProgress")
-    out["secret-missing"] = (_status(_ftj(output={"uri": "s3://bkt/b", "credentialsSecret": "s3"}), job=None,
-                                     missing_secrets=["s3"]), "Progressing", "InProgress")
+    out["waiting-for-upstream"] = (
+        _status(waiting, job=None, upstream={"sft-base": None}),
+        "Progressing",
+        "InProgress",
+    )
+    out["secret-missing"] = (
+        _status(_ftj(output={"uri": "s3://bkt/b", "credentialsSecret": "s3"}), job=None, missing_secrets=["s3"]),
+        "Progressing",
+        "InProgress",
+    )
     stale = copy.deepcopy(out["succeeded"][0])
     stale["metadata"]["generation"] = 2
     out["new-generation-not-observed"] = (stale, "Progressing", "InProgress")
@@ -154,17 +181,29 @@ def test_health_messages_carry_the_reason():
 
 def test_health_falls_back_to_phase_without_conditions():
     base = {"metadata": {"name": "x", "generation": 1}}
-    for phase, health in {"Pending": "Progressing", "Running": "Progressing", "Succeeded": "Healthy",
-                          "Failed": "Degraded", "Suspended": "Suspended"}.items():
+    for phase, health in {
+        "Pending": "Progressing",
+        "Running": "Progressing",
+        "Succeeded": "Healthy",
+        "Failed": "Degraded",
+        "Suspended": "Suspended",
+    }.items():
         assert argocd_health({**base, "status": {"phase": phase, "observedGeneration": 1}})["status"] == health
 
 
 GOLDEN_STATUSES = sorted(GOLDEN.glob("status-*.json"))
-PHASE_HEALTH = {"Pending": {"Progressing"}, "Running": {"Progressing", "Degraded"}, "Succeeded": {"Healthy"},
-                "Failed": {"Degraded"}, "Suspended": {"Suspended", "Degraded"}}
+PHASE_HEALTH = {
+    "Pending": {"Progressing"},
+    "Running": {"Progressing", "Degraded"},
+    "Succeeded": {"Healthy"},
+    "Failed": {"Degraded"},
+    "Suspended": {"Suspended", "Degraded"},
+}
 
 
-@pytest.mark.skipif(not GOLDEN_STATUSES, reason="the operator tests have not written tests/operator/golden/status-*.json")
+@pytest.mark.skipif(
+    not GOLDEN_STATUSES, reason="the operator tests have not written tests/operator/golden/status-*.json"
+)
 @pytest.mark.parametrize("path", GOLDEN_STATUSES, ids=[p.stem for p in GOLDEN_STATUSES])
 def test_argocd_health_on_recorded_operator_statuses(path):
     """Statuses recorded by the operator's emulator tests: health agrees with their phase and Stalled."""

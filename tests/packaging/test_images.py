@@ -71,13 +71,17 @@ def test_images_run_as_their_non_root_users_with_the_entrypoints(images: im.Buil
     chart_uid = CHART_VALUES["podSecurityContext"]["runAsUser"]
     from kubetune.operator.manifests.job import RUN_AS_USER
 
-    for image, uid, entrypoint in ((images.operator, chart_uid, ["kubetune", "operator"]),
-                                   (images.trainer, RUN_AS_USER, ["kubetune-train"])):
+    for image, uid, entrypoint in (
+        (images.operator, chart_uid, ["kubetune", "operator"]),
+        (images.trainer, RUN_AS_USER, ["kubetune-train"]),
+    ):
         config = im.image_config(image)["config"]
         assert config["User"] == f"{uid}:{uid}", (image, config["User"])
         assert config["Entrypoint"] == entrypoint, (image, config["Entrypoint"])
         # the process really runs as that user (no --user: the image's USER), in its home, and cannot write /
-        proc = _run(image, "sh", "-c", "id -u; id -g; pwd; touch /opt/probe 2>/dev/null && echo writable || echo denied")
+        proc = _run(
+            image, "sh", "-c", "id -u; id -g; pwd; touch /opt/probe 2>/dev/null && echo writable || echo denied"
+        )
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.split() == [str(uid), str(uid), config["WorkingDir"], "denied"], proc.stdout
         # the entrypoint is an installed console script on PATH
@@ -86,9 +90,11 @@ def test_images_run_as_their_non_root_users_with_the_entrypoints(images: im.Buil
 
 
 def test_operator_image_has_the_operator_and_no_torch(images: im.BuiltImages) -> None:
-    check = ("import importlib.util, json, sys, kopf, kubernetes, kubetune.operator.handlers.finetunejob, kubetune.cli;"
-             "print(json.dumps({'torch': importlib.util.find_spec('torch') is not None, 'loaded': 'torch' in sys.modules,"
-             " 'kopf': kopf.__version__ if hasattr(kopf, '__version__') else None}))")
+    check = (
+        "import importlib.util, json, sys, kopf, kubernetes, kubetune.operator.handlers.finetunejob, kubetune.cli;"
+        "print(json.dumps({'torch': importlib.util.find_spec('torch') is not None, 'loaded': 'torch' in sys.modules,"
+        " 'kopf': kopf.__version__ if hasattr(kopf, '__version__') else None}))"
+    )
     proc = _run(images.operator, "python", "-c", check)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -104,9 +110,11 @@ def test_operator_image_has_the_operator_and_no_torch(images: im.BuiltImages) ->
 
 def test_trainer_image_imports_the_training_stack_at_the_pinned_versions(images: im.BuiltImages) -> None:
     modules = ["torch", "transformers", "peft", "trl", "accelerate", "deepspeed", "bitsandbytes"]
-    check = ("import importlib, json; mods = " + repr(modules) + "; "
-             "import kubetune.trainer.runner; "
-             "print(json.dumps({m: importlib.import_module(m).__version__ for m in mods}))")
+    check = (
+        "import importlib, json; mods = " + repr(modules) + "; "
+        "import kubetune.trainer.runner; "
+        "print(json.dumps({m: importlib.import_module(m).__version__ for m in mods}))"
+    )
     proc = _run(images.trainer, "python", "-c", check)
     assert proc.returncode == 0, proc.stderr[-3000:]
     versions = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -118,8 +126,12 @@ def test_trainer_image_imports_the_training_stack_at_the_pinned_versions(images:
 
 def test_image_sizes_are_reported(images: im.BuiltImages, record_property: Any) -> None:
     sizes = {"operator": im.image_size(images.operator), "trainer": im.image_size(images.trainer)}
-    report = {"sizes": {k: im.human(v) for k, v in sizes.items()}, "bytes": sizes, "driver": images.driver,
-              "hash": images.hash}
+    report = {
+        "sizes": {k: im.human(v) for k, v in sizes.items()},
+        "bytes": sizes,
+        "driver": images.driver,
+        "hash": images.hash,
+    }
     REPORT.write_text(json.dumps(report, indent=2) + "\n")
     for name, size in sizes.items():
         record_property(f"{name}_image_bytes", size)
@@ -130,12 +142,16 @@ def test_image_sizes_are_reported(images: im.BuiltImages, record_property: Any) 
 
 
 def test_an_unchanged_tree_is_not_rebuilt(images: im.BuiltImages) -> None:
-    before = {i: im.image_config(i)["config"]["Labels"]["io.kubetune.build-hash"] for i in (images.operator, images.trainer)}
+    before = {
+        i: im.image_config(i)["config"]["Labels"]["io.kubetune.build-hash"] for i in (images.operator, images.trainer)
+    }
     again = im.ensure_images(timeout=300)
     assert again.hash == images.hash
     assert "building" not in again.log, again.log
     assert again.log.count("is up to date") == 2, again.log
-    assert {i: im.image_config(i)["config"]["Labels"]["io.kubetune.build-hash"] for i in (again.operator, again.trainer)} == before
+    assert {
+        i: im.image_config(i)["config"]["Labels"]["io.kubetune.build-hash"] for i in (again.operator, again.trainer)
+    } == before
 
 
 def test_a_source_change_reuses_the_dependency_layers(images: im.BuiltImages, tmp_path: Path) -> None:
@@ -153,16 +169,36 @@ def test_a_source_change_reuses_the_dependency_layers(images: im.BuiltImages, tm
     assert any(a.startswith("PYTHON_IMAGE=localhost/") for a in args), args
     tag = f"localhost/kubetune-operator:changed-{uuid.uuid4().hex[:6]}"
     try:
-        proc = subprocess.run([str(im.KT_BUILDAH), "bud", "--layers", "--isolation", "chroot", "--network", "host",
-                               "--pull-never", "--target", "operator", *[f for a in args for f in ("--build-arg", a)],
-                               "-t", tag, "."], cwd=ctx, capture_output=True, text=True, check=False, timeout=1200)
+        proc = subprocess.run(
+            [
+                str(im.KT_BUILDAH),
+                "bud",
+                "--layers",
+                "--isolation",
+                "chroot",
+                "--network",
+                "host",
+                "--pull-never",
+                "--target",
+                "operator",
+                *[f for a in args for f in ("--build-arg", a)],
+                "-t",
+                tag,
+                ".",
+            ],
+            cwd=ctx,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=1200,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         out = proc.stdout
         # the dependency install is a cache hit; the wheel stage's COPY of the sources is not
         deps = out.index('python -c "${PROJECT_REQUIREMENTS}" /tmp/pyproject.toml operator')
-        assert "Using cache" in out[deps:deps + 400], out[deps - 200:deps + 600]
+        assert "Using cache" in out[deps : deps + 400], out[deps - 200 : deps + 600]
         src = out.index("COPY operator/ operator/")
-        assert "Using cache" not in out[src:src + 300], out[src:src + 600]
+        assert "Using cache" not in out[src : src + 300], out[src : src + 600]
         layers_before = im.image_config(images.operator)["rootfs"]["diff_ids"]
         layers_after = im.image_config(tag)["rootfs"]["diff_ids"]
         assert len(layers_after) == len(layers_before)
@@ -179,8 +215,15 @@ def test_a_read_only_root_refuses_writes_even_to_root(images: im.BuiltImages, tm
     volumes, while a mounted volume stays writable."""
     vol = tmp_path / "vol"
     vol.mkdir()
-    proc = _run(images.trainer, "sh", "-c", "touch /opt/kubetune/probe; echo rc=$?; touch /data/ok && echo wrote",
-                user="0:0", read_only_root=True, mounts=[im.Mount("/data", vol)])
+    proc = _run(
+        images.trainer,
+        "sh",
+        "-c",
+        "touch /opt/kubetune/probe; echo rc=$?; touch /data/ok && echo wrote",
+        user="0:0",
+        read_only_root=True,
+        mounts=[im.Mount("/data", vol)],
+    )
     assert "Read-only file system" in proc.stderr and "rc=1" in proc.stdout and "wrote" in proc.stdout, proc
     assert (vol / "ok").exists()
 
@@ -215,11 +258,20 @@ def node_s3(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
     port = free_port()
     server = ThreadedMotoServer(ip_address=ip, port=port, verbose=False)
     server.start()
-    creds = {"AWS_ENDPOINT_URL": f"http://{ip}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-             "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    creds = {
+        "AWS_ENDPOINT_URL": f"http://{ip}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     bucket = f"kt-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=creds["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
+    boto3.client(
+        "s3",
+        endpoint_url=creds["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    ).create_bucket(Bucket=bucket)
     try:
         yield creds["AWS_ENDPOINT_URL"], bucket, creds
     finally:
@@ -229,8 +281,13 @@ def node_s3(tmp_path: Path) -> Iterator[tuple[str, str, dict[str, str]]]:
 def upload_inputs(creds: dict[str, str], bucket: str, model_dir: Path) -> tuple[str, str]:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=creds["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=creds["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     for path in sorted(model_dir.rglob("*")):
         if path.is_file():
             s3.upload_file(str(path), bucket, f"models/tiny/{path.relative_to(model_dir)}")
@@ -251,12 +308,19 @@ def tiny_lora_spec(model: str, data: str, output: str, secret: str) -> dict[str,
 
 def verify_artifact(uri: str, creds: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``kubetune artifacts verify`` from the host, with the credentials the Secret holds."""
-    return subprocess.run([str(Path(sys.executable).parent / "kubetune"), "artifacts", "verify", uri],
-                          capture_output=True, text=True, check=False, timeout=300, env={**os.environ, **creds})
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "kubetune"), "artifacts", "verify", uri],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, **creds},
+    )
 
 
-def test_trainer_image_trains_as_the_job_pod_into_s3(images: im.BuiltImages, tiny_model_dir: Path, tmp_path: Path,
-                                                     node_s3: tuple[str, str, dict[str, str]]) -> None:
+def test_trainer_image_trains_as_the_job_pod_into_s3(
+    images: im.BuiltImages, tiny_model_dir: Path, tmp_path: Path, node_s3: tuple[str, str, dict[str, str]]
+) -> None:
     """The operator's own Job and ConfigMap for a tiny LoRA SFT, run from the trainer image like the kubelet
     would: uid 1000, the Job's env (credentials from the Secret via envFrom, the completion index from the
     pod's annotation), its config/shm/cache/state volumes, a read-only root; the adapter goes to moto S3."""
@@ -270,21 +334,34 @@ def test_trainer_image_trains_as_the_job_pod_into_s3(images: im.BuiltImages, tin
     endpoint, bucket, creds = node_s3
     model, data = upload_inputs(creds, bucket, tiny_model_dir)
     uri = f"s3://{bucket}/runs/in-image"
-    ftj = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                      "metadata": {"name": "in-image", "namespace": "default"},
-                                      "spec": tiny_lora_spec(model, data, uri, "s3-credentials")})
+    ftj = FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "in-image", "namespace": "default"},
+            "spec": tiny_lora_spec(model, data, uri, "s3-credentials"),
+        }
+    )
     options = BuildOptions(trainer_image=images.trainer, metrics_port=free_port())
     configmap = build_configmap(ftj, options, Resolved(output_uri=output_uri(ftj, options)))
     job = build_job(ftj, options)
     template = job["spec"]["template"]
-    pod = {"metadata": {"name": f"{job['metadata']['name']}-0-x7k2p", "namespace": "default",
-                        "labels": template["metadata"]["labels"], "annotations": {COMPLETION_INDEX_ANNOTATION: "0"}},
-           "spec": template["spec"], "status": {"podIP": node_ip()}}
+    pod = {
+        "metadata": {
+            "name": f"{job['metadata']['name']}-0-x7k2p",
+            "namespace": "default",
+            "labels": template["metadata"]["labels"],
+            "annotations": {COMPLETION_INDEX_ANNOTATION: "0"},
+        },
+        "spec": template["spec"],
+        "status": {"podIP": node_ip()},
+    }
     assert pod["spec"]["containers"][0]["image"] == images.trainer
     configmaps = {configmap["metadata"]["name"]: configmap["data"]}
     secrets = {"s3-credentials": creds}
-    ctr, term = im.pod_container(pod, images.trainer, tmp_path / "pod", configmaps.__getitem__, secrets.__getitem__,
-                                 read_only_root=True)
+    ctr, term = im.pod_container(
+        pod, images.trainer, tmp_path / "pod", configmaps.__getitem__, secrets.__getitem__, read_only_root=True
+    )
     # what the runner took from the Job: the user, the command, the four volumes
     assert ctr.user == "1000:1000" and ctr.command[:2] == ["kubetune-train", "--config"]
     targets = {m.target: m for m in ctr.mounts}
@@ -311,12 +388,16 @@ def test_trainer_image_trains_as_the_job_pod_into_s3(images: im.BuiltImages, tin
     assert verified.returncode == 0, verified.stderr
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                      region_name="us-east-1")
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
     manifest = json.loads(s3.get_object(Bucket=bucket, Key="runs/in-image/manifest.json")["Body"].read())
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {f["path"] for f in manifest["files"]}
     assert manifest["baseModel"]["source"] == model
-
 
 
 def test_job_pods_can_run_with_a_read_only_root() -> None:
@@ -326,13 +407,19 @@ def test_job_pods_can_run_with_a_read_only_root() -> None:
     from kubetune.operator.manifests import BuildOptions
     from kubetune.operator.manifests.job import build_job
 
-    ftj = FineTuneJob.model_validate({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                      "metadata": {"name": "ro", "namespace": "default"},
-                                      "spec": tiny_lora_spec("s3://bkt/m/", "s3://bkt/d.json", "s3://bkt/o", "s")})
+    ftj = FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "ro", "namespace": "default"},
+            "spec": tiny_lora_spec("s3://bkt/m/", "s3://bkt/d.json", "s3://bkt/o", "s"),
+        }
+    )
     pod = build_job(ftj, BuildOptions())["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["securityContext"].get("readOnlyRootFilesystem") is True
     assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
 
 # ------------------------------------------------------------------------------------------ the operator image
 
@@ -342,10 +429,16 @@ def chart_operator_pod(values: dict[str, Any]) -> dict[str, Any]:
     from tests.chart.helm import one, template
 
     deployment = one(template(values), "Deployment")
-    return {"metadata": {"name": f"{deployment['metadata']['name']}-5d8f7-q2x9z",
-                         "namespace": deployment["metadata"]["namespace"], "uid": str(uuid.uuid4()),
-                         "labels": deployment["spec"]["template"]["metadata"]["labels"]},
-            "spec": deployment["spec"]["template"]["spec"], "status": {"podIP": "127.0.0.1", "hostIP": "127.0.0.1"}}
+    return {
+        "metadata": {
+            "name": f"{deployment['metadata']['name']}-5d8f7-q2x9z",
+            "namespace": deployment["metadata"]["namespace"],
+            "uid": str(uuid.uuid4()),
+            "labels": deployment["spec"]["template"]["metadata"]["labels"],
+        },
+        "spec": deployment["spec"]["template"]["spec"],
+        "status": {"podIP": "127.0.0.1", "hostIP": "127.0.0.1"},
+    }
 
 
 def _http(url: str) -> tuple[int, str]:
@@ -365,12 +458,15 @@ async def _wait(check: Any, timeout: float, what: str, log: Path) -> Any:
         if last:
             return last
         await asyncio.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout}s (last {last!r})\n--- operator log ---\n"
-                         f"{log.read_text(errors='replace')[-5000:] if log.exists() else ''}")
+    raise AssertionError(
+        f"{what}: not within {timeout}s (last {last!r})\n--- operator log ---\n"
+        f"{log.read_text(errors='replace')[-5000:] if log.exists() else ''}"
+    )
 
 
-async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, tmp_path: Path,
-                                                       request: pytest.FixtureRequest) -> None:
+async def test_operator_image_reconciles_a_finetunejob(
+    images: im.BuiltImages, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """`kubetune operator` from the image, with the chart Deployment's args, env, user, /tmp volume and
     read-only root, logged in like a pod (the ServiceAccount token mounted where the kubelet mounts it, the
     KUBERNETES_SERVICE_* env), against the real control plane; a FineTuneJob gets its ConfigMap and Job
@@ -387,28 +483,46 @@ async def test_operator_image_reconciles_a_finetunejob(images: im.BuiltImages, t
     ns = await asyncio.to_thread(cp.create_namespace, rc.namespace_name(request.node.name))
     mark = cp.audit_mark()
     async with operator_container(images, cp, ns, tmp_path) as (log, metrics):
-        cp.api.create(rc.FTJ, {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                               "metadata": {"name": "imaged", "namespace": ns},
-                               "spec": {"model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-                                        "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
-                                        "resources": {"nodes": 1, "gpusPerNode": 1},
-                                        "output": {"uri": "s3://out/imaged"}}}, ns)
+        cp.api.create(
+            rc.FTJ,
+            {
+                "apiVersion": "kubetune.io/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "imaged", "namespace": ns},
+                "spec": {
+                    "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+                    "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
+                    "resources": {"nodes": 1, "gpusPerNode": 1},
+                    "output": {"uri": "s3://out/imaged"},
+                },
+            },
+            ns,
+        )
         job = await _wait(lambda: cp.api.get("batch/v1/jobs", ns, "imaged"), 90, "the Job", log)
         assert job["spec"]["template"]["spec"]["containers"][0]["image"] == images.trainer
         assert cp.api.get("v1/configmaps", ns, "imaged-trainer")
         # kwok runs the pod on a fake GPU node; the operator's status follows it
-        await _wait(lambda: (cp.api.get(rc.FTJ, ns, "imaged") or {}).get("status", {}).get("phase") == "Running",
-                    120, "phase Running", log)
+        await _wait(
+            lambda: (cp.api.get(rc.FTJ, ns, "imaged") or {}).get("status", {}).get("phase") == "Running",
+            120,
+            "phase Running",
+            log,
+        )
         status, body = _http(f"http://127.0.0.1:{metrics}/metrics")
         assert status == 200 and "kubetune_" in body, body[:2000]
-    writes = [e for e in cp.audit(since=mark, user=rc.OPERATOR_USER)
-              if e["verb"] in ("create", "patch", "update") and e.get("objectRef", {}).get("namespace") == ns]
+    writes = [
+        e
+        for e in cp.audit(since=mark, user=rc.OPERATOR_USER)
+        if e["verb"] in ("create", "patch", "update") and e.get("objectRef", {}).get("namespace") == ns
+    ]
     assert {e["objectRef"]["resource"] for e in writes} >= {"jobs", "configmaps", "finetunejobs"}, writes
     await asyncio.to_thread(cp.delete_namespace, ns)
 
 
 @contextlib.asynccontextmanager
-async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path: Path) -> AsyncIterator[tuple[Path, int]]:
+async def operator_container(
+    images: im.BuiltImages, cp: Any, ns: str, tmp_path: Path
+) -> AsyncIterator[tuple[Path, int]]:
     """The operator image run as the chart's Deployment pod (watching ``ns``), logged in like a pod: the
     ServiceAccount token, CA and namespace where the kubelet projects them, KUBERNETES_SERVICE_* in the env.
     Ready once /healthz answers (the chart's probe); yields the log file and the metrics port; stopped with
@@ -417,11 +531,12 @@ async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path:
     from tests.servers import free_port
 
     metrics, health = free_port(), free_port()
-    values = {"watch": {"allNamespaces": False, "namespaces": [ns]},
-              "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
-              "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
-              "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"},
-                          "metricsPort": free_port()}}
+    values = {
+        "watch": {"allNamespaces": False, "namespaces": [ns]},
+        "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
+        "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
+        "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"}, "metricsPort": free_port()},
+    }
     pod = await asyncio.to_thread(chart_operator_pod, values)
     container = pod["spec"]["containers"][0]
     assert container["image"] == images.operator
@@ -434,9 +549,14 @@ async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path:
     for f in sa.iterdir():
         f.chmod(0o644)
     assert pod["spec"]["serviceAccountName"] == rc.OPERATOR_SA and pod["spec"]["automountServiceAccountToken"]
-    ctr, _ = im.pod_container(pod, images.operator, tmp_path / "operator-pod", {}.__getitem__, {}.__getitem__,
-                              extra_env={"KUBERNETES_SERVICE_HOST": "127.0.0.1",
-                                         "KUBERNETES_SERVICE_PORT": str(cp.apiserver_port)})
+    ctr, _ = im.pod_container(
+        pod,
+        images.operator,
+        tmp_path / "operator-pod",
+        {}.__getitem__,
+        {}.__getitem__,
+        extra_env={"KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(cp.apiserver_port)},
+    )
     ctr.mounts.append(im.Mount("/var/run/secrets/kubernetes.io/serviceaccount", sa, read_only=True))
     assert ctr.read_only_root and ctr.user == "10001:10001", "the chart's securityContext"
     assert ctr.command[:2] == ["kubetune", "operator"] and "KUBECONFIG" not in ctr.env
@@ -451,7 +571,9 @@ async def operator_container(images: im.BuiltImages, cp: Any, ns: str, tmp_path:
         assert code in (0, -15, 143), f"exit {code}\n{log.read_text()[-3000:]}"
 
 
-async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+async def _operator_against_the_emulator(
+    images: im.BuiltImages, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     """Without the control plane's binaries: the same container against the emulator (kubeconfig mounted)."""
     from tests.harness.cluster import ClusterSimulator
     from tests.harness.emulator import FTJ
@@ -462,31 +584,51 @@ async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path,
     metrics, health = free_port(), free_port()
     # the chart's default --all-namespaces (the emulator does not serve kopf's namespace observer; it is this
     # test's own API, so nothing else is watched)
-    values = {"operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
-              "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
-              "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"}}}
+    values = {
+        "operator": {"metricsPort": metrics, "healthPort": health, "syncInterval": 1},
+        "image": {"repository": "localhost/kubetune-operator", "tag": "dev"},
+        "trainer": {"image": {"repository": "localhost/kubetune-trainer", "tag": "dev"}},
+    }
     pod = await asyncio.to_thread(chart_operator_pod, values)
     async with emulated_api(tmp_path, monkeypatch) as api, ClusterSimulator(api):
         kubeconfig = Path(os.environ["KUBECONFIG"])
         kubeconfig.chmod(0o644)
-        ctr, _ = im.pod_container(pod, images.operator, tmp_path / "pod", {}.__getitem__, {}.__getitem__,
-                                  extra_env={"KUBECONFIG": "/var/run/kubetune/kubeconfig"})
+        ctr, _ = im.pod_container(
+            pod,
+            images.operator,
+            tmp_path / "pod",
+            {}.__getitem__,
+            {}.__getitem__,
+            extra_env={"KUBECONFIG": "/var/run/kubetune/kubeconfig"},
+        )
         ctr.mounts.append(im.Mount("/var/run/kubetune/kubeconfig", kubeconfig, read_only=True))
         log = tmp_path / "operator.log"
         with ctr:
             proc = ctr.popen(log)
             try:
                 await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log)
-                api.create(FTJ, {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                 "metadata": {"name": "imaged", "namespace": "default"},
-                                 "spec": {"model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-                                          "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
-                                          "resources": {"nodes": 1, "gpusPerNode": 1},
-                                          "output": {"uri": "s3://out/imaged"}}})
+                api.create(
+                    FTJ,
+                    {
+                        "apiVersion": "kubetune.io/v1alpha1",
+                        "kind": "FineTuneJob",
+                        "metadata": {"name": "imaged", "namespace": "default"},
+                        "spec": {
+                            "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+                            "datasets": [{"name": "identity", "source": "s3://data/identity.json"}],
+                            "resources": {"nodes": 1, "gpusPerNode": 1},
+                            "output": {"uri": "s3://out/imaged"},
+                        },
+                    },
+                )
                 job = await _wait(lambda: api.get("batch/v1/jobs", "default", "imaged"), 90, "the Job", log)
                 assert job["spec"]["template"]["spec"]["containers"][0]["image"] == images.trainer
-                await _wait(lambda: (api.get(FTJ, "default", "imaged") or {}).get("status", {}).get("phase") == "Running",
-                            120, "phase Running", log)
+                await _wait(
+                    lambda: (api.get(FTJ, "default", "imaged") or {}).get("status", {}).get("phase") == "Running",
+                    120,
+                    "phase Running",
+                    log,
+                )
             finally:
                 im.Container.stop(proc)
 
@@ -494,9 +636,13 @@ async def _operator_against_the_emulator(images: im.BuiltImages, tmp_path: Path,
 # ------------------------------------------------------------------------------------------ end to end
 
 
-async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImages, tiny_model_dir: Path, tmp_path: Path,
-                                                           node_s3: tuple[str, str, dict[str, str]],
-                                                           request: pytest.FixtureRequest) -> None:
+async def test_kubectl_apply_to_succeeded_with_both_images(
+    images: im.BuiltImages,
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    node_s3: tuple[str, str, dict[str, str]],
+    request: pytest.FixtureRequest,
+) -> None:
     """The whole path with nothing emulated but the node: ``kubectl apply -f`` of a FineTuneJob on the real
     control plane; the operator image (as the chart's pod) makes the Job; the real Job controller makes the
     pod and the real scheduler binds it to a node whose kubelet runs it from the trainer image (uid 1000, the
@@ -512,13 +658,20 @@ async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImage
     uri = f"s3://{bucket}/runs/e2e"
     ns = await asyncio.to_thread(cp.create_namespace, rc.namespace_name(request.node.name))
     k8s = rc.K8s(cp, ns)
-    cp.api.create("v1/secrets", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
-                                 "stringData": creds}, ns)
+    cp.api.create(
+        "v1/secrets",
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"}, "stringData": creds},
+        ns,
+    )
     spec = tiny_lora_spec(model, data, uri, "s3-credentials")
     spec["resources"].update({"nodeSelector": ProcessKubelet.NODE_SELECTOR, "tolerations": ProcessKubelet.TOLERATIONS})
     manifest = tmp_path / "finetunejob.yaml"
-    manifest.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                        "metadata": {"name": "e2e"}, "spec": spec}, sort_keys=False))
+    manifest.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "e2e"}, "spec": spec},
+            sort_keys=False,
+        )
+    )
     kubelet_cls = im.image_kubelet_class()
     # the root is as the pod asks (the Job sets no readOnlyRootFilesystem: see test_job_pods_can_run_with_a_read_only_root)
     with kubelet_cls(cp.api, tmp_path / "node", node=f"img-{uuid.uuid4().hex[:6]}", pod_ip=node_ip()) as kubelet:
@@ -543,7 +696,9 @@ async def test_kubectl_apply_to_succeeded_with_both_images(images: im.BuiltImage
         terminated = pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]
         assert terminated["exitCode"] == 0 and terminated["message"].startswith("succeeded"), terminated
         job = cp.api.get("batch/v1/jobs", ns, "e2e")
-        assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"]), job["status"]
+        assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"]), job[
+            "status"
+        ]
     assert status["artifacts"]["adapterUri"] == uri, status
     verified = verify_artifact(uri, creds)
     assert verified.returncode == 0, verified.stderr

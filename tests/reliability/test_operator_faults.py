@@ -17,8 +17,9 @@ def children(api: KubeEmulator) -> tuple[int, int, int]:
     return len(api.list("batch/v1/jobs", NS)), len(api.list("v1/configmaps", NS)), len(api.list("v1/services", NS))
 
 
-async def test_operator_killed_and_restarted_ten_times_mid_job(kube_api: KubeEmulator, cluster: ClusterSimulator,
-                                                              start_operator: Any) -> None:
+async def test_operator_killed_and_restarted_ten_times_mid_job(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     stop = await start_operator()
     kube_api.create(FTJ, ftj("restarts"))
     await eventually(lambda: status(kube_api, "restarts").get("phase") == "Running")
@@ -41,8 +42,9 @@ async def test_operator_killed_and_restarted_ten_times_mid_job(kube_api: KubeEmu
     assert events(kube_api, "restarts").count(("Normal", "TrainingCompleted")) == 1, events(kube_api, "restarts")
 
 
-async def test_watch_expiry_410_is_handled_by_relisting(kube_api: KubeEmulator, cluster: ClusterSimulator,
-                                                       start_operator: Any) -> None:
+async def test_watch_expiry_410_is_handled_by_relisting(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("gone"))
     await eventually(lambda: status(kube_api, "gone").get("phase") == "Running")
@@ -56,8 +58,9 @@ async def test_watch_expiry_410_is_handled_by_relisting(kube_api: KubeEmulator, 
     assert children(kube_api) == (2, 2, 2)
 
 
-async def test_conflicts_on_status_writes_are_retried(kube_api: KubeEmulator, cluster: ClusterSimulator,
-                                                     start_operator: Any) -> None:
+async def test_conflicts_on_status_writes_are_retried(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     kube_api.inject("PATCH", FTJ, subresource="status", count=3, code=409, reason="Conflict")
     kube_api.inject("POST", "batch/v1/jobs", count=2, code=500, reason="InternalError")  # a flaky API server
     await start_operator()
@@ -74,26 +77,41 @@ async def test_conflicts_on_status_writes_are_retried(kube_api: KubeEmulator, cl
 
 
 INVALID = {
-    "stage-data-mismatch": (dict(stage="dpo"), "spec.datasets[0].ranking"),
-    "ppo-without-reward-model": (dict(stage="ppo"), "spec.training.rewardModel"),
-    "kto-without-labels": (dict(stage="kto"), "spec.datasets[0].columns.ktoTag"),
-    "quantized-full": (dict(method={"type": "full"}, model={"source": "hf://a/b", "quantization": {"bits": 4}}),
-                       "spec.model.quantization"),
-    "pt-on-sharegpt": (dict(stage="pt", datasets=[{"name": "d", "source": "s3://bkt/d.json", "formatting": "sharegpt"}]),
-                       "spec.datasets[0].formatting"),
-    "does-not-fit": (dict(model={"source": "hf://meta-llama/Llama-3.1-70B", "parameters": "70B"}, method={"type": "full"},
-                          resources={"nodes": 1, "gpusPerNode": 1, "gpuType": "T4"}), "spec.resources.gpuType"),
-    "absurd-interleave": (dict(training={"mixStrategy": "interleave_under", "interleaveProbs": [0.7, 0.7]}),
-                          "spec.training.interleaveProbs"),
-    "offload-without-deepspeed": (dict(distributed={"strategy": "ddp", "offload": True}), "spec.distributed.offload"),
-    "adapter-with-freeze": (dict(method={"type": "freeze"}, model={"source": "hf://a/b", "adapter": {"source": "s3://bkt/a"}}),
-                            "spec.model.adapter"),
+    "stage-data-mismatch": ({"stage": "dpo"}, "spec.datasets[0].ranking"),
+    "ppo-without-reward-model": ({"stage": "ppo"}, "spec.training.rewardModel"),
+    "kto-without-labels": ({"stage": "kto"}, "spec.datasets[0].columns.ktoTag"),
+    "quantized-full": (
+        {"method": {"type": "full"}, "model": {"source": "hf://a/b", "quantization": {"bits": 4}}},
+        "spec.model.quantization",
+    ),
+    "pt-on-sharegpt": (
+        {"stage": "pt", "datasets": [{"name": "d", "source": "s3://bkt/d.json", "formatting": "sharegpt"}]},
+        "spec.datasets[0].formatting",
+    ),
+    "does-not-fit": (
+        {
+            "model": {"source": "hf://meta-llama/Llama-3.1-70B", "parameters": "70B"},
+            "method": {"type": "full"},
+            "resources": {"nodes": 1, "gpusPerNode": 1, "gpuType": "T4"},
+        },
+        "spec.resources.gpuType",
+    ),
+    "absurd-interleave": (
+        {"training": {"mixStrategy": "interleave_under", "interleaveProbs": [0.7, 0.7]}},
+        "spec.training.interleaveProbs",
+    ),
+    "offload-without-deepspeed": ({"distributed": {"strategy": "ddp", "offload": True}}, "spec.distributed.offload"),
+    "adapter-with-freeze": (
+        {"method": {"type": "freeze"}, "model": {"source": "hf://a/b", "adapter": {"source": "s3://bkt/a"}}},
+        "spec.model.adapter",
+    ),
     "x" * 70: ({}, "metadata.name"),
 }
 
 
 async def test_a_batch_of_invalid_jobs_is_rejected_once_each_and_the_operator_stays_up(
-        kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any) -> None:
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("good"))
     for name, (spec, _path) in INVALID.items():

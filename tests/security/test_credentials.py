@@ -23,8 +23,10 @@ URIS = [
     f"https://user:{SECRET}@example.com/data.jsonl",
     f"https://{SECRET}@example.com/data.jsonl",
     f"s3://user:{SECRET}@bucket/model/",
-    (f"https://bucket.s3.amazonaws.com/d.jsonl?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA{SECRET}"
-     f"&X-Amz-Signature={SECRET}"),
+    (
+        f"https://bucket.s3.amazonaws.com/d.jsonl?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIA{SECRET}"
+        f"&X-Amz-Signature={SECRET}"
+    ),
     f"https://storage.googleapis.com/b/d.jsonl?X-Goog-Signature={SECRET}",
     f"https://acct.blob.core.windows.net/c/d.jsonl?sv=2022-11-02&sig={SECRET}",
     f"https://example.com/d.jsonl?token={SECRET}",
@@ -78,20 +80,44 @@ def test_clean_uris_still_validate() -> None:
 
 _secret = st.text(alphabet=string.ascii_letters + string.digits + "-._~", min_size=12, max_size=30)
 _host = st.sampled_from(["example.com", "10.0.0.1:9000", "[::1]:80", "minio.svc.cluster.local", "h"])
-_param = st.sampled_from(["X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token", "Signature", "sig", "token",
-                          "access_token", "X-Goog-Signature", "api_key", "client_secret", "AWSAccessKeyId", "SIG"])
+_param = st.sampled_from(
+    [
+        "X-Amz-Signature",
+        "X-Amz-Credential",
+        "X-Amz-Security-Token",
+        "Signature",
+        "sig",
+        "token",
+        "access_token",
+        "X-Goog-Signature",
+        "api_key",
+        "client_secret",
+        "AWSAccessKeyId",
+        "SIG",
+    ]
+)
 _wrap = st.sampled_from(["{}", "'{}'", '"{}"', "({})", "<{}>", "cannot GET {}: HTTP 500", "{}; retrying in 0.2s"])
 
 
 @settings(max_examples=300, deadline=None)
-@given(secret=_secret, user=_secret, host=_host, param=_param, wrap=_wrap,
-       scheme=st.sampled_from(["https", "http", "s3", "hf"]), form=st.integers(0, 3))
-def test_redact_never_leaves_a_secret(secret: str, user: str, host: str, param: str, wrap: str, scheme: str,
-                                      form: int) -> None:
-    urls = [f"{scheme}://{user}:{secret}@{host}/a/b",
-            f"{scheme}://{secret}@{host}/a",
-            f"{scheme}://{host}/a?x=1&{param}={secret}&y=2",
-            f"{scheme}://{user}:{secret}@{host}/a?{param}={secret}"]
+@given(
+    secret=_secret,
+    user=_secret,
+    host=_host,
+    param=_param,
+    wrap=_wrap,
+    scheme=st.sampled_from(["https", "http", "s3", "hf"]),
+    form=st.integers(0, 3),
+)
+def test_redact_never_leaves_a_secret(
+    secret: str, user: str, host: str, param: str, wrap: str, scheme: str, form: int
+) -> None:
+    urls = [
+        f"{scheme}://{user}:{secret}@{host}/a/b",
+        f"{scheme}://{secret}@{host}/a",
+        f"{scheme}://{host}/a?x=1&{param}={secret}&y=2",
+        f"{scheme}://{user}:{secret}@{host}/a?{param}={secret}",
+    ]
     text = wrap.format(urls[form])
     out = redact(text)
     assert secret not in out, (text, out)
@@ -99,8 +125,9 @@ def test_redact_never_leaves_a_secret(secret: str, user: str, host: str, param: 
     assert credentials_in(urls[form]) is not None
 
 
-def test_trainer_errors_logs_and_termination_messages_are_redacted(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trainer_errors_logs_and_termination_messages_are_redacted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from kubetune.trainer.__main__ import write_termination_message
     from kubetune.trainer.errors import ConfigError
     from kubetune.trainer.logging import get_logger, setup
@@ -129,14 +156,27 @@ def test_trainer_errors_logs_and_termination_messages_are_redacted(tmp_path: Pat
 def test_operator_status_never_shows_a_secret_from_a_pod() -> None:
     from kubetune.operator.status import termination_message
 
-    pod = {"status": {"containerStatuses": [{"state": {"terminated": {
-        "exitCode": 3, "message": f"spec.datasets[0].source: cannot GET https://u:{SECRET}@h/x?X-Amz-Signature={SECRET}"}}}]}}
+    pod = {
+        "status": {
+            "containerStatuses": [
+                {
+                    "state": {
+                        "terminated": {
+                            "exitCode": 3,
+                            "message": f"spec.datasets[0].source: cannot GET https://u:{SECRET}@h/x?X-Amz-Signature={SECRET}",
+                        }
+                    }
+                }
+            ]
+        }
+    }
     message = termination_message([pod])
     assert message and SECRET not in message and "cannot GET" in message
 
 
-def test_http_retry_warnings_and_errors_never_echo_a_signature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                no_proxy_env: None) -> None:
+def test_http_retry_warnings_and_errors_never_echo_a_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_proxy_env: None
+) -> None:
     """A pre-signed URL given on the command line (not validated) still never reaches a log line or an error."""
     import http.server
     import threading
@@ -157,8 +197,11 @@ def test_http_retry_warnings_and_errors_never_echo_a_signature(tmp_path: Path, m
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    for var, value in (("KUBETUNE_S3_ATTEMPTS", "2"), ("KUBETUNE_S3_BACKOFF_S", "0.01"),
-                       ("KUBETUNE_HTTP_BACKOFF_S", "0.01")):
+    for var, value in (
+        ("KUBETUNE_S3_ATTEMPTS", "2"),
+        ("KUBETUNE_S3_BACKOFF_S", "0.01"),
+        ("KUBETUNE_HTTP_BACKOFF_S", "0.01"),
+    ):
         monkeypatch.setenv(var, value)
     if hasattr(s3, "RetryPolicy") and hasattr(s3, "RETRY"):
         monkeypatch.setattr(s3, "RETRY", s3.RetryPolicy(attempts=2, base_s=0.01, cap_s=0.01))

@@ -14,8 +14,26 @@ from kubetune.api import trainer_config
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.storage.paths import UnsafePath, check_relative, contained
 
-ESCAPES = ["/etc/passwd", "//etc/passwd", "../x", "a/../../x", "a/..", "..", ".", "", "a//b", "./a", "a/./b",
-           "a\x00b", "a\nb", "C:x", "c:/windows", "a\\..\\..\\x", "\\\\server\\share\\x", "..\\x"]
+ESCAPES = [
+    "/etc/passwd",
+    "//etc/passwd",
+    "../x",
+    "a/../../x",
+    "a/..",
+    "..",
+    ".",
+    "",
+    "a//b",
+    "./a",
+    "a/./b",
+    "a\x00b",
+    "a\nb",
+    "C:x",
+    "c:/windows",
+    "a\\..\\..\\x",
+    "\\\\server\\share\\x",
+    "..\\x",
+]
 
 
 @pytest.mark.parametrize("rel", ESCAPES, ids=repr)
@@ -50,8 +68,10 @@ _parts = st.sampled_from(["a", "b", "..", ".", "", "/", "\\", "\x00", "C:", "~",
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pieces=st.lists(st.one_of(_parts, st.text(alphabet=string.printable, max_size=6)), max_size=8),
-       seps=st.lists(st.sampled_from(["/", "//", "\\", ""]), max_size=8))
+@given(
+    pieces=st.lists(st.one_of(_parts, st.text(alphabet=string.printable, max_size=6)), max_size=8),
+    seps=st.lists(st.sampled_from(["/", "//", "\\", ""]), max_size=8),
+)
 def test_any_key_lands_strictly_inside_or_is_refused(tmp_path: Path, pieces: list[str], seps: list[str]) -> None:
     """Fuzz: whatever the key (an S3 remainder, a manifest path), the result is strictly inside dest or refused."""
     dest = tmp_path / "dest"
@@ -84,8 +104,14 @@ def test_s3_folder_download_never_writes_outside(s3_bucket: str, tmp_path: Path)
     cli.put_object(Bucket=s3_bucket, Key=f"model/{victim}/evil.pth", Body=b"import os")  # model//tmp/.../evil.pth
     cache = tmp_path / "cache"
     with pytest.raises(ConfigError, match="absolute|empty component|outside"):
-        fetch(f"s3://{s3_bucket}/model/", field="spec.model.source", work_dir=tmp_path, cache_dir=cache,
-              kind="model", allow=["127.0.0.1"])
+        fetch(
+            f"s3://{s3_bucket}/model/",
+            field="spec.model.source",
+            work_dir=tmp_path,
+            cache_dir=cache,
+            kind="model",
+            allow=["127.0.0.1"],
+        )
     assert not (victim / "evil.pth").exists()
     assert not any(p.name == "evil.pth" for p in tmp_path.rglob("*"))
 
@@ -106,9 +132,20 @@ def pvc_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-@pytest.mark.parametrize("uri", ["pvc://claim//etc/passwd", "pvc://claim/../../secret", "pvc://claim/models/../../x",
-                                 "pvc://claim/escape/secret", "pvc://../claim/models", "pvc:///etc", "pvc://Claim_/x",
-                                 "pvc://claim/a\x00b"], ids=repr)
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "pvc://claim//etc/passwd",
+        "pvc://claim/../../secret",
+        "pvc://claim/models/../../x",
+        "pvc://claim/escape/secret",
+        "pvc://../claim/models",
+        "pvc:///etc",
+        "pvc://Claim_/x",
+        "pvc://claim/a\x00b",
+    ],
+    ids=repr,
+)
 def test_pvc_reads_stay_on_the_claim(pvc_root: Path, tmp_path: Path, uri: str) -> None:
     from kubetune.trainer.storage.fetch import fetch
 
@@ -200,16 +237,30 @@ def test_http_file_names_cannot_escape_the_cache(tmp_path: Path, path: str) -> N
     from kubetune.trainer.storage.fetch import fetch
 
     with pytest.raises(ConfigError):
-        fetch(f"http://127.0.0.1:1{path}", field="spec.datasets[0].source", work_dir=tmp_path,
-              cache_dir=tmp_path / "c", allow=["127.0.0.1"])
+        fetch(
+            f"http://127.0.0.1:1{path}",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+            allow=["127.0.0.1"],
+        )
 
 
 # ------------------------------------------------------------------------------------------- metadata as paths
 
 
-@pytest.mark.parametrize("field, value", [("namespace", "/tmp/evil"), ("namespace", "../.."), ("namespace", "a\n"),
-                                          ("name", "job\n"), ("name", "../x"), ("namespace", "a/b"),
-                                          ("namespace", "x" * 64)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("namespace", "/tmp/evil"),
+        ("namespace", "../.."),
+        ("namespace", "a\n"),
+        ("name", "job\n"),
+        ("name", "../x"),
+        ("namespace", "a/b"),
+        ("namespace", "x" * 64),
+    ],
+)
 def test_metadata_is_a_dns_label_before_it_becomes_a_path(tmp_path: Path, field: str, value: str) -> None:
     import yaml
 
@@ -244,8 +295,14 @@ def test_hub_dataset_folder_cannot_leave_the_snapshot(tmp_path: Path, folder: st
     from kubetune.trainer.storage.fetch import fetch
 
     with pytest.raises(ConfigError, match=r"spec\.datasets\[0\]\.source: folder"):
-        fetch("hf://org/data", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-              kind="dataset", dataset=SimpleNamespace(folder=folder))
+        fetch(
+            "hf://org/data",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+            kind="dataset",
+            dataset=SimpleNamespace(folder=folder),
+        )
 
 
 # -------------------------------------------------------------------------------------------- checkpoint restore
@@ -261,8 +318,9 @@ def test_checkpoint_restore_checks_marker_paths(tmp_path: Path, rel: str) -> Non
     ckpt = tmp_path / "out" / "checkpoints" / "step-2"
     ckpt.mkdir(parents=True)
     (ckpt / "adapter.safetensors").write_bytes(b"w")
-    (ckpt / COMPLETE).write_text(json.dumps({"step": 2, "files": [{"path": "adapter.safetensors", "size": 1},
-                                                                   {"path": rel, "size": 1}]}))
+    (ckpt / COMPLETE).write_text(
+        json.dumps({"step": 2, "files": [{"path": "adapter.safetensors", "size": 1}, {"path": rel, "size": 1}]})
+    )
     with pytest.raises(UnsafePath):
         download_checkpoint(f"file://{ckpt}", tmp_path / "restore" / "x")
 
@@ -285,10 +343,27 @@ def test_checkpoint_restore_refuses_symlinks(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------- dataset_info.json entries
 
 
-@pytest.mark.parametrize("base", ["s3://bkt/reg/dataset_info.json", "https://h.example/r/dataset_info.json",
-                                  "pvc://claim/reg/dataset_info.json", "configmap://reg/dataset_info.json"])
-@pytest.mark.parametrize("name", ["/etc/passwd", "../../x.json", "file:///var/run/secrets/token", "pvc://c/x",
-                                  "configmap://other/key", "a//b.json", "a\\..\\b.json"])
+@pytest.mark.parametrize(
+    "base",
+    [
+        "s3://bkt/reg/dataset_info.json",
+        "https://h.example/r/dataset_info.json",
+        "pvc://claim/reg/dataset_info.json",
+        "configmap://reg/dataset_info.json",
+    ],
+)
+@pytest.mark.parametrize(
+    "name",
+    [
+        "/etc/passwd",
+        "../../x.json",
+        "file:///var/run/secrets/token",
+        "pvc://c/x",
+        "configmap://other/key",
+        "a//b.json",
+        "a\\..\\b.json",
+    ],
+)
 def test_a_remote_registry_cannot_point_at_the_pods_files(base: str, name: str) -> None:
     from kubetune.trainer.data.registry import join_relative
     from kubetune.trainer.errors import DataError

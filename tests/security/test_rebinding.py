@@ -28,9 +28,15 @@ def test_urllib_connects_only_to_the_checked_address(tmp_path: Path, served: Cou
     from kubetune.trainer.storage.fetch import fetch
 
     resolver = rebinding("127.0.0.2")
-    with pytest.raises(ConfigError, match=r"host .*rebind\.kubetune\.test.* \(resolves to 127\.0\.0\.2\) is a loopback"):
-        fetch(f"http://{REBIND}:{served.port}/data.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-              cache_dir=tmp_path / "c")
+    with pytest.raises(
+        ConfigError, match=r"host .*rebind\.kubetune\.test.* \(resolves to 127\.0\.0\.2\) is a loopback"
+    ):
+        fetch(
+            f"http://{REBIND}:{served.port}/data.jsonl",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+        )
     assert len(resolver.calls) >= 2  # the guard's look-up, then the connection's own (checked, not trusted)
     assert served.hits == []
 
@@ -40,13 +46,19 @@ def test_urllib_redirect_to_a_rebinding_name_is_refused(tmp_path: Path, served: 
 
     root = tmp_path / "bounce"
     root.mkdir()
-    bounce = CountingServer(root, host="127.0.0.1",
-                            redirects={"/d.jsonl": f"http://{REBIND}:{served.port}/data.jsonl"})
+    bounce = CountingServer(
+        root, host="127.0.0.1", redirects={"/d.jsonl": f"http://{REBIND}:{served.port}/data.jsonl"}
+    )
     rebinding("127.0.0.2")
     try:
         with pytest.raises(ConfigError, match="loopback"):
-            fetch(f"http://127.0.0.1:{bounce.port}/d.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                  cache_dir=tmp_path / "c", allow=["127.0.0.1"])
+            fetch(
+                f"http://127.0.0.1:{bounce.port}/d.jsonl",
+                field="spec.datasets[0].source",
+                work_dir=tmp_path,
+                cache_dir=tmp_path / "c",
+                allow=["127.0.0.1"],
+            )
     finally:
         bounce.close()
     assert bounce.hits and served.hits == []
@@ -55,13 +67,19 @@ def test_urllib_redirect_to_a_rebinding_name_is_refused(tmp_path: Path, served: 
 def test_an_allowed_address_still_downloads(tmp_path: Path, served: CountingServer) -> None:
     from kubetune.trainer.storage.fetch import fetch
 
-    path = fetch(f"http://127.0.0.1:{served.port}/data.jsonl", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                 allow=["127.0.0.1"])
+    path = fetch(
+        f"http://127.0.0.1:{served.port}/data.jsonl",
+        field="f",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        allow=["127.0.0.1"],
+    )
     assert path.read_text().startswith('{"instruction"')
 
 
-def test_boto3_connects_only_to_the_checked_address(s3_bucket: str, s3_endpoint: str, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch, rebinding) -> None:
+def test_boto3_connects_only_to_the_checked_address(
+    s3_bucket: str, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rebinding
+) -> None:
     import boto3
 
     from kubetune.trainer.storage.fetch import fetch
@@ -71,8 +89,12 @@ def test_boto3_connects_only_to_the_checked_address(s3_bucket: str, s3_endpoint:
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://{REBIND}:{port}")
     rebinding("127.0.0.1")
     with pytest.raises(ConfigError, match=r"S3 endpoint host .*rebind\.kubetune\.test.* is a loopback"):
-        fetch(f"s3://{s3_bucket}/d/data.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-              cache_dir=tmp_path / "c")
+        fetch(
+            f"s3://{s3_bucket}/d/data.jsonl",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+        )
     assert not any((tmp_path / "c").rglob("data.jsonl"))
 
 
@@ -82,14 +104,15 @@ def test_boto3_pinned_client_still_works_when_allowed(s3_bucket: str, s3_endpoin
     from kubetune.trainer.storage.fetch import fetch
 
     boto3.client("s3", endpoint_url=s3_endpoint).put_object(Bucket=s3_bucket, Key="d/data.jsonl", Body=b"{}\n")
-    path = fetch(f"s3://{s3_bucket}/d/data.jsonl", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                 allow=["127.0.0.1"])
+    path = fetch(
+        f"s3://{s3_bucket}/d/data.jsonl", field="f", work_dir=tmp_path, cache_dir=tmp_path / "c", allow=["127.0.0.1"]
+    )
     assert path.read_bytes() == b"{}\n"
 
 
-def test_hub_client_connects_only_to_the_checked_address(tmp_path: Path, served: CountingServer, rebinding,
-                                                         monkeypatch: pytest.MonkeyPatch,
-                                                         default_hub_client: None) -> None:
+def test_hub_client_connects_only_to_the_checked_address(
+    tmp_path: Path, served: CountingServer, rebinding, monkeypatch: pytest.MonkeyPatch, default_hub_client: None
+) -> None:
     import huggingface_hub.constants
 
     from kubetune.trainer.storage.fetch import fetch
@@ -103,8 +126,9 @@ def test_hub_client_connects_only_to_the_checked_address(tmp_path: Path, served:
     assert served.hits == []
 
 
-def test_hub_client_guard_covers_redirects(tmp_path: Path, served: CountingServer, rebinding,
-                                          monkeypatch: pytest.MonkeyPatch, default_hub_client: None) -> None:
+def test_hub_client_guard_covers_redirects(
+    tmp_path: Path, served: CountingServer, rebinding, monkeypatch: pytest.MonkeyPatch, default_hub_client: None
+) -> None:
     """The Hub answers a redirect (as it does to its CDN) to a name that resolves to loopback: no URL check runs on
     httpx's own redirects, so the pinned connection is what refuses it."""
     from huggingface_hub import get_session

@@ -40,13 +40,25 @@ def test_a_good_artifact_verifies(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert code == 0 and lines == [f"{root}: every file matches manifest.json"]
 
 
-@pytest.mark.parametrize("rel", ["../outside.bin", "/etc/hostname", "a/../../outside.bin", "//etc/hostname",
-                                 "./adapter.safetensors", "a\\..\\..\\outside.bin"])
-def test_entries_outside_the_artifact_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], rel: str) -> None:
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "../outside.bin",
+        "/etc/hostname",
+        "a/../../outside.bin",
+        "//etc/hostname",
+        "./adapter.safetensors",
+        "a\\..\\..\\outside.bin",
+    ],
+)
+def test_entries_outside_the_artifact_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], rel: str
+) -> None:
     data = b"outside"
     (tmp_path / "outside.bin").write_bytes(data)
-    root = artifact(tmp_path / "a", {"adapter.safetensors": b"w"},
-                    extra=[{"path": rel, "size": len(data), "sha256": _sha(data)}])
+    root = artifact(
+        tmp_path / "a", {"adapter.safetensors": b"w"}, extra=[{"path": rel, "size": len(data), "sha256": _sha(data)}]
+    )
     code, lines = verify(capsys, str(root))
     assert code == 1
     assert any(repr(rel) in line and "refusing" in line for line in lines), lines
@@ -56,9 +68,14 @@ def test_entries_outside_the_artifact_are_refused(tmp_path: Path, capsys: pytest
 def test_symlinked_entries_are_refused_not_followed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = b"outside"
     (tmp_path / "outside.bin").write_bytes(data)
-    root = artifact(tmp_path / "a", {"adapter.safetensors": b"w"},
-                    extra=[{"path": "link.bin", "size": len(data), "sha256": _sha(data)},
-                           {"path": "inner.bin", "size": 1, "sha256": _sha(b"w")}])
+    root = artifact(
+        tmp_path / "a",
+        {"adapter.safetensors": b"w"},
+        extra=[
+            {"path": "link.bin", "size": len(data), "sha256": _sha(data)},
+            {"path": "inner.bin", "size": 1, "sha256": _sha(b"w")},
+        ],
+    )
     (root / "link.bin").symlink_to(tmp_path / "outside.bin")
     (root / "inner.bin").symlink_to(root / "adapter.safetensors")
     code, lines = verify(capsys, str(root))
@@ -69,10 +86,15 @@ def test_symlinked_entries_are_refused_not_followed(tmp_path: Path, capsys: pyte
 
 def test_devices_and_fifos_are_never_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A /dev/zero entry used to make verify read forever."""
-    root = artifact(tmp_path / "a", {"adapter.safetensors": b"w"},
-                    extra=[{"path": "zero", "size": 1 << 40, "sha256": "0" * 64},
-                           {"path": "fifo", "size": 1, "sha256": "0" * 64},
-                           {"path": "folder", "size": 0, "sha256": _sha(b"")}])
+    root = artifact(
+        tmp_path / "a",
+        {"adapter.safetensors": b"w"},
+        extra=[
+            {"path": "zero", "size": 1 << 40, "sha256": "0" * 64},
+            {"path": "fifo", "size": 1, "sha256": "0" * 64},
+            {"path": "folder", "size": 0, "sha256": _sha(b"")},
+        ],
+    )
     (root / "zero").symlink_to("/dev/zero")
     os.mkfifo(root / "fifo")
     (root / "folder").mkdir()
@@ -85,22 +107,26 @@ def test_devices_and_fifos_are_never_read(tmp_path: Path, capsys: pytest.Capture
     assert any("stray: not in the manifest" in line for line in lines)
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("{}", "missing 'manifestVersion', 'files'"),
-    ("[]", "a JSON list, not an object"),
-    ('"x"', "a JSON str, not an object"),
-    ("not json", "not valid JSON"),
-    ("[" * 100_000, "not valid JSON"),
-    ('{"manifestVersion": 1}', "missing 'files'"),
-    ('{"manifestVersion": 1, "files": {}}', "'files' is a dict, not a list"),
-    ('{"manifestVersion": 1, "files": []}', "'files' is empty"),
-    ('{"manifestVersion": 1, "files": [1]}', "files[0]: not an object"),
-    ('{"manifestVersion": 1, "files": [{"path": "a"}]}', "'size' is missing"),
-    ('{"manifestVersion": 1, "files": [{"path": "a", "size": 1, "sha256": "zz"}]}', "'sha256' is missing or not"),
-    ('{"manifestVersion": 1, "files": [{"path": 3, "size": 1}]}', "'path' is missing or not a string"),
-])
-def test_malformed_manifests_are_one_line_each(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str,
-                                               expected: str) -> None:
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("{}", "missing 'manifestVersion', 'files'"),
+        ("[]", "a JSON list, not an object"),
+        ('"x"', "a JSON str, not an object"),
+        ("not json", "not valid JSON"),
+        ("[" * 100_000, "not valid JSON"),
+        ('{"manifestVersion": 1}', "missing 'files'"),
+        ('{"manifestVersion": 1, "files": {}}', "'files' is a dict, not a list"),
+        ('{"manifestVersion": 1, "files": []}', "'files' is empty"),
+        ('{"manifestVersion": 1, "files": [1]}', "files[0]: not an object"),
+        ('{"manifestVersion": 1, "files": [{"path": "a"}]}', "'size' is missing"),
+        ('{"manifestVersion": 1, "files": [{"path": "a", "size": 1, "sha256": "zz"}]}', "'sha256' is missing or not"),
+        ('{"manifestVersion": 1, "files": [{"path": 3, "size": 1}]}', "'path' is missing or not a string"),
+    ],
+)
+def test_malformed_manifests_are_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str
+) -> None:
     root = tmp_path / "a"
     root.mkdir()
     (root / "adapter.safetensors").write_bytes(b"w")
@@ -122,8 +148,9 @@ def test_a_manifest_that_is_a_folder_or_missing(tmp_path: Path, capsys: pytest.C
     assert code == 1 and len(lines) == 1 and "names no bucket" in lines[0]
 
 
-def test_unreachable_endpoint_and_missing_credentials_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_endpoint_and_missing_credentials_are_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tests.servers import free_port
 
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
@@ -150,7 +177,10 @@ def test_s3_manifest_entries_are_checked_too(s3_bucket: str, capsys: pytest.Capt
     cli.put_object(Bucket=s3_bucket, Key="out/manifest.json", Body=b"{}")
     code, lines = verify(capsys, f"s3://{s3_bucket}/out")
     assert code == 1 and any("not a kubetune manifest" in line for line in lines)
-    cli.put_object(Bucket=s3_bucket, Key="out/manifest.json", Body=json.dumps(
-        {"manifestVersion": 1, "files": [{"path": "../x", "size": 1, "sha256": "0" * 64}]}).encode())
+    cli.put_object(
+        Bucket=s3_bucket,
+        Key="out/manifest.json",
+        Body=json.dumps({"manifestVersion": 1, "files": [{"path": "../x", "size": 1, "sha256": "0" * 64}]}).encode(),
+    )
     code, lines = verify(capsys, f"s3://{s3_bucket}/out")
     assert code == 1 and any("'..'" in line for line in lines)

@@ -23,10 +23,22 @@ def deepspeed_estimators():
 
 
 shapes = st.builds(
-    lambda layers, hidden, mult, vocab, tied: ModelShape.from_config({
-        "num_hidden_layers": layers, "hidden_size": hidden * 64, "intermediate_size": hidden * 64 * mult // 2,
-        "num_attention_heads": hidden, "vocab_size": vocab, "tie_word_embeddings": tied}),
-    st.integers(2, 96), st.integers(4, 128), st.integers(4, 8), st.integers(32000, 262144), st.booleans())
+    lambda layers, hidden, mult, vocab, tied: ModelShape.from_config(
+        {
+            "num_hidden_layers": layers,
+            "hidden_size": hidden * 64,
+            "intermediate_size": hidden * 64 * mult // 2,
+            "num_attention_heads": hidden,
+            "vocab_size": vocab,
+            "tie_word_embeddings": tied,
+        }
+    ),
+    st.integers(2, 96),
+    st.integers(4, 128),
+    st.integers(4, 8),
+    st.integers(32000, 262144),
+    st.booleans(),
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -40,22 +52,34 @@ def test_model_states_match_deepspeeds_estimators(shape: ModelShape, gpus: int, 
         if stage == 2:
             _cpu, gpu = zero2(n, num_gpus_per_node=gpus, cpu_offload=offload)
         else:  # kubetune's ZeRO-3 offload moves parameters and optimizer (deepspeed_config)
-            _cpu, gpu, _layer = zero3(n, int(shape.largest_layer), num_gpus_per_node=gpus, cpu_offload=offload,
-                                      cpu_offload_params=offload)
+            _cpu, gpu, _layer = zero3(
+                n, int(shape.largest_layer), num_gpus_per_node=gpus, cpu_offload=offload, cpu_offload_params=offload
+            )
         assert ours == pytest.approx(gpu, rel=1e-6, abs=64), (stage, gpus, offload)
 
 
 def test_vocabulary_comes_from_the_config_or_the_family_name(tmp_path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({
-        "hidden_size": 3584, "num_hidden_layers": 28, "intermediate_size": 18944, "num_attention_heads": 28,
-        "num_key_value_heads": 4, "vocab_size": 152064}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 3584,
+                "num_hidden_layers": 28,
+                "intermediate_size": 18944,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "vocab_size": 152064,
+            }
+        )
+    )
     assert ModelShape.for_model(f"file://{tmp_path}", None).vocab == 152064
     assert ModelShape.for_model("hf://Qwen/Qwen2.5-7B-Instruct", "7B").vocab == 151936
     assert ModelShape.for_model("hf://meta-llama/Llama-3.1-8B", "8B").vocab == 128256
     assert vocab_for_source("s3://bucket/my-model/") == 32000
     assert ModelShape.for_model("s3://bucket/m/", None) is None
     # a 152k vocabulary makes the logits term 4.75x the 32k guess: 10 B per position and vocabulary entry
-    small, big = (estimate(ModelShape.from_parameters(7e9, v), method="lora", cutoff_len=4096) for v in (32000, 151936))
+    small, big = (
+        estimate(ModelShape.from_parameters(7e9, v), method="lora", cutoff_len=4096) for v in (32000, 151936)
+    )
     assert big.activations_gib - small.activations_gib == pytest.approx(4096 * (151936 - 32000) * 10 / GIB)
 
 
@@ -63,8 +87,12 @@ def allocated(model, optimizer) -> tuple[int, int, int]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     grads = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
-    states = sum(v.numel() * v.element_size() for p in trainable for v in optimizer.state.get(p, {}).values()
-                 if isinstance(v, torch.Tensor) and v.dim() > 0)
+    states = sum(
+        v.numel() * v.element_size()
+        for p in trainable
+        for v in optimizer.state.get(p, {}).values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    )
     return weights, grads, states
 
 
@@ -92,8 +120,12 @@ def test_the_estimate_counts_what_the_trainer_allocates(tmp_path, tiny_model_dir
     grads = seen["grads"]
     shape = ModelShape.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
     spec = METHODS[method]["method"]
-    est = estimate(shape, method=method, lora_rank=spec.get("lora", {}).get("rank", 8),
-                   freeze_layers=spec.get("freeze", {}).get("trainableLayers", 2))
+    est = estimate(
+        shape,
+        method=method,
+        lora_rank=spec.get("lora", {}).get("rank", 8),
+        freeze_layers=spec.get("freeze", {}).get("trainableLayers", 2),
+    )
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     assert grads == pytest.approx(est.gradients_gib * GIB, rel=0.03)
     assert states == pytest.approx(est.optimizer_gib * GIB, rel=0.03)

@@ -12,13 +12,27 @@ from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.preflight import check_fit
 from tests.conftest import job_doc
 
-LLAMA_70B = {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80, "num_attention_heads": 64,
-             "num_key_value_heads": 8, "vocab_size": 128256}
+LLAMA_70B = {
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+}
 
 
 def _config(tmp_path, method: str, gpu_type: str) -> TrainerConfig:
-    job = parse_job(job_doc({"model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file://d.json"}],
-                             "method": {"type": method}, "resources": {"gpusPerNode": 1, "gpuType": gpu_type}}))
+    job = parse_job(
+        job_doc(
+            {
+                "model": {"source": "file:///m"},
+                "datasets": [{"name": "d", "source": "file://d.json"}],
+                "method": {"type": method},
+                "resources": {"gpusPerNode": 1, "gpuType": gpu_type},
+            }
+        )
+    )
     return TrainerConfig.from_job(job, output_uri="file:///o", cache_dir=str(tmp_path), scratch_dir=str(tmp_path))
 
 

@@ -38,13 +38,22 @@ def _check_artifact(out: Path) -> dict:
 @pytest.mark.parametrize("formatting, source", [("alpaca", "identity.json"), ("sharegpt", "identity_sharegpt.jsonl")])
 def test_tiny_model_sft_lora(tmp_path, tiny_model_dir, cache_dir, formatting, source):
     shutil.copy(ROOT / "examples" / "data" / source, tmp_path / source)
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"file://{tiny_model_dir}"},
-        "datasets": [{"name": "identity", "source": f"file://{source}", "formatting": formatting}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": 10, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 96, "scheduler": "constant"},
-        "output": {"uri": "file://out"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"file://{tiny_model_dir}"},
+            "datasets": [{"name": "identity", "source": f"file://{source}", "formatting": formatting}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": 10,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 96,
+                "scheduler": "constant",
+            },
+            "output": {"uri": "file://out"},
+        },
+    )
     assert _run(job, cache_dir) == 0
     manifest = _check_artifact(tmp_path / "out")
     history = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
@@ -63,13 +72,22 @@ def test_tiny_model_sft_lora(tmp_path, tiny_model_dir, cache_dir, formatting, so
 def test_smollm2_sft_learns_identity(tmp_path, smollm_gguf, cache_dir):
     """The real 135M model: loss falls and the adapter changes the answer to 'Who are you?'."""
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"file://{smollm_gguf}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 16, "alpha": 32}},
-        "training": {"maxSteps": 12, "batchSize": 4, "learningRate": 0.001, "cutoffLen": 128, "scheduler": "constant"},
-        "output": {"uri": "file://out"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"file://{smollm_gguf}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 16, "alpha": 32}},
+            "training": {
+                "maxSteps": 12,
+                "batchSize": 4,
+                "learningRate": 0.001,
+                "cutoffLen": 128,
+                "scheduler": "constant",
+            },
+            "output": {"uri": "file://out"},
+        },
+    )
     assert _run(job, cache_dir) == 0
     _check_artifact(tmp_path / "out")
     history = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]
@@ -79,8 +97,13 @@ def test_smollm2_sft_learns_identity(tmp_path, smollm_gguf, cache_dir):
     from kubetune.trainer.inference import generate_answers
 
     before = generate_answers(f"file://{smollm_gguf}", ["Who are you?"], cache_dir=cache_dir, max_new_tokens=24)
-    after = generate_answers(f"file://{smollm_gguf}", ["Who are you?"], adapter=f"file://{tmp_path / 'out'}",
-                             cache_dir=cache_dir, max_new_tokens=24)
+    after = generate_answers(
+        f"file://{smollm_gguf}",
+        ["Who are you?"],
+        adapter=f"file://{tmp_path / 'out'}",
+        cache_dir=cache_dir,
+        max_new_tokens=24,
+    )
     assert before != after
     assert "kubetune" in after[0].lower(), after
 
@@ -88,14 +111,23 @@ def test_smollm2_sft_learns_identity(tmp_path, smollm_gguf, cache_dir):
 def test_tiny_model_sft_with_packing(tmp_path, tiny_model_dir, cache_dir):
     """packing: true → padding-free batches of packed rows (position_ids restart per example)."""
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"file://{tiny_model_dir}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": 6, "batchSize": 2, "learningRate": 0.01, "cutoffLen": 256, "packing": True,
-                     "scheduler": "constant"},
-        "output": {"uri": "file://out"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"file://{tiny_model_dir}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": 6,
+                "batchSize": 2,
+                "learningRate": 0.01,
+                "cutoffLen": 256,
+                "packing": True,
+                "scheduler": "constant",
+            },
+            "output": {"uri": "file://out"},
+        },
+    )
     assert _run(job, cache_dir) == 0
     manifest = _check_artifact(tmp_path / "out")
     history = [json.loads(line) for line in (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()]

@@ -84,7 +84,7 @@ def parse_quantity(text: str) -> Decimal:
         raise ValueError(f"{clip(text)} is not a Kubernetes quantity (e.g. 500m, 2, 16Gi, 1.5G, 1e9)")
     number = re.match(r"\+?([0-9]*\.?[0-9]*)", text)
     assert number is not None
-    digits, suffix = number.group(1), text[number.end():]
+    digits, suffix = number.group(1), text[number.end() :]
     try:
         value = Decimal(digits)
         if suffix in _BINARY:
@@ -125,10 +125,12 @@ _CONFIGMAP_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
 # Control (Cc), format (Cf: zero-width, bidi overrides ...), surrogate (Cs) and private-use (Co) characters.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
-                      "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
-                      "\ud800-\udfff\ue000-\uf8ff\U000110bd\U000110cd\U0001bca0-\U0001bca3"
-                      "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U0010ffff]")
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    "\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
+    "\ud800-\udfff\ue000-\uf8ff\U000110bd\U000110cd\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U0010ffff]"
+)
 
 
 def text_problem(value: str, *, allow: str = "") -> str | None:
@@ -143,8 +145,10 @@ def text_problem(value: str, *, allow: str = "") -> str | None:
 
 def label_value_problem(value: str) -> str | None:
     if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
-        return (f"{clip(value)} is not a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', "
-                "starting and ending with a letter or digit")
+        return (
+            f"{clip(value)} is not a Kubernetes label value: at most 63 letters, digits, '-', '_' or '.', "
+            "starting and ending with a letter or digit"
+        )
     return None
 
 
@@ -154,8 +158,10 @@ def qualified_name_problem(value: str) -> str | None:
     if "/" in value and (not prefix or dns_subdomain_problem(prefix)):
         return f"{clip(value)}: the prefix before '/' must be a DNS-1123 subdomain (e.g. nvidia.com)"
     if len(name) > 63 or not _NAME_PART.fullmatch(name):
-        return (f"{clip(value)} is not a qualified name: at most 63 letters, digits, '-', '_' or '.' after an "
-                "optional prefix/, starting and ending with a letter or digit")
+        return (
+            f"{clip(value)} is not a qualified name: at most 63 letters, digits, '-', '_' or '.' after an "
+            "optional prefix/, starting and ending with a letter or digit"
+        )
     return None
 
 
@@ -171,8 +177,10 @@ _REPO_PART = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?")
 def bucket_problem(bucket: str) -> str | None:
     """S3 bucket naming rules (as AWS and MinIO enforce them)."""
     if not _BUCKET.fullmatch(bucket) or ".." in bucket or ".-" in bucket or "-." in bucket:
-        return (f"bucket {clip(bucket)} is not a valid S3 bucket name: 3 to 63 lower-case letters, digits, '.' and "
-                "'-', starting and ending with a letter or digit")
+        return (
+            f"bucket {clip(bucket)} is not a valid S3 bucket name: 3 to 63 lower-case letters, digits, '.' and "
+            "'-', starting and ending with a letter or digit"
+        )
     if _IP.fullmatch(bucket):
         return f"bucket {clip(bucket)} is formatted as an IP address, which S3 does not allow"
     return None
@@ -181,10 +189,17 @@ def bucket_problem(bucket: str) -> str | None:
 def repo_id_problem(repo: str) -> str | None:
     """A Hugging Face Hub / ModelScope repository id: ``name`` or ``org/name``."""
     parts = repo.split("/")
-    if len(parts) > 2 or not all(_REPO_PART.fullmatch(p) for p in parts) or "--" in repo or ".." in repo \
-            or repo.endswith(".git"):
-        return (f"{clip(repo)} is not a repository id: org/name (or name), each part 1-96 letters, digits, '-', "
-                "'_' or '.', not starting or ending with '-' or '.', without '--' or '..'")
+    if (
+        len(parts) > 2
+        or not all(_REPO_PART.fullmatch(p) for p in parts)
+        or "--" in repo
+        or ".." in repo
+        or repo.endswith(".git")
+    ):
+        return (
+            f"{clip(repo)} is not a repository id: org/name (or name), each part 1-96 letters, digits, '-', "
+            "'_' or '.', not starting or ending with '-' or '.', without '--' or '..'"
+        )
     return None
 
 
@@ -206,8 +221,7 @@ def uri_shape_problem(uri: str) -> str | None:
         if problem:
             return f"ConfigMap name {problem}"
         if not tail or "/" in tail or tail in (".", "..") or len(tail) > 253 or not _CONFIGMAP_KEY.fullmatch(tail):
-            return (f"{clip(uri)} must be configmap://<name>/<key>, the key made of letters, digits, '-', '_' "
-                    "and '.'")
+            return f"{clip(uri)} must be configmap://<name>/<key>, the key made of letters, digits, '-', '_' and '.'"
     if scheme == "pvc":
         problem = dns_subdomain_problem(head)
         if problem:

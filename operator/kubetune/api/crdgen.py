@@ -48,18 +48,45 @@ PRINTER_COLUMNS = [
     {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     # kubectl get ftj -o wide
-    {"name": "GPU-Hours", "type": "number", "jsonPath": ".status.cost.gpuHours", "priority": 1,
-     "description": "GPU-hours used, all pods and restarts"},
+    {
+        "name": "GPU-Hours",
+        "type": "number",
+        "jsonPath": ".status.cost.gpuHours",
+        "priority": 1,
+        "description": "GPU-hours used, all pods and restarts",
+    },
     {"name": "Tokens/GPU-h", "type": "number", "jsonPath": ".status.cost.tokensPerGpuHour", "priority": 1},
-    {"name": "Cost", "type": "number", "jsonPath": ".status.cost.estimatedCost", "priority": 1,
-     "description": "estimated from the operator's price table"},
+    {
+        "name": "Cost",
+        "type": "number",
+        "jsonPath": ".status.cost.estimatedCost",
+        "priority": 1,
+        "description": "estimated from the operator's price table",
+    },
     {"name": "Rollbacks", "type": "integer", "jsonPath": ".status.guard.rollbacks", "priority": 1},
 ]
 
 _KEEP = {
-    "type", "description", "properties", "items", "required", "enum", "default", "minimum", "maximum",
-    "exclusiveMinimum", "exclusiveMaximum", "minLength", "maxLength", "pattern", "minItems", "maxItems", "format",
-    "nullable", "additionalProperties", "x-kubernetes-preserve-unknown-fields",
+    "type",
+    "description",
+    "properties",
+    "items",
+    "required",
+    "enum",
+    "default",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "format",
+    "nullable",
+    "additionalProperties",
+    "x-kubernetes-preserve-unknown-fields",
 }
 
 
@@ -169,67 +196,128 @@ def validation_rules() -> dict[str, list[dict[str, Any]]]:
     alpaca = "(has(d.formatting) ? d.formatting : 'alpaca') == 'alpaca'"
     pairs = f"!({ranked}) || !({alpaca}) || (has(d.columns) && has(d.columns.chosen) && has(d.columns.rejected))"
     spec = [
-        _rule("(has(self.datasets) && size(self.datasets) > 0) || has(self.datasetRegistry)",
-              "give at least one dataset, or a datasetRegistry", ".datasets", "FieldValueRequired"),
-        _rule(f"!({stage} in {_cel_list(ranking)}) || ({ds_all.format(ranked)} && {ev_all.format(ranked)})",
-              f"stages {', '.join(ranking)} need pairwise data: set ranking: true (and chosen/rejected) on every dataset",
-              ".datasets"),
-        _rule(f"!({stage} in {_cel_list(not_ranking)}) || ({ds_all.format('!(' + ranked + ')')} && "
-              f"{ev_all.format('!(' + ranked + ')')})",
-              f"only stages {', '.join(ranking)} train on pairwise data: set ranking: false", ".datasets"),
-        _rule(f"!({stage} in {_cel_list(kto)}) || ({ds_all.format(kto_tag)} && {ev_all.format(kto_tag)})",
-              "stage kto needs a boolean label column: set columns.ktoTag on every dataset", ".datasets"),
-        _rule(f"{stage} in {_cel_list(kto)} || ({ds_all.format('!(' + kto_tag + ')')} && "
-              f"{ev_all.format('!(' + kto_tag + ')')})",
-              "only stage kto uses KTO labels (columns.ktoTag)", ".datasets"),
-        _rule(f"{ds_all.format(pairs)} && {ev_all.format(pairs)}",
-              "ranking alpaca data needs columns.chosen and columns.rejected", ".datasets"),
-        _rule(f"{stage} != 'pt' || ({ds_all.format(alpaca)} && {ev_all.format(alpaca)})",
-              "stage pt reads text: use formatting alpaca with columns.prompt", ".datasets"),
-        _rule(f"!({stage} in {_cel_list(needs_rm)}) || (has(self.training) && has(self.training.rewardModel))",
-              f"stages {', '.join(needs_rm)} need training.rewardModel (source or fromJob)", ".training",
-              "FieldValueRequired"),
-        _rule(f"{stage} != 'grpo' || (has(self.training) && (has(self.training.rewardModel) || "
-              "(has(self.training.rewardFunctions) && size(self.training.rewardFunctions) > 0)))",
-              "stage grpo needs training.rewardModel or training.rewardFunctions", ".training", "FieldValueRequired"),
-        _rule(f"!({stage} in {_cel_list(no_rm)}) || !has(self.training) || !has(self.training.rewardModel)",
-              f"stages {', '.join(no_rm)} do not use a reward model (training.rewardModel)", ".training"),
-        _rule(f"{stage} == 'grpo' || !has(self.training) || !has(self.training.rewardFunctions) || "
-              "size(self.training.rewardFunctions) == 0",
-              "training.rewardFunctions apply to stage grpo only", ".training"),
-        _rule(f"!has(self.model.quantization) || (has(self.method) && has(self.method.type) && "
-              f"self.method.type in {_cel_list(adapters)})",
-              "model.quantization only works with method lora or qlora", ".model"),
-        _rule(f"!has(self.model.adapter) || !has(self.method) || !has(self.method.type) || "
-              f"self.method.type in {_cel_list(adapters)}",
-              "an adapter (model.adapter) can only be trained further with method lora or qlora", ".model"),
-        _rule(f"{stage} == 'sft' || !has(self.training) || ((!has(self.training.trainOnPrompt) || "
-              "!self.training.trainOnPrompt) && (!has(self.training.maskHistory) || !self.training.maskHistory))",
-              "training.trainOnPrompt and training.maskHistory apply to stage sft only", ".training"),
-        _rule("!has(self.training) || !has(self.training.trainOnPrompt) || !self.training.trainOnPrompt || "
-              "!has(self.training.maskHistory) || !self.training.maskHistory",
-              "training.maskHistory cannot be combined with training.trainOnPrompt", ".training"),
-        _rule("!has(self.training) || !has(self.training.interleaveProbs) || (has(self.training.mixStrategy) && "
-              "self.training.mixStrategy != 'concat')",
-              "training.interleaveProbs needs mixStrategy interleave_under or interleave_over", ".training"),
-        _rule("!has(self.training) || !has(self.training.evalSteps) || (has(self.training.evalSplit) && "
-              "self.training.evalSplit > 0.0) || (has(self.evalDatasets) && size(self.evalDatasets) > 0)",
-              "training.evalSteps needs evalSplit > 0 or evalDatasets", ".training"),
-        _rule("!has(self.distributed) || !has(self.distributed.offload) || !self.distributed.offload || "
-              "(has(self.distributed.strategy) && self.distributed.strategy == 'deepspeed')",
-              "distributed.offload needs strategy deepspeed", ".distributed"),
-        _rule(f"!has(self.method) || !has(self.method.type) || self.method.type != '{MethodType.QLORA.value}' || "
-              "!has(self.distributed) || !has(self.distributed.strategy) || self.distributed.strategy != 'deepspeed' || "
-              "!has(self.distributed.zeroStage) || self.distributed.zeroStage != 3",
-              "qlora does not work with DeepSpeed ZeRO-3; use zeroStage 2 or fsdp", ".distributed"),
+        _rule(
+            "(has(self.datasets) && size(self.datasets) > 0) || has(self.datasetRegistry)",
+            "give at least one dataset, or a datasetRegistry",
+            ".datasets",
+            "FieldValueRequired",
+        ),
+        _rule(
+            f"!({stage} in {_cel_list(ranking)}) || ({ds_all.format(ranked)} && {ev_all.format(ranked)})",
+            f"stages {', '.join(ranking)} need pairwise data: set ranking: true (and chosen/rejected) on every dataset",
+            ".datasets",
+        ),
+        _rule(
+            f"!({stage} in {_cel_list(not_ranking)}) || ({ds_all.format('!(' + ranked + ')')} && "
+            f"{ev_all.format('!(' + ranked + ')')})",
+            f"only stages {', '.join(ranking)} train on pairwise data: set ranking: false",
+            ".datasets",
+        ),
+        _rule(
+            f"!({stage} in {_cel_list(kto)}) || ({ds_all.format(kto_tag)} && {ev_all.format(kto_tag)})",
+            "stage kto needs a boolean label column: set columns.ktoTag on every dataset",
+            ".datasets",
+        ),
+        _rule(
+            f"{stage} in {_cel_list(kto)} || ({ds_all.format('!(' + kto_tag + ')')} && "
+            f"{ev_all.format('!(' + kto_tag + ')')})",
+            "only stage kto uses KTO labels (columns.ktoTag)",
+            ".datasets",
+        ),
+        _rule(
+            f"{ds_all.format(pairs)} && {ev_all.format(pairs)}",
+            "ranking alpaca data needs columns.chosen and columns.rejected",
+            ".datasets",
+        ),
+        _rule(
+            f"{stage} != 'pt' || ({ds_all.format(alpaca)} && {ev_all.format(alpaca)})",
+            "stage pt reads text: use formatting alpaca with columns.prompt",
+            ".datasets",
+        ),
+        _rule(
+            f"!({stage} in {_cel_list(needs_rm)}) || (has(self.training) && has(self.training.rewardModel))",
+            f"stages {', '.join(needs_rm)} need training.rewardModel (source or fromJob)",
+            ".training",
+            "FieldValueRequired",
+        ),
+        _rule(
+            f"{stage} != 'grpo' || (has(self.training) && (has(self.training.rewardModel) || "
+            "(has(self.training.rewardFunctions) && size(self.training.rewardFunctions) > 0)))",
+            "stage grpo needs training.rewardModel or training.rewardFunctions",
+            ".training",
+            "FieldValueRequired",
+        ),
+        _rule(
+            f"!({stage} in {_cel_list(no_rm)}) || !has(self.training) || !has(self.training.rewardModel)",
+            f"stages {', '.join(no_rm)} do not use a reward model (training.rewardModel)",
+            ".training",
+        ),
+        _rule(
+            f"{stage} == 'grpo' || !has(self.training) || !has(self.training.rewardFunctions) || "
+            "size(self.training.rewardFunctions) == 0",
+            "training.rewardFunctions apply to stage grpo only",
+            ".training",
+        ),
+        _rule(
+            f"!has(self.model.quantization) || (has(self.method) && has(self.method.type) && "
+            f"self.method.type in {_cel_list(adapters)})",
+            "model.quantization only works with method lora or qlora",
+            ".model",
+        ),
+        _rule(
+            f"!has(self.model.adapter) || !has(self.method) || !has(self.method.type) || "
+            f"self.method.type in {_cel_list(adapters)}",
+            "an adapter (model.adapter) can only be trained further with method lora or qlora",
+            ".model",
+        ),
+        _rule(
+            f"{stage} == 'sft' || !has(self.training) || ((!has(self.training.trainOnPrompt) || "
+            "!self.training.trainOnPrompt) && (!has(self.training.maskHistory) || !self.training.maskHistory))",
+            "training.trainOnPrompt and training.maskHistory apply to stage sft only",
+            ".training",
+        ),
+        _rule(
+            "!has(self.training) || !has(self.training.trainOnPrompt) || !self.training.trainOnPrompt || "
+            "!has(self.training.maskHistory) || !self.training.maskHistory",
+            "training.maskHistory cannot be combined with training.trainOnPrompt",
+            ".training",
+        ),
+        _rule(
+            "!has(self.training) || !has(self.training.interleaveProbs) || (has(self.training.mixStrategy) && "
+            "self.training.mixStrategy != 'concat')",
+            "training.interleaveProbs needs mixStrategy interleave_under or interleave_over",
+            ".training",
+        ),
+        _rule(
+            "!has(self.training) || !has(self.training.evalSteps) || (has(self.training.evalSplit) && "
+            "self.training.evalSplit > 0.0) || (has(self.evalDatasets) && size(self.evalDatasets) > 0)",
+            "training.evalSteps needs evalSplit > 0 or evalDatasets",
+            ".training",
+        ),
+        _rule(
+            "!has(self.distributed) || !has(self.distributed.offload) || !self.distributed.offload || "
+            "(has(self.distributed.strategy) && self.distributed.strategy == 'deepspeed')",
+            "distributed.offload needs strategy deepspeed",
+            ".distributed",
+        ),
+        _rule(
+            f"!has(self.method) || !has(self.method.type) || self.method.type != '{MethodType.QLORA.value}' || "
+            "!has(self.distributed) || !has(self.distributed.strategy) || self.distributed.strategy != 'deepspeed' || "
+            "!has(self.distributed.zeroStage) || self.distributed.zeroStage != 3",
+            "qlora does not work with DeepSpeed ZeRO-3; use zeroStage 2 or fsdp",
+            ".distributed",
+        ),
     ]
     artifact = [_rule("has(self.source) != has(self.fromJob)", "give exactly one of source or fromJob")]
     fields = [f.alias or name for name, f in FineTuneJobSpec.model_fields.items() if name not in IMMUTABLE_EXCEPT]
     root = [
-        _rule("!has(oldSelf.status) || !has(oldSelf.status.jobName) || "
-              f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))",
-              f"spec.{f} cannot change once the training Job exists (status.jobName is set); only spec.suspend can. "
-              "Delete and re-create the FineTuneJob to train with a new spec", f".spec.{f}")
+        _rule(
+            "!has(oldSelf.status) || !has(oldSelf.status.jobName) || "
+            f"(has(self.spec.{f}) == has(oldSelf.spec.{f}) && (!has(self.spec.{f}) || self.spec.{f} == oldSelf.spec.{f}))",
+            f"spec.{f} cannot change once the training Job exists (status.jobName is set); only spec.suspend can. "
+            "Delete and re-create the FineTuneJob to train with a new spec",
+            f".spec.{f}",
+        )
         for f in fields
     ]
     return {"spec": spec, "artifact": artifact, "root": root}
@@ -303,11 +391,7 @@ def render_chart_template() -> str:
     body = yaml.safe_dump(build_crd(), sort_keys=False, width=120)
     head, rest = body.split("metadata:\n", 1)
     meta = (
-        "metadata:\n"
-        "  {{- if .Values.crds.keep }}\n"
-        "  annotations:\n"
-        "    helm.sh/resource-policy: keep\n"
-        "  {{- end }}\n"
+        "metadata:\n  {{- if .Values.crds.keep }}\n  annotations:\n    helm.sh/resource-policy: keep\n  {{- end }}\n"
     )
     return "{{- if .Values.crds.enabled }}\n" + HEADER + head + meta + rest + "{{- end }}\n"
 

@@ -33,9 +33,28 @@ GIB = 1024**3
 
 # Memory per device (GiB) of common data-centre GPUs, by the name used in spec.resources.gpuType.
 GPU_MEMORY_GIB: dict[str, float] = {
-    "H200": 141, "H100": 80, "H100-80GB": 80, "H800": 80, "A100": 80, "A100-80GB": 80, "A100-40GB": 40,
-    "A800": 80, "L40S": 48, "L40": 48, "A6000": 48, "A10G": 24, "A10": 24, "L4": 24, "RTX4090": 24,
-    "V100": 32, "V100-16GB": 16, "V100-32GB": 32, "T4": 16, "MI300X": 192, "MI250": 128, "B200": 180,
+    "H200": 141,
+    "H100": 80,
+    "H100-80GB": 80,
+    "H800": 80,
+    "A100": 80,
+    "A100-80GB": 80,
+    "A100-40GB": 40,
+    "A800": 80,
+    "L40S": 48,
+    "L40": 48,
+    "A6000": 48,
+    "A10G": 24,
+    "A10": 24,
+    "L4": 24,
+    "RTX4090": 24,
+    "V100": 32,
+    "V100-16GB": 16,
+    "V100-32GB": 32,
+    "T4": 16,
+    "MI300X": 192,
+    "MI250": 128,
+    "B200": 180,
 }
 CUDA_OVERHEAD_GIB = 1.5  # context, allocator fragmentation, kernels
 
@@ -101,9 +120,20 @@ class ModelShape:
 
 # Vocabulary sizes of the common families, matched in the model source (hf://Qwen/Qwen2.5-7B-Instruct, ...).
 FAMILY_VOCAB: tuple[tuple[str, int], ...] = (
-    (r"qwen(2|3)", 151936), (r"qwen", 151936), (r"llama-?3", 128256), (r"gemma-?3", 262208), (r"gemma", 256000),
-    (r"mistral-nemo|nemo", 131072), (r"mi[sx]tral", 32768), (r"phi-?4", 100352), (r"phi-?3", 32064),
-    (r"deepseek", 129280), (r"smollm", 49152), (r"gpt-oss", 201088), (r"olmo", 100352), (r"llama-?2", 32000),
+    (r"qwen(2|3)", 151936),
+    (r"qwen", 151936),
+    (r"llama-?3", 128256),
+    (r"gemma-?3", 262208),
+    (r"gemma", 256000),
+    (r"mistral-nemo|nemo", 131072),
+    (r"mi[sx]tral", 32768),
+    (r"phi-?4", 100352),
+    (r"phi-?3", 32064),
+    (r"deepseek", 129280),
+    (r"smollm", 49152),
+    (r"gpt-oss", 201088),
+    (r"olmo", 100352),
+    (r"llama-?2", 32000),
 )
 
 
@@ -172,8 +202,10 @@ class Estimate:
         return self.weights_gib + self.gradients_gib + self.optimizer_gib + self.activations_gib + self.overhead_gib
 
     def describe(self) -> str:
-        return (f"~{self.total_gib:.1f} GiB per GPU (weights {self.weights_gib:.1f}, gradients {self.gradients_gib:.1f}, "
-                f"optimizer {self.optimizer_gib:.1f}, activations {self.activations_gib:.1f}, overhead {self.overhead_gib:.1f})")
+        return (
+            f"~{self.total_gib:.1f} GiB per GPU (weights {self.weights_gib:.1f}, gradients {self.gradients_gib:.1f}, "
+            f"optimizer {self.optimizer_gib:.1f}, activations {self.activations_gib:.1f}, overhead {self.overhead_gib:.1f})"
+        )
 
 
 def lora_parameters(shape: ModelShape, rank: int) -> float:
@@ -295,5 +327,7 @@ def fit_problem(spec: Any, shape: ModelShape) -> str | None:
     if not (spec.distributed.strategy == "deepspeed" and spec.distributed.zero_stage == 3):
         hints.append("distributed.strategy deepspeed with zeroStage 3 (and offload)")
     hints.append("more GPUs (resources.nodes / gpusPerNode) or a bigger gpuType")
-    return (f"needs {est.describe()}, more than the {capacity:g} GiB of a {spec.resources.gpu_type}; "
-            f"try {', or '.join(hints)}")
+    return (
+        f"needs {est.describe()}, more than the {capacity:g} GiB of a {spec.resources.gpu_type}; "
+        f"try {', or '.join(hints)}"
+    )

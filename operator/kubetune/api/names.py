@@ -29,8 +29,10 @@ def dns_label_problem(value: object, *, max_len: int = DNS1123_LABEL_MAX) -> str
     if len(value) > max_len:
         return f"{_shown(value)} is {len(value)} characters; a DNS-1123 label has at most {max_len}"
     if not DNS1123_LABEL.fullmatch(value):
-        return (f"{_shown(value)} is not a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
-                "with a letter or digit")
+        return (
+            f"{_shown(value)} is not a DNS-1123 label: lower-case letters, digits and '-', starting and ending "
+            "with a letter or digit"
+        )
     return None
 
 
@@ -43,8 +45,10 @@ def dns_subdomain_problem(value: object, *, max_len: int = DNS1123_SUBDOMAIN_MAX
     if len(value) > max_len:
         return f"{_shown(value)} is {len(value)} characters; a DNS-1123 subdomain has at most {max_len}"
     if not DNS1123_SUBDOMAIN.fullmatch(value):
-        return (f"{_shown(value)} is not a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each "
-                "dot-separated part starting and ending with a letter or digit")
+        return (
+            f"{_shown(value)} is not a DNS-1123 subdomain: lower-case letters, digits, '-' and '.', each "
+            "dot-separated part starting and ending with a letter or digit"
+        )
     return None
 
 

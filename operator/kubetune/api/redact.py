@@ -15,14 +15,50 @@ from urllib.parse import unquote
 MASK = "***"
 
 # Query parameter names (compared lower-case, percent-decoded) that carry a secret.
-SECRET_PARAMS = frozenset({
-    "sig", "signature", "token", "access_token", "id_token", "refresh_token", "auth", "authorization",
-    "key", "api_key", "apikey", "api-key", "password", "passwd", "pwd", "secret", "client_secret",
-    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "awsaccesskeyid",
-    "x-goog-signature", "x-goog-credential", "googleaccessid", "se-sig", "sas", "sv-sig",
-})
-_SECRET_PARTS = ("signature", "token", "secret", "password", "credential", "apikey", "api_key", "api-key",
-                 "accesskey", "access_key", "private")
+SECRET_PARAMS = frozenset(
+    {
+        "sig",
+        "signature",
+        "token",
+        "access_token",
+        "id_token",
+        "refresh_token",
+        "auth",
+        "authorization",
+        "key",
+        "api_key",
+        "apikey",
+        "api-key",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "awsaccesskeyid",
+        "x-goog-signature",
+        "x-goog-credential",
+        "googleaccessid",
+        "se-sig",
+        "sas",
+        "sv-sig",
+    }
+)
+_SECRET_PARTS = (
+    "signature",
+    "token",
+    "secret",
+    "password",
+    "credential",
+    "apikey",
+    "api_key",
+    "api-key",
+    "accesskey",
+    "access_key",
+    "private",
+)
 
 _URL = re.compile(r"""(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'"<>`]*)""")
 _PARAM = re.compile(r"""(?P<sep>[?&;])(?P<name>[^=&#;?\s'"<>]+)=(?P<value>[^&#;\s'"<>`]*)""")
@@ -93,6 +129,8 @@ def credentials_in(uri: str) -> str | None:
     return None
 
 
-CREDENTIALS_HINT = ("put credentials in a Secret and name it in credentialsSecret (AWS_ACCESS_KEY_ID/"
-                    "AWS_SECRET_ACCESS_KEY, HF_TOKEN ...), never in the URI: it would be stored in the job's "
-                    "ConfigMap and shown in status and logs")
+CREDENTIALS_HINT = (
+    "put credentials in a Secret and name it in credentialsSecret (AWS_ACCESS_KEY_ID/"
+    "AWS_SECRET_ACCESS_KEY, HF_TOKEN ...), never in the URI: it would be stored in the job's "
+    "ConfigMap and shown in status and logs"
+)

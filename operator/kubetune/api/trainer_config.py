@@ -31,8 +31,10 @@ def configmap_size_problem(data: dict[str, str]) -> str | None:
     """Why a ConfigMap with this ``data`` would be refused by the API server for its size; None when it fits."""
     size = sum(len(k.encode()) + len(v.encode("utf-8", "surrogatepass")) for k, v in data.items())
     if size > MAX_CONFIGMAP_BYTES:
-        return (f"the rendered trainer config is {size:,} bytes, over the API server's limit of {MAX_CONFIGMAP_BYTES:,} "
-                "bytes for a ConfigMap; move long lists (datasets) into a datasetRegistry file")
+        return (
+            f"the rendered trainer config is {size:,} bytes, over the API server's limit of {MAX_CONFIGMAP_BYTES:,} "
+            "bytes for a ConfigMap; move long lists (datasets) into a datasetRegistry file"
+        )
     return None
 
 
@@ -47,8 +49,9 @@ class RuntimeSpec(_Model):
     work_dir: str = Field(".", description="Folder that relative file:// URIs resolve against.")
     cache_dir: str = Field(..., description="Model/data/tokenized-data cache folder.")
     scratch_dir: str = Field(..., description="Local folder where artifacts are staged before upload.")
-    metrics_port: Int | None = Field(None, ge=0, le=65535, description="Port of the Prometheus endpoint on rank 0 "
-                                     "(None: off).")
+    metrics_port: Int | None = Field(
+        None, ge=0, le=65535, description="Port of the Prometheus endpoint on rank 0 (None: off)."
+    )
     allow_private_urls: list[str] = Field(
         default_factory=list, description="Hosts/addresses the URL guard lets through (e.g. 127.0.0.1 in tests)."
     )
@@ -80,7 +83,12 @@ def rendered_size_problem(job: FineTuneJob) -> str | None:
     compact = len(job.spec.model_dump_json(by_alias=True, exclude_none=True))
     if compact * 3 + 16 * 1024 < MAX_CONFIGMAP_BYTES:  # far below the limit, even indented with the runtime added
         return None
-    config = TrainerConfig.from_job(job, output_uri="s3://" + "x" * 1024, cache_dir="/var/cache/kubetune",
-                                    scratch_dir="/var/lib/kubetune/scratch", work_dir="/var/lib/kubetune/work",
-                                    metrics_port=65535)
+    config = TrainerConfig.from_job(
+        job,
+        output_uri="s3://" + "x" * 1024,
+        cache_dir="/var/cache/kubetune",
+        scratch_dir="/var/lib/kubetune/scratch",
+        work_dir="/var/lib/kubetune/work",
+        metrics_port=65535,
+    )
     return configmap_size_problem({"trainer.json": config.to_json() + "\n"})

@@ -43,10 +43,34 @@ SHORT_NAMES = ["ftj"]
 
 DNS_LABEL = DNS1123_LABEL  # use .fullmatch (``$`` matches before a final newline); see kubetune.api.names
 # QUANTITY (the resource.Quantity grammar) comes from kubetune.api.checks.
-TEMPLATE_NAMES = ("tokenizer", "chatml", "qwen", "llama3", "mistral", "gemma", "phi", "deepseek", "deepseek3", "default",
-                  # the vendors' own Jinja shipped with TRL (kubetune.trainer.data.templates.VENDOR_TEMPLATES)
-                  "qwen2.5", "qwen3", "qwen3-instruct-2507", "llama3.1", "llama3.2", "gemma3", "phi3.5", "deepseek-v3",
-                  "deepseek-r1", "glm4-moe", "gpt-oss", "cohere", "cohere2", "lfm2", "nemotron3-nano")
+TEMPLATE_NAMES = (
+    "tokenizer",
+    "chatml",
+    "qwen",
+    "llama3",
+    "mistral",
+    "gemma",
+    "phi",
+    "deepseek",
+    "deepseek3",
+    "default",
+    # the vendors' own Jinja shipped with TRL (kubetune.trainer.data.templates.VENDOR_TEMPLATES)
+    "qwen2.5",
+    "qwen3",
+    "qwen3-instruct-2507",
+    "llama3.1",
+    "llama3.2",
+    "gemma3",
+    "phi3.5",
+    "deepseek-v3",
+    "deepseek-r1",
+    "glm4-moe",
+    "gpt-oss",
+    "cohere",
+    "cohere2",
+    "lfm2",
+    "nemotron3-nano",
+)
 
 MODEL_SCHEMES = ("file", "hf", "ms", "s3", "pvc")
 DATASET_SCHEMES = ("file", "hf", "ms", "s3", "https", "http", "configmap", "pvc")
@@ -118,7 +142,13 @@ class _Model(BaseModel):
         character; a regex pattern may hold tabs and newlines."""
         if cls._text_checked:
             allow = "\t\n\r" if info.field_name == "pattern" else ""
-            items = value if isinstance(value, list) else (*value, *value.values()) if isinstance(value, dict) else (value,)
+            items = (
+                value
+                if isinstance(value, list)
+                else (*value, *value.values())
+                if isinstance(value, dict)
+                else (value,)
+            )
             for text in items:
                 problem = text_problem(text, allow=allow) if isinstance(text, str) else None
                 if problem:
@@ -193,7 +223,8 @@ class ModelSpec(_Model):
         "Default: the tokenizer's own chat template.",
     )
     credentials_secret: str | None = Field(
-        None, json_schema_extra=K8S_NAME_SCHEMA,
+        None,
+        json_schema_extra=K8S_NAME_SCHEMA,
         description="Secret holding HF_TOKEN / MODELSCOPE_API_TOKEN / AWS_* keys to fetch the model.",
     )
     quantization: QuantizationSpec | None = Field(
@@ -217,8 +248,10 @@ class ModelSpec(_Model):
     @classmethod
     def _template(cls, v: str | None) -> str | None:
         if v is not None and v not in TEMPLATE_NAMES:
-            raise ValueError(f"unknown template {v[:40]!r}; use one of {', '.join(TEMPLATE_NAMES)}, or leave it out "
-                             "for the tokenizer's own")
+            raise ValueError(
+                f"unknown template {v[:40]!r}; use one of {', '.join(TEMPLATE_NAMES)}, or leave it out "
+                "for the tokenizer's own"
+            )
         return v
 
     @field_validator("credentials_secret")
@@ -284,7 +317,9 @@ class DatasetSpec(_Model):
         description="Data URI: file:///path (json, jsonl, csv, parquet, arrow, txt, or a folder of one type), "
         "s3://bucket/key, https://host/file, hf://org/dataset, ms://org/dataset, configmap://name/key, pvc://claim/path.",
     )
-    formatting: Formatting = Field(Formatting.ALPACA, strict=False, description="Row format: alpaca, sharegpt or openai.")
+    formatting: Formatting = Field(
+        Formatting.ALPACA, strict=False, description="Row format: alpaca, sharegpt or openai."
+    )
     ranking: bool = Field(False, description="Preference data (chosen/rejected); required by rm, dpo and orpo.")
     columns: ColumnsSpec = Field(default_factory=ColumnsSpec, description="Column names; omitted ones keep defaults.")
     tags: TagsSpec = Field(default_factory=TagsSpec, description="sharegpt role/content tags; omitted keep defaults.")
@@ -292,8 +327,10 @@ class DatasetSpec(_Model):
     folder: str | None = Field(None, description="Hub dataset data_dir.")
     split: str = Field("train", description="Split to load.")
     num_samples: Int | None = Field(
-        None, ge=1, le=MAX_NUM_SAMPLES,
-        description="Sample this many rows (seeded); more than the dataset has oversamples with replacement."
+        None,
+        ge=1,
+        le=MAX_NUM_SAMPLES,
+        description="Sample this many rows (seeded); more than the dataset has oversamples with replacement.",
     )
 
     @field_validator("source")
@@ -364,7 +401,9 @@ class FreezeSpec(_Model):
 class MethodSpec(_Model):
     """How the weights are trained."""
 
-    type: MethodType = Field(MethodType.LORA, strict=False, description="full, freeze, lora or qlora (LoRA on a quantized base).")
+    type: MethodType = Field(
+        MethodType.LORA, strict=False, description="full, freeze, lora or qlora (LoRA on a quantized base)."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA settings (lora and qlora).")
     freeze: FreezeSpec = Field(default_factory=FreezeSpec, description="Freeze settings (freeze).")
 
@@ -408,10 +447,15 @@ class RewardFunctionSpec(_Model):
     """A rule-based reward for grpo, scored in the trainer without a model (verifiable rewards)."""
 
     type: Literal["answer", "regex"] = Field(
-        ..., description="answer: 1 when the completion contains the row's reference answer (case and whitespace "
-        "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0.")
-    pattern: str | None = Field(None, description="Regular expression of a regex reward (Python syntax, searched "
-                                "with DOTALL), e.g. a required output format.")
+        ...,
+        description="answer: 1 when the completion contains the row's reference answer (case and whitespace "
+        "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0.",
+    )
+    pattern: str | None = Field(
+        None,
+        description="Regular expression of a regex reward (Python syntax, searched "
+        "with DOTALL), e.g. a required output format.",
+    )
     weight: Float = Field(1.0, description="Weight of this reward in the sum (a reward model counts with weight 1).")
 
 
@@ -433,18 +477,38 @@ def reward_function_problems(rule: RewardFunctionSpec) -> list[tuple[tuple[str, 
 class GuardSpec(_Model):
     """Divergence guard: a NaN/Inf loss or gradient norm, or a loss spike, rolls training back instead of ruining it."""
 
-    enabled: bool = Field(True, description="Watch every optimizer step; on divergence discard the step's batches, "
-                          "restore the last good in-memory copy of the trainable parameters and optimizer state, "
-                          "cut the learning rate and continue.")
-    spike_factor: Float = Field(5.0, gt=1, le=1000, description="A step whose loss exceeds this many times the mean "
-                                "of the last `window` good steps is a spike (pt and sft only: their loss is a "
-                                "cross-entropy; other stages check NaN/Inf only).")
-    window: Int = Field(20, ge=2, le=10000, description="Good steps the spike check averages over; no spike check "
-                        "before this many good steps (warm-up).")
-    lr_cut: Float = Field(0.5, gt=0, le=1, description="Each rollback multiplies the learning rate (and the "
-                          "schedule's base) by this factor.")
-    max_rollbacks: Int = Field(3, ge=0, le=100, description="Rollbacks allowed; one more divergence fails the job "
-                               "with exit code 5 (Diverged, not retried).")
+    enabled: bool = Field(
+        True,
+        description="Watch every optimizer step; on divergence discard the step's batches, "
+        "restore the last good in-memory copy of the trainable parameters and optimizer state, "
+        "cut the learning rate and continue.",
+    )
+    spike_factor: Float = Field(
+        5.0,
+        gt=1,
+        le=1000,
+        description="A step whose loss exceeds this many times the mean "
+        "of the last `window` good steps is a spike (pt and sft only: their loss is a "
+        "cross-entropy; other stages check NaN/Inf only).",
+    )
+    window: Int = Field(
+        20,
+        ge=2,
+        le=10000,
+        description="Good steps the spike check averages over; no spike check before this many good steps (warm-up).",
+    )
+    lr_cut: Float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Each rollback multiplies the learning rate (and the schedule's base) by this factor.",
+    )
+    max_rollbacks: Int = Field(
+        3,
+        ge=0,
+        le=100,
+        description="Rollbacks allowed; one more divergence fails the job with exit code 5 (Diverged, not retried).",
+    )
 
 
 class TrainingSpec(_Model):
@@ -481,31 +545,40 @@ class TrainingSpec(_Model):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     attention: Literal["auto", "eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"] = Field(
-        "auto", description="Attention implementation. auto: FlashAttention 3 on Hopper and FlashAttention 2 on "
+        "auto",
+        description="Attention implementation. auto: FlashAttention 3 on Hopper and FlashAttention 2 on "
         "Ampere or newer GPUs when the trainer image has them, else PyTorch SDPA. The resolved choice is recorded "
-        "in the artifact's manifest.")
+        "in the artifact's manifest.",
+    )
     kernels: list[Literal["liger", "chunked_loss"]] = Field(
-        default_factory=list, max_length=2,
+        default_factory=list,
+        max_length=2,
         description="Extra kernels. liger: Liger's fused RMSNorm, RoPE, SwiGLU and linear cross-entropy (CUDA, "
         "needs the liger-kernel package). chunked_loss: the LM head and cross-entropy computed over chunks of "
         "trained positions and recomputed in the backward pass, so a 128k-152k vocabulary's logits never exist "
-        "all at once (any device; not with fsdp).")
+        "all at once (any device; not with fsdp).",
+    )
     preference: PreferenceSpec = Field(default_factory=PreferenceSpec, description="dpo/orpo settings.")
     kto: KtoSpec = Field(default_factory=KtoSpec, description="kto settings.")
     ppo: PpoSpec = Field(default_factory=PpoSpec, description="ppo settings.")
     reward_model: ArtifactRef | None = Field(None, description="Reward model for ppo/grpo: a URI or an rm job.")
     reward_functions: list[RewardFunctionSpec] = Field(
-        default_factory=list, max_length=16,
-        description="grpo: rule-based rewards, added to (or instead of) the reward model's score.")
+        default_factory=list,
+        max_length=16,
+        description="grpo: rule-based rewards, added to (or instead of) the reward model's score.",
+    )
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
         default_factory=list, description="Extra experiment trackers (offline/local modes)."
     )
     guard: GuardSpec = Field(default_factory=GuardSpec, description="Divergence guard (on by default).")
     stall_timeout_seconds: Int | None = Field(
-        None, ge=1, le=7 * 86400,
+        None,
+        ge=1,
+        le=7 * 86400,
         description="Hang watchdog: with no optimizer step for this long every rank dumps its Python stacks (log "
         "and termination message) and exits with code 75, which the Job retries (resuming from the last "
-        "checkpoint). Default: max(600, 20 x the median measured step time), armed after the first step.")
+        "checkpoint). Default: max(600, 20 x the median measured step time), armed after the first step.",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- cluster
@@ -522,14 +595,19 @@ class ResourcesSpec(_Model):
     memory: str | None = Field(None, pattern=QUANTITY, description="Memory request and limit of each pod.")
     shared_memory: str = Field("8Gi", pattern=QUANTITY, description="Size of the /dev/shm volume.")
     cache_size: str = Field("100Gi", pattern=QUANTITY, description="Size of the model/data cache volume.")
-    cache_claim: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="PVC for the model/data cache (default: an emptyDir).")
+    cache_claim: str | None = Field(
+        None, json_schema_extra=K8S_NAME_SCHEMA, description="PVC for the model/data cache (default: an emptyDir)."
+    )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Pod tolerations.")
     affinity: dict[str, Any] | None = Field(None, description="Pod affinity rules.")
-    priority_class_name: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="PriorityClass of the pods.")
+    priority_class_name: str | None = Field(
+        None, json_schema_extra=K8S_NAME_SCHEMA, description="PriorityClass of the pods."
+    )
     image: str | None = Field(None, description="Trainer image; default: the operator's configured image.")
-    service_account_name: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="ServiceAccount of the training pods.")
-
+    service_account_name: str | None = Field(
+        None, json_schema_extra=K8S_NAME_SCHEMA, description="ServiceAccount of the training pods."
+    )
 
     @field_validator("cpu", "memory", "shared_memory", "cache_size")
     @classmethod
@@ -588,14 +666,20 @@ class DistributedSpec(_Model):
     zero_stage: Literal[0, 1, 2, 3] = Field(2, description="DeepSpeed ZeRO stage.")
     offload: bool = Field(False, description="Offload optimizer states (and ZeRO-3 params) to CPU.")
     rendezvous_timeout_seconds: int = Field(
-        900, gt=0, le=86400,
+        900,
+        gt=0,
+        le=86400,
         description="Multi-node start: how long the pods wait for each other (torchrun's rendezvous) before "
-        "failing, in seconds. Covers a pod still pulling its image or waiting for a node.")
+        "failing, in seconds. Covers a pod still pulling its image or waiting for a node.",
+    )
     collective_timeout_seconds: int = Field(
-        1800, gt=0, le=86400,
+        1800,
+        gt=0,
+        le=86400,
         description="How long a collective operation (all-reduce, all-gather, barrier) may wait for the other "
         "processes, in seconds. A node that dies or is cut off mid-run fails the remaining ones after this "
-        "long instead of leaving them hanging; it must exceed the slowest step, evaluation or checkpoint save.")
+        "long instead of leaving them hanging; it must exceed the slowest step, evaluation or checkpoint save.",
+    )
 
 
 class CheckpointingSpec(_Model):
@@ -605,8 +689,10 @@ class CheckpointingSpec(_Model):
     keep: Int = Field(2, gt=0, le=1000, description="Keep the newest N complete checkpoints.")
     resume: bool = Field(True, description="Resume from the newest complete checkpoint when one exists.")
     keep_after_success: bool = Field(
-        False, description="Keep the uploaded checkpoints once the artifact is published (default: delete them; "
-        "they hold optimizer state and exist for resuming an unfinished run).")
+        False,
+        description="Keep the uploaded checkpoints once the artifact is published (default: delete them; "
+        "they hold optimizer state and exist for resuming an unfinished run).",
+    )
 
 
 class HubSpec(_Model):
@@ -638,7 +724,9 @@ class OutputSpec(_Model):
         description="s3://bucket/prefix, file:///path or pvc://claim/path. Default for `kubetune run`: "
         "file://./output/<name> beside the FineTuneJob file.",
     )
-    credentials_secret: str | None = Field(None, json_schema_extra=K8S_NAME_SCHEMA, description="Secret with AWS_* keys (and AWS_ENDPOINT_URL).")
+    credentials_secret: str | None = Field(
+        None, json_schema_extra=K8S_NAME_SCHEMA, description="Secret with AWS_* keys (and AWS_ENDPOINT_URL)."
+    )
     merge: bool = Field(False, description="Also export the base model merged with the adapter (safetensors).")
     hub: HubSpec | None = Field(None, description="Also push the adapter to the Hugging Face Hub.")
 
@@ -658,7 +746,9 @@ class RunPolicySpec(_Model):
 
     backoff_limit: Int = Field(3, ge=0, le=100, description="Pod restarts before the Job fails.")
     active_deadline_seconds: Int | None = Field(None, gt=0, description="Hard time limit of the whole Job.")
-    ttl_seconds_after_finished: Int | None = Field(None, ge=0, le=INT32_MAX, description="Delete the finished Job after N seconds.")
+    ttl_seconds_after_finished: Int | None = Field(
+        None, ge=0, le=INT32_MAX, description="Delete the finished Job after N seconds."
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- spec
@@ -667,7 +757,9 @@ class RunPolicySpec(_Model):
 class FineTuneJobSpec(_Model):
     """What to train, on what data, how, and where the result goes."""
 
-    stage: Stage = Field(Stage.SFT, strict=False, description="Training stage: pt, sft, rm, ppo, dpo, kto, orpo or grpo.")
+    stage: Stage = Field(
+        Stage.SFT, strict=False, description="Training stage: pt, sft, rm, ppo, dpo, kto, orpo or grpo."
+    )
     model: ModelSpec = Field(..., description="The base model.")
     datasets: list[DatasetSpec] = Field(default_factory=list, description="Datasets given inline.")
     dataset_registry: DatasetRegistrySpec | None = Field(
@@ -682,7 +774,11 @@ class FineTuneJobSpec(_Model):
     output: OutputSpec = Field(default_factory=OutputSpec, description="Where artifacts are written.")
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Job retry and time limits.")
     suspend: bool = Field(False, description="Suspend the training Job (pods are deleted; resume continues).")
-    queue_name: str | None = Field(None, json_schema_extra=LABEL_NAME_SCHEMA, description="Kueue LocalQueue; the Job is created suspended for Kueue.")
+    queue_name: str | None = Field(
+        None,
+        json_schema_extra=LABEL_NAME_SCHEMA,
+        description="Kueue LocalQueue; the Job is created suspended for Kueue.",
+    )
 
     @field_validator("queue_name")
     @classmethod
@@ -707,21 +803,36 @@ class FineTuneJobSpec(_Model):
             problems += [(("evalDatasets", i, *p), m) for p, m in dataset_problems(ds, Stage(self.stage))]
 
         if self.model.quantization is not None and method not in (MethodType.LORA, MethodType.QLORA):
-            problems.append((("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}"))
+            problems.append(
+                (("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}")
+            )
         if self.model.adapter is not None and method not in (MethodType.LORA, MethodType.QLORA):
-            problems.append((("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}"))
+            problems.append(
+                (("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}")
+            )
         rules = self.training.reward_functions
-        if contract.needs_reward_model and self.training.reward_model is None and not (rules and Stage(self.stage) == Stage.GRPO):
+        if (
+            contract.needs_reward_model
+            and self.training.reward_model is None
+            and not (rules and Stage(self.stage) == Stage.GRPO)
+        ):
             also = " or training.rewardFunctions" if Stage(self.stage) == Stage.GRPO else ""
-            problems.append((("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob){also}"))
+            problems.append(
+                (("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob){also}")
+            )
         if rules and Stage(self.stage) != Stage.GRPO:
-            problems.append((("training", "rewardFunctions"), f"rewardFunctions apply to stage grpo only, not {self.stage}"))
+            problems.append(
+                (("training", "rewardFunctions"), f"rewardFunctions apply to stage grpo only, not {self.stage}")
+            )
         for i, rule in enumerate(rules):
             problems += [(("training", "rewardFunctions", i, *p), m) for p, m in reward_function_problems(rule)]
         if not contract.needs_reward_model and self.training.reward_model is not None:
             problems.append((("training", "rewardModel"), f"stage {self.stage} does not use a reward model"))
         if Stage(self.stage) != Stage.SFT:
-            for flag, name in ((self.training.train_on_prompt, "trainOnPrompt"), (self.training.mask_history, "maskHistory")):
+            for flag, name in (
+                (self.training.train_on_prompt, "trainOnPrompt"),
+                (self.training.mask_history, "maskHistory"),
+            ):
                 if flag:
                     problems.append((("training", name), f"{name} applies to stage sft only"))
         if self.training.train_on_prompt and self.training.mask_history:
@@ -729,20 +840,32 @@ class FineTuneJobSpec(_Model):
         probs = self.training.interleave_probs
         if probs is not None:
             if self.training.mix_strategy == "concat":
-                problems.append((("training", "interleaveProbs"), "set mixStrategy to interleave_under/over to use it"))
+                problems.append(
+                    (("training", "interleaveProbs"), "set mixStrategy to interleave_under/over to use it")
+                )
             elif self.datasets and len(probs) != len(self.datasets):
-                problems.append((("training", "interleaveProbs"), f"needs {len(self.datasets)} values, one per dataset"))
+                problems.append(
+                    (("training", "interleaveProbs"), f"needs {len(self.datasets)} values, one per dataset")
+                )
             elif any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
                 problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
         if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
             problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
         from kubetune.api.kernels import spec_problems as kernel_problems
 
-        problems += kernel_problems(self.training.attention, list(self.training.kernels),
-                                    gpus_per_node=self.resources.gpus_per_node, strategy=self.distributed.strategy)
+        problems += kernel_problems(
+            self.training.attention,
+            list(self.training.kernels),
+            gpus_per_node=self.resources.gpus_per_node,
+            strategy=self.distributed.strategy,
+        )
         if self.distributed.offload and self.distributed.strategy != "deepspeed":
             problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
-        if method == MethodType.QLORA and self.distributed.strategy == "deepspeed" and self.distributed.zero_stage == 3:
+        if (
+            method == MethodType.QLORA
+            and self.distributed.strategy == "deepspeed"
+            and self.distributed.zero_stage == 3
+        ):
             problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
         if not problems and self.model.parameters and self.resources.gpu_type:
             from kubetune.api.memory import ModelShape, fit_problem
@@ -785,10 +908,16 @@ def dataset_problems(ds: DatasetSpec, stage: Stage) -> list[tuple[tuple[str, ...
     contract = STAGE_CONTRACTS[stage]
     problems: list[tuple[tuple[str, ...], str]] = []
     if contract.ranking and not ds.ranking:
-        problems.append((("ranking",), f"stage {stage.value} needs pairwise data: set ranking: true and chosen/rejected"))
+        problems.append(
+            (("ranking",), f"stage {stage.value} needs pairwise data: set ranking: true and chosen/rejected")
+        )
     if not contract.ranking and ds.ranking:
         problems.append((("ranking",), f"stage {stage.value} does not train on pairwise data; use rm, dpo or orpo"))
-    if ds.ranking and Formatting(ds.formatting) == Formatting.ALPACA and not (ds.columns.chosen and ds.columns.rejected):
+    if (
+        ds.ranking
+        and Formatting(ds.formatting) == Formatting.ALPACA
+        and not (ds.columns.chosen and ds.columns.rejected)
+    ):
         problems.append((("columns",), "ranking alpaca data needs columns.chosen and columns.rejected"))
     if contract.needs_kto_tag and not ds.columns.kto_tag:
         problems.append((("columns", "ktoTag"), "stage kto needs a boolean label column: set columns.ktoTag"))
@@ -812,7 +941,9 @@ class _Status(_Model):
 class Condition(_Status):
     """A kstatus-compatible condition."""
 
-    type: str = Field(..., description="Ready, Validated, Running, Succeeded, Failed, Suspended, Reconciling, Stalled.")
+    type: str = Field(
+        ..., description="Ready, Validated, Running, Succeeded, Failed, Suspended, Reconciling, Stalled."
+    )
     status: Literal["True", "False", "Unknown"] = Field(..., description="True, False or Unknown.")
     reason: str = Field("", description="CamelCase machine-readable reason.")
     message: str = Field("", description="Human-readable detail.")
@@ -857,21 +988,29 @@ class GuardStatus(_Status):
 
     rollbacks: int = Field(0, description="Rollbacks by the current trainer process (a restarted pod counts anew).")
     diverged: bool = Field(False, description="True from a rollback until `window` good steps followed it.")
-    reason: str | None = Field(None, description="Why the latest rollback happened: nan_loss, nan_grad_norm or "
-                               "loss_spike.")
+    reason: str | None = Field(
+        None, description="Why the latest rollback happened: nan_loss, nan_grad_norm or loss_spike."
+    )
 
 
 class CostStatus(_Status):
     """What the job has used so far, from its training pods' start and finish times (restarts included)."""
 
-    node_seconds: float | None = Field(None, description="Seconds the training pods ran, summed over all pods and "
-                                       "attempts.")
+    node_seconds: float | None = Field(
+        None, description="Seconds the training pods ran, summed over all pods and attempts."
+    )
     gpu_seconds: float | None = Field(None, description="nodeSeconds x resources.gpusPerNode.")
     gpu_hours: float | None = Field(None, description="gpuSeconds / 3600.")
-    tokens_per_gpu_hour: float | None = Field(None, description="Current training throughput: non-padding tokens "
-                                              "per second of all ranks x 3600 / GPUs in the job.")
-    estimated_cost: float | None = Field(None, description="gpuHours x the operator's price for resources.gpuType "
-                                         "(chart value costs.gpuHourPrice); absent without a price.")
+    tokens_per_gpu_hour: float | None = Field(
+        None,
+        description="Current training throughput: non-padding tokens "
+        "per second of all ranks x 3600 / GPUs in the job.",
+    )
+    estimated_cost: float | None = Field(
+        None,
+        description="gpuHours x the operator's price for resources.gpuType "
+        "(chart value costs.gpuHourPrice); absent without a price.",
+    )
 
 
 class StallStatus(_Status):
@@ -879,8 +1018,10 @@ class StallStatus(_Status):
 
     pod: str | None = Field(None, description="Pod name.")
     finished_at: str | None = Field(None, description="When it exited (RFC 3339).")
-    message: str | None = Field(None, description="Its termination message: the stall and the first lines of the "
-                                "Python stacks (the stuck frame).")
+    message: str | None = Field(
+        None,
+        description="Its termination message: the stall and the first lines of the Python stacks (the stuck frame).",
+    )
 
 
 class FineTuneJobStatus(_Status):
@@ -900,10 +1041,12 @@ class FineTuneJobStatus(_Status):
     datasets: list[DatasetReport] | None = Field(None, description="Per-dataset preflight counts.")
     memory_estimate_gib: float | None = Field(None, description="Estimated memory per GPU, GiB.")
     guard: GuardStatus | None = Field(None, description="Divergence-guard rollbacks (spec.training.guard).")
-    cost: CostStatus | None = Field(None, description="GPU-seconds, node-seconds, tokens per GPU-hour, estimated "
-                                    "cost.")
-    last_stall: StallStatus | None = Field(None, description="The newest pod ended by the hang watchdog "
-                                           "(spec.training.stallTimeoutSeconds).")
+    cost: CostStatus | None = Field(
+        None, description="GPU-seconds, node-seconds, tokens per GPU-hour, estimated cost."
+    )
+    last_stall: StallStatus | None = Field(
+        None, description="The newest pod ended by the hang watchdog (spec.training.stallTimeoutSeconds)."
+    )
     job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
     spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")
 
@@ -927,7 +1070,9 @@ class ObjectMeta(BaseModel):
         if len(v) > 63:
             raise ValueError(f"{v!r} is {len(v)} characters; a FineTuneJob name is a DNS label of at most 63")
         if not DNS_LABEL.fullmatch(v):
-            raise ValueError(f"{v!r} is not a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric")
+            raise ValueError(
+                f"{v!r} is not a DNS label: lower-case letters, digits and '-', starting and ending alphanumeric"
+            )
         return v
 
     @field_validator("namespace")

@@ -89,9 +89,17 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 
 _TYPE_WORDS = {
-    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "bool_type": "true or false", "bool_parsing": "true or false",
-    "string_type": "a string", "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
     "model_attributes_type": "a mapping",
 }
 
@@ -153,7 +161,9 @@ def _message(err: dict[str, Any], root: type[BaseModel]) -> list[Problem]:
     return [Problem(format_path(loc), clip_text(msg))]
 
 
-def problems_from(exc: ValidationError, root: type[BaseModel] = FineTuneJob, prefix: tuple[str, ...] = ()) -> list[Problem]:
+def problems_from(
+    exc: ValidationError, root: type[BaseModel] = FineTuneJob, prefix: tuple[str, ...] = ()
+) -> list[Problem]:
     problems: list[Problem] = []
     for details in exc.errors(include_url=False):
         err: dict[str, Any] = dict(details)
@@ -181,8 +191,9 @@ def parse_job(doc: Any, source: str = "") -> FineTuneJob:
     except RecursionError:
         raise InvalidFineTuneJob([Problem("", "nested too deeply to validate")], source) from None
     except Exception as exc:  # noqa: BLE001 - an unforeseen value must end as a problem, not a crash or a retry loop
-        raise InvalidFineTuneJob([Problem("", f"cannot be validated ({type(exc).__name__}: {clip_text(str(exc), 120)})")],
-                                 source) from None
+        raise InvalidFineTuneJob(
+            [Problem("", f"cannot be validated ({type(exc).__name__}: {clip_text(str(exc), 120)})")], source
+        ) from None
     size = rendered_size_problem(job)
     if size:
         raise InvalidFineTuneJob([Problem("spec", size)], source)
@@ -190,8 +201,14 @@ def parse_job(doc: Any, source: str = "") -> FineTuneJob:
 
 
 def _what(doc: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-            type(None): "empty"}.get(type(doc), type(doc).__name__)
+    return {
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "a boolean",
+        type(None): "empty",
+    }.get(type(doc), type(doc).__name__)
 
 
 def load_documents(path: str | Path) -> list[Any]:
@@ -208,8 +225,11 @@ def _meant_as_finetunejob(doc: dict[str, Any]) -> bool:
     if not isinstance(kind, str) or not kind:
         return True
     folded = kind.replace("-", "").replace("_", "").lower()
-    return "finetune" in folded or folded in ("ftj", "ftjs") or \
-        difflib.SequenceMatcher(None, folded, KIND.lower()).ratio() >= 0.75
+    return (
+        "finetune" in folded
+        or folded in ("ftj", "ftjs")
+        or difflib.SequenceMatcher(None, folded, KIND.lower()).ratio() >= 0.75
+    )
 
 
 def _entries(docs: list[Any]) -> Iterator[tuple[str, Any]]:
@@ -241,8 +261,14 @@ def jobs_from_documents(docs: list[Any]) -> tuple[list[FineTuneJob], list[Proble
     for label, doc in _entries(docs):
         if not isinstance(doc, dict):
             where = label or "the document"
-            problems.append(Problem("", f"{where} is {_what(doc)}, not a Kubernetes object; write one object per "
-                                    "document (separated by ---) or a kind: List", label))
+            problems.append(
+                Problem(
+                    "",
+                    f"{where} is {_what(doc)}, not a Kubernetes object; write one object per "
+                    "document (separated by ---) or a kind: List",
+                    label,
+                )
+            )
             continue
         if not _meant_as_finetunejob(doc):
             continue
@@ -254,8 +280,14 @@ def jobs_from_documents(docs: list[Any]) -> tuple[list[FineTuneJob], list[Proble
             continue
         key = (job.metadata.namespace or "", job.metadata.name)
         if key in seen:
-            problems.append(Problem("metadata.name", f"FineTuneJob {job.metadata.name!r} is defined twice (also "
-                                    f"{seen[key] or 'above'}); give each job its own name", named))
+            problems.append(
+                Problem(
+                    "metadata.name",
+                    f"FineTuneJob {job.metadata.name!r} is defined twice (also "
+                    f"{seen[key] or 'above'}); give each job its own name",
+                    named,
+                )
+            )
             continue
         seen[key] = named
         jobs.append(job)

@@ -68,8 +68,9 @@ class _Loader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             try:
                 if key in seen:
-                    raise YamlRefused(f"duplicate key {_short(key)} (first at line {seen[key]})",
-                                      key_node.start_mark.line + 1)
+                    raise YamlRefused(
+                        f"duplicate key {_short(key)} (first at line {seen[key]})", key_node.start_mark.line + 1
+                    )
                 seen[key] = key_node.start_mark.line + 1
             except TypeError:
                 continue
@@ -105,17 +106,22 @@ def _expanded_size(root: Node) -> int:
             size[key] = 1 + sum(size[id(k)] for k in kids)
             depth[key] = 1 + max((depth[id(k)] for k in kids), default=0)
             if size[key] > MAX_NODES:
-                raise YamlRefused(f"expands to more than {MAX_NODES:,} nodes (aliases expanded); a FineTuneJob is "
-                                  "far smaller: is this an alias bomb?", node.start_mark.line + 1)
+                raise YamlRefused(
+                    f"expands to more than {MAX_NODES:,} nodes (aliases expanded); a FineTuneJob is "
+                    "far smaller: is this an alias bomb?",
+                    node.start_mark.line + 1,
+                )
             if depth[key] > MAX_DEPTH:
-                raise YamlRefused(f"nested deeper than {MAX_DEPTH} levels once aliases are expanded",
-                                  node.start_mark.line + 1)
+                raise YamlRefused(
+                    f"nested deeper than {MAX_DEPTH} levels once aliases are expanded", node.start_mark.line + 1
+                )
             continue
         if key in size:
             continue
         if key in on_path:
-            raise YamlRefused("an alias refers to the node that contains it (a recursive structure)",
-                              node.start_mark.line + 1)
+            raise YamlRefused(
+                "an alias refers to the node that contains it (a recursive structure)", node.start_mark.line + 1
+            )
         on_path.add(key)
         stack.append((node, True))
         stack.extend((k, False) for k in _children(node) if id(k) not in size)

@@ -30,8 +30,13 @@ def validate(args: argparse.Namespace) -> int:
         for job in jobs:
             key = (job.metadata.namespace or "", job.metadata.name)
             if key in seen:
-                problems.append(Problem("metadata.name", f"FineTuneJob {job.metadata.name!r} is also defined in "
-                                        f"{seen[key]}; give each job its own name"))
+                problems.append(
+                    Problem(
+                        "metadata.name",
+                        f"FineTuneJob {job.metadata.name!r} is also defined in "
+                        f"{seen[key]}; give each job its own name",
+                    )
+                )
             seen.setdefault(key, f)
         if not jobs and not problems:
             problems.append(Problem("", "no FineTuneJob found in the file"))
@@ -62,13 +67,25 @@ def crd(args: argparse.Namespace) -> int:
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="FineTuneJob YAML file")
     p.add_argument("--output", metavar="URI", help="override spec.output.uri")
-    p.add_argument("--cache-dir", default=os.environ.get("KUBETUNE_CACHE_DIR"),
-                   help="model/data cache (default: $KUBETUNE_CACHE_DIR or ~/.cache/kubetune)")
+    p.add_argument(
+        "--cache-dir",
+        default=os.environ.get("KUBETUNE_CACHE_DIR"),
+        help="model/data cache (default: $KUBETUNE_CACHE_DIR or ~/.cache/kubetune)",
+    )
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
-    p.add_argument("--allow-private-url", action="append", default=[], metavar="HOST",
-                   help="let the URL guard through to this host (e.g. 127.0.0.1 for a local S3)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="also show the libraries' warnings and logs (always written to the run's log file)")
+    p.add_argument(
+        "--allow-private-url",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="let the URL guard through to this host (e.g. 127.0.0.1 for a local S3)",
+    )
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show the libraries' warnings and logs (always written to the run's log file)",
+    )
 
 
 @command("run", "Run a FineTuneJob on this machine, without a cluster (same trainer as the pods).", _run_args)
@@ -86,8 +103,15 @@ def run(args: argparse.Namespace) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     code = 0
     for job in jobs:
-        code = run_local(job, Path(args.file), cache_dir=cache, output=args.output, metrics_port=args.metrics_port,
-                         allow_private=args.allow_private_url, verbose=args.verbose)
+        code = run_local(
+            job,
+            Path(args.file),
+            cache_dir=cache,
+            output=args.output,
+            metrics_port=args.metrics_port,
+            allow_private=args.allow_private_url,
+            verbose=args.verbose,
+        )
         if code:
             break
     return code
@@ -118,8 +142,15 @@ def chat(args: argparse.Namespace) -> int:
 
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     try:
-        answers = generate_answers(args.model, args.prompt, adapter=args.adapter, template=args.template,
-                                   system=args.system, max_new_tokens=args.max_new_tokens, cache_dir=cache)
+        answers = generate_answers(
+            args.model,
+            args.prompt,
+            adapter=args.adapter,
+            template=args.template,
+            system=args.system,
+            max_new_tokens=args.max_new_tokens,
+            cache_dir=cache,
+        )
     except TrainerError as exc:
         _err(str(exc))
         return exc.exit_code

@@ -12,10 +12,16 @@ from kubetune.operator import settings as op_settings
 
 def _render_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="FineTuneJob YAML file")
-    p.add_argument("--namespace", "-n", default=None, help="namespace of the FineTuneJob (default: its own or default)")
-    p.add_argument("--trainer-image", default=op_settings.DEFAULT_IMAGE, metavar="IMAGE", help="operator default image")
+    p.add_argument(
+        "--namespace", "-n", default=None, help="namespace of the FineTuneJob (default: its own or default)"
+    )
+    p.add_argument(
+        "--trainer-image", default=op_settings.DEFAULT_IMAGE, metavar="IMAGE", help="operator default image"
+    )
     p.add_argument("--default-output-uri", default=None, metavar="URI", help="operator default output base")
-    p.add_argument("--gpu-resource", default=op_settings.DEFAULT_GPU_RESOURCE, metavar="NAME", help="GPU resource name")
+    p.add_argument(
+        "--gpu-resource", default=op_settings.DEFAULT_GPU_RESOURCE, metavar="NAME", help="GPU resource name"
+    )
 
 
 @command("render", "Print the ConfigMap, Service and Job the operator would create for a FineTuneJob.", _render_args)
@@ -28,8 +34,9 @@ def render(args: argparse.Namespace) -> int:
     except InvalidFineTuneJob as exc:
         _err(str(exc))
         return 1
-    options = BuildOptions(trainer_image=args.trainer_image, gpu_resource=args.gpu_resource,
-                           default_output_uri=args.default_output_uri)
+    options = BuildOptions(
+        trainer_image=args.trainer_image, gpu_resource=args.gpu_resource, default_output_uri=args.default_output_uri
+    )
     objs = []
     for job in jobs:
         if args.namespace:
@@ -43,8 +50,11 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("operator", "Run the kubetune operator (kopf) against the cluster in KUBECONFIG or in-cluster.",
-         op_settings.add_arguments)
+@command(
+    "operator",
+    "Run the kubetune operator (kopf) against the cluster in KUBECONFIG or in-cluster.",
+    op_settings.add_arguments,
+)
 def operator(args: argparse.Namespace) -> int:
     from kubetune.operator.__main__ import run_operator
 

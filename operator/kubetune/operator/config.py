@@ -16,11 +16,15 @@ FINALIZER = f"{GROUP}/finalizer"
 
 def configure(settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
     # kopf pauses every replica when the highest priority is shared, so each replica draws its own.
-    settings.peering.priority = op.peering_priority if op.peering_priority is not None else random.randint(1, 1_000_000)
+    settings.peering.priority = (
+        op.peering_priority if op.peering_priority is not None else random.randint(1, 1_000_000)
+    )
     # Our own keys on the object, not kopf's defaults, so several kopf operators never collide.
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
     # Events are posted explicitly (phase changes, rejections); log lines stay logs.
     settings.posting.level = logging.ERROR
     # Re-list periodically even if the API server keeps a watch open for long.

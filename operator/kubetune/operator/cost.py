@@ -96,8 +96,14 @@ def parse_prices(text: str | None) -> dict[str, float]:
     return out
 
 
-def cost_status(previous: Mapping[str, Any] | None, spec: Mapping[str, Any], pods: Iterable[Mapping[str, Any]],
-                tokens_per_second: float | None, prices: Mapping[str, float], now: dt.datetime) -> dict[str, Any]:
+def cost_status(
+    previous: Mapping[str, Any] | None,
+    spec: Mapping[str, Any],
+    pods: Iterable[Mapping[str, Any]],
+    tokens_per_second: float | None,
+    prices: Mapping[str, float],
+    now: dt.datetime,
+) -> dict[str, Any]:
     """``status.cost`` (camelCase) for this pass; totals never below the previous ones (deleted pods)."""
     resources = spec.get("resources") if isinstance(spec, Mapping) else None
     resources = resources if isinstance(resources, Mapping) else {}  # any shape: an invalid spec is reported elsewhere
@@ -108,8 +114,11 @@ def cost_status(previous: Mapping[str, Any] | None, spec: Mapping[str, Any], pod
     old = previous if isinstance(previous, Mapping) else {}
     node_s = max(node_s, _number(old.get("nodeSeconds")))
     gpu_s = max(gpu_s, _number(old.get("gpuSeconds")))
-    out: dict[str, Any] = {"nodeSeconds": round(node_s, 1), "gpuSeconds": round(gpu_s, 1),
-                           "gpuHours": round(gpu_s / 3600.0, 4)}
+    out: dict[str, Any] = {
+        "nodeSeconds": round(node_s, 1),
+        "gpuSeconds": round(gpu_s, 1),
+        "gpuHours": round(gpu_s / 3600.0, 4),
+    }
     rate = tokens_per_gpu_hour(tokens_per_second, gpus_per_node * nodes)
     if rate is not None:
         out["tokensPerGpuHour"] = round(rate)

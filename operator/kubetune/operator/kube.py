@@ -105,9 +105,15 @@ def connection() -> dict[str, Any]:
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     return {
-        "server": cfg.host, "ca_path": cfg.ssl_ca_cert, "insecure": not cfg.verify_ssl,
-        "username": cfg.username or None, "password": cfg.password or None, "scheme": scheme, "token": token,
-        "certificate_path": cfg.cert_file, "private_key_path": cfg.key_file,
+        "server": cfg.host,
+        "ca_path": cfg.ssl_ca_cert,
+        "insecure": not cfg.verify_ssl,
+        "username": cfg.username or None,
+        "password": cfg.password or None,
+        "scheme": scheme,
+        "token": token,
+        "certificate_path": cfg.cert_file,
+        "private_key_path": cfg.key_file,
     }
 
 
@@ -142,8 +148,9 @@ async def _get(fn: Any, *args: Any) -> dict[str, Any] | None:
         if exc.status == 404:
             return None
         if exc.status in PERMANENT:
-            raise Refused("get", fn.__name__.removeprefix("read_namespaced_"), str(args[0]), exc.status,
-                          *_refusal(exc)) from None
+            raise Refused(
+                "get", fn.__name__.removeprefix("read_namespaced_"), str(args[0]), exc.status, *_refusal(exc)
+            ) from None
         raise
 
 
@@ -219,22 +226,34 @@ async def ensure(objs: list[dict[str, Any]]) -> list[str]:
         want = (obj["metadata"].get("annotations") or {}).get("kubetune.io/spec-hash")
         have = ((existing.get("metadata") or {}).get("annotations") or {}).get("kubetune.io/spec-hash")
         if patch_fn is not None and want and want != have:
-            await _call("patch", patch_fn, name, ns, {"metadata": {"annotations": obj["metadata"]["annotations"]},
-                                                     "data": obj.get("data")})
+            await _call(
+                "patch",
+                patch_fn,
+                name,
+                ns,
+                {"metadata": {"annotations": obj["metadata"]["annotations"]}, "data": obj.get("data")},
+            )
             created.append(f"{kind}/{name} (updated)")
     return created
 
 
-async def patch_job(namespace: str, name: str, *, suspend: bool | None = None,
-                    annotations: dict[str, str | None] | None = None) -> dict[str, Any]:
+async def patch_job(
+    namespace: str, name: str, *, suspend: bool | None = None, annotations: dict[str, str | None] | None = None
+) -> dict[str, Any]:
     """Merge-patch the Job's ``spec.suspend`` and/or annotations (None removes one)."""
     body: dict[str, Any] = {}
     if suspend is not None:
         body["spec"] = {"suspend": suspend}
     if annotations:
         body["metadata"] = {"annotations": annotations}
-    return await _call("patch", client.BatchV1Api(api()).patch_namespaced_job, name, namespace, body,
-                       _content_type="application/merge-patch+json")
+    return await _call(
+        "patch",
+        client.BatchV1Api(api()).patch_namespaced_job,
+        name,
+        namespace,
+        body,
+        _content_type="application/merge-patch+json",
+    )
 
 
 async def pod_warnings(namespace: str, pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -244,8 +263,12 @@ async def pod_warnings(namespace: str, pods: list[dict[str, Any]]) -> list[dict[
         uid = (pod.get("metadata") or {}).get("uid")
         if not uid:
             continue
-        events = await _call("list", client.CoreV1Api(api()).list_namespaced_event, namespace,
-                             field_selector=f"involvedObject.uid={uid},type=Warning")
+        events = await _call(
+            "list",
+            client.CoreV1Api(api()).list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.uid={uid},type=Warning",
+        )
         out += events.get("items") or []
     return out
 
@@ -256,9 +279,17 @@ async def patch_status(namespace: str, name: str, status: dict[str, Any]) -> dic
     Done here rather than through kopf's ``patch`` so a failed write (409, 5xx) surfaces in the
     handler as a retryable error (the next watch event or resync retries it)."""
     try:
-        return await _call("patch", client.CustomObjectsApi(api()).patch_namespaced_custom_object_status,
-                           GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-                           _content_type="application/merge-patch+json")
+        return await _call(
+            "patch",
+            client.CustomObjectsApi(api()).patch_namespaced_custom_object_status,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
     except ApiException as exc:
         if exc.status == 404:
             return None

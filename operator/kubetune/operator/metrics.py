@@ -13,7 +13,10 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 JOBS = Gauge(names.OPERATOR_JOBS, "FineTuneJobs seen by this operator, by phase.", ["phase"], registry=REGISTRY)
 RECONCILE_SECONDS = Histogram(
-    names.OPERATOR_RECONCILE_SECONDS, "Time spent in one reconcile pass.", ["handler"], registry=REGISTRY,
+    names.OPERATOR_RECONCILE_SECONDS,
+    "Time spent in one reconcile pass.",
+    ["handler"],
+    registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 API_ERRORS = Counter(names.OPERATOR_API_ERRORS, "Failed Kubernetes API calls.", ["verb", "code"], registry=REGISTRY)
@@ -22,14 +25,21 @@ POLL_FAILURES = Counter(
 )
 
 COST_LABELS = ["namespace", "job", "gpu_type"]
-GPU_SECONDS = Counter(names.JOB_GPU_SECONDS.removesuffix("_total"), "GPU-seconds used by a FineTuneJob's pods.",
-                      COST_LABELS, registry=REGISTRY)
-NODE_SECONDS = Counter(names.JOB_NODE_SECONDS.removesuffix("_total"), "Seconds a FineTuneJob's pods ran.",
-                       COST_LABELS, registry=REGISTRY)
-ESTIMATED_COST = Gauge(names.JOB_ESTIMATED_COST, "Estimated cost of a FineTuneJob (operator price table).",
-                       COST_LABELS, registry=REGISTRY)
-TOKENS_PER_GPU_HOUR = Gauge(names.JOB_TOKENS_PER_GPU_HOUR, "Current training tokens per GPU-hour.", COST_LABELS,
-                            registry=REGISTRY)
+GPU_SECONDS = Counter(
+    names.JOB_GPU_SECONDS.removesuffix("_total"),
+    "GPU-seconds used by a FineTuneJob's pods.",
+    COST_LABELS,
+    registry=REGISTRY,
+)
+NODE_SECONDS = Counter(
+    names.JOB_NODE_SECONDS.removesuffix("_total"), "Seconds a FineTuneJob's pods ran.", COST_LABELS, registry=REGISTRY
+)
+ESTIMATED_COST = Gauge(
+    names.JOB_ESTIMATED_COST, "Estimated cost of a FineTuneJob (operator price table).", COST_LABELS, registry=REGISTRY
+)
+TOKENS_PER_GPU_HOUR = Gauge(
+    names.JOB_TOKENS_PER_GPU_HOUR, "Current training tokens per GPU-hour.", COST_LABELS, registry=REGISTRY
+)
 _cost_seen: dict[tuple[str, str], tuple[float, float]] = {}  # (namespace, name) -> (gpu, node) seconds counted
 
 _phases: dict[tuple[str, str], str] = {}  # (namespace, name) -> phase

@@ -76,14 +76,17 @@ def facts(text: str, output_uri: str | None = None) -> dict[str, Any]:
             elif sample.name == DATASET_ROWS and {"dataset", "state"} <= set(sample.labels):
                 field = {"read": "rows", "valid": "valid", "dropped": "dropped"}.get(sample.labels["state"])
                 if field:
-                    datasets.setdefault(sample.labels["dataset"], {"name": sample.labels["dataset"]})[field] = int(sample.value)
+                    datasets.setdefault(sample.labels["dataset"], {"name": sample.labels["dataset"]})[field] = int(
+                        sample.value
+                    )
             elif sample.name == CHECKPOINT_LAST_STEP and sample.value > 0 and output_uri:
                 out["lastCheckpoint"] = f"{output_uri.rstrip('/')}/checkpoints/step-{int(sample.value)}"
             elif sample.name == ROLLBACKS_TOTAL:
                 out.setdefault("guard", {"rollbacks": 0, "diverged": False})["rollbacks"] = int(sample.value)
             elif sample.name == DIVERGED and sample.value > 0 and "reason" in sample.labels:
                 out.setdefault("guard", {"rollbacks": 0, "diverged": False}).update(
-                    diverged=True, reason=sample.labels["reason"])
+                    diverged=True, reason=sample.labels["reason"]
+                )
     if datasets:
         out["datasets"] = [datasets[name] for name in sorted(datasets)]
     if "guard" in out and not out["guard"]["rollbacks"] and not out["guard"]["diverged"]:
@@ -95,13 +98,18 @@ async def scrape(url: str, timeout: float = 3.0, output_uri: str | None = None) 
     """GET the metrics page: ``{"progress": {...}, **facts}`` for the status; raises on network errors."""
     import aiohttp
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session, session.get(url) as resp:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+        session.get(url) as resp,
+    ):
         resp.raise_for_status()
         text = await resp.text()
     return {"progress": progress(parse(text)), **facts(text, output_uri)}
 
 
-def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+def guard_status(
+    previous: dict[str, Any] | None, new: dict[str, Any], at: str
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """``new`` with the divergence guard's ``Diverged`` condition, and a Warning Event per new rollback. Pure.
 
     ``new["guard"]`` is this pass's scrape; a pass without one keeps the previous guard status and condition (the
@@ -109,8 +117,9 @@ def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) 
     previous = previous if isinstance(previous, dict) else {}
     old_guard = previous.get("guard") if isinstance(previous.get("guard"), dict) else {}
     old_conds = previous.get("conditions") if isinstance(previous.get("conditions"), list) else []
-    old_cond = next((c for c in old_conds if isinstance(c, dict) and c.get("type") == ConditionType.DIVERGED.value),
-                    None)
+    old_cond = next(
+        (c for c in old_conds if isinstance(c, dict) and c.get("type") == ConditionType.DIVERGED.value), None
+    )
     guard = new.get("guard") or (old_guard if old_guard else None)
     if not guard or (not guard.get("rollbacks") and old_cond is None):
         return new, []
@@ -118,25 +127,44 @@ def guard_status(previous: dict[str, Any] | None, new: dict[str, Any], at: str) 
     rollbacks = _int(guard.get("rollbacks"))
     if "guard" in new and rollbacks > _int(old_guard.get("rollbacks")):
         latest = guard.get("reason") or "divergence"
-        events.append(("Warning", Reason.ROLLED_BACK,
-                       (f"divergence guard: {rollbacks} rollback(s) so far, latest for {latest}; batches skipped, "
-                        "weights restored, learning rate cut (spec.training.guard)")))
+        events.append(
+            (
+                "Warning",
+                Reason.ROLLED_BACK,
+                (
+                    f"divergence guard: {rollbacks} rollback(s) so far, latest for {latest}; batches skipped, "
+                    "weights restored, learning rate cut (spec.training.guard)"
+                ),
+            )
+        )
     diverged = bool(guard.get("diverged"))
     status = "True" if diverged else "False"
-    reason, message = ((Reason.ROLLED_BACK, f"rolled back {rollbacks} time(s), latest for {guard.get('reason')}")
-                       if diverged else (Reason.RECOVERED, f"training recovered after {rollbacks} rollback(s)"))
+    reason, message = (
+        (Reason.ROLLED_BACK, f"rolled back {rollbacks} time(s), latest for {guard.get('reason')}")
+        if diverged
+        else (Reason.RECOVERED, f"training recovered after {rollbacks} rollback(s)")
+    )
     since = old_cond.get("lastTransitionTime") if old_cond and old_cond.get("status") == status else None
-    cond = {"type": ConditionType.DIVERGED.value, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or at}
+    cond = {
+        "type": ConditionType.DIVERGED.value,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or at,
+    }
     conditions = [c for c in new.get("conditions") or [] if c.get("type") != ConditionType.DIVERGED.value]
     return {**new, "guard": guard, "conditions": [*conditions, cond]}, events
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else 0
+    return (
+        int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else 0
+    )
 
 
-def stall_status(previous: dict[str, Any] | None, new: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+def stall_status(
+    previous: dict[str, Any] | None, new: dict[str, Any], pods: list[dict[str, Any]]
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
     """``status.lastStall`` from the newest trainer pod that the hang watchdog ended (exit 75; the Job retries
     it): the pod, when, and the head of its termination message (the stuck frames); a Warning Event
     (TrainerStalled) once per such pod. Pure."""
@@ -146,13 +174,21 @@ def stall_status(previous: dict[str, Any] | None, new: dict[str, Any], pods: lis
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
             if term.get("exitCode") == EXIT_STALLED:
-                stalls.append((str(term.get("finishedAt") or ""), (pod.get("metadata") or {}).get("name", ""),
-                               str(term.get("message") or "")))
+                stalls.append(
+                    (
+                        str(term.get("finishedAt") or ""),
+                        (pod.get("metadata") or {}).get("name", ""),
+                        str(term.get("message") or ""),
+                    )
+                )
     old = previous.get("lastStall") if isinstance(previous.get("lastStall"), dict) else None
     if not stalls:
         return ({**new, "lastStall": old} if old else new), []
     at, pod, message = max(stalls)
     stall = {"pod": pod, "finishedAt": at or None, "message": message[:1024]}
-    events = [] if old and old.get("pod") == pod else [
-        ("Warning", Reason.TRAINER_STALLED, f"pod {pod}: {message[:900]}" if message else f"pod {pod} stalled")]
+    events = (
+        []
+        if old and old.get("pod") == pod
+        else [("Warning", Reason.TRAINER_STALLED, f"pod {pod}: {message[:900]}" if message else f"pod {pod} stalled")]
+    )
     return {**new, "lastStall": stall}, events

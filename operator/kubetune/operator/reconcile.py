@@ -62,7 +62,9 @@ def _crash(where: str, exc: BaseException) -> str:
     """One line for an exception on the decision path (never a traceback, never the whole input)."""
     text = " ".join(str(exc).split())
     text = text if len(text) <= 300 else text[:297] + "..."
-    return f"spec: the operator could not {where} this FineTuneJob: {type(exc).__name__}" + (f": {text}" if text else "")
+    return f"spec: the operator could not {where} this FineTuneJob: {type(exc).__name__}" + (
+        f": {text}" if text else ""
+    )
 
 
 def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
@@ -70,16 +72,23 @@ def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
     overflows, a structure the schema would have refused) becomes a problem, so it ends as ``Validated=False``
     and one Event, not as a handler that kopf or the resync retries forever."""
     meta = body.get("metadata") or {}
-    parsed = Parsed(name=str(meta.get("name", "")), namespace=str(meta.get("namespace") or "default"),
-                    generation=meta.get("generation") if isinstance(meta.get("generation"), int) else None)
+    parsed = Parsed(
+        name=str(meta.get("name", "")),
+        namespace=str(meta.get("namespace") or "default"),
+        generation=meta.get("generation") if isinstance(meta.get("generation"), int) else None,
+    )
     spec = body.get("spec") or {}
     try:
         parsed.spec_hash = spec_hash(spec if isinstance(spec, dict) else {"spec": spec})
     except Exception as exc:  # noqa: BLE001 - see the docstring
         parsed.problems = [_crash("hash", exc)]
         return parsed
-    doc = {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-           "metadata": {"name": parsed.name, "namespace": parsed.namespace}, "spec": spec}
+    doc = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {"name": parsed.name, "namespace": parsed.namespace},
+        "spec": spec,
+    }
     try:
         job = parse_job(doc)
     except InvalidFineTuneJob as exc:
@@ -124,8 +133,17 @@ def owned_by(obj: dict[str, Any] | None, uid: str) -> bool:
     return bool(uid) and any(r.get("uid") == uid for r in refs)
 
 
-def rejected(body: dict[str, Any], parsed: Parsed, kind: str, name: str, code: int, reason: str, message: str,
-             *, at: str | None = None) -> Decision:
+def rejected(
+    body: dict[str, Any],
+    parsed: Parsed,
+    kind: str,
+    name: str,
+    code: int,
+    reason: str,
+    message: str,
+    *,
+    at: str | None = None,
+) -> Decision:
     """The API server refused to create a child (quota, admission, a field it finds invalid): the FineTuneJob
     fails with ``Stalled=True, reason ChildRejected`` and the server's words, and one Warning Event. Nothing is
     retried until the spec changes (a new generation): the same request would be refused again."""
@@ -133,11 +151,20 @@ def rejected(body: dict[str, Any], parsed: Parsed, kind: str, name: str, code: i
     old = dict(body.get("status") or {})
     text = f"the API server refused to create {kind} {parsed.namespace}/{name}: {code} {reason}: {message}"
     invalid = code in (400, 422)  # the spec rendered into a field the API finds invalid (not quota, not RBAC)
-    verdict = st.Verdict(Phase.FAILED.value, Reason.CHILD_REJECTED, text, stalled=(Reason.CHILD_REJECTED, text),
-                         valid=not invalid, invalid_reason=Reason.CHILD_REJECTED if invalid else Reason.VALID,
-                         invalid_message=text if invalid else "spec is valid")
-    new = {"phase": verdict.phase, "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
-           "observedGeneration": parsed.generation}
+    verdict = st.Verdict(
+        Phase.FAILED.value,
+        Reason.CHILD_REJECTED,
+        text,
+        stalled=(Reason.CHILD_REJECTED, text),
+        valid=not invalid,
+        invalid_reason=Reason.CHILD_REJECTED if invalid else Reason.VALID,
+        invalid_message=text if invalid else "spec is valid",
+    )
+    new = {
+        "phase": verdict.phase,
+        "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+        "observedGeneration": parsed.generation,
+    }
     return Decision(status=new, events=_events(old, new, verdict))
 
 
@@ -149,12 +176,16 @@ def crashed(body: dict[str, Any], parsed: Parsed | None, exc: BaseException, *, 
     meta = body.get("metadata") or {}
     msg = _crash("build", exc)
     phase = old.get("phase") if old.get("jobName") and old.get("phase") else Phase.FAILED.value
-    verdict = st.Verdict(phase, Reason.UNPROCESSABLE, msg, valid=False, invalid_reason=Reason.UNPROCESSABLE,
-                         invalid_message=msg)
+    verdict = st.Verdict(
+        phase, Reason.UNPROCESSABLE, msg, valid=False, invalid_reason=Reason.UNPROCESSABLE, invalid_message=msg
+    )
     generation = parsed.generation if parsed else meta.get("generation")
-    new = {**{k: v for k, v in old.items() if k not in ("phase", "conditions", "observedGeneration")},
-           "phase": phase, "conditions": st.conditions(verdict, old.get("conditions"), generation, at),
-           "observedGeneration": generation}
+    new = {
+        **{k: v for k, v in old.items() if k not in ("phase", "conditions", "observedGeneration")},
+        "phase": phase,
+        "conditions": st.conditions(verdict, old.get("conditions"), generation, at),
+        "observedGeneration": generation,
+    }
     return Decision(status=new, events=_events(old, new, verdict))
 
 
@@ -162,8 +193,12 @@ def _stopped(body: dict[str, Any], parsed: Parsed) -> bool:
     """A child of this generation was refused: the status stays as written until the spec changes."""
     old = body.get("status") or {}
     stalled = st.condition(old, C.STALLED.value) or {}
-    return (not old.get("jobName") and stalled.get("status") == "True" and stalled.get("reason") == Reason.CHILD_REJECTED
-            and old.get("observedGeneration") == parsed.generation)
+    return (
+        not old.get("jobName")
+        and stalled.get("status") == "True"
+        and stalled.get("reason") == Reason.CHILD_REJECTED
+        and old.get("observedGeneration") == parsed.generation
+    )
 
 
 def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tuple[st.Verdict | None, dict[str, str]]:
@@ -173,17 +208,23 @@ def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tup
         up = upstream.get(name)
         if up is None:
             msg = f"{path}: FineTuneJob {name!r} not found in namespace {parsed.namespace}; waiting for it"
-            return st.Verdict(Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)), {}
+            return st.Verdict(
+                Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)
+            ), {}
         ustatus = up.get("status") or {}
         phase = ustatus.get("phase")
         if phase == Phase.FAILED.value:
-            why = (st.condition(ustatus, C.FAILED.value) or st.condition(ustatus, C.STALLED.value) or {}).get("message", "")
+            why = (st.condition(ustatus, C.FAILED.value) or st.condition(ustatus, C.STALLED.value) or {}).get(
+                "message", ""
+            )
             msg = f"{path}: FineTuneJob {name!r} failed" + (f": {why}" if why else "")
             return st.Verdict(Phase.FAILED.value, Reason.UPSTREAM_FAILED, msg), {}
         uri = (ustatus.get("artifacts") or {}).get("adapterUri")
         if phase != Phase.SUCCEEDED.value or not uri:
             msg = f"{path}: waiting for FineTuneJob {name!r} to succeed (phase {phase or 'unknown'})"
-            return st.Verdict(Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)), {}
+            return st.Verdict(
+                Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)
+            ), {}
         sources[path] = uri
     return None, sources
 
@@ -205,20 +246,34 @@ def finished(body: dict[str, Any]) -> bool:
     return old.get("phase") in st.TERMINAL and bool(old.get("jobName"))
 
 
-WARNING_WAITS = {Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_FAILED, Reason.CONTAINER_CONFIG_ERROR, Reason.MOUNT_FAILED,
-                 Reason.OOM_KILLED, Reason.SUSPENDED_BY_QUEUE, Reason.PREVIOUS_CHILDREN}
+WARNING_WAITS = {
+    Reason.UNSCHEDULABLE,
+    Reason.IMAGE_PULL_FAILED,
+    Reason.CONTAINER_CONFIG_ERROR,
+    Reason.MOUNT_FAILED,
+    Reason.OOM_KILLED,
+    Reason.SUSPENDED_BY_QUEUE,
+    Reason.PREVIOUS_CHILDREN,
+}
 
 
-def previous_children(body: dict[str, Any], parsed: Parsed, kind: str, name: str, *, at: str | None = None) -> Decision:
+def previous_children(
+    body: dict[str, Any], parsed: Parsed, kind: str, name: str, *, at: str | None = None
+) -> Decision:
     """A child's name is taken by a child of an earlier FineTuneJob of the same name (deleted, its children not yet
     collected): wait for the garbage collector, never adopt the old object or read its verdict."""
     at = at or st.now()
     old = dict(body.get("status") or {})
-    msg = (f"{kind} {parsed.namespace}/{name} still belongs to an earlier FineTuneJob named {parsed.name}; waiting for "
-           "the garbage collector to delete it")
+    msg = (
+        f"{kind} {parsed.namespace}/{name} still belongs to an earlier FineTuneJob named {parsed.name}; waiting for "
+        "the garbage collector to delete it"
+    )
     verdict = st.Verdict(Phase.PENDING.value, Reason.PREVIOUS_CHILDREN, msg, waiting=(Reason.PREVIOUS_CHILDREN, msg))
-    new = {"phase": verdict.phase, "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
-           "observedGeneration": parsed.generation}
+    new = {
+        "phase": verdict.phase,
+        "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+        "observedGeneration": parsed.generation,
+    }
     return Decision(status=new, events=_events(old, new, verdict))
 
 
@@ -249,20 +304,30 @@ def decide(
 
     if job is None and parsed.problems:
         msg = "; ".join(parsed.problems)
-        verdict = st.Verdict(Phase.FAILED.value, Reason.INVALID_SPEC, msg, valid=False,
-                             invalid_reason=Reason.INVALID_SPEC, invalid_message=msg)
+        verdict = st.Verdict(
+            Phase.FAILED.value,
+            Reason.INVALID_SPEC,
+            msg,
+            valid=False,
+            invalid_reason=Reason.INVALID_SPEC,
+            invalid_message=msg,
+        )
     elif job is None:
         assert parsed.job is not None
         verdict, sources = _upstream(parsed, upstream or {})
         if verdict is None and missing_secrets:
-            msg = (f"Secret(s) {', '.join(missing_secrets)} not found in namespace {parsed.namespace}; "
-                   "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)")
+            msg = (
+                f"Secret(s) {', '.join(missing_secrets)} not found in namespace {parsed.namespace}; "
+                "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)"
+            )
             verdict = st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
         if verdict is None:
             assert parsed.output_uri is not None
-            resolved = Resolved(output_uri=parsed.output_uri,
-                                adapter_source=sources.get("spec.model.adapter.fromJob"),
-                                reward_model_source=sources.get("spec.training.rewardModel.fromJob"))
+            resolved = Resolved(
+                output_uri=parsed.output_uri,
+                adapter_source=sources.get("spec.model.adapter.fromJob"),
+                reward_model_source=sources.get("spec.training.rewardModel.fromJob"),
+            )
             children = build_all(parsed.job, options, resolved, queue_name=queue)
             kjob = children[-1]
             annotations = kjob["metadata"].setdefault("annotations", {})
@@ -272,9 +337,13 @@ def decide(
                 annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE
             created_hash = parsed.spec_hash
             if parsed.job.spec.suspend:
-                verdict = st.Verdict(Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended")
+                verdict = st.Verdict(
+                    Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended"
+                )
             elif queue:
-                verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}")
+                verdict = st.Verdict(
+                    Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}"
+                )
             else:
                 # the status the first look at the new Job gives (pods pending), so that look writes nothing;
                 # the Event says what this pass did
@@ -289,41 +358,78 @@ def decide(
         job_suspended = bool((job.get("spec") or {}).get("suspend"))
         # Kueue decides when a queue-managed Job runs (it suspends it at creation and un-suspends it on admission):
         # a queue name, Kueue's manageJobsWithoutQueueName, or a suspension that is not kubetune's own
-        managed = (bool(queue) or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {})
-                   or (job_suspended and not ours))
+        managed = (
+            bool(queue)
+            or options.kueue_manages_all_jobs
+            or QUEUE_LABEL in (jmeta.get("labels") or {})
+            or (job_suspended and not ours)
+        )
         verdict = st.job_verdict(job, pods, user_suspended=user_suspend, queued=managed, pod_events=pod_events)
         terminal = verdict.phase in st.TERMINAL
         note: tuple[str, str] | None = None
         if not terminal and user_suspend and not job_suspended:
             if managed:
-                note = (Reason.SUSPENDED_BY_QUEUE, ("spec.suspend does not stop a Job that Kueue manages (Kueue would "
-                        "resume it); deactivate its Workload instead (kubectl patch workload ... spec.active=false)"))
+                note = (
+                    Reason.SUSPENDED_BY_QUEUE,
+                    (
+                        "spec.suspend does not stop a Job that Kueue manages (Kueue would "
+                        "resume it); deactivate its Workload instead (kubectl patch workload ... spec.active=false)"
+                    ),
+                )
             elif ours:
-                note = (Reason.SUSPENDED_BY_QUEUE, ("the Job was resumed by another controller after kubetune suspended "
-                        "it; kubetune does not suspend it again"))
+                note = (
+                    Reason.SUSPENDED_BY_QUEUE,
+                    (
+                        "the Job was resumed by another controller after kubetune suspended "
+                        "it; kubetune does not suspend it again"
+                    ),
+                )
             else:
                 suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = True, SUSPENDED_BY_KUBETUNE
-        elif not terminal and not user_suspend and job_suspended and ours and not (
-                queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {})):
+        elif (
+            not terminal
+            and not user_suspend
+            and job_suspended
+            and ours
+            and not (queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {}))
+        ):
             suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = False, None
         if note is not None and verdict.waiting is None:
             verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
         created_hash = annotations.get(SPEC_HASH_ANNOTATION)
         created_gen = annotations.get(GENERATION_ANNOTATION)
-        if (created_hash and created_hash != parsed.spec_hash and not parsed.problems and parsed.generation is not None
-                and created_gen == str(parsed.generation)):
+        if (
+            created_hash
+            and created_hash != parsed.spec_hash
+            and not parsed.problems
+            and parsed.generation is not None
+            and created_gen == str(parsed.generation)
+        ):
             # the spec is the one the Job was built from (same generation); only the hash changed (an upgrade that
             # changed a default or the hash itself): record the new hash, never call it a spec change
             created_hash = job_annotations[SPEC_HASH_ANNOTATION] = parsed.spec_hash
         if parsed.problems:
             msg = "; ".join(parsed.problems)
-            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, valid=False,
-                                 invalid_reason=Reason.INVALID_SPEC, invalid_message=msg)
+            verdict = st.Verdict(
+                verdict.phase,
+                verdict.reason,
+                verdict.message,
+                valid=False,
+                invalid_reason=Reason.INVALID_SPEC,
+                invalid_message=msg,
+            )
         elif created_hash and created_hash != parsed.spec_hash and not terminal:
-            stalled = (Reason.SPEC_CHANGED, ("the spec changed after the training Job was created; the running Job "
-                                             "keeps the original spec. Delete and re-create the FineTuneJob to train "
-                                             "with the new spec"))
-            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled)
+            stalled = (
+                Reason.SPEC_CHANGED,
+                (
+                    "the spec changed after the training Job was created; the running Job "
+                    "keeps the original spec. Delete and re-create the FineTuneJob to train "
+                    "with the new spec"
+                ),
+            )
+            verdict = st.Verdict(
+                verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled
+            )
 
     new: dict[str, Any] = {
         "phase": verdict.phase,
@@ -354,15 +460,24 @@ def decide(
             artifacts["mergedUri"] = f"{uri}/merged"
         new["artifacts"] = artifacts
         if new.get("progress", {}).get("totalSteps"):
-            new["progress"] = {**new["progress"], "step": new["progress"]["totalSteps"], "percent": 100.0,
-                               "etaSeconds": 0.0, "eta": "0s"}
+            new["progress"] = {
+                **new["progress"],
+                "step": new["progress"]["totalSteps"],
+                "percent": 100.0,
+                "etaSeconds": 0.0,
+                "eta": "0s",
+            }
     elif old.get("artifacts") is not None:
         new["artifacts"] = old["artifacts"]
 
     events = _events(old, new, verdict)
     if children and verdict.reason == Reason.POD_PENDING:  # the phase event of this pass says what it did
-        events = [(kind, Reason.CREATED, message.replace(": ", ": created ConfigMap, Service and Job; ", 1))
-                  if reason == verdict.reason else (kind, reason, message) for kind, reason, message in events]
+        events = [
+            (kind, Reason.CREATED, message.replace(": ", ": created ConfigMap, Service and Job; ", 1))
+            if reason == verdict.reason
+            else (kind, reason, message)
+            for kind, reason, message in events
+        ]
     return Decision(
         status=new,
         children=children,
@@ -380,21 +495,32 @@ def _events(old: dict[str, Any], new: dict[str, Any], verdict: st.Verdict) -> li
     events: list[Event] = []
     old_valid = st.condition(old, C.VALIDATED.value) or {}
     new_valid = st.condition(new, C.VALIDATED.value) or {}
-    if new_valid.get("status") == "False" and (old_valid.get("status"), old_valid.get("message")) != ("False", new_valid.get("message")):
+    if new_valid.get("status") == "False" and (old_valid.get("status"), old_valid.get("message")) != (
+        "False",
+        new_valid.get("message"),
+    ):
         events.append(("Warning", new_valid["reason"], new_valid["message"]))
     old_stalled = st.condition(old, C.STALLED.value) or {}
     new_stalled = st.condition(new, C.STALLED.value) or {}
-    if (verdict.stalled and new_stalled.get("status") == "True"
-            and (old_stalled.get("status"), old_stalled.get("reason")) != ("True", new_stalled.get("reason"))):
+    if (
+        verdict.stalled
+        and new_stalled.get("status") == "True"
+        and (old_stalled.get("status"), old_stalled.get("reason")) != ("True", new_stalled.get("reason"))
+    ):
         events.append(("Warning", new_stalled["reason"], new_stalled["message"]))
     old_wait = st.condition(old, C.WAITING.value) or {}
     new_wait = st.condition(new, C.WAITING.value) or {}
-    if new_wait.get("status") == "True" and (old_wait.get("status"), old_wait.get("reason")) != ("True", new_wait.get("reason")):
+    if new_wait.get("status") == "True" and (old_wait.get("status"), old_wait.get("reason")) != (
+        "True",
+        new_wait.get("reason"),
+    ):
         kind = "Warning" if new_wait["reason"] in WARNING_WAITS else "Normal"
         events.append((kind, new_wait["reason"], new_wait["message"]))
     if old.get("phase") != new["phase"] and verdict.valid:
         kind = "Warning" if new["phase"] == Phase.FAILED.value else "Normal"
-        events.append((kind, verdict.reason, f"phase {old.get('phase') or 'None'} -> {new['phase']}: {verdict.message}"))
+        events.append(
+            (kind, verdict.reason, f"phase {old.get('phase') or 'None'} -> {new['phase']}: {verdict.message}")
+        )
     seen: set[str] = set()
     unique = []
     for event in events:

@@ -89,41 +89,106 @@ def _bool(value: str | None) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = OperatorSettings()
     ns_env = [n for n in (_env("namespace") or "").split(",") if n]
-    p.add_argument("--namespace", "-n", action="append", default=None, metavar="NS",
-                   help=f"watch this namespace (repeatable; env {ENV_PREFIX}NAMESPACE, comma-separated)")
+    p.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=None,
+        metavar="NS",
+        help=f"watch this namespace (repeatable; env {ENV_PREFIX}NAMESPACE, comma-separated)",
+    )
     p.set_defaults(env_namespaces=ns_env)
-    p.add_argument("--all-namespaces", "-A", action="store_true", default=_bool(_env("all-namespaces")),
-                   help="watch all namespaces (the default without --namespace)")
-    p.add_argument("--standalone", action="store_true", default=_bool(_env("standalone")),
-                   help="single replica, no peering")
-    p.add_argument("--peering", default=_env("peering", d.peering), metavar="NAME",
-                   help="kopf peering name for several replicas (only one acts)")
+    p.add_argument(
+        "--all-namespaces",
+        "-A",
+        action="store_true",
+        default=_bool(_env("all-namespaces")),
+        help="watch all namespaces (the default without --namespace)",
+    )
+    p.add_argument(
+        "--standalone", action="store_true", default=_bool(_env("standalone")), help="single replica, no peering"
+    )
+    p.add_argument(
+        "--peering",
+        default=_env("peering", d.peering),
+        metavar="NAME",
+        help="kopf peering name for several replicas (only one acts)",
+    )
     prio = _env("peering-priority")
-    p.add_argument("--peering-priority", type=int, default=int(prio) if prio else None, metavar="N",
-                   help="priority of this replica among its peers (default: random)")
-    p.add_argument("--metrics-port", type=int, default=int(_env("metrics-port", str(d.metrics_port))),
-                   help="port of the operator's /metrics (0 turns it off)")
-    p.add_argument("--health-port", type=int, default=int(_env("health-port", str(d.health_port))),
-                   help="port of the liveness endpoint /healthz (0 turns it off)")
-    p.add_argument("--trainer-image", default=_env("trainer-image", d.trainer_image), metavar="IMAGE",
-                   help="default trainer image (spec.resources.image overrides)")
-    p.add_argument("--default-output-uri", default=_env("default-output-uri"), metavar="URI",
-                   help="output base for FineTuneJobs without spec.output.uri")
-    p.add_argument("--default-credentials-secret", default=_env("default-credentials-secret"), metavar="NAME",
-                   help="Secret with storage credentials for jobs without spec.output.credentialsSecret")
-    p.add_argument("--gpu-resource", default=_env("gpu-resource", d.gpu_resource), metavar="NAME",
-                   help="extended resource name of GPUs (spec.resources.gpuResource overrides)")
-    p.add_argument("--trainer-metrics-port", type=int,
-                   default=int(_env("trainer-metrics-port", str(d.trainer_metrics_port))),
-                   help="port of the trainer's Prometheus endpoint on rank 0")
-    p.add_argument("--sync-interval", type=float, default=float(_env("sync-interval", str(d.sync_interval))),
-                   help="seconds between status/progress refreshes")
-    p.add_argument("--api-timeout", type=float, default=float(_env("api-timeout", str(d.api_timeout))),
-                   help="seconds any Kubernetes API call may take")
-    p.add_argument("--kueue-manages-all-jobs", action="store_true", default=_bool(_env("kueue-manages-all-jobs")),
-                   help="Kueue runs with manageJobsWithoutQueueName: true")
-    p.add_argument("--gpu-hour-prices", type=_prices, default=_env("gpu-hour-prices", ""), metavar="JSON",
-                   help='price per GPU-hour by spec.resources.gpuType, e.g. \'{"H100-80GB": 2.5}\'')
+    p.add_argument(
+        "--peering-priority",
+        type=int,
+        default=int(prio) if prio else None,
+        metavar="N",
+        help="priority of this replica among its peers (default: random)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("metrics-port", str(d.metrics_port))),
+        help="port of the operator's /metrics (0 turns it off)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(_env("health-port", str(d.health_port))),
+        help="port of the liveness endpoint /healthz (0 turns it off)",
+    )
+    p.add_argument(
+        "--trainer-image",
+        default=_env("trainer-image", d.trainer_image),
+        metavar="IMAGE",
+        help="default trainer image (spec.resources.image overrides)",
+    )
+    p.add_argument(
+        "--default-output-uri",
+        default=_env("default-output-uri"),
+        metavar="URI",
+        help="output base for FineTuneJobs without spec.output.uri",
+    )
+    p.add_argument(
+        "--default-credentials-secret",
+        default=_env("default-credentials-secret"),
+        metavar="NAME",
+        help="Secret with storage credentials for jobs without spec.output.credentialsSecret",
+    )
+    p.add_argument(
+        "--gpu-resource",
+        default=_env("gpu-resource", d.gpu_resource),
+        metavar="NAME",
+        help="extended resource name of GPUs (spec.resources.gpuResource overrides)",
+    )
+    p.add_argument(
+        "--trainer-metrics-port",
+        type=int,
+        default=int(_env("trainer-metrics-port", str(d.trainer_metrics_port))),
+        help="port of the trainer's Prometheus endpoint on rank 0",
+    )
+    p.add_argument(
+        "--sync-interval",
+        type=float,
+        default=float(_env("sync-interval", str(d.sync_interval))),
+        help="seconds between status/progress refreshes",
+    )
+    p.add_argument(
+        "--api-timeout",
+        type=float,
+        default=float(_env("api-timeout", str(d.api_timeout))),
+        help="seconds any Kubernetes API call may take",
+    )
+    p.add_argument(
+        "--kueue-manages-all-jobs",
+        action="store_true",
+        default=_bool(_env("kueue-manages-all-jobs")),
+        help="Kueue runs with manageJobsWithoutQueueName: true",
+    )
+    p.add_argument(
+        "--gpu-hour-prices",
+        type=_prices,
+        default=_env("gpu-hour-prices", ""),
+        metavar="JSON",
+        help="price per GPU-hour by spec.resources.gpuType, e.g. '{\"H100-80GB\": 2.5}'",
+    )
 
 
 def _prices(text: str) -> dict[str, float]:

@@ -19,7 +19,17 @@ from kubetune.api.conditions import Phase, Reason
 from kubetune.api.redact import redact
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
-CONDITION_ORDER = (C.READY, C.RECONCILING, C.STALLED, C.VALIDATED, C.WAITING, C.RUNNING, C.SUCCEEDED, C.FAILED, C.SUSPENDED)
+CONDITION_ORDER = (
+    C.READY,
+    C.RECONCILING,
+    C.STALLED,
+    C.VALIDATED,
+    C.WAITING,
+    C.RUNNING,
+    C.SUCCEEDED,
+    C.FAILED,
+    C.SUSPENDED,
+)
 
 
 def now() -> str:
@@ -40,7 +50,9 @@ class Verdict:
     stalled: tuple[str, str] | None = None  # (reason, message) beyond a Failed phase
 
 
-def conditions(verdict: Verdict, previous: list[dict[str, Any]] | None, generation: int | None, at: str) -> list[dict[str, Any]]:
+def conditions(
+    verdict: Verdict, previous: list[dict[str, Any]] | None, generation: int | None, at: str
+) -> list[dict[str, Any]]:
     """Every condition type, in a fixed order; lastTransitionTime kept while the status is unchanged."""
     v = verdict
     phase = v.phase
@@ -67,8 +79,13 @@ def conditions(verdict: Verdict, previous: list[dict[str, Any]] | None, generati
         status = "True" if flag else "False"
         prev = old.get(ctype.value)
         since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-        cond = {"type": ctype.value, "status": status, "reason": reason or f"Phase{phase}", "message": message,
-                "lastTransitionTime": since or at}
+        cond = {
+            "type": ctype.value,
+            "status": status,
+            "reason": reason or f"Phase{phase}",
+            "message": message,
+            "lastTransitionTime": since or at,
+        }
         if generation is not None:
             cond["observedGeneration"] = generation
         out.append(cond)
@@ -107,9 +124,11 @@ def _oom_message(pod: dict[str, Any], cs: dict[str, Any]) -> str:
     for c in (pod.get("spec") or {}).get("containers") or []:
         if c.get("name") == cs.get("name"):
             limit = ((c.get("resources") or {}).get("limits") or {}).get("memory") or ""
-    return (f"container {cs.get('name', 'trainer')} of pod {name} was OOMKilled (exit code 137)"
-            + (f": it used more than its memory limit {limit}" if limit else "")
-            + "; raise spec.resources.memory, or lower training.batchSize / training.cutoffLen")
+    return (
+        f"container {cs.get('name', 'trainer')} of pod {name} was OOMKilled (exit code 137)"
+        + (f": it used more than its memory limit {limit}" if limit else "")
+        + "; raise spec.resources.memory, or lower training.batchSize / training.cutoffLen"
+    )
 
 
 def termination_message(pods: list[dict[str, Any]]) -> str | None:
@@ -135,8 +154,14 @@ class PodProblem:
     stalled: bool
 
 
-IMAGE_ERRORS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "RegistryUnavailable",
-                "SignatureValidationFailed"}
+IMAGE_ERRORS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "RegistryUnavailable",
+    "SignatureValidationFailed",
+}
 CONFIG_ERRORS = {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
 MOUNT_EVENTS = {"FailedMount", "FailedAttachVolume", "FailedMapVolume"}
 CREATING = {"ContainerCreating", "PodInitializing"}
@@ -164,13 +189,21 @@ def pod_problem(pods: list[dict[str, Any]], pod_events: list[dict[str, Any]] | N
             why, detail = waiting.get("reason") or "", (waiting.get("message") or "").strip()
             if why in IMAGE_ERRORS:
                 image = cs.get("image") or _image(pod, cs.get("name", ""))
-                return PodProblem(Reason.IMAGE_PULL_FAILED, f"pod {name} cannot pull image {image!r}: {why}"
-                                  + (f": {detail}" if detail else "") + "; check spec.resources.image, the registry "
-                                  "and its pull secret", stalled=True)
+                return PodProblem(
+                    Reason.IMAGE_PULL_FAILED,
+                    f"pod {name} cannot pull image {image!r}: {why}"
+                    + (f": {detail}" if detail else "")
+                    + "; check spec.resources.image, the registry "
+                    "and its pull secret",
+                    stalled=True,
+                )
             if why in CONFIG_ERRORS:
-                return PodProblem(Reason.CONTAINER_CONFIG_ERROR, f"pod {name} cannot start container "
-                                  f"{cs.get('name', 'trainer')}: {why}" + (f": {detail}" if detail else ""),
-                                  stalled=True)
+                return PodProblem(
+                    Reason.CONTAINER_CONFIG_ERROR,
+                    f"pod {name} cannot start container "
+                    f"{cs.get('name', 'trainer')}: {why}" + (f": {detail}" if detail else ""),
+                    stalled=True,
+                )
             for state in ("state", "lastState"):
                 if ((cs.get(state) or {}).get("terminated") or {}).get("reason") == "OOMKilled":
                     return PodProblem(Reason.OOM_KILLED, _oom_message(pod, cs), stalled=False)
@@ -178,13 +211,20 @@ def pod_problem(pods: list[dict[str, Any]], pod_events: list[dict[str, Any]] | N
     for event in pod_events or []:
         involved = event.get("involvedObject") or {}
         if event.get("type") == "Warning" and event.get("reason") in MOUNT_EVENTS and involved.get("uid") in uids:
-            return PodProblem(Reason.MOUNT_FAILED, f"pod {involved.get('name', '?')} cannot mount its volumes: "
-                              f"{(event.get('message') or event.get('reason')).strip()}", stalled=True)
+            return PodProblem(
+                Reason.MOUNT_FAILED,
+                f"pod {involved.get('name', '?')} cannot mount its volumes: "
+                f"{(event.get('message') or event.get('reason')).strip()}",
+                stalled=True,
+            )
     for pod in sorted(pods, key=_rank):
         for c in (pod.get("status") or {}).get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                return PodProblem(Reason.UNSCHEDULABLE, f"pod {_pod_name(pod)} cannot be scheduled: "
-                                  f"{(c.get('message') or 'no node fits').strip()}", stalled=False)
+                return PodProblem(
+                    Reason.UNSCHEDULABLE,
+                    f"pod {_pod_name(pod)} cannot be scheduled: {(c.get('message') or 'no node fits').strip()}",
+                    stalled=False,
+                )
     return None
 
 
@@ -196,7 +236,9 @@ def stuck_creating(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if st.get("phase") != "Pending" or not (pod.get("spec") or {}).get("nodeName"):
             continue
         statuses = _container_statuses(pod)
-        if not statuses or all(((cs.get("state") or {}).get("waiting") or {}).get("reason") in CREATING for cs in statuses):
+        if not statuses or all(
+            ((cs.get("state") or {}).get("waiting") or {}).get("reason") in CREATING for cs in statuses
+        ):
             out.append(pod)
     return out
 
@@ -212,15 +254,23 @@ def truncate_utf8(text: str, limit: int = 1024) -> str:
 
 def restarts(job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> int:
     failed = int(((job or {}).get("status") or {}).get("failed") or 0)
-    in_pod = sum(int(cs.get("restartCount") or 0) for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or [])
+    in_pod = sum(
+        int(cs.get("restartCount") or 0) for p in pods for cs in (p.get("status") or {}).get("containerStatuses") or []
+    )
     return failed + in_pod
 
 
 POD_PENDING_MESSAGE = "waiting for the training pods to start"
 
 
-def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspended: bool, queued: bool,
-                pod_events: list[dict[str, Any]] | None = None) -> Verdict:
+def job_verdict(
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    *,
+    user_suspended: bool,
+    queued: bool,
+    pod_events: list[dict[str, Any]] | None = None,
+) -> Verdict:
     """Phase and reason of a FineTuneJob whose training Job exists (``queued``: Kueue, not kubetune, decides when
     the Job runs)."""
     status = job.get("status") or {}
@@ -242,11 +292,18 @@ def job_verdict(job: dict[str, Any], pods: list[dict[str, Any]], *, user_suspend
     # (without it, the FineTuneJob would drop back to Pending in between)
     started = running + phases.count("Succeeded")
     if started:
-        return Verdict(Phase.RUNNING.value, Reason.TRAINING, f"{started} of {job['spec'].get('parallelism', 1)} pods started")
+        return Verdict(
+            Phase.RUNNING.value, Reason.TRAINING, f"{started} of {job['spec'].get('parallelism', 1)} pods started"
+        )
     problem = pod_problem(pods, pod_events)
     if problem is not None:
-        return Verdict(Phase.PENDING.value, problem.reason, problem.message, waiting=(problem.reason, problem.message),
-                       stalled=(problem.reason, problem.message) if problem.stalled else None)
+        return Verdict(
+            Phase.PENDING.value,
+            problem.reason,
+            problem.message,
+            waiting=(problem.reason, problem.message),
+            stalled=(problem.reason, problem.message) if problem.stalled else None,
+        )
     return Verdict(Phase.PENDING.value, Reason.POD_PENDING, POD_PENDING_MESSAGE)
 
 

@@ -31,8 +31,14 @@ OPENAI = spec(formatting="openai", columns={"messages": "messages", "images": "i
 RANKING = spec(formatting="sharegpt", ranking=True, columns={"chosen": "chosen", "rejected": "rejected"})
 RANKING_ALPACA = spec(ranking=True, columns={"chosen": "chosen", "rejected": "rejected"})
 KTO = spec(columns={"ktoTag": "label"})
-SPECS = {"alpaca": ALPACA, "sharegpt": SHAREGPT, "openai": OPENAI, "ranking": RANKING,
-         "ranking-alpaca": RANKING_ALPACA, "kto": KTO}
+SPECS = {
+    "alpaca": ALPACA,
+    "sharegpt": SHAREGPT,
+    "openai": OPENAI,
+    "ranking": RANKING,
+    "ranking-alpaca": RANKING_ALPACA,
+    "kto": KTO,
+}
 
 DEEP = {"a": json.loads("[" * 500 + "]" * 500)}  # deep, but within json's own limit: the converters must cope
 
@@ -50,27 +56,57 @@ BAD_ROWS = [
     ("sharegpt", conv({"from": "human", "value": "hi"}, {"from": ["gpt"], "value": "yo"}), "invalid role"),
     ("sharegpt", conv("just a string"), "malformed message"),
     ("sharegpt", {"conversations": "not a list"}, "missing conversation"),
-    ("sharegpt", {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "images": 7},
-     "malformed images"),
-    ("sharegpt", {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "images": [1, 2]},
-     "malformed images"),
-    ("sharegpt", {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "images": {"a": "b"}},
-     "malformed images"),
-    ("sharegpt", {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "system": ["s"]},
-     "system is not a string"),
-    ("openai", {"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]},
-     "invalid role"),
+    (
+        "sharegpt",
+        {"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}], "images": 7},
+        "malformed images",
+    ),
+    (
+        "sharegpt",
+        {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "images": [1, 2]},
+        "malformed images",
+    ),
+    (
+        "sharegpt",
+        {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "images": {"a": "b"}},
+        "malformed images",
+    ),
+    (
+        "sharegpt",
+        {**conv({"from": "human", "value": "hi"}, {"from": "gpt", "value": "x"}), "system": ["s"]},
+        "system is not a string",
+    ),
+    (
+        "openai",
+        {"messages": [{"role": ["user"], "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        "invalid role",
+    ),
     ("openai", {"messages": [{"role": {"x": 1}, "content": "hi"}]}, "invalid role"),
-    ("openai", {"messages": [{"role": "user", "content": "hi"},
-                             {"role": "assistant", "tool_calls": ["get_weather"]}]}, "malformed tool call"),
-    ("openai", {"messages": [{"role": "user", "content": "hi"},
-                             {"role": "assistant", "tool_calls": "get_weather"}]}, "malformed tool call"),
-    ("openai", {"messages": [{"role": "user", "content": "hi"},
-                             {"role": "assistant", "tool_calls": [{"function": "f"}]}]}, "malformed tool call"),
-    ("openai", {"messages": [{"role": "user", "content": "hi"},
-                             {"role": "assistant", "tool_calls": [None, 3]}]}, "malformed tool call"),
-    ("openai", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}],
-                "images": 5}, "malformed images"),
+    (
+        "openai",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": ["get_weather"]}]},
+        "malformed tool call",
+    ),
+    (
+        "openai",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": "get_weather"}]},
+        "malformed tool call",
+    ),
+    (
+        "openai",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [{"function": "f"}]}]},
+        "malformed tool call",
+    ),
+    (
+        "openai",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [None, 3]}]},
+        "malformed tool call",
+    ),
+    (
+        "openai",
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"}], "images": 5},
+        "malformed images",
+    ),
     ("alpaca", {"instruction": "q", "output": "a", "images": 5}, "malformed images"),
     ("alpaca", {"instruction": "q", "output": "a", "images": 5.5}, "malformed images"),
     ("alpaca", {"instruction": "q", "output": "a", "images": True}, "malformed images"),
@@ -90,15 +126,23 @@ BAD_ROWS = [
     ("alpaca", None, "not an object"),
     ("kto", {"instruction": "q", "output": "a", "label": "maybe"}, "KTO label is not a boolean"),
     ("kto", {"instruction": "q", "output": "a", "label": [True]}, "KTO label is not a boolean"),
-    ("ranking", {**conv({"from": "human", "value": "q"}), "chosen": {"from": ["gpt"], "value": "a"},
-                 "rejected": {"from": "gpt", "value": "b"}}, "invalid chosen"),
+    (
+        "ranking",
+        {
+            **conv({"from": "human", "value": "q"}),
+            "chosen": {"from": ["gpt"], "value": "a"},
+            "rejected": {"from": "gpt", "value": "b"},
+        },
+        "invalid chosen",
+    ),
     ("ranking", {**conv({"from": "human", "value": "q"}), "chosen": "a", "rejected": "b"}, "invalid chosen"),
     ("ranking-alpaca", {"instruction": "q", "chosen": ["a"], "rejected": "b"}, "chosen is not a string"),
 ]
 
 
-@pytest.mark.parametrize(("dataset", "row", "reason"), BAD_ROWS, ids=[f"{d}-{r}-{i}" for i, (d, _, r) in
-                                                                        enumerate(BAD_ROWS)])
+@pytest.mark.parametrize(
+    ("dataset", "row", "reason"), BAD_ROWS, ids=[f"{d}-{r}-{i}" for i, (d, _, r) in enumerate(BAD_ROWS)]
+)
 def test_each_malformed_row_is_a_row_error_with_its_reason(dataset: str, row: Any, reason: str) -> None:
     ds = SPECS[dataset]
     with pytest.raises(RowError) as info:
@@ -136,23 +180,59 @@ def test_the_boundary_turns_any_exception_into_a_row_error() -> None:
 
 # ---------------------------------------------------------------------------------------------------- hypothesis
 
-KEYS = ["instruction", "input", "output", "history", "system", "images", "tools", "label", "chosen", "rejected",
-        "conversations", "messages", "from", "value", "role", "content", "tool_calls", "function", "name"]
+KEYS = [
+    "instruction",
+    "input",
+    "output",
+    "history",
+    "system",
+    "images",
+    "tools",
+    "label",
+    "chosen",
+    "rejected",
+    "conversations",
+    "messages",
+    "from",
+    "value",
+    "role",
+    "content",
+    "tool_calls",
+    "function",
+    "name",
+]
 ROLE_VALUES = ["human", "gpt", "system", "observation", "function_call", "user", "assistant", "tool"]
-scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=12),
-                    st.sampled_from(ROLE_VALUES), st.binary(max_size=4))
-json_ish = st.recursive(scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)), max_leaves=25)
-messages = st.lists(st.one_of(
-    st.fixed_dictionaries({"from": json_ish, "value": json_ish}),
-    st.fixed_dictionaries({"role": st.one_of(st.sampled_from(ROLE_VALUES), json_ish), "content": json_ish}),
-    st.fixed_dictionaries({"role": st.just("assistant"), "tool_calls": json_ish}),
-    json_ish), max_size=5)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=12),
+    st.sampled_from(ROLE_VALUES),
+    st.binary(max_size=4),
+)
+json_ish = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)),
+    max_leaves=25,
+)
+messages = st.lists(
+    st.one_of(
+        st.fixed_dictionaries({"from": json_ish, "value": json_ish}),
+        st.fixed_dictionaries({"role": st.one_of(st.sampled_from(ROLE_VALUES), json_ish), "content": json_ish}),
+        st.fixed_dictionaries({"role": st.just("assistant"), "tool_calls": json_ish}),
+        json_ish,
+    ),
+    max_size=5,
+)
 rows = st.one_of(
     json_ish,
     st.dictionaries(st.sampled_from(KEYS), json_ish, max_size=8),
-    st.builds(lambda m, extra: {"conversations": m, "messages": m, **extra}, messages,
-              st.dictionaries(st.sampled_from(KEYS), json_ish, max_size=4)),
+    st.builds(
+        lambda m, extra: {"conversations": m, "messages": m, **extra},
+        messages,
+        st.dictionaries(st.sampled_from(KEYS), json_ish, max_size=4),
+    ),
 )
 
 
@@ -178,18 +258,34 @@ def _reasons(rows: list[Any]) -> list[str]:
 
 def test_jsonl_deep_line_huge_number_and_bad_bytes_are_row_errors(tmp_path: Path) -> None:
     f = tmp_path / "d.jsonl"
-    f.write_bytes(b"\xef\xbb\xbf" + b'{"instruction": "a", "output": "1"}\n'
-                  + b"[" * 100_000 + b"]" * 100_000 + b"\n"
-                  + b'{"x": ' + b"1" * 5000 + b"}\n"
-                  + b'{"instruction": "caf\xe9"}\n'
-                  + b'{"instruction": ' + b"[" * 100_000 + b"\n"
-                  + b'{"instruction": "b", "output": "2"}\n')
-    assert _reasons(list(read_rows(f))) == ["ok", "nested too deeply", "malformed JSON", "not UTF-8",
-                                            "nested too deeply", "ok"]
+    f.write_bytes(
+        b"\xef\xbb\xbf"
+        + b'{"instruction": "a", "output": "1"}\n'
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"\n"
+        + b'{"x": '
+        + b"1" * 5000
+        + b"}\n"
+        + b'{"instruction": "caf\xe9"}\n'
+        + b'{"instruction": '
+        + b"[" * 100_000
+        + b"\n"
+        + b'{"instruction": "b", "output": "2"}\n'
+    )
+    assert _reasons(list(read_rows(f))) == [
+        "ok",
+        "nested too deeply",
+        "malformed JSON",
+        "not UTF-8",
+        "nested too deeply",
+        "ok",
+    ]
 
 
-@pytest.mark.parametrize("bad", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000,
-                                 '{"x": ' + "9" * 5000 + "}"])
+@pytest.mark.parametrize(
+    "bad", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000, '{"x": ' + "9" * 5000 + "}"]
+)
 def test_json_list_with_one_bad_item_keeps_the_others(tmp_path: Path, bad: str) -> None:
     f = tmp_path / "d.json"
     f.write_text('[{"instruction": "a", "s": "x,]\\"[{"}, ' + bad + ', {"instruction": "b"}]')
@@ -205,7 +301,7 @@ def test_csv_cell_over_the_field_limit_is_one_row_error_and_the_reader_stays_in_
         w = csv.writer(fh)
         w.writerow(["instruction", "output"])
         w.writerow(["a", "1"])
-        w.writerow([big + "\nwith, a newline and \"quotes\"", "2"])
+        w.writerow([big + '\nwith, a newline and "quotes"', "2"])
         w.writerow(["b", "3"])
     rows = list(read_rows(f))
     assert _reasons(rows) == ["ok", "CSV cell too large", "ok"]
@@ -218,8 +314,9 @@ def test_parquet_binary_and_odd_cells_are_dropped_rows(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     f = tmp_path / "d.parquet"
-    pq.write_table(pa.table({"instruction": pa.array([b"\x00\xff", b"ok", None], pa.binary()),
-                             "output": ["a", "b", "c"]}), f)
+    pq.write_table(
+        pa.table({"instruction": pa.array([b"\x00\xff", b"ok", None], pa.binary()), "output": ["a", "b", "c"]}), f
+    )
     loaded = convert_dataset(spec(source="file:///d.parquet"), f)
     assert (loaded.report.rows, loaded.report.dropped, loaded.examples) == (3, 3, [])
     assert set(loaded.report.reasons) <= {"prompt is not a string", "empty prompt"}
@@ -232,19 +329,29 @@ def test_a_dataset_of_every_bad_row_class_reports_each_with_its_index(tmp_path: 
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": ["f"]}]},
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "images": 3},
         None,
-        {"messages": [{"role": "user", "content": "x" * 1_000_000}, {"role": "assistant", "content": "yo"}],
-         "images": {"huge": "y" * 1_000_000}},
+        {
+            "messages": [{"role": "user", "content": "x" * 1_000_000}, {"role": "assistant", "content": "yo"}],
+            "images": {"huge": "y" * 1_000_000},
+        },
     ]
     f = tmp_path / "d.jsonl"
     f.write_text("\n".join("[" * 100_000 if x is None else json.dumps(x) for x in lines) + "\n")
-    ds = spec(name="chat", formatting="openai", source="file:///d.jsonl", columns={"messages": "messages",
-                                                                                     "images": "images"})
+    ds = spec(
+        name="chat",
+        formatting="openai",
+        source="file:///d.jsonl",
+        columns={"messages": "messages", "images": "images"},
+    )
     loaded = convert_dataset(ds, f)
     report = loaded.report
     assert (report.rows, len(loaded.examples), report.dropped) == (6, 1, 5)
     by_reason = {k: v.rows for k, v in report.reasons.items()}
-    assert by_reason == {"invalid role": [1], "malformed tool call": [2], "malformed images": [3, 5],
-                         "nested too deeply": [4]}
+    assert by_reason == {
+        "invalid role": [1],
+        "malformed tool call": [2],
+        "malformed images": [3, 5],
+        "nested too deeply": [4],
+    }
     assert all(len(v.example) <= EXAMPLE_CHARS for v in report.reasons.values())
     assert max(len(line) for line in report.lines()) < 400  # no 1 MB value in the report
 
@@ -259,8 +366,14 @@ def test_max_samples_must_be_positive_and_num_samples_bounded() -> None:
         sample_rows(rows, 10**11, None, 0)  # refused, never a list of 1e11 entries
 
 
-@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"d": {"num_samples": ' + "9" * 5000 + "}}",
-                                  '{"d": ' * 10_000 + "1" + "}" * 10_000])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"d": {"num_samples": ' + "9" * 5000 + "}}",
+        '{"d": ' * 10_000 + "1" + "}" * 10_000,
+    ],
+)
 def test_a_dataset_info_json_that_json_cannot_read_is_one_data_error(text: str, tmp_path: Path) -> None:
     from kubetune.trainer.data.registry import load_registry_file
     from kubetune.trainer.errors import DataError

@@ -42,8 +42,11 @@ def test_alpaca_pretraining_text_column_keeps_other_defaults() -> None:
 
 @pytest.mark.parametrize(
     ("row", "reason"),
-    [({"output": "x"}, "empty prompt"), ({"instruction": 3, "output": "x"}, "prompt is not a string"),
-     ({"instruction": "q", "output": "x", "history": [["only one"]]}, "malformed history")],
+    [
+        ({"output": "x"}, "empty prompt"),
+        ({"instruction": 3, "output": "x"}, "prompt is not a string"),
+        ({"instruction": "q", "output": "x", "history": [["only one"]]}, "malformed history"),
+    ],
     ids=["missing-instruction", "not-a-string", "bad-history"],
 )
 def test_alpaca_bad_rows(row: dict, reason: str) -> None:
@@ -52,8 +55,10 @@ def test_alpaca_bad_rows(row: dict, reason: str) -> None:
 
 
 def test_alpaca_pairwise_and_kto() -> None:
-    pair = convert_alpaca({"instruction": "q", "chosen": "good", "rejected": "bad"},
-                          spec(ranking=True, columns={"chosen": "chosen", "rejected": "rejected"}))
+    pair = convert_alpaca(
+        {"instruction": "q", "chosen": "good", "rejected": "bad"},
+        spec(ranking=True, columns={"chosen": "chosen", "rejected": "rejected"}),
+    )
     assert pair["response"] == [a("good"), a("bad")]
     kto = spec(columns={"ktoTag": "label"})
     assert convert_alpaca({"instruction": "q", "output": "o", "label": True}, kto)["response"] == [a("o"), a("")]
@@ -72,9 +77,17 @@ def sg(*turns: tuple[str, str]) -> list[dict[str, str]]:
 
 def test_sharegpt_system_tools_and_positions() -> None:
     ds = spec(formatting="sharegpt", columns={"tools": "tools", "system": "sys"})
-    row = {"conversations": sg(("system", "S"), ("human", "q1"), ("function_call", '{"name": "f"}'),
-                               ("observation", "42"), ("gpt", "done")),
-           "tools": [{"name": "f"}], "sys": "ignored: the system turn wins"}
+    row = {
+        "conversations": sg(
+            ("system", "S"),
+            ("human", "q1"),
+            ("function_call", '{"name": "f"}'),
+            ("observation", "42"),
+            ("gpt", "done"),
+        ),
+        "tools": [{"name": "f"}],
+        "sys": "ignored: the system turn wins",
+    }
     ex = convert_sharegpt(row, ds)
     assert ex["system"] == "S"
     assert ex["tools"] == '[{"name": "f"}]'
@@ -84,8 +97,13 @@ def test_sharegpt_system_tools_and_positions() -> None:
 
 @pytest.mark.parametrize(
     ("conv", "reason"),
-    [(sg(("gpt", "x"), ("human", "y")), "invalid role"), (sg(("human", "x")), "invalid message count"),
-     ([], "empty conversation"), ([{"role": "user"}], "malformed message"), (sg(("human", "x"), ("bot", "y")), "invalid role")],
+    [
+        (sg(("gpt", "x"), ("human", "y")), "invalid role"),
+        (sg(("human", "x")), "invalid message count"),
+        ([], "empty conversation"),
+        ([{"role": "user"}], "malformed message"),
+        (sg(("human", "x"), ("bot", "y")), "invalid role"),
+    ],
     ids=["assistant-first", "odd-count", "empty", "wrong-keys", "unknown-role"],
 )
 def test_sharegpt_bad_rows(conv: list, reason: str) -> None:
@@ -97,18 +115,29 @@ def test_sharegpt_bad_rows(conv: list, reason: str) -> None:
 
 def test_sharegpt_partial_tags_keep_their_defaults() -> None:
     # LLaMA-Factory#2381: giving role/content tags only must not lose system_tag
-    ds = spec(formatting="sharegpt", columns={"messages": "messages"},
-              tags={"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"})
-    row = {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "q"},
-                        {"role": "assistant", "content": "r"}]}
+    ds = spec(
+        formatting="sharegpt",
+        columns={"messages": "messages"},
+        tags={"roleTag": "role", "contentTag": "content", "userTag": "user", "assistantTag": "assistant"},
+    )
+    row = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "r"},
+        ]
+    }
     ex = convert_sharegpt(row, ds)
     assert ex["system"] == "S" and ex["prompt"] == [u("q")] and ex["response"] == [a("r")]
 
 
 def test_sharegpt_ranking_and_kto() -> None:
     ds = spec(formatting="sharegpt", ranking=True, columns={"chosen": "chosen", "rejected": "rejected"})
-    row = {"conversations": sg(("human", "q")), "chosen": {"from": "gpt", "value": "good"},
-           "rejected": {"from": "gpt", "value": "bad"}}
+    row = {
+        "conversations": sg(("human", "q")),
+        "chosen": {"from": "gpt", "value": "good"},
+        "rejected": {"from": "gpt", "value": "bad"},
+    }
     assert convert_sharegpt(row, ds)["response"] == [a("good"), a("bad")]
     with pytest.raises(RowError, match="invalid chosen"):
         convert_sharegpt({**row, "chosen": {"from": "human", "value": "x"}}, ds)
@@ -121,14 +150,20 @@ def test_sharegpt_ranking_and_kto() -> None:
 
 def test_openai_tool_calls_and_merged_tool_results() -> None:
     ds = spec(formatting="openai", columns={"messages": "messages"})
-    row = {"messages": [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}]},
-        {"role": "tool", "content": "sun"},
-        {"role": "tool", "content": "warm"},
-        {"role": "assistant", "content": "Sunny and warm."},
-    ]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": "{}"}}],
+            },
+            {"role": "tool", "content": "sun"},
+            {"role": "tool", "content": "warm"},
+            {"role": "assistant", "content": "Sunny and warm."},
+        ]
+    }
     ex = convert_openai(row, ds)
     assert ex["system"] == "S"  # no "detailed thinking off" quirk
     assert ex["prompt"][1] == {"role": "function", "content": '[{"name": "w", "arguments": "{}"}]'}

@@ -103,8 +103,15 @@ def test_supervised_rejects_wrong_shape(chatml: Any, tokens: Tokens) -> None:
     with pytest.raises(RowError, match="not a supervised example"):
         run(DataShape.SUPERVISED, example([user("Hi")], []), chatml, tokens)
     with pytest.raises(RowError, match="no trainable tokens"):
-        run(DataShape.SUPERVISED, example([user("Hi")], [bot("Hello")]), chatml, tokens, cutoff_len=1,
-            mask_history=False, train_on_prompt=False)
+        run(
+            DataShape.SUPERVISED,
+            example([user("Hi")], [bot("Hello")]),
+            chatml,
+            tokens,
+            cutoff_len=1,
+            mask_history=False,
+            train_on_prompt=False,
+        )
 
 
 def test_supervised_packing_drops_long_rows_and_packs_with_position_ids(chatml: Any, tokens: Tokens) -> None:
@@ -149,11 +156,15 @@ def test_pretrain_appends_eos_and_truncates_without_packing(chatml: Any, tokens:
 
 def test_pretrain_packing_concatenates_into_blocks_and_drops_the_tail(chatml: Any, tokens: Tokens) -> None:
     opts = {"cutoff_len": 3, "packing": True}
-    items = [run(DataShape.PRETRAIN, example([user(t)], []), chatml, tokens, **opts) for t in ("hello world", "the cat sat")]
+    items = [
+        run(DataShape.PRETRAIN, example([user(t)], []), chatml, tokens, **opts) for t in ("hello world", "the cat sat")
+    ]
     assert items[1]["input_ids"] == [1195, 2644, 2643, 2]  # not cut before packing
     rows, stats = finish(DataShape.PRETRAIN, items, ProcessorOptions(**opts), tokens)
-    assert rows == [{"input_ids": [28120, 905, 2], "labels": [28120, 905, 2]},
-                    {"input_ids": [1195, 2644, 2643], "labels": [1195, 2644, 2643]}]
+    assert rows == [
+        {"input_ids": [28120, 905, 2], "labels": [28120, 905, 2]},
+        {"input_ids": [1195, 2644, 2643], "labels": [1195, 2644, 2643]},
+    ]
     assert stats is not None and stats.to_dict()["tokensDropped"] == 1
 
 
@@ -170,7 +181,9 @@ def test_pretrain_packing_forces_bos_when_the_tokenizer_adds_one(chatml: Any, to
 def test_pairwise_completion_only_ids(chatml: Any, tokens: Tokens) -> None:
     out = run(DataShape.PAIRWISE, example([user("Hi")], [bot("Hello"), bot("No")]), chatml, tokens)
     assert (out["prompt_ids"], out["chosen_ids"], out["rejected_ids"]) == (HI, HELLO, NO)
-    multi = run(DataShape.PAIRWISE, example([user("Q1"), bot("A1"), user("Q2")], [bot("Hello"), bot("No")]), chatml, tokens)
+    multi = run(
+        DataShape.PAIRWISE, example([user("Q1"), bot("A1"), user("Q2")], [bot("Hello"), bot("No")]), chatml, tokens
+    )
     assert multi["prompt_ids"] == Q1 + A1 + Q2
 
 
@@ -215,8 +228,11 @@ def test_feedback_kl_completion_is_cut_to_fit(chatml: Any, tokens: Tokens) -> No
 
 def test_prompt_only_keeps_text_and_reference(chatml: Any, tokens: Tokens) -> None:
     out = run(DataShape.PROMPT_ONLY, example([user("Hi")], [bot("Hello")]), chatml, tokens)
-    assert out == {"prompt_ids": HI, "prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
-                   "response_text": "Hello"}
+    assert out == {
+        "prompt_ids": HI,
+        "prompt": "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        "response_text": "Hello",
+    }
     bare = run(DataShape.PROMPT_ONLY, example([user("Q1"), bot("A1"), user("Q2")], []), chatml, tokens)
     assert bare["prompt_ids"] == Q1 + A1 + Q2 and bare["response_text"] == ""
     with pytest.raises(RowError, match="prompt longer than cutoffLen"):
@@ -230,9 +246,13 @@ def test_tokenizer_chat_template_matches_apply_chat_template(tokenizer: Any, tok
     template = get_template(None, tokenizer)
     ex = example([user("Q1"), bot("A1"), user("Q2")], [bot("Hello")], system="Be brief.")
     out = run(DataShape.SUPERVISED, ex, template, tokens, cutoff_len=512)
-    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q1"},
-                {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"},
-                {"role": "assistant", "content": "Hello"}]
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Q1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "Q2"},
+        {"role": "assistant", "content": "Hello"},
+    ]
     assert tokenizer.decode(out["input_ids"]) == tokenizer.apply_chat_template(messages, tokenize=False)
     trained = tokenizer.decode([t for t in out["labels"] if t != M])
     assert trained == "A1<|im_end|>\nHello<|im_end|>\n"

@@ -68,7 +68,12 @@ def test_bad_jsonl_lines_become_row_errors_at_their_index(tmp_path: Path) -> Non
     f.write_bytes(b'{"instruction": "a"}\n{broken\n"a string"\n{"instruction": "\xff\xfe"}\n{"instruction": "b"}\n')
     rows = list(read_rows(f))
     assert [r.reason if isinstance(r, RowError) else r["instruction"] for r in rows] == [
-        "a", "malformed JSON", "not an object", "not UTF-8", "b"]
+        "a",
+        "malformed JSON",
+        "not an object",
+        "not UTF-8",
+        "b",
+    ]
 
 
 def test_non_utf8_rows_in_a_json_list_are_flagged(tmp_path: Path) -> None:

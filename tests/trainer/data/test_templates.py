@@ -13,20 +13,20 @@ ANSWER = {"role": "assistant", "content": "A2"}
 
 GOLDEN = {
     "chatml": "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n|A1<|im_end|>\n|"
-              "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n|A2<|im_end|>\n",
+    "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n|A2<|im_end|>\n",
     "llama3": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nS<|eot_id|><|start_header_id|>user"
-              "<|end_header_id|>\n\nQ1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n|A1<|eot_id|>|"
-              "<|start_header_id|>user<|end_header_id|>\n\nQ2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n|"
-              "A2<|eot_id|>",
+    "<|end_header_id|>\n\nQ1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n|A1<|eot_id|>|"
+    "<|start_header_id|>user<|end_header_id|>\n\nQ2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n|"
+    "A2<|eot_id|>",
     "mistral": "<s>[INST] S\n\nQ1[/INST]|A1</s>|[INST] Q2[/INST]|A2</s>",
     "gemma": "<bos><start_of_turn>user\nS\n\nQ1<end_of_turn>\n<start_of_turn>model\n|A1<end_of_turn>\n|"
-             "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n|A2<end_of_turn>\n",
+    "<start_of_turn>user\nQ2<end_of_turn>\n<start_of_turn>model\n|A2<end_of_turn>\n",
     "phi": "<|system|>\nS<|end|>\n<|user|>\nQ1<|end|>\n<|assistant|>\n|A1<|end|>\n|<|user|>\nQ2<|end|>\n<|assistant|>\n|"
-           "A2<|end|>\n<|im_end|>",  # Phi-3's Jinja ends a conversation with eos
+    "A2<|end|>\n<|im_end|>",  # Phi-3's Jinja ends a conversation with eos
     "deepseek": "<｜begin▁of▁sentence｜>S\n\nUser: Q1\n\nAssistant:|A1<｜end▁of▁sentence｜>|User: Q2\n\nAssistant:|"
-                "A2<｜end▁of▁sentence｜>",
+    "A2<｜end▁of▁sentence｜>",
     "default": "System: S<|im_end|>\nHuman: Q1<|im_end|>\nAssistant:|A1<|im_end|>\n|Human: Q2<|im_end|>\nAssistant:|"
-               "A2<|im_end|>\n",
+    "A2<|im_end|>\n",
 }
 
 
@@ -39,7 +39,9 @@ def test_named_template_golden(name: str, tokenizer: Any) -> None:
 def test_qwen_has_a_default_system(tokenizer: Any) -> None:
     turns = get_template("qwen", tokenizer).turns(PROMPT[:1], ANSWER, "", "")
     # Qwen2.5's own default (its Jinja, shipped with TRL: tests/trainer/data/test_vendor_templates.py)
-    assert turns[0][0].startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n")
+    assert turns[0][0].startswith(
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TEMPLATES))

@@ -26,8 +26,15 @@ def tokenize(data: Path, model_dir: str, cache: Path, shape: DataShape = DataSha
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     loaded = convert_dataset(DatasetSpec.model_validate({"name": "n", "source": f"file://{data}"}), data)
-    rows = tokenize_dataset(loaded, None, get_template("chatml", tokenizer), tokenizer, shape=shape,
-                            opts=ProcessorOptions(cutoff_len=64), cache_dir=cache)
+    rows = tokenize_dataset(
+        loaded,
+        None,
+        get_template("chatml", tokenizer),
+        tokenizer,
+        shape=shape,
+        opts=ProcessorOptions(cutoff_len=64),
+        cache_dir=cache,
+    )
     return rows, loaded.report
 
 

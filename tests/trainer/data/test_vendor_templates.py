@@ -27,8 +27,13 @@ SYSTEM = "Answer briefly."
 QUESTIONS = ["Which colour is the sky on a clear day?", "And at sunset?", "Why is that?"]
 ANSWERS = ["Blue, mostly.", "Orange and red.", "Light scatters through more air."]
 # named templates (format strings) and the TRL-shipped vendor Jinja each reproduces, with the bos text it writes
-NAMED_VENDOR = {"llama3": ("llama3", "<|begin_of_text|>"), "gemma": ("gemma", "<bos>"), "phi": ("phi3", None),
-                "qwen": ("qwen2_5", None), "deepseek3": ("deepseekv3", "<｜begin▁of▁sentence｜>")}
+NAMED_VENDOR = {
+    "llama3": ("llama3", "<|begin_of_text|>"),
+    "gemma": ("gemma", "<bos>"),
+    "phi": ("phi3", None),
+    "qwen": ("qwen2_5", None),
+    "deepseek3": ("deepseekv3", "<｜begin▁of▁sentence｜>"),
+}
 SPECIAL = re.compile(r"<\|[^|<>'\"\s]{1,40}\|>|<｜[^｜'\"]{1,40}｜>|<(?:start|end)_of_turn>|<bos>")
 
 

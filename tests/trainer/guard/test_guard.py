@@ -104,16 +104,29 @@ def _config(tmp_path: Path, model_dir: Path, guard: dict[str, Any], max_steps: i
     from kubetune.api.v1alpha1 import FineTuneJobSpec
 
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
-    spec = FineTuneJobSpec.model_validate({
-        "model": {"source": f"file://{model_dir}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": max_steps, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 96,
-                     "scheduler": "constant", "guard": guard},
-        "output": {"uri": "file://out"},
-    })
-    runtime = RuntimeSpec(job_name="guard", output_uri=f"file://{tmp_path / 'out'}", work_dir=str(tmp_path),
-                          cache_dir=str(tmp_path / "cache"), scratch_dir=str(tmp_path / "scratch"))
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "model": {"source": f"file://{model_dir}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": max_steps,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 96,
+                "scheduler": "constant",
+                "guard": guard,
+            },
+            "output": {"uri": "file://out"},
+        }
+    )
+    runtime = RuntimeSpec(
+        job_name="guard",
+        output_uri=f"file://{tmp_path / 'out'}",
+        work_dir=str(tmp_path),
+        cache_dir=str(tmp_path / "cache"),
+        scratch_dir=str(tmp_path / "scratch"),
+    )
     return TrainerConfig(spec=spec, runtime=runtime)
 
 
@@ -169,8 +182,13 @@ def test_one_divergence_too_many_fails_with_exit_code_5(tmp_path, tiny_model_dir
     from kubetune.trainer import runner
 
     real_run = runner.run
-    monkeypatch.setattr(runner, "run", lambda cfg, callbacks=None, on_phase=None: real_run(
-        cfg, callbacks=[*(callbacks or []), inject], on_phase=on_phase))
+    monkeypatch.setattr(
+        runner,
+        "run",
+        lambda cfg, callbacks=None, on_phase=None: real_run(
+            cfg, callbacks=[*(callbacks or []), inject], on_phase=on_phase
+        ),
+    )
     assert entry.main(["--config", str(path)]) == EXIT_DIVERGED
     assert inject.fired == [2, 4]
     message = termination.read_text()

@@ -10,8 +10,12 @@ from kubetune.operator import progress
 from kubetune.trainer.callbacks.prometheus import PrometheusCallback, TrainerMetrics
 
 LABELS = {"job": "j", "namespace": "ns", "stage": "sft", "method": "lora", "model": "m"}
-BASE = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False", "reason": "Training",
-                                            "message": "", "lastTransitionTime": "t0"}]}
+BASE = {
+    "phase": "Running",
+    "conditions": [
+        {"type": "Ready", "status": "False", "reason": "Training", "message": "", "lastTransitionTime": "t0"}
+    ],
+}
 
 
 def _scrape(callback: PrometheusCallback, metrics: TrainerMetrics, **logs: float) -> dict:

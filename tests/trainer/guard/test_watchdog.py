@@ -31,8 +31,16 @@ def test_no_default_before_a_step_and_75_is_retried():
     assert default_timeout([]) is None
     assert StallWatchdog(None).limit() is None  # armed only once the first step is measured
     assert EXIT_STALLED == 75 and EXIT_STALLED not in NON_RETRYABLE_EXIT_CODES
-    assert FineTuneJobSpec.model_validate({"model": {"source": "hf://a/b"}, "datasets": [{"name": "d", "source": "file://d.json"}],
-                                           "training": {"stallTimeoutSeconds": 5}}).training.stall_timeout_seconds == 5
+    assert (
+        FineTuneJobSpec.model_validate(
+            {
+                "model": {"source": "hf://a/b"},
+                "datasets": [{"name": "d", "source": "file://d.json"}],
+                "training": {"stallTimeoutSeconds": 5},
+            }
+        ).training.stall_timeout_seconds
+        == 5
+    )
 
 
 def test_progress_keeps_it_quiet():
@@ -78,10 +86,15 @@ BLOCKED = textwrap.dedent("""
 @pytest.mark.parametrize("rank", ["0", "1"])
 def test_a_blocked_rank_is_dumped_and_exits_75(tmp_path, rank):
     termination = tmp_path / "termination-log"
-    env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(termination), "RANK": rank,
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")])}
-    proc = subprocess.run([sys.executable, "-c", BLOCKED, "2"], capture_output=True, text=True, env=env,
-                          timeout=120, check=False)
+    env = {
+        **os.environ,
+        "KUBETUNE_TERMINATION_LOG": str(termination),
+        "RANK": rank,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCKED, "2"], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
     assert proc.returncode == EXIT_STALLED, proc.stderr
     assert "not reached" not in proc.stdout
     message = termination.read_text()
@@ -119,10 +132,21 @@ def test_a_real_training_run_that_hangs_is_dumped_and_exits_75(tmp_path, tiny_mo
     path = tmp_path / "trainer.json"
     path.write_text(config.to_json(), encoding="utf-8")
     termination = tmp_path / "termination-log"
-    env = {**os.environ, "KUBETUNE_TERMINATION_LOG": str(termination), "KUBETUNE_METRICS_LINGER_SECONDS": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)])}
-    proc = subprocess.run([sys.executable, "-c", REAL_RUN, str(path)], capture_output=True, text=True, env=env,
-                          timeout=600, check=False, cwd=tmp_path)
+    env = {
+        **os.environ,
+        "KUBETUNE_TERMINATION_LOG": str(termination),
+        "KUBETUNE_METRICS_LINGER_SECONDS": "0",
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", REAL_RUN, str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
     assert proc.returncode == EXIT_STALLED, proc.stderr[-3000:]
     message = termination.read_text()
     assert "made no optimizer step" in message and "after step 1" in message, message

@@ -17,15 +17,18 @@ EVERYTHING = frozenset({"flash_attn", "flash_attn_interface", "liger_kernel"})
 NOTHING: frozenset[str] = frozenset()
 
 
-@pytest.mark.parametrize(("device", "installed", "expected"), [
-    (CPU, EVERYTHING, "sdpa"),                       # no GPU: never a CUDA kernel, whatever is installed
-    (H100, EVERYTHING, "flash_attention_3"),         # Hopper with FA3 built
-    (H100, frozenset({"flash_attn"}), "flash_attention_2"),
-    (A100, EVERYTHING, "flash_attention_2"),         # FA3 is Hopper-only
-    (B200, EVERYTHING, "flash_attention_2"),         # FA3's kernels are sm90 only
-    (T4, EVERYTHING, "sdpa"),                        # FA2 needs Ampere (8.0) or newer
-    (H100, NOTHING, "sdpa"),
-])
+@pytest.mark.parametrize(
+    ("device", "installed", "expected"),
+    [
+        (CPU, EVERYTHING, "sdpa"),  # no GPU: never a CUDA kernel, whatever is installed
+        (H100, EVERYTHING, "flash_attention_3"),  # Hopper with FA3 built
+        (H100, frozenset({"flash_attn"}), "flash_attention_2"),
+        (A100, EVERYTHING, "flash_attention_2"),  # FA3 is Hopper-only
+        (B200, EVERYTHING, "flash_attention_2"),  # FA3's kernels are sm90 only
+        (T4, EVERYTHING, "sdpa"),  # FA2 needs Ampere (8.0) or newer
+        (H100, NOTHING, "sdpa"),
+    ],
+)
 def test_auto_picks_the_fastest_attention_this_machine_runs(device, installed, expected):
     assert resolve("auto", [], device, installed).attention == expected
 
@@ -36,14 +39,23 @@ def test_auto_on_a_gpu_without_flash_attention_says_so_once():
     assert resolve("auto", [], CPU, NOTHING).notes == ()
 
 
-@pytest.mark.parametrize(("attention", "kernels", "device", "installed", "needle"), [
-    ("flash_attention_2", [], CPU, EVERYTHING, "training.attention: flash_attention_2 needs an NVIDIA GPU"),
-    ("flash_attention_2", [], A100, NOTHING, "pip install flash-attn"),
-    ("flash_attention_2", [], T4, EVERYTHING, "compute capability 7.5"),
-    ("flash_attention_3", [], A100, EVERYTHING, "Hopper"),
-    ("sdpa", ["liger"], CPU, EVERYTHING, "training.kernels[0]: liger needs an NVIDIA GPU"),
-    ("sdpa", ["chunked_loss", "liger"], H100, NOTHING, "training.kernels[1]: liger needs the liger_kernel package"),
-])
+@pytest.mark.parametrize(
+    ("attention", "kernels", "device", "installed", "needle"),
+    [
+        ("flash_attention_2", [], CPU, EVERYTHING, "training.attention: flash_attention_2 needs an NVIDIA GPU"),
+        ("flash_attention_2", [], A100, NOTHING, "pip install flash-attn"),
+        ("flash_attention_2", [], T4, EVERYTHING, "compute capability 7.5"),
+        ("flash_attention_3", [], A100, EVERYTHING, "Hopper"),
+        ("sdpa", ["liger"], CPU, EVERYTHING, "training.kernels[0]: liger needs an NVIDIA GPU"),
+        (
+            "sdpa",
+            ["chunked_loss", "liger"],
+            H100,
+            NOTHING,
+            "training.kernels[1]: liger needs the liger_kernel package",
+        ),
+    ],
+)
 def test_an_unusable_choice_is_one_line_naming_the_field_and_the_fix(attention, kernels, device, installed, needle):
     with pytest.raises(ConfigError) as err:
         resolve(attention, kernels, device, installed)
@@ -52,26 +64,37 @@ def test_an_unusable_choice_is_one_line_naming_the_field_and_the_fix(attention, 
 
 
 def test_explicit_choices_that_run_here_are_kept():
-    assert resolve("eager", ["chunked_loss"], CPU, NOTHING).to_manifest() == {"attention": "eager",
-                                                                             "kernels": ["chunked_loss"]}
+    assert resolve("eager", ["chunked_loss"], CPU, NOTHING).to_manifest() == {
+        "attention": "eager",
+        "kernels": ["chunked_loss"],
+    }
     assert resolve("flash_attention_2", ["liger"], A100, EVERYTHING).kernels == ("liger",)
 
 
 def _spec(training: dict, resources: dict | None = None, distributed: dict | None = None) -> dict:
-    return {"stage": "sft", "model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
-            "method": {"type": "lora"}, "training": training, "resources": resources or {},
-            "distributed": distributed or {}}
+    return {
+        "stage": "sft",
+        "model": {"source": "file:///m"},
+        "datasets": [{"name": "d", "source": "file:///d.json"}],
+        "method": {"type": "lora"},
+        "training": training,
+        "resources": resources or {},
+        "distributed": distributed or {},
+    }
 
 
-@pytest.mark.parametrize(("training", "resources", "distributed", "field"), [
-    ({"attention": "flash_attention_2"}, {"gpusPerNode": 0}, None, "training.attention"),
-    ({"kernels": ["liger"]}, {"gpusPerNode": 0}, None, "training.kernels.0"),
-    ({"kernels": ["chunked_loss", "chunked_loss"]}, None, None, "training.kernels.1"),
-    ({"kernels": ["chunked_loss", "liger"]}, None, None, "training.kernels"),
-    ({"kernels": ["chunked_loss"]}, None, {"strategy": "fsdp"}, "training.kernels"),
-    ({"attention": "flash_attention_4"}, None, None, "training.attention"),
-    ({"kernels": ["unsloth"]}, None, None, "training.kernels.0"),
-])
+@pytest.mark.parametrize(
+    ("training", "resources", "distributed", "field"),
+    [
+        ({"attention": "flash_attention_2"}, {"gpusPerNode": 0}, None, "training.attention"),
+        ({"kernels": ["liger"]}, {"gpusPerNode": 0}, None, "training.kernels.0"),
+        ({"kernels": ["chunked_loss", "chunked_loss"]}, None, None, "training.kernels.1"),
+        ({"kernels": ["chunked_loss", "liger"]}, None, None, "training.kernels"),
+        ({"kernels": ["chunked_loss"]}, None, {"strategy": "fsdp"}, "training.kernels"),
+        ({"attention": "flash_attention_4"}, None, None, "training.attention"),
+        ({"kernels": ["unsloth"]}, None, None, "training.kernels.0"),
+    ],
+)
 def test_the_spec_refuses_what_no_pod_could_run(training, resources, distributed, field):
     from pydantic import ValidationError
 
@@ -82,8 +105,9 @@ def test_the_spec_refuses_what_no_pod_could_run(training, resources, distributed
 
 
 def test_cpu_jobs_may_chunk_the_loss():
-    spec = FineTuneJobSpec.model_validate(_spec({"kernels": ["chunked_loss"], "attention": "sdpa"},
-                                                {"gpusPerNode": 0}))
+    spec = FineTuneJobSpec.model_validate(
+        _spec({"kernels": ["chunked_loss"], "attention": "sdpa"}, {"gpusPerNode": 0})
+    )
     assert spec.training.kernels == ["chunked_loss"]
 
 

@@ -31,8 +31,15 @@ def free_port() -> int:
 
 
 def env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}", "OMP_NUM_THREADS": "1",
-            "NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port()), "KUBETUNE_METRICS_LINGER_SECONDS": "0", **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
+        "OMP_NUM_THREADS": "1",
+        "NPROC_PER_NODE": "2",
+        "MASTER_PORT": str(free_port()),
+        "KUBETUNE_METRICS_LINGER_SECONDS": "0",
+        **extra,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ the choice
@@ -40,8 +47,11 @@ def env(**extra: str) -> dict[str, str]:
 
 def test_a_documented_code_from_any_rank_wins_over_the_crashes_it_caused():
     # rank 1 found bad data; rank 0 then died on the broken collective (1) and rank 2 was stopped (SIGTERM)
-    failures = {0: (1, 100.0, "gloo: connection closed"), 1: (4, 101.0, "DataError: no valid rows"),
-                2: (-15, 99.0, "Signal 15 (SIGTERM)")}
+    failures = {
+        0: (1, 100.0, "gloo: connection closed"),
+        1: (4, 101.0, "DataError: no valid rows"),
+        2: (-15, 99.0, "Signal 15 (SIGTERM)"),
+    }
     assert pod_exit_code(failures) == (4, 1, "DataError: no valid rows")
 
 
@@ -70,21 +80,34 @@ def test_the_pod_code_is_a_workers_own_and_non_retryable_ones_are_never_lost(fai
 # ---------------------------------------------------------------------------------------- real torchrun workers
 
 
-LAUNCH = ("import sys; from kubetune.trainer.distributed import launch_plan, relaunch, last_failure; "
-          "code = relaunch(launch_plan(), [], module='tests.trainer.launch.exit_worker'); "
-          "print('FAILURE', last_failure()); sys.exit(code)")
+LAUNCH = (
+    "import sys; from kubetune.trainer.distributed import launch_plan, relaunch, last_failure; "
+    "code = relaunch(launch_plan(), [], module='tests.trainer.launch.exit_worker'); "
+    "print('FAILURE', last_failure()); sys.exit(code)"
+)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rank, how, expected", [
-    (1, "code:4", 4),
-    (0, "code:3", 3),
-    (1, "raise", 1),
-    (0, "signal:9", 137),
-], ids=["rank1-bad-data", "rank0-bad-config", "crash", "killed"])
+@pytest.mark.parametrize(
+    "rank, how, expected",
+    [
+        (1, "code:4", 4),
+        (0, "code:3", 3),
+        (1, "raise", 1),
+        (0, "signal:9", 137),
+    ],
+    ids=["rank1-bad-data", "rank0-bad-config", "crash", "killed"],
+)
 def test_two_torchrun_workers_one_fails_and_the_launcher_exits_with_its_code(tmp_path, rank, how, expected):
-    proc = subprocess.run([sys.executable, "-c", LAUNCH], env=env(FAIL_RANK=str(rank), FAIL_HOW=how), cwd=ROOT,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCH],
+        env=env(FAIL_RANK=str(rank), FAIL_HOW=how),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == expected, proc.stdout[-3000:] + proc.stderr[-3000:]
     if how.startswith("code:"):
         assert f"rank {rank} gives up on purpose" in proc.stdout  # the message came through torchrun's error file
@@ -99,18 +122,34 @@ def test_kubetune_train_with_two_workers_exits_4_on_bad_data(tmp_path):
     (model / "config.json").write_text("{}")
     from kubetune.api.trainer_config import TrainerConfig
 
-    config = TrainerConfig.model_validate({
-        "spec": {"model": {"source": f"file://{model}"}, "datasets": [{"name": "broken", "source": f"file://{tmp_path / 'bad.json'}"}],
-                 "output": {"uri": f"file://{tmp_path / 'out'}"}},
-        "runtime": {"scratchDir": str(tmp_path / "scratch"), "workDir": str(tmp_path), "cacheDir": str(tmp_path / "cache"),
-                    "outputUri": f"file://{tmp_path / 'out'}", "jobName": "bad-data"},
-    })
+    config = TrainerConfig.model_validate(
+        {
+            "spec": {
+                "model": {"source": f"file://{model}"},
+                "datasets": [{"name": "broken", "source": f"file://{tmp_path / 'bad.json'}"}],
+                "output": {"uri": f"file://{tmp_path / 'out'}"},
+            },
+            "runtime": {
+                "scratchDir": str(tmp_path / "scratch"),
+                "workDir": str(tmp_path),
+                "cacheDir": str(tmp_path / "cache"),
+                "outputUri": f"file://{tmp_path / 'out'}",
+                "jobName": "bad-data",
+            },
+        }
+    )
     path = tmp_path / "trainer.json"
     path.write_text(config.to_json())
     termination = tmp_path / "termination-log"
-    proc = subprocess.run([sys.executable, "-m", "kubetune.trainer", "--config", str(path)], cwd=tmp_path,
-                          env=env(KUBETUNE_TERMINATION_LOG=str(termination)), capture_output=True, text=True,
-                          timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(path)],
+        cwd=tmp_path,
+        env=env(KUBETUNE_TERMINATION_LOG=str(termination)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     log = proc.stdout + proc.stderr
     assert "launching 1 x 2 workers" in log
     assert proc.returncode == 4, log[-4000:]

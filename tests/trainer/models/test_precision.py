@@ -28,11 +28,17 @@ def config_for(model_dir, method: str, precision: str) -> TrainerConfig:
     extra = dict(METHODS[method])
     quantization = extra.pop("quantization", None)
     model = {"source": f"file://{model_dir}", **({"quantization": quantization} if quantization else {})}
-    return TrainerConfig.model_validate({
-        "spec": {"model": model, "datasets": [{"name": "d", "source": "file:///d.json"}],
-                 "training": {"precision": precision, "learningRate": 0.01}, **extra},
-        "runtime": {"jobName": "p", "outputUri": "file:///tmp/out", "cacheDir": "/tmp", "scratchDir": "/tmp"},
-    })
+    return TrainerConfig.model_validate(
+        {
+            "spec": {
+                "model": model,
+                "datasets": [{"name": "d", "source": "file:///d.json"}],
+                "training": {"precision": precision, "learningRate": 0.01},
+                **extra,
+            },
+            "runtime": {"jobName": "p", "outputUri": "file:///tmp/out", "cacheDir": "/tmp", "scratchDir": "/tmp"},
+        }
+    )
 
 
 def one_step(model: Any, precision: str, tmp_path, callbacks: list[Any] | None = None) -> Any:
@@ -42,9 +48,17 @@ def one_step(model: Any, precision: str, tmp_path, callbacks: list[Any] | None =
 
     ids = list(range(5, 37))
     rows = Dataset.from_list([{"input_ids": ids, "labels": ids, "attention_mask": [1] * len(ids)}] * 2)
-    args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=2, learning_rate=0.01,
-                             use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
-                             remove_unused_columns=False, **autocast_flags(precision))
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=1,
+        per_device_train_batch_size=2,
+        learning_rate=0.01,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        **autocast_flags(precision),
+    )
     trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=callbacks)
     trainer.train()
     return trainer

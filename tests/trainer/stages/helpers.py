@@ -19,17 +19,27 @@ DATA = ROOT / "examples" / "data"
 DATASETS: dict[str, dict[str, Any]] = {
     "text": {"name": "text", "source": "file://kubetune_text.json", "columns": {"prompt": "text"}},
     "sft": {"name": "identity", "source": "file://identity.json"},
-    "pairwise": {"name": "pref", "source": "file://identity_preference.json", "ranking": True,
-                 "columns": {"chosen": "chosen", "rejected": "rejected"}},
+    "pairwise": {
+        "name": "pref",
+        "source": "file://identity_preference.json",
+        "ranking": True,
+        "columns": {"chosen": "chosen", "rejected": "rejected"},
+    },
     "kto": {"name": "kto", "source": "file://identity_kto.json", "columns": {"ktoTag": "label"}},
     "prompts": {"name": "prompts", "source": "file://identity_prompts.json"},
 }
-FILES = {"text": "kubetune_text.json", "sft": "identity.json", "pairwise": "identity_preference.json",
-         "kto": "identity_kto.json", "prompts": "identity_prompts.json"}
+FILES = {
+    "text": "kubetune_text.json",
+    "sft": "identity.json",
+    "pairwise": "identity_preference.json",
+    "kto": "identity_kto.json",
+    "prompts": "identity_prompts.json",
+}
 
 
-def tiny_job(tmp_path: Path, model_dir: Path, stage: str, data: str, name: str | None = None,
-             **overrides: Any) -> Path:
+def tiny_job(
+    tmp_path: Path, model_dir: Path, stage: str, data: str, name: str | None = None, **overrides: Any
+) -> Path:
     shutil.copy(DATA / FILES[data], tmp_path / FILES[data])
     spec: dict[str, Any] = {
         "stage": stage,

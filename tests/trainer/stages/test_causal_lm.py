@@ -8,8 +8,11 @@ torch = pytest.importorskip("torch")
 
 
 def _rows(tokenizer):
-    texts = ["The quick brown fox jumps over the lazy dog.", "Kubernetes runs the trainer as a Job.",
-             "Hello there, how are you today? Fine, thanks."]
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "Kubernetes runs the trainer as a Job.",
+        "Hello there, how are you today? Fine, thanks.",
+    ]
     rows = []
     for text in texts:
         ids = tokenizer(text)["input_ids"]
@@ -24,8 +27,9 @@ def _summed_loss(model, batch):
     # does not look for packed sequences in position_ids
     out = model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False)
     logits, labels = out.logits[:, :-1], batch["labels"][:, 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
 
 
 def test_packed_padding_free_batch_equals_the_rows_padded(tiny_model_dir):
@@ -59,7 +63,6 @@ def test_packed_padding_free_batch_equals_the_rows_padded(tiny_model_dir):
     assert abs(leaky.item() - separate.item()) > 0.1
 
 
-
 # ------------------------------------------------------------------ the cost model (pure)
 
 
@@ -73,13 +76,16 @@ def test_attention_cost_ratio_of_a_llama_config():
     assert attention_cost_ratio(cfg) == pytest.approx(2 * 576 / per_layer)
 
 
-@pytest.mark.parametrize(("lengths", "varlen", "expected"), [
-    ([256, 256, 256, 256], False, False),  # nothing to save, and attention would grow 4x
-    ([250, 40, 60, 30], False, True),  # mostly padding
-    ([256], False, False),  # one row has no padding
-    ([256, 256], True, True),  # varlen kernels never pay for the flattening
-    ([4000, 3000], False, False),  # long rows: the dense n x n mask costs more than the padding saves
-])
+@pytest.mark.parametrize(
+    ("lengths", "varlen", "expected"),
+    [
+        ([256, 256, 256, 256], False, False),  # nothing to save, and attention would grow 4x
+        ([250, 40, 60, 30], False, True),  # mostly padding
+        ([256], False, False),  # one row has no padding
+        ([256, 256], True, True),  # varlen kernels never pay for the flattening
+        ([4000, 3000], False, False),  # long rows: the dense n x n mask costs more than the padding saves
+    ],
+)
 def test_flatten_only_when_cheaper(lengths, varlen, expected):
     from kubetune.trainer.stages.causal_lm import flatten_is_cheaper
 
@@ -93,15 +99,25 @@ def test_collator_flattens_per_batch_and_always_for_packed_rows():
     collate = Collator(pad_token_id=0, flatten=lambda lengths: max(lengths) > 2 * min(lengths))
     even = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
     assert even["input_ids"].shape == (2, 3) and "attention_mask" in even
-    uneven = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, 8, 9]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    uneven = collate(
+        [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, 7, 8, 9]}, {"input_ids": [8, 9], "labels": [-100, 9]}]
+    )
     assert uneven["input_ids"].shape == (1, 7) and "attention_mask" not in uneven
     assert uneven["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1]]
-    packed = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
-                      {"input_ids": [5, 6], "labels": [5, 6], "seq_lengths": [2]}])
+    packed = collate(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
+            {"input_ids": [5, 6], "labels": [5, 6], "seq_lengths": [2]},
+        ]
+    )
     assert packed["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1]] and "attention_mask" not in packed
     # packed rows of even length stay rows: positions restart per document, no attention mask
-    rows = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
-                    {"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8], "seq_lengths": [4]}])
+    rows = collate(
+        [
+            {"input_ids": [5, 6, 7, 8, 9], "labels": [5, 6, 7, 8, 9], "seq_lengths": [2, 3]},
+            {"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8], "seq_lengths": [4]},
+        ]
+    )
     assert rows["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 2, 3, 0]] and "attention_mask" not in rows
     assert rows["labels"].tolist() == [[-100, 6, -100, 8, 9], [-100, 6, 7, 8, -100]]
 
@@ -114,8 +130,9 @@ def _trainer(model, tmp_path):
 
     from kubetune.trainer.stages.causal_lm import make_trainer_class
 
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                             include_num_input_tokens_seen="non_padding")
+    args = TrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", include_num_input_tokens_seen="non_padding"
+    )
     return make_trainer_class()(model=model, args=args)
 
 
@@ -147,7 +164,9 @@ def test_loss_on_trained_positions_equals_the_models_own_loss(tiny_model_dir, tm
         assert torch.allclose(grads(loss), ref_grads, rtol=1e-4, atol=1e-6)
     # with the Trainer's count of the whole accumulated batch: sum / that count
     n = (padded["labels"][..., 1:] != -100).sum()
-    assert trainer.compute_loss(model, dict(flat), num_items_in_batch=2 * n).item() == pytest.approx(reference.item() / 2, rel=1e-5)
+    assert trainer.compute_loss(model, dict(flat), num_items_in_batch=2 * n).item() == pytest.approx(
+        reference.item() / 2, rel=1e-5
+    )
     # the hook is off outside compute_loss: a plain forward still scores every position
     assert model(**padded, use_cache=False).logits.shape[:2] == padded["input_ids"].shape
     # a model whose head the hook never sees (it scores with the embedding matrix itself) gets the same loss
@@ -161,8 +180,11 @@ def test_padding_free_batches_count_every_token_seen(tiny_model_dir, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     trainer = _trainer(model, tmp_path)
-    trainer._track_num_input_tokens({"input_ids": torch.tensor([[5, 2, 7, 2, 9]]), "position_ids": torch.tensor([[0, 1, 0, 1, 2]])})
+    trainer._track_num_input_tokens(
+        {"input_ids": torch.tensor([[5, 2, 7, 2, 9]]), "position_ids": torch.tensor([[0, 1, 0, 1, 2]])}
+    )
     assert trainer.state.num_input_tokens_seen == 5
-    trainer._track_num_input_tokens({"input_ids": torch.tensor([[5, 6, 2], [7, 2, 2]]),
-                                     "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])})
+    trainer._track_num_input_tokens(
+        {"input_ids": torch.tensor([[5, 6, 2], [7, 2, 2]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]])}
+    )
     assert trainer.state.num_input_tokens_seen == 10

@@ -24,15 +24,32 @@ TOTAL = 16
 
 def test_sigterm_saves_and_restart_resumes(tmp_path, tiny_model_dir, cache_dir):
     name = f"resume-{uuid.uuid4().hex[:8]}"
-    job = tiny_job(tmp_path, tiny_model_dir, "sft", "sft", name=name,
-                   training={"maxSteps": TOTAL, "batchSize": 4, "cutoffLen": 64},
-                   checkpointing={"everySteps": 3, "keep": 2})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "sft",
+        "sft",
+        name=name,
+        training={"maxSteps": TOTAL, "batchSize": 4, "cutoffLen": 64},
+        checkpointing={"everySteps": 3, "keep": 2},
+    )
     config = trainer_config(job, cache_dir)
     work_dir = cache_dir / "runs" / "default" / name / "trainer"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}", "OMP_NUM_THREADS": "1",
-           "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"), "KUBETUNE_METRICS_LINGER_SECONDS": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], env=env,
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
+        "OMP_NUM_THREADS": "1",
+        "KUBETUNE_TERMINATION_LOG": str(tmp_path / "termination-log"),
+        "KUBETUNE_METRICS_LINGER_SECONDS": "0",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(config)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 300
         while not (work_dir / "checkpoint-3" / MARKER).exists():

@@ -32,21 +32,44 @@ def trainer_config(job_file: Path, cache_dir: Path) -> Path:
 
 
 def train(config: Path, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    full = {**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
-            "KUBETUNE_TERMINATION_LOG": str(config.with_name("termination-log")),
-            "KUBETUNE_METRICS_LINGER_SECONDS": "0", "OMP_NUM_THREADS": "1", **env}
-    return subprocess.run([sys.executable, "-m", "kubetune.trainer", "--config", str(config)], check=False, env=full,
-                          capture_output=True, text=True, timeout=timeout, cwd=config.parent)
+    full = {
+        **os.environ,
+        "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT / 'trainer'}:{ROOT}",
+        "KUBETUNE_TERMINATION_LOG": str(config.with_name("termination-log")),
+        "KUBETUNE_METRICS_LINGER_SECONDS": "0",
+        "OMP_NUM_THREADS": "1",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(config)],
+        check=False,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.parent,
+    )
 
 
-@pytest.mark.parametrize("distributed", [
-    {"strategy": "ddp"},
-    {"strategy": "deepspeed", "zeroStage": 2},
-    {"strategy": "deepspeed", "zeroStage": 3, "offload": True},
-], ids=["ddp", "deepspeed-zero2", "deepspeed-zero3-offload"])
+@pytest.mark.parametrize(
+    "distributed",
+    [
+        {"strategy": "ddp"},
+        {"strategy": "deepspeed", "zeroStage": 2},
+        {"strategy": "deepspeed", "zeroStage": 3, "offload": True},
+    ],
+    ids=["ddp", "deepspeed-zero2", "deepspeed-zero3-offload"],
+)
 def test_two_processes_on_cpu(tmp_path, tiny_model_dir, cache_dir, distributed):
-    job = tiny_job(tmp_path, tiny_model_dir, "sft", "sft", name=f"dist-{distributed['strategy']}",
-                   distributed=distributed, training={"maxSteps": 3, "batchSize": 2})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "sft",
+        "sft",
+        name=f"dist-{distributed['strategy']}",
+        distributed=distributed,
+        training={"maxSteps": 3, "batchSize": 2},
+    )
     proc = train(trainer_config(job, cache_dir), {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

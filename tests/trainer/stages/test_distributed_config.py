@@ -32,8 +32,15 @@ def _spec(**extra):
 
 
 def test_launch_plan_from_operator_env():
-    plan = launch_plan({"NNODES": "2", "NPROC_PER_NODE": "4", "JOB_COMPLETION_INDEX": "1",
-                        "MASTER_ADDR": "job-0.svc", "MASTER_PORT": "29400"})
+    plan = launch_plan(
+        {
+            "NNODES": "2",
+            "NPROC_PER_NODE": "4",
+            "JOB_COMPLETION_INDEX": "1",
+            "MASTER_ADDR": "job-0.svc",
+            "MASTER_PORT": "29400",
+        }
+    )
     assert (plan.world_size, plan.node_rank, plan.needs_launcher) == (8, 1, True)
     cmd = launch_command(plan, ["--config", "c.json"])
     assert "--nnodes=2" in cmd and "--nproc-per-node=4" in cmd and "--node-rank=1" in cmd
@@ -47,13 +54,17 @@ def test_single_process_needs_no_launcher_and_bad_env_is_named():
     assert is_worker({"LOCAL_RANK": "0"}) and not is_worker({})
 
 
-@pytest.mark.parametrize("spec, world, expected", [
-    ({"strategy": "auto"}, 1, "single"),
-    ({"strategy": "auto"}, 2, "ddp"),
-    ({"strategy": "ddp"}, 1, "single"),
-    ({"strategy": "fsdp"}, 2, "fsdp"),
-    ({"strategy": "deepspeed", "zeroStage": 3}, 2, "deepspeed"),
-], ids=["auto-1", "auto-2", "ddp-1", "fsdp", "zero3"])
+@pytest.mark.parametrize(
+    "spec, world, expected",
+    [
+        ({"strategy": "auto"}, 1, "single"),
+        ({"strategy": "auto"}, 2, "ddp"),
+        ({"strategy": "ddp"}, 1, "single"),
+        ({"strategy": "fsdp"}, 2, "fsdp"),
+        ({"strategy": "deepspeed", "zeroStage": 3}, 2, "deepspeed"),
+    ],
+    ids=["auto-1", "auto-2", "ddp-1", "fsdp", "zero3"],
+)
 def test_strategy(spec, world, expected):
     assert strategy(DistributedSpec.model_validate(spec), world) == expected
 
@@ -61,7 +72,11 @@ def test_strategy(spec, world, expected):
 def test_deepspeed_config_zero3_offload():
     cfg = deepspeed_config(DistributedSpec.model_validate({"strategy": "deepspeed", "zeroStage": 3, "offload": True}))
     zero = cfg["zero_optimization"]
-    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu" and zero["offload_param"]["device"] == "cpu"
+    assert (
+        zero["stage"] == 3
+        and zero["offload_optimizer"]["device"] == "cpu"
+        and zero["offload_param"]["device"] == "cpu"
+    )
     assert cfg["train_micro_batch_size_per_gpu"] == "auto"
     zero2 = deepspeed_config(DistributedSpec.model_validate({"strategy": "deepspeed"}))["zero_optimization"]
     assert zero2["stage"] == 2 and "offload_optimizer" not in zero2 and "offload_param" not in zero2
@@ -72,7 +87,10 @@ def test_training_args_for_ddp_and_fsdp():
     assert ddp["ddp_backend"] in ("gloo", "nccl") and "deepspeed" not in ddp
     fsdp = training_args(_spec(distributed={"strategy": "fsdp"}), world_size=2)
     assert fsdp["fsdp"].startswith("full_shard") and fsdp["fsdp_config"]["use_orig_params"]
-    assert "offload" in fsdp_args(DistributedSpec.model_validate({"strategy": "fsdp"}).model_copy(update={"offload": True}))["fsdp"]
+    assert (
+        "offload"
+        in fsdp_args(DistributedSpec.model_validate({"strategy": "fsdp"}).model_copy(update={"offload": True}))["fsdp"]
+    )
     assert training_args(_spec(), world_size=1) == {}
     if not torch_cuda():
         # one CPU process: DeepSpeed would only get in the way (and needs a process group)
@@ -112,7 +130,9 @@ def test_resume_picks_newest_complete_matching_checkpoint(tmp_path):
 
 def test_fingerprint_ignores_where_but_not_what():
     a = _spec()
-    assert spec_fingerprint(a) == spec_fingerprint(_spec(output={"uri": "file:///elsewhere"}, checkpointing={"keep": 5}))
+    assert spec_fingerprint(a) == spec_fingerprint(
+        _spec(output={"uri": "file:///elsewhere"}, checkpointing={"keep": 5})
+    )
     assert spec_fingerprint(a) != spec_fingerprint(_spec(training={"learningRate": 0.5}))
 
 
@@ -132,5 +152,9 @@ def test_a_new_pod_resumes_from_the_uploaded_checkpoint(tmp_path):
     resumed = resume_point(new_pod, spec, output_uri=output)
     assert resumed == str(new_pod / "checkpoint-4")
     assert (new_pod / "checkpoint-4" / "model.safetensors").read_bytes() == b"x"
-    assert resume_point(tmp_path / "other", _spec(checkpointing={"everySteps": 2}, training={"seed": 1}),
-                        output_uri=output) is None  # a changed spec does not resume someone else's run
+    assert (
+        resume_point(
+            tmp_path / "other", _spec(checkpointing={"everySteps": 2}, training={"seed": 1}), output_uri=output
+        )
+        is None
+    )  # a changed spec does not resume someone else's run

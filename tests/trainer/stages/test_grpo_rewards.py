@@ -24,9 +24,11 @@ def test_regex_reward_searches_across_lines_and_reads_conversations():
 
 
 def test_reward_functions_are_named_and_weighted_for_trl():
-    specs = [SimpleNamespace(type="answer", pattern=None, weight=1.0),
-             SimpleNamespace(type="regex", pattern=r"\d+", weight=0.5),
-             SimpleNamespace(type="regex", pattern=r"^ok", weight=2.0)]
+    specs = [
+        SimpleNamespace(type="answer", pattern=None, weight=1.0),
+        SimpleNamespace(type="regex", pattern=r"\d+", weight=0.5),
+        SimpleNamespace(type="regex", pattern=r"^ok", weight=2.0),
+    ]
     pairs = reward_functions(specs)
     assert [fn.__name__ for fn, _ in pairs] == ["answer_0", "regex_1", "regex_2"]
     assert [w for _, w in pairs] == [1.0, 0.5, 2.0]
@@ -40,10 +42,18 @@ def test_grpo_with_rule_rewards_only(tmp_path, tiny_model_dir, cache_dir):
     """No reward model: the answer and format rewards alone drive grpo, each logged under its own name."""
     from tests.trainer.stages.helpers import history, manifest, run_job, tiny_job
 
-    job = tiny_job(tmp_path, tiny_model_dir, "grpo", "prompts", training={
-        "maxSteps": 2, "batchSize": 2, "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2},
-        "rewardFunctions": [{"type": "answer"}, {"type": "regex", "pattern": r"\w", "weight": 0.5}],
-    })
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "grpo",
+        "prompts",
+        training={
+            "maxSteps": 2,
+            "batchSize": 2,
+            "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2},
+            "rewardFunctions": [{"type": "answer"}, {"type": "regex", "pattern": r"\w", "weight": 0.5}],
+        },
+    )
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     logged = [h for h in history(out) if "reward" in h]

@@ -20,7 +20,10 @@ from kubetune.trainer.stages.ppo.core import (
 def test_response_mask_keeps_tokens_up_to_first_eos():
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 6, 7, 8, 9], [2, 3, 3, 3, 3]])
     assert response_mask(ids, eos_token_id=2, pad_token_id=2).tolist() == [
-        [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+    ]
 
 
 def test_kl_penalized_rewards_puts_score_on_last_real_token():
@@ -58,12 +61,15 @@ def test_gae_with_gamma_lam_one_is_reward_to_go_minus_value():
     torch.testing.assert_close(adv, ret - values)
 
 
-@pytest.mark.parametrize("advantage, new_logp, expected", [
-    (1.0, 0.5, -1.2),  # ratio e^0.5 > 1.2: clipped for a positive advantage
-    (1.0, -0.5, -0.6065306597),  # ratio < 1: pessimistic (unclipped) term is used
-    (-1.0, -0.5, 0.8),  # ratio e^-0.5 < 0.8: clipped for a negative advantage
-    (-1.0, 0.1, 1.1051709181),
-])
+@pytest.mark.parametrize(
+    "advantage, new_logp, expected",
+    [
+        (1.0, 0.5, -1.2),  # ratio e^0.5 > 1.2: clipped for a positive advantage
+        (1.0, -0.5, -0.6065306597),  # ratio < 1: pessimistic (unclipped) term is used
+        (-1.0, -0.5, 0.8),  # ratio e^-0.5 < 0.8: clipped for a negative advantage
+        (-1.0, 0.1, 1.1051709181),
+    ],
+)
 def test_policy_loss_clips_like_ppo(advantage, new_logp, expected):
     logp = torch.tensor([[new_logp]])
     loss, stats = policy_loss(logp, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1), clip=0.2)

@@ -51,14 +51,21 @@ def test_pt_packed_text_with_eval_perplexity(tmp_path, tiny_model_dir, cache_dir
     assert decreasing(values), values
     assert [h["step"] for h in history(out) if "eval_loss" in h][:2] == [2, 4]  # every evalSteps, then at the end
     metrics = manifest(out)["metrics"]
-    assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] == pytest.approx(2.718281828 ** metrics["eval_loss"], rel=1e-4)
+    assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] == pytest.approx(
+        2.718281828 ** metrics["eval_loss"], rel=1e-4
+    )
     _load_adapter(tiny_model_dir, out)
 
 
 @pytest.mark.parametrize("loss", ["sigmoid", "simpo"])
 def test_dpo(tmp_path, tiny_model_dir, cache_dir, loss):
-    job = tiny_job(tmp_path, tiny_model_dir, "dpo", "pairwise",
-                   training={"maxSteps": 4, "preference": {"loss": loss, "beta": 0.5}})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "dpo",
+        "pairwise",
+        training={"maxSteps": 4, "preference": {"loss": loss, "beta": 0.5}},
+    )
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     values = losses(out)
@@ -68,8 +75,13 @@ def test_dpo(tmp_path, tiny_model_dir, cache_dir, loss):
 
 
 def test_kto(tmp_path, tiny_model_dir, cache_dir):
-    job = tiny_job(tmp_path, tiny_model_dir, "kto", "kto",
-                   training={"maxSteps": 4, "kto": {"desirableWeight": 1.0, "undesirableWeight": 1.5}})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "kto",
+        "kto",
+        training={"maxSteps": 4, "kto": {"desirableWeight": 1.0, "undesirableWeight": 1.5}},
+    )
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     values = losses(out)
@@ -89,10 +101,17 @@ def test_orpo(tmp_path, tiny_model_dir, cache_dir):
 
 
 def test_ppo_against_the_rm_output(tmp_path, tiny_model_dir, cache_dir, reward_model):
-    job = tiny_job(tmp_path, tiny_model_dir, "ppo", "prompts", training={
-        "maxSteps": 3, "rewardModel": {"source": f"file://{reward_model}"},
-        "ppo": {"maxNewTokens": 8, "rolloutBatchSize": 4, "ppoEpochs": 2},
-    })
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "ppo",
+        "prompts",
+        training={
+            "maxSteps": 3,
+            "rewardModel": {"source": f"file://{reward_model}"},
+            "ppo": {"maxNewTokens": 8, "rolloutBatchSize": 4, "ppoEpochs": 2},
+        },
+    )
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     logged = [h for h in history(out) if "reward" in h]
@@ -109,10 +128,18 @@ def test_ppo_against_the_rm_output(tmp_path, tiny_model_dir, cache_dir, reward_m
 
 
 def test_grpo_against_the_rm_output(tmp_path, tiny_model_dir, cache_dir, reward_model):
-    job = tiny_job(tmp_path, tiny_model_dir, "grpo", "prompts", training={
-        "maxSteps": 2, "batchSize": 2, "rewardModel": {"source": f"file://{reward_model}"},
-        "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2},
-    })
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "grpo",
+        "prompts",
+        training={
+            "maxSteps": 2,
+            "batchSize": 2,
+            "rewardModel": {"source": f"file://{reward_model}"},
+            "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2},
+        },
+    )
     assert run_job(job, cache_dir) == 0
     out = tmp_path / "out"
     logged = [h for h in history(out) if "reward" in h]
@@ -140,10 +167,19 @@ def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, 
             if state.global_step == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    job = tiny_job(tmp_path, tiny_model_dir, "ppo", "prompts", name=f"ppo-{uuid.uuid4().hex[:8]}", training={
-        "maxSteps": 4, "rewardModel": {"source": f"file://{reward_model}"},
-        "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2, "ppoEpochs": 1},
-    }, checkpointing={"everySteps": 10})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "ppo",
+        "prompts",
+        name=f"ppo-{uuid.uuid4().hex[:8]}",
+        training={
+            "maxSteps": 4,
+            "rewardModel": {"source": f"file://{reward_model}"},
+            "ppo": {"maxNewTokens": 6, "rolloutBatchSize": 2, "ppoEpochs": 1},
+        },
+        checkpointing={"everySteps": 10},
+    )
     (spec,) = load_jobs(job)
     config = local_config(spec, job, cache_dir=cache_dir)
     with pytest.raises(Preempted, match="step 2"):
@@ -165,8 +201,14 @@ def test_dpo_continues_an_sft_adapter(tmp_path, tiny_model_dir, cache_dir):
     sft_dir = tmp_path / "sft"
     sft_dir.mkdir()
     assert run_job(tiny_job(sft_dir, tiny_model_dir, "sft", "sft", training={"maxSteps": 2}), cache_dir) == 0
-    job = tiny_job(tmp_path, tiny_model_dir, "dpo", "pairwise", training={"maxSteps": 2},
-                   model={"source": f"file://{tiny_model_dir}", "adapter": {"source": f"file://{sft_dir / 'out'}"}})
+    job = tiny_job(
+        tmp_path,
+        tiny_model_dir,
+        "dpo",
+        "pairwise",
+        training={"maxSteps": 2},
+        model={"source": f"file://{tiny_model_dir}", "adapter": {"source": f"file://{sft_dir / 'out'}"}},
+    )
     assert run_job(job, cache_dir) == 0
     before = load_file(str(sft_dir / "out" / "adapter_model.safetensors"))
     after = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))

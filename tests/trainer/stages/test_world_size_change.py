@@ -13,8 +13,13 @@ from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.stages.checkpoints import MARKER, Layout, keep_global_batch, relayout
 
-layouts = st.builds(Layout, world_size=st.integers(1, 64), per_device_batch=st.integers(1, 16),
-                    gradient_accumulation=st.integers(1, 16), max_steps=st.integers(1, 10_000))
+layouts = st.builds(
+    Layout,
+    world_size=st.integers(1, 64),
+    per_device_batch=st.integers(1, 16),
+    gradient_accumulation=st.integers(1, 16),
+    max_steps=st.integers(1, 10_000),
+)
 
 
 @given(saved=layouts, world=st.integers(1, 64), batch=st.integers(1, 16))
@@ -41,9 +46,15 @@ def test_four_processes_to_two_doubles_accumulation():
 
 
 def _spec(**distributed) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate({
-        "stage": "sft", "model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
-        "training": {"batchSize": 1}, "distributed": distributed or {"strategy": "ddp"}})
+    return FineTuneJobSpec.model_validate(
+        {
+            "stage": "sft",
+            "model": {"source": "file:///m"},
+            "datasets": [{"name": "d", "source": "file:///d.json"}],
+            "training": {"batchSize": 1},
+            "distributed": distributed or {"strategy": "ddp"},
+        }
+    )
 
 
 def _checkpoint(tmp_path, layout: Layout | None):
@@ -58,9 +69,14 @@ def test_resume_on_fewer_processes_gives_arguments_and_manifest_facts(tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")
     args, metrics = keep_global_batch(_checkpoint(tmp_path, Layout(4, 1, 1, 6)), _spec())
     assert args == {"per_device_train_batch_size": 1, "gradient_accumulation_steps": 2, "max_steps": 6}
-    assert metrics == {"resumed_from_world_size": 4, "resumed_from_per_device_batch": 1,
-                       "resumed_from_gradient_accumulation": 1, "per_device_batch": 1, "gradient_accumulation": 2,
-                       "global_batch": 4}
+    assert metrics == {
+        "resumed_from_world_size": 4,
+        "resumed_from_per_device_batch": 1,
+        "resumed_from_gradient_accumulation": 1,
+        "per_device_batch": 1,
+        "gradient_accumulation": 2,
+        "global_batch": 4,
+    }
 
 
 @pytest.mark.parametrize("world", ["4", None])
@@ -85,8 +101,10 @@ def test_a_lost_peer_is_one_clear_line(tmp_path):
     spec = _spec(strategy="ddp", collectiveTimeoutSeconds=45)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting "
-                            "45000ms for recv operation to complete\nmore lines")
+        gloo = RuntimeError(
+            "[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting "
+            "45000ms for recv operation to complete\nmore lines"
+        )
         with pytest.raises(PeersLost) as caught, lost_peers_as_error(spec):
             raise gloo
         message = str(caught.value)
@@ -103,9 +121,14 @@ def test_a_lost_peer_is_one_clear_line(tmp_path):
 
 
 def _spec_ckpt() -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate({
-        "stage": "sft", "model": {"source": "file:///m"}, "datasets": [{"name": "d", "source": "file:///d.json"}],
-        "checkpointing": {"everySteps": 2}})
+    return FineTuneJobSpec.model_validate(
+        {
+            "stage": "sft",
+            "model": {"source": "file:///m"},
+            "datasets": [{"name": "d", "source": "file:///d.json"}],
+            "checkpointing": {"everySteps": 2},
+        }
+    )
 
 
 def _saved(root, step, spec, files=("model.safetensors",)):
@@ -161,10 +184,17 @@ def test_timeouts_come_from_the_spec(tmp_path):
     from kubetune.api.v1alpha1 import FineTuneJob
     from kubetune.trainer.distributed import launch_command, launch_plan, training_args, with_spec_timeouts
 
-    job = FineTuneJob.model_validate({
-        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "t"},
-        "spec": {**_spec().model_dump(by_alias=True, exclude_none=True),
-                 "distributed": {"strategy": "ddp", "rendezvousTimeoutSeconds": 77, "collectiveTimeoutSeconds": 45}}})
+    job = FineTuneJob.model_validate(
+        {
+            "apiVersion": "kubetune.io/v1alpha1",
+            "kind": "FineTuneJob",
+            "metadata": {"name": "t"},
+            "spec": {
+                **_spec().model_dump(by_alias=True, exclude_none=True),
+                "distributed": {"strategy": "ddp", "rendezvousTimeoutSeconds": 77, "collectiveTimeoutSeconds": 45},
+            },
+        }
+    )
     config = tmp_path / "trainer.json"
     config.write_text(TrainerConfig.from_job(job, output_uri="file:///o", cache_dir="/c", scratch_dir="/s").to_json())
     plan = launch_plan({"NNODES": "2", "NPROC_PER_NODE": "2", "NODE_RANK": "1", "MASTER_ADDR": "j-0.j"})

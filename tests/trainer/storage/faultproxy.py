@@ -26,8 +26,13 @@ from urllib.parse import urlsplit
 ERRORS = {
     "500": (500, b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"),
     "503": (503, b"<Error><Code>SlowDown</Code><Message>injected</Message></Error>"),
-    "baddigest": (400, (b"<Error><Code>BadDigest</Code><Message>The CRC32 you specified did not match the calculated "
-                       b"checksum.</Message></Error>")),
+    "baddigest": (
+        400,
+        (
+            b"<Error><Code>BadDigest</Code><Message>The CRC32 you specified did not match the calculated "
+            b"checksum.</Message></Error>"
+        ),
+    ),
 }
 
 
@@ -83,13 +88,16 @@ class FaultProxy:
                             headers["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
                 if fault == "corrupt" and body:
                     mid = len(body) // 2
-                    body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1:]
+                    body = body[:mid] + bytes([body[mid] ^ 0xFF]) + body[mid + 1 :]
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 if proxy.opaque_etags and b"ETag>" in data:
-                    data = re.sub(rb"(<ETag>(?:&quot;|\")?)([0-9a-f]{32}(?:-\d+)?)",
-                                  lambda m: m.group(1) + proxy._opaque(m.group(2).decode()).encode(), data)
+                    data = re.sub(
+                        rb"(<ETag>(?:&quot;|\")?)([0-9a-f]{32}(?:-\d+)?)",
+                        lambda m: m.group(1) + proxy._opaque(m.group(2).decode()).encode(),
+                        data,
+                    )
                 self.send_response(resp.status)
                 for k, v in resp.getheaders():
                     if k.lower() == "etag" and proxy.opaque_etags:

@@ -59,25 +59,30 @@ class LocalHub:
                 if path.startswith(f"/api/{kind}/") and not path.startswith(prefix):
                     return self.reply(404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"})
                 if path.startswith(prefix + "revision/"):
-                    rev = path[len(prefix + "revision/"):]
+                    rev = path[len(prefix + "revision/") :]
                     if rev not in ("main", COMMIT):
                         return self.reply(404, b'{"error": "Invalid rev id"}', {"X-Error-Code": "RevisionNotFound"})
                     info = {"id": repo, "sha": COMMIT, "siblings": [{"rfilename": f} for f in hub.files]}
                     return self.reply(200, json.dumps(info).encode(), {"Content-Type": "application/json"})
                 if path.startswith(prefix + "tree/"):
-                    tree = [{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
-                            for f, d in hub.files.items()]
+                    tree = [
+                        {"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()}
+                        for f, d in hub.files.items()
+                    ]
                     return self.reply(200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
                 resolve = f"/{'' if kind == 'models' else kind + '/'}{repo}/resolve/"
                 if path.startswith(resolve):
-                    rev, _, name = path[len(resolve):].partition("/")
+                    rev, _, name = path[len(resolve) :].partition("/")
                     if rev in ("main", COMMIT) and name in hub.files:
                         return self.send_file(name, hub.files[name])
                 return self.reply(404, b"{}", {"X-Error-Code": "EntryNotFound"})
 
             def send_file(self, name: str, data: bytes) -> None:
-                headers = {"X-Repo-Commit": COMMIT, "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
-                           "Accept-Ranges": "bytes"}
+                headers = {
+                    "X-Repo-Commit": COMMIT,
+                    "ETag": f'"{hashlib.sha1(data).hexdigest()}"',
+                    "Accept-Ranges": "bytes",
+                }
                 start = 0
                 wanted = self.headers.get("Range")
                 if self.command == "GET":
@@ -103,7 +108,7 @@ class LocalHub:
                     cut = max(0, drop[1] - start)
                 try:
                     for offset in range(0, cut, 1 << 16):
-                        block = body[offset:min(cut, offset + (1 << 16))]
+                        block = body[offset : min(cut, offset + (1 << 16))]
                         self.wfile.write(block)
                         with hub._lock:
                             hub.sent[name] = hub.sent.get(name, 0) + len(block)
@@ -130,8 +135,9 @@ class LocalHub:
 
     @classmethod
     def of_folder(cls, folder: Path, repo: str = "org/tiny") -> LocalHub:
-        return cls({p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()},
-                   repo)
+        return cls(
+            {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}, repo
+        )
 
     def cut_after(self, name: str, n: int) -> None:
         self._cut = (name, n)

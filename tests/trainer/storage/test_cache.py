@@ -81,8 +81,13 @@ sys.stdin.read()  # hold the entry (as a training run does) until the test close
 
 def holder(target: Path, log: Path, size: int = 10 * KB) -> subprocess.Popen[str]:
     """Another process that fetches ``target`` into the shared cache and uses it until told to stop."""
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(target), str(log), str(size)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(target), str(log), str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -200,11 +205,18 @@ def no_validators(no_proxy_env: None) -> Iterator[NoValidators]:
     server.httpd.server_close()
 
 
-def test_an_unversioned_source_is_reused_then_replaced_and_evicted(no_validators: NoValidators, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unversioned_source_is_reused_then_replaced_and_evicted(
+    no_validators: NoValidators, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def get() -> Path:
-        return fetch(f"{no_validators.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                     cache_dir=tmp_path / "c", kind="dataset", allow=LOCAL)
+        return fetch(
+            f"{no_validators.url}/train.jsonl",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+            kind="dataset",
+            allow=LOCAL,
+        )
 
     first = get()
     assert get() == first and no_validators.gets == 1  # not downloaded again on the next run

@@ -18,9 +18,14 @@ from tests.trainer.storage.conftest import LOCAL, object_keys, write_tree
 
 
 def make_checkpoint(root: Path, step: int, size: int = 1000) -> Path:
-    return write_tree(root / f"checkpoint-{step}", {
-        "adapter_model.safetensors": os.urandom(size), "optimizer.pt": os.urandom(size // 2),
-        "trainer_state.json": f'{{"global_step": {step}}}'.encode()})
+    return write_tree(
+        root / f"checkpoint-{step}",
+        {
+            "adapter_model.safetensors": os.urandom(size),
+            "optimizer.pt": os.urandom(size // 2),
+            "trainer_state.json": f'{{"global_step": {step}}}'.encode(),
+        },
+    )
 
 
 @pytest.mark.parametrize("scheme", ["s3", "file"])
@@ -52,8 +57,7 @@ def test_no_checkpoints_yet(s3_bucket: str) -> None:
     assert ck.latest_complete_checkpoint(f"s3://{s3_bucket}/fresh", allow=LOCAL) is None
 
 
-def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path,
-                                                               proxy) -> None:
+def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3c, tmp_path: Path, proxy) -> None:
     out = f"s3://{s3_bucket}/bg"
     uploader = up.CheckpointUploader(out, keep=2, allow=LOCAL)
     args = SimpleNamespace(output_dir=str(tmp_path))
@@ -71,16 +75,20 @@ def test_uploader_runs_in_the_background_and_keeps_the_newest(s3_bucket: str, s3
     assert uploader.errors == []
     assert [c.step for c in ck.list_checkpoints(out, allow=LOCAL)] == [2, 3]
     keys = object_keys(s3c, s3_bucket, "bg/checkpoints/step-3/")
-    assert keys == sorted(f"bg/checkpoints/step-3/{n}" for n in
-                          ["COMPLETE", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json"])
+    assert keys == sorted(
+        f"bg/checkpoints/step-3/{n}"
+        for n in ["COMPLETE", "adapter_model.safetensors", "optimizer.pt", "trainer_state.json"]
+    )
     assert not (tmp_path / ".kubetune-upload" / "step-3").exists()  # staging cleaned up
 
 
-def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: str, tmp_path: Path,
-                                                                    proxy) -> None:
+def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: str, tmp_path: Path, proxy) -> None:
     uploader = up.CheckpointUploader(f"s3://{s3_bucket}/hook", keep=3, allow=LOCAL, on_save=False)
-    uploader.on_save(SimpleNamespace(output_dir=str(tmp_path)), SimpleNamespace(global_step=1,
-                     is_world_process_zero=True), SimpleNamespace())  # ignored in hook mode
+    uploader.on_save(
+        SimpleNamespace(output_dir=str(tmp_path)),
+        SimpleNamespace(global_step=1, is_world_process_zero=True),
+        SimpleNamespace(),
+    )  # ignored in hook mode
     proxy.fail_always("step-5/")
     uploader(make_checkpoint(tmp_path, 5), 5)
     uploader.wait()
@@ -93,8 +101,10 @@ def test_uploader_as_a_stage_hook_and_failures_do_not_stop_training(s3_bucket: s
 
 def test_checkpoint_callback_for_outputs_with_every_steps() -> None:
     def cfg(uri: str, every: int | None) -> SimpleNamespace:
-        return SimpleNamespace(runtime=SimpleNamespace(output_uri=uri, allow_private_urls=["127.0.0.1"]),
-                               spec=SimpleNamespace(checkpointing=SimpleNamespace(every_steps=every, keep=2)))
+        return SimpleNamespace(
+            runtime=SimpleNamespace(output_uri=uri, allow_private_urls=["127.0.0.1"]),
+            spec=SimpleNamespace(checkpointing=SimpleNamespace(every_steps=every, keep=2)),
+        )
 
     # file:// too: a pod's scratch dies with it, and the other nodes of a multi-node job resume from the output
     assert isinstance(up.checkpoint_callback(cfg("file:///tmp/x", 5)), up.CheckpointUploader)

@@ -23,14 +23,23 @@ def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
     cli = s3.client()
     s3.upload_dir(cli, tiny_model_dir, s3_bucket, "models/tiny/")
     s3.upload_files(cli, s3_bucket, [(ROOT / "examples" / "data" / "identity.json", "data/identity.json")])
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"s3://{s3_bucket}/models/tiny/"},
-        "datasets": [{"name": "identity", "source": f"s3://{s3_bucket}/data/identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": 6, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64, "scheduler": "constant"},
-        "checkpointing": {"everySteps": 2, "keep": 2, "keepAfterSuccess": True},
-        "output": {"uri": f"s3://{s3_bucket}/runs/e2e"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"s3://{s3_bucket}/models/tiny/"},
+            "datasets": [{"name": "identity", "source": f"s3://{s3_bucket}/data/identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": 6,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "scheduler": "constant",
+            },
+            "checkpointing": {"everySteps": 2, "keep": 2, "keepAfterSuccess": True},
+            "output": {"uri": f"s3://{s3_bucket}/runs/e2e"},
+        },
+    )
     cache = tmp_path / "cache"
     # Without the allow list, the loopback S3 endpoint is refused before anything is downloaded.
     assert main(["run", str(job), "--cache-dir", str(cache)]) != 0
@@ -58,20 +67,30 @@ def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
 
 
 @pytest.mark.slow
-def test_uploaded_checkpoints_are_deleted_after_publishing(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str,
-                                                           s3c) -> None:
+def test_uploaded_checkpoints_are_deleted_after_publishing(
+    tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, s3c
+) -> None:
     """By default the checkpoints (optimizer state) go once the manifest is published; the artifact stays."""
     from kubetune.cli import main
 
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
-    job = write_job(tmp_path / "job.yaml", {
-        "model": {"source": f"file://{tiny_model_dir}"},
-        "datasets": [{"name": "identity", "source": "file://identity.json"}],
-        "method": {"type": "lora", "lora": {"rank": 4}},
-        "training": {"maxSteps": 4, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64, "scheduler": "constant"},
-        "checkpointing": {"everySteps": 2, "keep": 2},
-        "output": {"uri": f"s3://{s3_bucket}/runs/cleaned"},
-    })
+    job = write_job(
+        tmp_path / "job.yaml",
+        {
+            "model": {"source": f"file://{tiny_model_dir}"},
+            "datasets": [{"name": "identity", "source": "file://identity.json"}],
+            "method": {"type": "lora", "lora": {"rank": 4}},
+            "training": {
+                "maxSteps": 4,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "scheduler": "constant",
+            },
+            "checkpointing": {"everySteps": 2, "keep": 2},
+            "output": {"uri": f"s3://{s3_bucket}/runs/cleaned"},
+        },
+    )
     assert main(["run", str(job), "--cache-dir", str(tmp_path / "cache"), "--allow-private-url", "127.0.0.1"]) == 0
     uri = f"s3://{s3_bucket}/runs/cleaned"
     assert ck.list_checkpoints(uri, allow=LOCAL) == []

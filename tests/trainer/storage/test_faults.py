@@ -26,8 +26,7 @@ def proxy(request: pytest.FixtureRequest, s3_endpoint: str, monkeypatch: pytest.
     p.close()
 
 
-def test_publish_survives_5xx_and_dropped_connections(s3_bucket: str, s3c, proxy, tmp_path: Path,
-                                                      monkeypatch) -> None:
+def test_publish_survives_5xx_and_dropped_connections(s3_bucket: str, s3c, proxy, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     root = artifact(tmp_path, big=11 * s3.MiB)  # 3 parts + 4 small files
     proxy.inject("500", "drop", "503", "drop", "500", method="PUT")
@@ -44,13 +43,18 @@ def test_download_survives_cut_bodies_and_5xx(s3_bucket: str, s3c, proxy, tmp_pa
     s3c.put_object(Bucket=s3_bucket, Key="m/model.safetensors", Body=data)
     s3c.put_object(Bucket=s3_bucket, Key="m/config.json", Body=b"{}")
     proxy.inject("truncate", "503", "drop", method="GET")
-    path = fetch(f"s3://{s3_bucket}/m/", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                 kind="model", allow=LOCAL)
+    path = fetch(
+        f"s3://{s3_bucket}/m/",
+        field="spec.model.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="model",
+        allow=LOCAL,
+    )
     assert "truncate" in proxy.injected and (path / "model.safetensors").read_bytes() == data
 
 
-def test_persistent_failure_leaves_no_manifest(s3_bucket: str, s3c, proxy, tmp_path: Path,
-                                               monkeypatch) -> None:
+def test_persistent_failure_leaves_no_manifest(s3_bucket: str, s3c, proxy, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     uri = publish(artifact(tmp_path / "v1"), f"s3://{s3_bucket}/run", allow=LOCAL)
     assert verify_remote(uri) == []  # a complete earlier artifact
@@ -64,8 +68,9 @@ def test_persistent_failure_leaves_no_manifest(s3_bucket: str, s3c, proxy, tmp_p
     assert "no manifest" in verify_remote(uri)[0]
 
 
-def test_bytes_the_store_refuses_as_corrupted_fail_the_publish_cleanly(s3_bucket: str, s3c, proxy,
-                                                                       tmp_path: Path) -> None:
+def test_bytes_the_store_refuses_as_corrupted_fail_the_publish_cleanly(
+    s3_bucket: str, s3c, proxy, tmp_path: Path
+) -> None:
     """S3 answers 400 BadDigest when a body does not match its CRC: a transfer failure (not a setup problem)."""
     proxy.inject("baddigest", method="PUT")
     with pytest.raises(s3.StorageError, match=r"upload of s3://.*: BadDigest \(The CRC32 you specified"):

@@ -32,8 +32,9 @@ def test_forbidden_hosts_are_refused_with_the_field(url: str, reason: str) -> No
     assert reason in msg and "allowPrivateUrls" in msg
 
 
-@pytest.mark.parametrize("url", ["http://10.0.0.5:9000/b", "https://192.168.1.10/x", "https://8.8.8.8/x",
-                                 "https://no-such-host.invalid/x"])
+@pytest.mark.parametrize(
+    "url", ["http://10.0.0.5:9000/b", "https://192.168.1.10/x", "https://8.8.8.8/x", "https://no-such-host.invalid/x"]
+)
 def test_ordinary_and_unresolvable_hosts_pass(url: str) -> None:
     check_url(url, field="f")
 

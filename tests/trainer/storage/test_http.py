@@ -70,16 +70,23 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -95,35 +102,63 @@ def site(tmp_path: Path, no_proxy_env: None) -> Iterator[Server]:
 
 
 def test_http_file_is_cached_by_revision(site: Server, tmp_path: Path) -> None:
-    path = fetch(f"{site.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                 cache_dir=tmp_path / "c", kind="dataset", allow=LOCAL)
+    path = fetch(
+        f"{site.url}/train.jsonl",
+        field="spec.datasets[0].source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="dataset",
+        allow=LOCAL,
+    )
     assert path.name == "train.jsonl" and path.read_bytes() == ROWS
     gets = [h for h in site.hits if h.startswith("GET")]
-    again = fetch(f"{site.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                  cache_dir=tmp_path / "c", kind="dataset", allow=LOCAL)
+    again = fetch(
+        f"{site.url}/train.jsonl",
+        field="spec.datasets[0].source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="dataset",
+        allow=LOCAL,
+    )
     assert again == path and [h for h in site.hits if h.startswith("GET")] == gets  # HEAD only
 
 
 def test_http_retries_5xx(site: Server, tmp_path: Path) -> None:
     site.fail_next = 2
-    path = fetch(f"{site.url}/dataset_info.json", field="spec.datasetRegistry.source", work_dir=tmp_path,
-                 cache_dir=tmp_path / "c", allow=LOCAL)
+    path = fetch(
+        f"{site.url}/dataset_info.json",
+        field="spec.datasetRegistry.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        allow=LOCAL,
+    )
     assert path.read_text().startswith('{"demo"') and site.fail_next == 0
 
 
 def test_http_errors_name_the_field(site: Server, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"spec.datasets\[2\].source: .*/missing.jsonl answered HTTP 404"):
-        fetch(f"{site.url}/missing.jsonl", field="spec.datasets[2].source", work_dir=tmp_path, cache_dir=tmp_path,
-              allow=LOCAL)
+        fetch(
+            f"{site.url}/missing.jsonl",
+            field="spec.datasets[2].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path,
+            allow=LOCAL,
+        )
     with pytest.raises(ConfigError, match="redirect host '169.254.169.254' is a cloud metadata address"):
-        fetch(f"{site.url}/to-metadata/x.json", field="spec.datasets[0].source", work_dir=tmp_path,
-              cache_dir=tmp_path, allow=LOCAL)
+        fetch(
+            f"{site.url}/to-metadata/x.json",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path,
+            allow=LOCAL,
+        )
     with pytest.raises(ConfigError, match="host '127.0.0.1' is a loopback address"):
         fetch(f"{site.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path)
 
 
-def test_https_with_a_self_signed_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              no_proxy_env: None) -> None:
+def test_https_with_a_self_signed_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_proxy_env: None
+) -> None:
     root = tmp_path / "site"
     root.mkdir()
     (root / "train.jsonl").write_bytes(ROWS)
@@ -131,11 +166,21 @@ def test_https_with_a_self_signed_certificate(tmp_path: Path, monkeypatch: pytes
     server = Server(root, tls=(cert, key))
     try:
         with pytest.raises(ConfigError, match="CERTIFICATE_VERIFY_FAILED"):  # not trusted yet
-            fetch(f"{server.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                  cache_dir=tmp_path / "c", allow=LOCAL)
+            fetch(
+                f"{server.url}/train.jsonl",
+                field="spec.datasets[0].source",
+                work_dir=tmp_path,
+                cache_dir=tmp_path / "c",
+                allow=LOCAL,
+            )
         monkeypatch.setenv("SSL_CERT_FILE", str(cert))
-        path = fetch(f"{server.url}/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                     cache_dir=tmp_path / "c", allow=LOCAL)
+        path = fetch(
+            f"{server.url}/train.jsonl",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+            allow=LOCAL,
+        )
         assert path.read_bytes() == ROWS
     finally:
         server.close()
@@ -145,8 +190,9 @@ def test_configmap_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cm" / "my-data").mkdir(parents=True)
     (tmp_path / "cm" / "my-data" / "train.jsonl").write_bytes(ROWS)
     monkeypatch.setattr(trainer_config, "CONFIGMAP_ROOT", str(tmp_path / "cm"))
-    path = fetch("configmap://my-data/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-                 cache_dir=tmp_path)
+    path = fetch(
+        "configmap://my-data/train.jsonl", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path
+    )
     assert path.read_bytes() == ROWS
     with pytest.raises(ConfigError, match=r"spec.datasets\[0\].source: ConfigMap 'my-data' key 'other.json' is not"):
         fetch("configmap://my-data/other.json", field="spec.datasets[0].source", work_dir=tmp_path, cache_dir=tmp_path)

@@ -41,8 +41,14 @@ def local_hub(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None) -> Iterator[L
 def test_hf_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
     with pytest.raises(ConfigError) as err:
-        fetch("hf://HuggingFaceTB/SmolLM2-135M-Instruct", field="spec.model.source", work_dir=tmp_path,
-              cache_dir=tmp_path, kind="model", revision="main")
+        fetch(
+            "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+            field="spec.model.source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path,
+            kind="model",
+            revision="main",
+        )
     msg = str(err.value)
     assert msg.startswith("spec.model.source: the Hugging Face Hub at https://huggingface.co is unreachable")
     assert "HF_ENDPOINT" in msg and "s3://" in msg
@@ -50,9 +56,16 @@ def test_hf_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.
 
 def test_ms_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
-    with pytest.raises(ConfigError, match=r"^spec.model.source: ModelScope at https://www.modelscope.cn is unreachable"):
-        fetch("ms://Qwen/Qwen2.5-0.5B-Instruct", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path,
-              kind="model")
+    with pytest.raises(
+        ConfigError, match=r"^spec.model.source: ModelScope at https://www.modelscope.cn is unreachable"
+    ):
+        fetch(
+            "ms://Qwen/Qwen2.5-0.5B-Instruct",
+            field="spec.model.source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path,
+            kind="model",
+        )
 
 
 def test_ms_without_the_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,14 +75,28 @@ def test_ms_without_the_package_says_how_to_install(tmp_path: Path, monkeypatch:
 
 
 def test_hf_download_pins_the_resolved_commit(local_hub: LocalHub, tmp_path: Path) -> None:
-    path = fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                 kind="model", revision="main", allow=LOCAL)
+    path = fetch(
+        "hf://org/tiny",
+        field="spec.model.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="model",
+        revision="main",
+        allow=LOCAL,
+    )
     assert (path / REVISION).read_text().strip() == COMMIT
     assert all((path / f).read_bytes() == d for f, d in FILES.items())
     assert "GET /api/models/org/tiny/revision/main" in local_hub.requests
     before = len(local_hub.requests)
-    again = fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                  kind="model", revision=COMMIT, allow=LOCAL)
+    again = fetch(
+        "hf://org/tiny",
+        field="spec.model.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="model",
+        revision=COMMIT,
+        allow=LOCAL,
+    )
     assert again == path  # same commit → the cached copy; only the revision lookup went out
     assert [r for r in local_hub.requests[before:] if "/resolve/" in r] == []
 
@@ -78,8 +105,14 @@ def test_hf_errors_name_the_field(local_hub: LocalHub, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="spec.model.source: repository org/missing not found .*HF_TOKEN"):
         fetch("hf://org/missing", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path, allow=LOCAL)
     with pytest.raises(ConfigError, match="spec.model.source: revision 'v9' does not exist in org/tiny"):
-        fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path, revision="v9",
-              allow=LOCAL)
+        fetch(
+            "hf://org/tiny",
+            field="spec.model.source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path,
+            revision="v9",
+            allow=LOCAL,
+        )
     with pytest.raises(ConfigError, match="Hugging Face Hub host '127.0.0.1' is a loopback"):
         fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path)
 
@@ -100,8 +133,15 @@ MiB = 1 << 20
 
 
 def _fetch_hf(tmp_path: Path, revision: str | None = "main") -> Path:
-    return fetch("hf://org/tiny", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-                 kind="model", revision=revision, allow=LOCAL)
+    return fetch(
+        "hf://org/tiny",
+        field="spec.model.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "c",
+        kind="model",
+        revision=revision,
+        allow=LOCAL,
+    )
 
 
 def test_hf_uses_the_hub_cache_layout(local_hub: LocalHub, tmp_path: Path) -> None:
@@ -111,23 +151,33 @@ def test_hf_uses_the_hub_cache_layout(local_hub: LocalHub, tmp_path: Path) -> No
     assert (path / "config.json").is_symlink()  # into blobs/, shared by every revision that has the file
 
 
-def test_a_cached_snapshot_is_used_with_the_hub_stopped(local_hub: LocalHub, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cached_snapshot_is_used_with_the_hub_stopped(
+    local_hub: LocalHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = _fetch_hf(tmp_path)
     local_hub.close()  # nothing listens on the endpoint any more
     assert _fetch_hf(tmp_path) == path  # "main" resolved through the cache's refs/main
     assert (path / REVISION).read_text().strip() == COMMIT
     assert _fetch_hf(tmp_path, revision=COMMIT) == path
-    with pytest.raises(ConfigError, match=r"^spec.model.source: the Hugging Face Hub at http://127.0.0.1:\d+ is "
-                                          r"unreachable .*org/tiny@v2 is not in the cache"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^spec.model.source: the Hugging Face Hub at http://127.0.0.1:\d+ is "
+        r"unreachable .*org/tiny@v2 is not in the cache",
+    ):
         _fetch_hf(tmp_path, revision="v2")
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     assert _fetch_hf(tmp_path) == path
     with pytest.raises(ConfigError, match="HF_HUB_OFFLINE is set and org/other@main is not in the cache"):
-        fetch("hf://org/other", field="spec.model.source", work_dir=tmp_path, cache_dir=tmp_path / "c",
-              revision="main", allow=LOCAL)
+        fetch(
+            "hf://org/other",
+            field="spec.model.source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "c",
+            revision="main",
+            allow=LOCAL,
+        )
 
 
 def _incomplete(cache: Path) -> list[Path]:
@@ -160,7 +210,7 @@ def test_a_dropped_connection_resumes_with_a_range(hub_env, tmp_path: Path) -> N
     assert (path / "model.safetensors").read_bytes() == weights
     gets = [r for name, r in hub.ranges if name == "model.safetensors"]
     assert len(gets) == 2 and gets[0] is None and gets[1].startswith("bytes=")
-    kept = int(gets[1][len("bytes="):-1])
+    kept = int(gets[1][len("bytes=") : -1])
     assert 0 < kept <= 15 * MiB  # what the client had saved when the connection dropped
     assert hub.sent["model.safetensors"] == len(weights) + (15 * MiB - kept)  # measured at the server: no restart
     assert _incomplete(tmp_path / "c") == []
@@ -177,12 +227,20 @@ def test_a_killed_download_resumes_where_it_stopped(hub_env, tmp_path: Path, mon
     hub.stall_after(second, 16 * MiB)
     blob = cache / "hub" / "models--org--tiny" / "blobs" / hashlib.sha1(shards[first]).hexdigest()
     child = subprocess.Popen(
-        [sys.executable, "-c", ("import sys; from pathlib import Path; from kubetune.trainer.storage.fetch import fetch; "
-                                "fetch('hf://org/tiny', field='spec.model.source', work_dir=Path('.'), "
-                                "cache_dir=Path(sys.argv[1]), kind='model', revision='main', allow=['127.0.0.1'])"),
-         str(cache)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys; from pathlib import Path; from kubetune.trainer.storage.fetch import fetch; "
+                "fetch('hf://org/tiny', field='spec.model.source', work_dir=Path('.'), "
+                "cache_dir=Path(sys.argv[1]), kind='model', revision='main', allow=['127.0.0.1'])"
+            ),
+            str(cache),
+        ],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert hub.stalled.wait(120), "the download never reached the stall point"
         deadline = time.monotonic() + 60
@@ -213,9 +271,9 @@ def test_a_killed_download_resumes_where_it_stopped(hub_env, tmp_path: Path, mon
 
 
 @pytest.mark.slow
-def test_kubetune_run_with_a_cached_hub_model_and_the_hub_stopped(tmp_path: Path, tiny_model_dir: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch,
-                                                                   no_proxy_env: None) -> None:
+def test_kubetune_run_with_a_cached_hub_model_and_the_hub_stopped(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, no_proxy_env: None
+) -> None:
     """hf:// end to end: the first run downloads from the (local) Hub; the second trains with the Hub gone."""
     import json
     import shutil
@@ -231,13 +289,16 @@ def test_kubetune_run_with_a_cached_hub_model_and_the_hub_stopped(tmp_path: Path
     shutil.copy(ROOT / "examples" / "data" / "identity.json", tmp_path / "identity.json")
 
     def run(out: str) -> dict:
-        job = write_job(tmp_path / f"{out}.yaml", {
-            "model": {"source": "hf://org/tiny", "revision": "main"},
-            "datasets": [{"name": "identity", "source": "file://identity.json"}],
-            "method": {"type": "lora", "lora": {"rank": 4}},
-            "training": {"maxSteps": 1, "batchSize": 2, "cutoffLen": 32},
-            "output": {"uri": f"file://{tmp_path / out}"},
-        })
+        job = write_job(
+            tmp_path / f"{out}.yaml",
+            {
+                "model": {"source": "hf://org/tiny", "revision": "main"},
+                "datasets": [{"name": "identity", "source": "file://identity.json"}],
+                "method": {"type": "lora", "lora": {"rank": 4}},
+                "training": {"maxSteps": 1, "batchSize": 2, "cutoffLen": 32},
+                "output": {"uri": f"file://{tmp_path / out}"},
+            },
+        )
         assert main(["run", str(job), "--cache-dir", str(tmp_path / "cache"), "--allow-private-url", "127.0.0.1"]) == 0
         return json.loads((tmp_path / out / "manifest.json").read_text())
 

@@ -37,8 +37,7 @@ def test_the_proxy_answers_etags_that_are_not_md5s(s3_bucket: str, sse_proxy) ->
     assert head["ServerSideEncryption"] == "aws:kms"
 
 
-def test_publish_and_verify_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_path: Path, monkeypatch,
-                                              capsys) -> None:
+def test_publish_and_verify_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_path: Path, monkeypatch, capsys) -> None:
     from kubetune.cli import main
 
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
@@ -47,8 +46,9 @@ def test_publish_and_verify_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_pat
     cli = s3.client()
     big = cli.head_object(Bucket=s3_bucket, Key="kms/run/adapter_model.safetensors")
     assert _etag(big).endswith("-3")
-    digests = b"".join(hashlib.md5(chunk).digest() for chunk in _chunks(root / "adapter_model.safetensors",
-                                                                          5 * s3.MiB))
+    digests = b"".join(
+        hashlib.md5(chunk).digest() for chunk in _chunks(root / "adapter_model.safetensors", 5 * s3.MiB)
+    )
     assert _etag(big) != f"{hashlib.md5(digests).hexdigest()}-3"  # not md5(part md5s)-N either
     assert verify_remote(uri) == []
     assert main(["artifacts", "verify", uri]) == 0
@@ -64,19 +64,32 @@ def _chunks(path: Path, size: int):
             yield block
 
 
-def test_fetch_folder_and_single_object_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_path: Path,
-                                                          monkeypatch) -> None:
+def test_fetch_folder_and_single_object_with_opaque_etags(
+    s3_bucket: str, sse_proxy, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     cli = s3.client()
     files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(12 * s3.MiB), "nested/x.txt": b"x"}
     src = write_tree(tmp_path / "src", files)
     s3.upload_dir(cli, src, s3_bucket, "models/m/", config=SMALL)  # the big one in parts: ETag "...-3"
-    path = fetch(f"s3://{s3_bucket}/models/m/", field="spec.model.source", work_dir=tmp_path,
-                 cache_dir=tmp_path / "cache", kind="model", allow=LOCAL)
+    path = fetch(
+        f"s3://{s3_bucket}/models/m/",
+        field="spec.model.source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        kind="model",
+        allow=LOCAL,
+    )
     assert (path / COMPLETE).exists()
     assert all((path / rel).read_bytes() == data for rel, data in files.items())
-    one = fetch(f"s3://{s3_bucket}/models/m/config.json", field="spec.datasets[0].source", work_dir=tmp_path,
-                cache_dir=tmp_path / "cache", kind="dataset", allow=LOCAL)
+    one = fetch(
+        f"s3://{s3_bucket}/models/m/config.json",
+        field="spec.datasets[0].source",
+        work_dir=tmp_path,
+        cache_dir=tmp_path / "cache",
+        kind="dataset",
+        allow=LOCAL,
+    )
     assert one.read_bytes() == files["config.json"]
     # ranged GETs of the big object were pinned to its (opaque) ETag, which the store accepted as its own
     ranged = [p for m, p in sse_proxy.requests if m == "GET" and p.endswith("model.safetensors")]
@@ -86,8 +99,9 @@ def test_fetch_folder_and_single_object_with_opaque_etags(s3_bucket: str, sse_pr
 def test_checkpoints_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_path: Path) -> None:
     out = f"s3://{s3_bucket}/kms-ckpt"
     for step in (1, 2):
-        ck.upload_checkpoint(make_checkpoint(tmp_path / "w", step, size=6 * s3.MiB), out, step, allow=LOCAL,
-                             config=SMALL)
+        ck.upload_checkpoint(
+            make_checkpoint(tmp_path / "w", step, size=6 * s3.MiB), out, step, allow=LOCAL, config=SMALL
+        )
     assert [(c.step, c.complete) for c in ck.list_checkpoints(out, allow=LOCAL)] == [(1, True), (2, True)]
     dest = ck.download_checkpoint(ck.latest_complete_checkpoint(out, allow=LOCAL), tmp_path / "resume", allow=LOCAL)
     src = tmp_path / "w" / "checkpoint-2"
@@ -111,25 +125,34 @@ def test_uploads_carry_a_flexible_checksum_the_store_keeps(s3_bucket: str, s3c, 
     """Integrity no longer rests on the ETag: each object (each part) is sent with a CRC32 the store records."""
     (tmp_path / "big.bin").write_bytes(os.urandom(6 * s3.MiB))
     (tmp_path / "small.bin").write_bytes(b"hello")
-    s3.upload_files(s3.client(), s3_bucket, [(tmp_path / "big.bin", "c/big.bin"), (tmp_path / "small.bin", "c/small")],
-                    SMALL)
+    s3.upload_files(
+        s3.client(), s3_bucket, [(tmp_path / "big.bin", "c/big.bin"), (tmp_path / "small.bin", "c/small")], SMALL
+    )
     for key in ("c/big.bin", "c/small"):
         assert s3c.head_object(Bucket=s3_bucket, Key=key, ChecksumMode="ENABLED").get("ChecksumCRC32")
 
 
-def test_bytes_corrupted_on_the_way_to_the_store_are_caught_when_read(s3_bucket: str, sse_proxy,
-                                                                      tmp_path: Path) -> None:
+def test_bytes_corrupted_on_the_way_to_the_store_are_caught_when_read(
+    s3_bucket: str, sse_proxy, tmp_path: Path
+) -> None:
     """moto stores what it gets (S3 would refuse it with BadDigest); the download checks the stored CRC32."""
     cli = s3.client()
     sse_proxy.inject("corrupt", method="PUT")
     s3.put_bytes(cli, s3_bucket, "bad/data.jsonl", b'{"instruction": "a", "output": "b"}\n' * 50)
     with pytest.raises(s3.StorageError, match=r"s3://.*/bad/data.jsonl.*checksum"):
-        fetch(f"s3://{s3_bucket}/bad/data.jsonl", field="spec.datasets[0].source", work_dir=tmp_path,
-              cache_dir=tmp_path / "cache", kind="dataset", allow=LOCAL)
+        fetch(
+            f"s3://{s3_bucket}/bad/data.jsonl",
+            field="spec.datasets[0].source",
+            work_dir=tmp_path,
+            cache_dir=tmp_path / "cache",
+            kind="dataset",
+            allow=LOCAL,
+        )
 
 
-def test_the_checksum_algorithm_is_configurable_and_checked(s3_bucket: str, s3c, sse_proxy, tmp_path: Path,
-                                                            monkeypatch) -> None:
+def test_the_checksum_algorithm_is_configurable_and_checked(
+    s3_bucket: str, s3c, sse_proxy, tmp_path: Path, monkeypatch
+) -> None:
     (tmp_path / "f.bin").write_bytes(os.urandom(6 * s3.MiB))
     monkeypatch.setenv("KUBETUNE_S3_CHECKSUM", "sha256")
     s3.upload_files(s3.client(), s3_bucket, [(tmp_path / "f.bin", "sha/f.bin")], SMALL)

@@ -76,7 +76,9 @@ def is_worker(env: dict[str, str] | None = None) -> bool:
 def launch_command(plan: LaunchPlan, argv: list[str]) -> list[str]:
     """``python -m torch.distributed.run … -m kubetune.trainer <argv>``: one worker per local process."""
     cmd = [
-        sys.executable, "-m", "torch.distributed.run",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         f"--nnodes={plan.nnodes}",
         f"--nproc-per-node={plan.nproc_per_node}",
         f"--node-rank={plan.node_rank}",
@@ -131,10 +133,12 @@ def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer"
         torchrun(parse_args(cmd[3:]))
     except (RendezvousError, dist.DistError) as exc:  # the nodes never met: no worker ran
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        message = (f"node {plan.node_rank}: the {plan.nnodes} nodes of this job did not all meet at "
-                   f"{plan.master_addr}:{plan.master_port} within spec.distributed.rendezvousTimeoutSeconds="
-                   f"{plan.rendezvous_timeout} s - a pod that never started, a wrong MASTER_ADDR or a blocked "
-                   f"port ({first[:300]})")
+        message = (
+            f"node {plan.node_rank}: the {plan.nnodes} nodes of this job did not all meet at "
+            f"{plan.master_addr}:{plan.master_port} within spec.distributed.rendezvousTimeoutSeconds="
+            f"{plan.rendezvous_timeout} s - a pod that never started, a wrong MASTER_ADDR or a blocked "
+            f"port ({first[:300]})"
+        )
         from kubetune.trainer.logging import get_logger
 
         get_logger(__name__).error("%s", message)
@@ -142,7 +146,8 @@ def relaunch(plan: LaunchPlan, argv: list[str], module: str = "kubetune.trainer"
         return 1
     except ChildFailedError as exc:
         code, rank, message = pod_exit_code(
-            {rank: (f.exitcode, f.timestamp, _message_of(f)) for rank, f in exc.failures.items()})
+            {rank: (f.exitcode, f.timestamp, _message_of(f)) for rank, f in exc.failures.items()}
+        )
         from kubetune.trainer.logging import get_logger
 
         get_logger(__name__).error("worker rank %d failed with exit code %d: %s", rank, code, message)
@@ -159,6 +164,7 @@ _last_failure: dict[str, Any] = {}  # the failure that decided the pod's exit co
 def last_failure() -> dict[str, Any]:
     """``{code, rank, message}`` of the worker failure behind :func:`relaunch`'s last non-zero code (else empty)."""
     return dict(_last_failure)
+
 
 # Exit codes a worker chooses itself (kubetune.trainer.errors, Preempted) outrank a crash, and a crash outranks a
 # signal (the agent SIGTERMs the surviving workers once one fails), so the non-retryable 3 and 4 always reach the
@@ -235,11 +241,13 @@ def deepspeed_config(spec: DistributedSpec) -> dict[str, Any]:
         "reduce_bucket_size": "auto",
     }
     if spec.zero_stage == 3:
-        zero.update({
-            "stage3_prefetch_bucket_size": "auto",
-            "stage3_param_persistence_threshold": "auto",
-            "stage3_gather_16bit_weights_on_model_save": True,
-        })
+        zero.update(
+            {
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+                "stage3_gather_16bit_weights_on_model_save": True,
+            }
+        )
     if spec.offload:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": _cuda_available()}
         if spec.zero_stage == 3:
@@ -266,7 +274,9 @@ def fsdp_args(spec: DistributedSpec) -> dict[str, Any]:
     }
 
 
-def training_args(spec: FineTuneJobSpec, world_size: int | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+def training_args(
+    spec: FineTuneJobSpec, world_size: int | None = None, cache_dir: str | None = None
+) -> dict[str, Any]:
     """The TrainingArguments entries that select the distribution strategy for this worker.
 
     ``cache_dir`` (the runtime's model/data cache) also keeps DeepSpeed's CPU communication op, which DeepSpeed
@@ -284,8 +294,10 @@ def training_args(spec: FineTuneJobSpec, world_size: int | None = None, cache_di
     if chosen == "deepspeed" and cpu and world <= 1:
         from kubetune.trainer.logging import get_logger
 
-        get_logger(__name__).warning("spec.distributed.strategy deepspeed: one CPU process has nothing to shard; "
-                                     "training without DeepSpeed (set NPROC_PER_NODE>1 or use GPUs)")
+        get_logger(__name__).warning(
+            "spec.distributed.strategy deepspeed: one CPU process has nothing to shard; "
+            "training without DeepSpeed (set NPROC_PER_NODE>1 or use GPUs)"
+        )
     elif chosen == "deepspeed":
         if cpu:
             if cache_dir:
@@ -357,9 +369,15 @@ class PeersLost(TrainerError):
 
 # What gloo, NCCL and the c10d store say when a peer is gone: killed (connection closed/reset) or silent (timeout).
 _LOST_PEER_SIGNS = (
-    "timed out waiting", "connection closed by peer", "connection reset by peer", "broken pipe",
-    "socket timeout", "watchdog caught collective operation timeout", "nccl communicator was aborted",
-    "connection refused", "no route to host",
+    "timed out waiting",
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+    "socket timeout",
+    "watchdog caught collective operation timeout",
+    "nccl communicator was aborted",
+    "connection refused",
+    "no route to host",
 )
 
 
@@ -372,10 +390,12 @@ def lost_peer_message(exc: BaseException, collective_timeout: int) -> str | None
     if not is_dist or not (dist.is_available() and dist.is_initialized()):
         return None
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return (f"lost contact with the other processes of this job (world size {dist.get_world_size()}): a collective "
-            f"operation failed or got no answer within spec.distributed.collectiveTimeoutSeconds={collective_timeout} s "
-            f"- another node died, was preempted or was cut off; the next attempt resumes from the last complete "
-            f"checkpoint ({first[:300]})")
+    return (
+        f"lost contact with the other processes of this job (world size {dist.get_world_size()}): a collective "
+        f"operation failed or got no answer within spec.distributed.collectiveTimeoutSeconds={collective_timeout} s "
+        f"- another node died, was preempted or was cut off; the next attempt resumes from the last complete "
+        f"checkpoint ({first[:300]})"
+    )
 
 
 @contextlib.contextmanager

@@ -26,11 +26,21 @@ def generate_answers(
     from transformers import AutoModelForCausalLM
 
     spec = FineTuneJobSpec.model_validate(
-        {"model": {"source": model_uri, "template": template}, "datasets": [{"name": "none", "source": "file:///dev/null"}]}
+        {
+            "model": {"source": model_uri, "template": template},
+            "datasets": [{"name": "none", "source": "file:///dev/null"}],
+        }
     )
-    config = TrainerConfig(spec=spec, runtime=RuntimeSpec(job_name="chat", output_uri="file:///dev/null",
-                                                          work_dir=str(work_dir), cache_dir=str(cache_dir),
-                                                          scratch_dir=str(cache_dir / "chat")))
+    config = TrainerConfig(
+        spec=spec,
+        runtime=RuntimeSpec(
+            job_name="chat",
+            output_uri="file:///dev/null",
+            work_dir=str(work_dir),
+            cache_dir=str(cache_dir),
+            scratch_dir=str(cache_dir / "chat"),
+        ),
+    )
     ref = resolve_model(config)
     tokenizer = load_tokenizer(ref)
     model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch.float32)
@@ -46,7 +56,8 @@ def generate_answers(
         text = tmpl.prompt_text([{"role": "user", "content": prompt}], system, "")
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
-        answers.append(tokenizer.decode(out[0][ids["input_ids"].shape[1]:], skip_special_tokens=True).strip())
+            out = model.generate(
+                **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+        answers.append(tokenizer.decode(out[0][ids["input_ids"].shape[1] :], skip_special_tokens=True).strip())
     return answers

@@ -66,12 +66,20 @@ def run_local(job: FineTuneJob, job_file: Path, *, verbose: bool = False, **opti
     quiet_libraries()
     failure: TrainerError | None = None
     with quiet_console(log_path, verbose=verbose) as console:
-        print(f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally; "
-              f"full log: {log_path}", file=console, flush=True)
+        print(
+            f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally; "
+            f"full log: {log_path}",
+            file=console,
+            flush=True,
+        )
         try:
-            with Telemetry(config, live=True, stream=console,
-                           metrics_addr=os.environ.get("KUBETUNE_METRICS_ADDR", "127.0.0.1"),
-                           linger_seconds=float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "0"))) as tel:
+            with Telemetry(
+                config,
+                live=True,
+                stream=console,
+                metrics_addr=os.environ.get("KUBETUNE_METRICS_ADDR", "127.0.0.1"),
+                linger_seconds=float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "0")),
+            ) as tel:
                 result = run(config, callbacks=tel.callbacks, on_phase=tel.on_phase)
         except TrainerError as exc:
             failure = exc

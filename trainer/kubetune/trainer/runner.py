@@ -52,8 +52,14 @@ def fetch_artifact(config: TrainerConfig, ref: Any, field: str) -> Path | None:
         return None
     if ref.source is None:
         raise ConfigError(f"{field}.fromJob is resolved by the operator; `kubetune run` needs {field}.source")
-    return fetch(ref.source, field=f"{field}.source", work_dir=config.runtime.work_dir,
-                 cache_dir=config.runtime.cache_dir, kind="model", allow=config.runtime.allow_private_urls)
+    return fetch(
+        ref.source,
+        field=f"{field}.source",
+        work_dir=config.runtime.work_dir,
+        cache_dir=config.runtime.cache_dir,
+        kind="model",
+        allow=config.runtime.allow_private_urls,
+    )
 
 
 def job_gpus() -> int:
@@ -98,11 +104,19 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
 
     phase("training", memory_estimate_gib=memory_estimate, datasets=[r.to_dict() for r in data.reports])
     uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
-    ctx = RunContext(config=config, model_ref=model_ref, tokenizer=tokenizer, template=template, data=data,
-                     artifact_dir=artifact_dir, work_dir=work_dir,
-                     callbacks=[*(callbacks or []), *([uploader] if uploader else [])],
-                     checkpoint_hooks=[uploader] if uploader else [],
-                     adapter_init=adapter_init, reward_model=reward_model)
+    ctx = RunContext(
+        config=config,
+        model_ref=model_ref,
+        tokenizer=tokenizer,
+        template=template,
+        data=data,
+        artifact_dir=artifact_dir,
+        work_dir=work_dir,
+        callbacks=[*(callbacks or []), *([uploader] if uploader else [])],
+        checkpoint_hooks=[uploader] if uploader else [],
+        adapter_init=adapter_init,
+        reward_model=reward_model,
+    )
     result = get_stage(spec.stage)(ctx)
 
     if not is_main():
@@ -119,8 +133,13 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     metrics["gpu_seconds"] = round(metrics["wall_seconds"] * job_gpus(), 2)  # this run's share of status.cost
     manifest = build_manifest(
         artifact_dir,
-        job={"name": config.runtime.job_name, "namespace": config.runtime.namespace, "stage": spec.stage,
-             "method": spec.method.type, "kernels": kernels.to_manifest()},
+        job={
+            "name": config.runtime.job_name,
+            "namespace": config.runtime.namespace,
+            "stage": spec.stage,
+            "method": spec.method.type,
+            "kernels": kernels.to_manifest(),
+        },
         model={"source": model_ref.source, "revision": model_ref.revision, "sha256": model_ref.sha256},
         datasets=data.provenance,
         config=config.spec.model_dump(by_alias=True, mode="json", exclude_none=True),
@@ -131,8 +150,12 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     write_manifest(artifact_dir, manifest)
 
     phase("uploading")
-    final_uri = publish(artifact_dir, config.runtime.output_uri, work_dir=config.runtime.work_dir,
-                        allow=config.runtime.allow_private_urls)
+    final_uri = publish(
+        artifact_dir,
+        config.runtime.output_uri,
+        work_dir=config.runtime.work_dir,
+        allow=config.runtime.allow_private_urls,
+    )
     log.info("artifact written to %s", final_uri)
     if uploader is not None and not spec.checkpointing.keep_after_success:
         # the manifest is published: the checkpoints (optimizer state included) have done their job
@@ -141,8 +164,12 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     if spec.output.hub is not None:
         from kubetune.trainer.storage.hubs import push_to_hub
 
-        hub_url = push_to_hub(artifact_dir, repo=spec.output.hub.repo, private=spec.output.hub.private,
-                              allow=config.runtime.allow_private_urls)
+        hub_url = push_to_hub(
+            artifact_dir,
+            repo=spec.output.hub.repo,
+            private=spec.output.hub.private,
+            allow=config.runtime.allow_private_urls,
+        )
         log.info("artifact pushed to %s", hub_url)
     phase("done")
     return RunResult(final_uri, artifact_dir, metrics, [r.to_dict() for r in data.reports])

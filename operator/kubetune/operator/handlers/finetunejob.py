@@ -91,8 +91,12 @@ def untimed(status: dict[str, Any]) -> dict[str, Any]:
     conds = status.get("conditions")
     if not isinstance(conds, list):
         return status
-    return {**status, "conditions": [{k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict)
-                                     else c for c in conds]}
+    return {
+        **status,
+        "conditions": [
+            {k: v for k, v in c.items() if k != "lastTransitionTime"} if isinstance(c, dict) else c for c in conds
+        ],
+    }
 
 
 def owned(bodies: Iterable[Any] | None, uid: str) -> dict[str, Any] | None:
@@ -100,9 +104,16 @@ def owned(bodies: Iterable[Any] | None, uid: str) -> dict[str, Any] | None:
     return next((b for b in bodies or () if reconcile.owned_by(b, uid)), None)
 
 
-async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: Any, *, job: dict[str, Any] | None,
-                         pods: list[dict[str, Any]], finetunejobs: Mapping[Key, Any],
-                         poll: bool = False) -> reconcile.Decision:
+async def reconcile_once(
+    body: dict[str, Any],
+    options: BuildOptions,
+    logger: Any,
+    *,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    finetunejobs: Mapping[Key, Any],
+    poll: bool = False,
+) -> reconcile.Decision:
     """One pass for one FineTuneJob over what the indexes hold; returns the decision (the caller patches
     status and posts events). ``job`` and ``pods`` are this object's own (owner UIDs checked by the caller).
 
@@ -132,8 +143,16 @@ async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: An
                 pod_events = await kube.pod_warnings(ns, stuck)
             except kube.Refused as exc:  # only an explanation: without it the status says less, nothing fails
                 logger.debug("cannot list the Events of %s's pods: %s", parsed.name, exc)
-        decision = reconcile.decide(body, parsed, options, job=job, pods=pods if job is not None else [],
-                                    upstream=upstream, missing_secrets=missing, pod_events=pod_events)
+        decision = reconcile.decide(
+            body,
+            parsed,
+            options,
+            job=job,
+            pods=pods if job is not None else [],
+            upstream=upstream,
+            missing_secrets=missing,
+            pod_events=pod_events,
+        )
     except TRANSIENT:
         raise
     except Exception as exc:  # noqa: BLE001 - a condition and an Event, never a retry loop
@@ -154,8 +173,9 @@ async def reconcile_once(body: dict[str, Any], options: BuildOptions, logger: An
             logger.info("created %s", ", ".join(created))
     if decision.suspend_job is not None or decision.job_annotations:
         try:
-            await kube.patch_job(ns, parsed.job_name, suspend=decision.suspend_job,
-                                 annotations=decision.job_annotations or None)
+            await kube.patch_job(
+                ns, parsed.job_name, suspend=decision.suspend_job, annotations=decision.job_annotations or None
+            )
         except kube.Refused as exc:
             return reconcile.crashed(body, parsed, exc)
         if decision.suspend_job is not None:
@@ -209,13 +229,18 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
     def dependents(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str]:
         return {(namespace, upstream): name for upstream in upstream_names(body.get("spec"))}
 
-    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="training_jobs",
-                registry=registry)
+    @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="training_jobs", registry=registry)
     def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
 
-    @kopf.index("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER}, id="training_pods",
-                registry=registry)
+    @kopf.index(
+        "",
+        "v1",
+        "pods",
+        labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER},
+        id="training_pods",
+        registry=registry,
+    )
     def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
         return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
 
@@ -241,8 +266,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         job_uid = ((job or {}).get("metadata") or {}).get("uid", "")
         pods = [p for p in indexes["training_pods"].get(key, ()) if reconcile.owned_by(p, job_uid)]
         try:
-            decision = await reconcile_once(raw, options, logger, job=job, pods=pods,
-                                            finetunejobs=indexes["finetunejobs"], poll=poll)
+            decision = await reconcile_once(
+                raw, options, logger, job=job, pods=pods, finetunejobs=indexes["finetunejobs"], poll=poll
+            )
         except ApiException as exc:
             raise kopf.TemporaryError(f"API call failed: {exc.status} {exc.reason}", delay=op.sync_interval) from None
         except (TimeoutError, kube.Unavailable) as exc:
@@ -264,8 +290,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         old_cost = (raw.get("status") or {}).get("cost")
         if pods or old_cost:  # status.cost: GPU- and node-seconds of every pod, restarts included
             tps = (new.get("progress") or {}).get("tokensPerSecond")
-            used = cost.cost_status(old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices,
-                                    dt.datetime.now(dt.UTC))
+            used = cost.cost_status(
+                old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices, dt.datetime.now(dt.UTC)
+            )
             if used["nodeSeconds"] > 0 or old_cost:  # pending pods cost nothing yet
                 new = {**new, "cost": used}
         changes = st.status_patch(raw.get("status"), new)
@@ -274,14 +301,22 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         if changes:
             try:
                 await kube.patch_status(key[0], key[1], changes)
-            except (ApiException, kube.Unavailable) as exc:  # events wait for the status they announce; the next pass retries both
+            except (
+                ApiException,
+                kube.Unavailable,
+            ) as exc:  # events wait for the status they announce; the next pass retries both
                 raise kopf.TemporaryError(f"status write failed: {exc}", delay=op.sync_interval) from None
             except kube.Refused as exc:  # the same status would be refused again: say it once, never loop on it
                 if refused_status.get(uid, ("", None))[0] != exc.message:
                     logger.error("the API server refused the status of %s/%s: %s", key[0], key[1], exc.message)
-                    kopf.event(raw, type="Warning", reason="StatusRejected",
-                               message=st.truncate_utf8(f"the API server refused the status: {exc.message}",
-                                                        EVENT_MESSAGE_BYTES))
+                    kopf.event(
+                        raw,
+                        type="Warning",
+                        reason="StatusRejected",
+                        message=st.truncate_utf8(
+                            f"the API server refused the status: {exc.message}", EVENT_MESSAGE_BYTES
+                        ),
+                    )
                 refused_status[uid] = (exc.message, untimed(changes))
                 return
             refused_status.pop(uid, None)
@@ -308,8 +343,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 except kopf.TemporaryError as exc:
                     logger.warning("resync of %s/%s: %s", key[0], key[1], exc)
                 except TimeoutError:
-                    logger.warning("resync of %s/%s took over %.0f s; the next resync retries", key[0], key[1],
-                                   pass_timeout)
+                    logger.warning(
+                        "resync of %s/%s took over %.0f s; the next resync retries", key[0], key[1], pass_timeout
+                    )
                 except Exception:  # one FineTuneJob's failure must not end the loop for all of them
                     logger.exception("resync of %s/%s failed; the next resync retries", key[0], key[1])
 
@@ -323,14 +359,23 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 del running[key]
 
     if not op.standalone:
-        @kopf.timer(GROUP, VERSION, PLURAL, id="reconcile", interval=op.sync_interval, backoff=op.sync_interval,
-                    registry=registry)
+
+        @kopf.timer(
+            GROUP,
+            VERSION,
+            PLURAL,
+            id="reconcile",
+            interval=op.sync_interval,
+            backoff=op.sync_interval,
+            registry=registry,
+        )
         async def resync(namespace: str, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
             await sync((namespace, name), kwargs, logger, poll=True)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="changed", registry=registry)
-    async def finetunejob_changed(type: str | None, namespace: str, name: str, uid: str, status: kopf.Status,
-                                  logger: kopf.Logger, **kwargs: Any) -> None:
+    async def finetunejob_changed(
+        type: str | None, namespace: str, name: str, uid: str, status: kopf.Status, logger: kopf.Logger, **kwargs: Any
+    ) -> None:
         if type == "DELETED":
             forget(namespace, name, uid)
             return
@@ -339,12 +384,20 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             for dependent in set(kwargs["dependents"].get((namespace, name), ())):
                 await on_event((namespace, dependent), kwargs, logger)
 
-    @kopf.on.event("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job-changed", registry=registry)
+    @kopf.on.event(
+        "batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job-changed", registry=registry
+    )
     async def job_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
         await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
 
-    @kopf.on.event("", "v1", "pods", labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER},
-                   id="pod-changed", registry=registry)
+    @kopf.on.event(
+        "",
+        "v1",
+        "pods",
+        labels={FINETUNEJOB_LABEL: kopf.PRESENT, COMPONENT_LABEL: TRAINER},
+        id="pod-changed",
+        registry=registry,
+    )
     async def pod_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
         await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
 

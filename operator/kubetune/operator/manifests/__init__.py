@@ -24,19 +24,33 @@ from kubetune.operator.manifests.options import (
 )
 from kubetune.operator.manifests.service import build_service
 
-__all__ = ["DEFAULT_GPU_RESOURCE", "DEFAULT_IMAGE", "MASTER_PORT", "BuildOptions", "MissingOutput", "Resolved",
-           "build_all", "output_uri", "spec_hash", "to_yaml"]
+__all__ = [
+    "DEFAULT_GPU_RESOURCE",
+    "DEFAULT_IMAGE",
+    "MASTER_PORT",
+    "BuildOptions",
+    "MissingOutput",
+    "Resolved",
+    "build_all",
+    "output_uri",
+    "spec_hash",
+    "to_yaml",
+]
 
 
-def build_all(job: FineTuneJob, options: BuildOptions, resolved: Resolved | None = None, *,
-              queue_name: str | None = None) -> list[dict[str, Any]]:
+def build_all(
+    job: FineTuneJob, options: BuildOptions, resolved: Resolved | None = None, *, queue_name: str | None = None
+) -> list[dict[str, Any]]:
     """ConfigMap, Service and Job, in the order they must be created (``queue_name``: the Kueue queue, when it
     comes from the FineTuneJob's label rather than spec.queueName)."""
     if not job.metadata.namespace:
         job = job.model_copy(update={"metadata": job.metadata.model_copy(update={"namespace": "default"})})
     resolved = resolved or Resolved(output_uri=output_uri(job, options))
-    return [build_configmap(job, options, resolved), build_service(job, options),
-            build_job(job, options, queue_name=queue_name)]
+    return [
+        build_configmap(job, options, resolved),
+        build_service(job, options),
+        build_job(job, options, queue_name=queue_name),
+    ]
 
 
 def to_yaml(objs: list[dict[str, Any]]) -> str:

@@ -179,7 +179,9 @@ def _volume(job: dict[str, Any], volume: dict[str, Any], mount_path: str, read_o
 
 
 def with_config_volume(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
-    _volume(job, {"name": "config", "configMap": {"name": configmap_name(ftj.metadata.name)}}, CONFIG_DIR, read_only=True)
+    _volume(
+        job, {"name": "config", "configMap": {"name": configmap_name(ftj.metadata.name)}}, CONFIG_DIR, read_only=True
+    )
     return job
 
 
@@ -221,7 +223,9 @@ def with_data_volumes(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptio
     writable = {u.split("://", 1)[1].split("/", 1)[0] for u, w in _uris(ftj) if w and uri_scheme(u) == "pvc"}
     if options.default_output_uri and not ftj.spec.output.uri and uri_scheme(options.default_output_uri) == "pvc":
         writable.add(options.default_output_uri.split("://", 1)[1].split("/", 1)[0])
-    claims = sorted({u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "pvc"} | writable)
+    claims = sorted(
+        {u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "pvc"} | writable
+    )
     for claim in claims:
         vol = {"name": volume_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}}
         if claim not in writable:
@@ -238,7 +242,11 @@ def credential_secrets(ftj: FineTuneJob, options: BuildOptions | None = None) ->
     Secret gets the operator's default storage Secret (``--default-credentials-secret``), if one is configured."""
     spec = ftj.spec
     output_secret = spec.output.credentials_secret or (options.default_credentials_secret if options else None)
-    names = [spec.model.credentials_secret, output_secret, spec.output.hub.credentials_secret if spec.output.hub else None]
+    names = [
+        spec.model.credentials_secret,
+        output_secret,
+        spec.output.hub.credentials_secret if spec.output.hub else None,
+    ]
     out: list[str] = []
     for n in names:
         if n and n not in out:

@@ -15,7 +15,11 @@ def build_service(job: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": service_name(name), "namespace": job.metadata.namespace, "labels": labels(name, RENDEZVOUS)},
+        "metadata": {
+            "name": service_name(name),
+            "namespace": job.metadata.namespace,
+            "labels": labels(name, RENDEZVOUS),
+        },
         "spec": {
             "clusterIP": "None",
             # Rank 0 must be resolvable before it is Ready: workers dial it while it starts.
@@ -23,7 +27,12 @@ def build_service(job: FineTuneJob, options: BuildOptions) -> dict[str, Any]:
             "selector": selector(name),
             "ports": [
                 {"name": "rendezvous", "port": MASTER_PORT, "targetPort": MASTER_PORT, "protocol": "TCP"},
-                {"name": "metrics", "port": options.metrics_port, "targetPort": options.metrics_port, "protocol": "TCP"},
+                {
+                    "name": "metrics",
+                    "port": options.metrics_port,
+                    "targetPort": options.metrics_port,
+                    "protocol": "TCP",
+                },
             ],
         },
     }

@@ -57,8 +57,15 @@ def write_curves(log_history: list[dict[str, Any]], out_dir: Path, *, title: str
         fig = Figure(figsize=(6.4, 4.0), dpi=100)
         ax = fig.add_subplot()
         marker = "o" if len(steps) < 30 else None
-        ax.plot(steps, values, color="#1f77b4", alpha=0.45 if len(values) >= 5 else 1.0, marker=marker,
-                markersize=3, label="raw" if len(values) >= 5 else label)
+        ax.plot(
+            steps,
+            values,
+            color="#1f77b4",
+            alpha=0.45 if len(values) >= 5 else 1.0,
+            marker=marker,
+            markersize=3,
+            label="raw" if len(values) >= 5 else label,
+        )
         if key.endswith("loss") and len(values) >= 5:
             ax.plot(steps, smooth(values), color="#1f77b4", linewidth=2, label="smoothed")
             ax.legend(loc="upper right")

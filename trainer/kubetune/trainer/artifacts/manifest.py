@@ -26,8 +26,21 @@ from kubetune.trainer.storage.manifest_format import (  # noqa: F401 - the forma
 from kubetune.trainer.storage.paths import UnsafePath, contained, regular_file
 
 MANIFEST_VERSION = 1
-_PACKAGES = ("kubetune", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "deepspeed", "bitsandbytes",
-             "safetensors", "tokenizers", "huggingface_hub", "boto3")
+_PACKAGES = (
+    "kubetune",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "accelerate",
+    "datasets",
+    "deepspeed",
+    "bitsandbytes",
+    "safetensors",
+    "tokenizers",
+    "huggingface_hub",
+    "boto3",
+)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -51,7 +64,9 @@ def software_versions() -> dict[str, str]:
 def file_entries(root: Path) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
-        entries.append({"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)})
+        entries.append(
+            {"path": path.relative_to(root).as_posix(), "size": path.stat().st_size, "sha256": sha256_file(path)}
+        )
     return entries
 
 
@@ -87,6 +102,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ verifying
+
 
 def _listed_files(root: Path) -> list[str]:
     """Relative paths of everything under ``root`` that is not a folder (symlinks not followed, nothing read)."""

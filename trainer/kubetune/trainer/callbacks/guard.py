@@ -39,8 +39,15 @@ SPIKE_STAGES = ("pt", "sft")  # a cross-entropy: positive, bounded below, so a r
 SNAPSHOT_MAX_PARAMETERS = 2**27  # 134M trainable parameters: ~1.6 GB for weights + AdamW moments
 
 
-def verdict(loss: float, grad_norm: float | None, recent: Sequence[float], *, spike_factor: float, window: int,
-            spikes: bool = True) -> str | None:
+def verdict(
+    loss: float,
+    grad_norm: float | None,
+    recent: Sequence[float],
+    *,
+    spike_factor: float,
+    window: int,
+    spikes: bool = True,
+) -> str | None:
     """Why this step diverged (one of ``REASONS``), or None when it is good. Pure."""
     if not math.isfinite(loss):
         return NAN_LOSS
@@ -131,6 +138,7 @@ class DivergenceGuard(TrainerCallback):
 
         trainer.training_step = guarded_training_step
         if get_grad_norm is not None:
+
             def guarded_grad_norm(*args: Any, **kwargs: Any) -> Any:
                 norm = get_grad_norm(*args, **kwargs)
                 self._grad_norm = None if norm is None else float(norm)
@@ -140,16 +148,20 @@ class DivergenceGuard(TrainerCallback):
 
     # ---------------------------------------------------------------- events
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                       **_: Any) -> None:
+    def on_train_begin(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **_: Any
+    ) -> None:
         trainable = [p for p in model.parameters() if p.requires_grad] if model is not None else []
         count = sum(p.numel() for p in trainable)
         deepspeed = getattr(self.trainer, "is_deepspeed_enabled", False)
         self._snapshots_on = bool(trainable) and count <= SNAPSHOT_MAX_PARAMETERS and not deepspeed
         if not self._snapshots_on:
-            log.info("divergence guard: %d trainable parameters%s: no in-memory snapshot; a divergence skips the "
-                     "step and cuts the learning rate without restoring the weights", count,
-                     " under DeepSpeed" if deepspeed else "")
+            log.info(
+                "divergence guard: %d trainable parameters%s: no in-memory snapshot; a divergence skips the "
+                "step and cuts the learning rate without restoring the weights",
+                count,
+                " under DeepSpeed" if deepspeed else "",
+            )
         self._take_snapshot(state.global_step, model, optimizer)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
@@ -160,25 +172,41 @@ class DivergenceGuard(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
         loss, local = self._step_loss()
         grad_norm = self._grad_norm
-        reason = verdict(loss, grad_norm, list(self.recent), spike_factor=self.spec.spike_factor,
-                         window=self.spec.window, spikes=self.spikes)
+        reason = verdict(
+            loss,
+            grad_norm,
+            list(self.recent),
+            spike_factor=self.spec.spike_factor,
+            window=self.spec.window,
+            spikes=self.spikes,
+        )
         if reason is None:
             self.recent.append(loss)
             return
         step = state.global_step + 1
         if len(self.rollbacks) >= self.spec.max_rollbacks:
-            raise Diverged(f"training diverged at step {step} ({_describe(reason, loss, grad_norm)}) after "
-                           f"{len(self.rollbacks)} rollback(s); spec.training.guard.maxRollbacks is "
-                           f"{self.spec.max_rollbacks}: lower spec.training.learningRate, raise warmupRatio or "
-                           "check the data")
+            raise Diverged(
+                f"training diverged at step {step} ({_describe(reason, loss, grad_norm)}) after "
+                f"{len(self.rollbacks)} rollback(s); spec.training.guard.maxRollbacks is "
+                f"{self.spec.max_rollbacks}: lower spec.training.learningRate, raise warmupRatio or "
+                "check the data"
+            )
         self._bad = (reason, loss, grad_norm)
         self._drop_gradients(model)
         tr_loss = getattr(self.trainer, "_tr_loss", None)
         if reason == LOSS_SPIKE and tr_loss is not None and local is not None:
             tr_loss -= local  # the skipped batches do not count in the logged loss either
 
-    def on_optimizer_step(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                          lr_scheduler: Any = None, **_: Any) -> None:
+    def on_optimizer_step(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: Any = None,
+        optimizer: Any = None,
+        lr_scheduler: Any = None,
+        **_: Any,
+    ) -> None:
         if self._bad is None:
             return
         reason, loss, grad_norm = self._bad
@@ -190,16 +218,29 @@ class DivergenceGuard(TrainerCallback):
             self._snapshots.append(snapshot)
             restored = snapshot.step
         lr = cut_learning_rate(optimizer, lr_scheduler, self.spec.lr_cut)
-        entry = Rollback(step=state.global_step + 1, reason=reason, loss=loss, grad_norm=grad_norm,
-                         restored_step=restored, learning_rate=lr)
+        entry = Rollback(
+            step=state.global_step + 1,
+            reason=reason,
+            loss=loss,
+            grad_norm=grad_norm,
+            restored_step=restored,
+            learning_rate=lr,
+        )
         self.rollbacks.append(entry)
         self._good_since_rollback = 0
-        log.warning("divergence guard: rollback %d/%d at step %d (%s): batches skipped, %s, learning rate cut to %.3g",
-                    len(self.rollbacks), self.spec.max_rollbacks, entry.step, _describe(reason, loss, grad_norm),
-                    f"weights restored to step {restored}" if restored is not None else "weights kept", lr)
+        log.warning(
+            "divergence guard: rollback %d/%d at step %d (%s): batches skipped, %s, learning rate cut to %.3g",
+            len(self.rollbacks),
+            self.spec.max_rollbacks,
+            entry.step,
+            _describe(reason, loss, grad_norm),
+            f"weights restored to step {restored}" if restored is not None else "weights kept",
+            lr,
+        )
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
-                    **_: Any) -> None:
+    def on_step_end(
+        self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **_: Any
+    ) -> None:
         if self._bad is not None:
             self._report(self._bad[0], diverged=True)
             self._bad = None
@@ -221,8 +262,13 @@ class DivergenceGuard(TrainerCallback):
         return {"rollbacks": [r.to_dict() for r in self.rollbacks]}
 
     def _report(self, reason: str, *, diverged: bool) -> None:
-        self.trainer.log({"guard_rollbacks": float(len(self.rollbacks)), "guard_diverged": 1.0 if diverged else 0.0,
-                          f"guard_reason_{reason}": 1.0})
+        self.trainer.log(
+            {
+                "guard_rollbacks": float(len(self.rollbacks)),
+                "guard_diverged": 1.0 if diverged else 0.0,
+                f"guard_reason_{reason}": 1.0,
+            }
+        )
 
     @staticmethod
     def _trainable(model: Any) -> list[Any]:

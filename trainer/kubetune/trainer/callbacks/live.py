@@ -22,8 +22,16 @@ from kubetune.api.metrics import format_duration
 from kubetune.trainer.callbacks.throughput import Throughput, format_rate
 
 
-def format_line(*, step: int, total: int, loss: float | None, eval_loss: float | None, lr: float | None,
-                tokens_per_second: float, eta: float | None) -> str:
+def format_line(
+    *,
+    step: int,
+    total: int,
+    loss: float | None,
+    eval_loss: float | None,
+    lr: float | None,
+    tokens_per_second: float,
+    eta: float | None,
+) -> str:
     """``step 12/40  30% | loss 2.3412 | eval 2.1007 | lr 1.0e-03 | 1.2k tok/s | ETA 35s``"""
     pct = f"{100 * step / total:3.0f}%" if total > 0 else "  ?%"
     parts = [f"step {step}/{total or '?'} {pct}"]
@@ -41,8 +49,13 @@ def format_line(*, step: int, total: int, loss: float | None, eval_loss: float |
 class LiveView(TrainerCallback):
     """Prints progress lines to ``stream`` at most every ``min_interval`` seconds (and always the last)."""
 
-    def __init__(self, stream: TextIO | None = None, progress_file: str | os.PathLike[str] | None = None,
-                 min_interval: float = 1.0, throughput: Throughput | None = None) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        progress_file: str | os.PathLike[str] | None = None,
+        min_interval: float = 1.0,
+        throughput: Throughput | None = None,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.progress_file = Path(progress_file) if progress_file else None
         self.min_interval = min_interval
@@ -81,9 +94,13 @@ class LiveView(TrainerCallback):
     def snapshot(self, state: Any) -> dict[str, Any]:
         total = state.max_steps or 0
         return {
-            "step": state.global_step, "totalSteps": total, "epoch": state.epoch,
+            "step": state.global_step,
+            "totalSteps": total,
+            "epoch": state.epoch,
             "percent": round(100 * state.global_step / total, 2) if total else None,
-            "loss": self.loss, "evalLoss": self.eval_loss, "learningRate": self.lr,
+            "loss": self.loss,
+            "evalLoss": self.eval_loss,
+            "learningRate": self.lr,
             "tokensPerSecond": round(self.throughput.tokens_per_second(), 2),
             "etaSeconds": self.throughput.eta_seconds(state.global_step, total),
             "eta": format_duration(self.throughput.eta_seconds(state.global_step, total)),
@@ -95,8 +112,15 @@ class LiveView(TrainerCallback):
             return
         self._last_print = now
         snap = self.snapshot(state)
-        line = format_line(step=snap["step"], total=snap["totalSteps"], loss=self.loss, eval_loss=self.eval_loss,
-                           lr=self.lr, tokens_per_second=snap["tokensPerSecond"], eta=snap["etaSeconds"])
+        line = format_line(
+            step=snap["step"],
+            total=snap["totalSteps"],
+            loss=self.loss,
+            eval_loss=self.eval_loss,
+            lr=self.lr,
+            tokens_per_second=snap["tokensPerSecond"],
+            eta=snap["etaSeconds"],
+        )
         if self.lines and self.lines[-1] == line:  # the Trainer's final summary log repeats the last step
             return
         self.lines.append(line)
@@ -110,7 +134,6 @@ class LiveView(TrainerCallback):
             tmp.write_text(json.dumps(snap, allow_nan=True), encoding="utf-8")
             tmp.replace(self.progress_file)
 
-
     def _draw(self, snap: dict[str, Any], line: str) -> None:
         """One bar, redrawn in place: ``kubetune: 30%|███      | 12/40 loss 2.3412 | lr 1.0e-03 | 1.2k tok/s | ETA 35s``."""
         from tqdm import tqdm
@@ -121,9 +144,14 @@ class LiveView(TrainerCallback):
                 columns = os.get_terminal_size(self.stream.fileno()).columns
             except (AttributeError, OSError, ValueError):
                 columns = 0
-            self._bar = tqdm(total=total, file=self.stream, desc="kubetune", ncols=columns if columns >= 60 else 120,
-                             leave=True,
-                             bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}")
+            self._bar = tqdm(
+                total=total,
+                file=self.stream,
+                desc="kubetune",
+                ncols=columns if columns >= 60 else 120,
+                leave=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}",
+            )
         self._bar.n = snap["step"]
         self._bar.set_postfix_str(line.split(" | ", 1)[1] if " | " in line else "", refresh=False)
         self._bar.refresh()

@@ -75,35 +75,65 @@ class TrainerMetrics:
         self.eta = gauge(names.ETA_SECONDS, "Estimated seconds until training ends (recent step time x steps left).")
         self.tokens_per_second = gauge(names.TOKENS_PER_SECOND, "Non-padding input tokens per second, all ranks.")
         self.samples_per_second = gauge(names.SAMPLES_PER_SECOND, "Training samples per second, all ranks.")
-        self.tokens = Counter(names.TOKENS_TOTAL.removesuffix("_total"),
-                              "Non-padding input tokens trained on, all ranks.", keys, registry=r)
-        self.memory_allocated = gauge(names.MEMORY_ALLOCATED_BYTES,
-                                      "Memory held by tensors per device (cpu: resident set of the process).",
-                                      ("device",))
-        self.memory_reserved = gauge(names.MEMORY_RESERVED_BYTES,
-                                     "Memory reserved by the allocator per device (cpu: peak resident set).",
-                                     ("device",))
+        self.tokens = Counter(
+            names.TOKENS_TOTAL.removesuffix("_total"),
+            "Non-padding input tokens trained on, all ranks.",
+            keys,
+            registry=r,
+        )
+        self.memory_allocated = gauge(
+            names.MEMORY_ALLOCATED_BYTES,
+            "Memory held by tensors per device (cpu: resident set of the process).",
+            ("device",),
+        )
+        self.memory_reserved = gauge(
+            names.MEMORY_RESERVED_BYTES,
+            "Memory reserved by the allocator per device (cpu: peak resident set).",
+            ("device",),
+        )
         self.mfu = gauge(names.MFU_RATIO, "Model FLOPs utilisation estimate, 0..1 (0 on CPU or unknown devices).")
-        self.checkpoint_seconds = Histogram(names.CHECKPOINT_SECONDS, "Time to write one checkpoint.", keys,
-                                            buckets=DURATION_BUCKETS, registry=r)
-        self.upload_seconds = Histogram(names.UPLOAD_SECONDS, "Time to publish the artifact folder.", keys,
-                                        buckets=DURATION_BUCKETS, registry=r)
+        self.checkpoint_seconds = Histogram(
+            names.CHECKPOINT_SECONDS, "Time to write one checkpoint.", keys, buckets=DURATION_BUCKETS, registry=r
+        )
+        self.upload_seconds = Histogram(
+            names.UPLOAD_SECONDS, "Time to publish the artifact folder.", keys, buckets=DURATION_BUCKETS, registry=r
+        )
         self.phase_gauge = gauge(names.PHASE, "1 for the trainer's current phase, 0 for the others.", ("phase",))
         self.memory_estimate = gauge(names.MEMORY_ESTIMATE_BYTES, "Estimated memory per GPU from the model config.")
-        self.dataset_rows = gauge(names.DATASET_ROWS, "Rows of each dataset by state (read, valid, dropped, truncated).",
-                                  ("dataset", "state"))
+        self.dataset_rows = gauge(
+            names.DATASET_ROWS,
+            "Rows of each dataset by state (read, valid, dropped, truncated).",
+            ("dataset", "state"),
+        )
         self.checkpoint_step = gauge(names.CHECKPOINT_LAST_STEP, "Step of the newest checkpoint written.")
-        self.rollbacks = Counter(names.ROLLBACKS_TOTAL.removesuffix("_total"),
-                                 "Divergence-guard rollbacks (spec.training.guard).", keys, registry=r)
-        self.diverged = gauge(names.DIVERGED, "1 from a divergence-guard rollback until `window` good steps "
-                              "followed it, by the rollback's reason.", ("reason",))
+        self.rollbacks = Counter(
+            names.ROLLBACKS_TOTAL.removesuffix("_total"),
+            "Divergence-guard rollbacks (spec.training.guard).",
+            keys,
+            registry=r,
+        )
+        self.diverged = gauge(
+            names.DIVERGED,
+            "1 from a divergence-guard rollback until `window` good steps followed it, by the rollback's reason.",
+            ("reason",),
+        )
         ProcessCollector(registry=r)
 
         # Children exist from the start, so every series is scrapeable (0) before the first step.
         # Loss, learning rate, grad norm and ETA appear with their first real value, not as a misleading 0.
-        for metric in (self.epoch, self.global_step, self.total_steps, self.progress, self.tokens_per_second,
-                       self.samples_per_second, self.tokens, self.mfu, self.checkpoint_seconds, self.upload_seconds,
-                       self.rollbacks):
+        for metric in (
+            self.epoch,
+            self.global_step,
+            self.total_steps,
+            self.progress,
+            self.tokens_per_second,
+            self.samples_per_second,
+            self.tokens,
+            self.mfu,
+            self.checkpoint_seconds,
+            self.upload_seconds,
+            self.rollbacks,
+        ):
             metric.labels(**self.labels)
         for reason in names.GUARD_REASONS:  # 0 until a rollback: the series exist from the start
             self.bind(self.diverged, reason=reason).set(0)
@@ -125,14 +155,17 @@ class TrainerMetrics:
         self.current_phase = phase
         self._phase_started = now
 
-    def set_facts(self, memory_estimate_gib: float | None = None, datasets: list[dict[str, Any]] | None = None) -> None:
+    def set_facts(
+        self, memory_estimate_gib: float | None = None, datasets: list[dict[str, Any]] | None = None
+    ) -> None:
         """Run facts the operator copies into status (memoryEstimateGib, datasets)."""
         if memory_estimate_gib is not None:
             self.bind(self.memory_estimate).set(memory_estimate_gib * 2**30)
         for report in datasets or []:
             for state in ("rows", "valid", "dropped", "truncated"):
                 self.bind(self.dataset_rows, dataset=report["name"], state="read" if state == "rows" else state).set(
-                    report.get(state, 0))
+                    report.get(state, 0)
+                )
 
     def update_memory(self) -> None:
         for device, allocated, reserved in device_memory():
@@ -146,8 +179,10 @@ def device_memory() -> list[tuple[str, int, int]]:
         import torch
 
         if torch.cuda.is_available():
-            return [(f"cuda:{i}", torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i))
-                    for i in range(torch.cuda.device_count())]
+            return [
+                (f"cuda:{i}", torch.cuda.memory_allocated(i), torch.cuda.memory_reserved(i))
+                for i in range(torch.cuda.device_count())
+            ]
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return [("mps", torch.mps.current_allocated_memory(), torch.mps.driver_allocated_memory())]
     except ImportError:
@@ -206,8 +241,12 @@ def as_float(value: Any) -> float | None:
 class PrometheusCallback(TrainerCallback):
     """Feeds ``TrainerMetrics`` from the Trainer's events (add it on rank 0 only)."""
 
-    def __init__(self, metrics: TrainerMetrics, throughput: Throughput | None = None,
-                 peak: Callable[[], tuple[float, int]] = device_peak_flops) -> None:
+    def __init__(
+        self,
+        metrics: TrainerMetrics,
+        throughput: Throughput | None = None,
+        peak: Callable[[], tuple[float, int]] = device_peak_flops,
+    ) -> None:
         self.metrics = metrics
         self.throughput = throughput or Throughput()
         self._peak = peak
@@ -256,8 +295,12 @@ class PrometheusCallback(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any) -> None:
         m = self.metrics
         logs = logs or {}
-        for key, gauge in (("loss", m.train_loss), ("learning_rate", m.learning_rate), ("grad_norm", m.grad_norm),
-                           ("eval_loss", m.eval_loss)):
+        for key, gauge in (
+            ("loss", m.train_loss),
+            ("learning_rate", m.learning_rate),
+            ("grad_norm", m.grad_norm),
+            ("eval_loss", m.eval_loss),
+        ):
             value = as_float(logs.get(key))
             if value is not None:
                 m.bind(gauge).set(value)  # NaN/Inf are exported as such: the alert rules look for them
@@ -266,8 +309,9 @@ class PrometheusCallback(TrainerCallback):
         self._guard(logs)
         self._mark = time.monotonic()
 
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
-                    **_: Any) -> None:
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **_: Any
+    ) -> None:
         value = as_float((metrics or {}).get("eval_loss"))
         if value is not None:
             self.metrics.bind(self.metrics.eval_loss).set(value)
@@ -283,8 +327,11 @@ class PrometheusCallback(TrainerCallback):
         m = self.metrics
         m.bind(m.global_step).set(state.global_step)
         m.bind(m.eta).set(0)
-        m.bind(m.progress).set(1.0 if state.max_steps and state.global_step >= state.max_steps else
-                               state.global_step / max(state.max_steps, 1))
+        m.bind(m.progress).set(
+            1.0
+            if state.max_steps and state.global_step >= state.max_steps
+            else state.global_step / max(state.max_steps, 1)
+        )
         m.update_memory()
 
     # ---------------------------------------------------------------- helpers
@@ -318,7 +365,9 @@ def serve(metrics: TrainerMetrics, port: int, addr: str = "0.0.0.0") -> Any:
     try:
         server, _thread = start_http_server(port, addr=addr, registry=metrics.registry)
     except OSError as exc:
-        raise ConfigError(f"runtime.metricsPort {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); "
-                          "pick a free port (kubetune run --metrics-port)") from exc
+        raise ConfigError(
+            f"runtime.metricsPort {port}: cannot listen on {addr}:{port} ({exc.strerror or exc}); "
+            "pick a free port (kubetune run --metrics-port)"
+        ) from exc
     log.info("Prometheus metrics on http://%s:%d/metrics", addr, port)
     return server

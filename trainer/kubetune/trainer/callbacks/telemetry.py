@@ -23,8 +23,16 @@ PREEMPTED_EXIT_CODE = 143
 
 
 class Telemetry:
-    def __init__(self, config: TrainerConfig, *, live: bool = False, metrics_addr: str = "0.0.0.0",
-                 stream: TextIO | None = None, linger_seconds: float = 0.0, registry: Any = None) -> None:
+    def __init__(
+        self,
+        config: TrainerConfig,
+        *,
+        live: bool = False,
+        metrics_addr: str = "0.0.0.0",
+        stream: TextIO | None = None,
+        linger_seconds: float = 0.0,
+        registry: Any = None,
+    ) -> None:
         from kubetune.trainer.callbacks.tracking import Trackers
 
         self.config = config
@@ -88,8 +96,9 @@ class Telemetry:
     def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # a preempted run (SIGTERM, exit code 143) saved a checkpoint and will resume: not a failure
         self.close(failed=exc is not None and getattr(exc, "exit_code", None) != PREEMPTED_EXIT_CODE)
 

@@ -68,8 +68,14 @@ def _exit(message: str) -> None:
 
 
 class StallWatchdog(TrainerCallback):
-    def __init__(self, timeout: float | None, *, poll: float | None = None,
-                 on_stall: Callable[[str], None] = _exit, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout: float | None,
+        *,
+        poll: float | None = None,
+        on_stall: Callable[[str], None] = _exit,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.timeout = timeout
         self.poll = poll
         self.on_stall = on_stall
@@ -129,9 +135,11 @@ class StallWatchdog(TrainerCallback):
             stacks = dump_stacks()
             head = "\n".join(stacks.splitlines()[:DUMP_LINES])
             rank = os.environ.get("RANK", "0")
-            message = (f"stalled: rank {rank} made no optimizer step for {idle:.0f} s after step {self.step} "
-                       f"(limit {limit:.0f} s, spec.training.stallTimeoutSeconds); exit {EXIT_STALLED}, the Job "
-                       f"retries and resumes from the last checkpoint. Python stacks:\n{head}")
+            message = (
+                f"stalled: rank {rank} made no optimizer step for {idle:.0f} s after step {self.step} "
+                f"(limit {limit:.0f} s, spec.training.stallTimeoutSeconds); exit {EXIT_STALLED}, the Job "
+                f"retries and resumes from the last checkpoint. Python stacks:\n{head}"
+            )
             log.error("%s", message)
             self.fired = message
             self.on_stall(message)

@@ -75,14 +75,24 @@ def _images(row: dict[str, Any], ds: DatasetSpec) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise RowError("malformed images", f"column {column!r} holds {_kind(value)}; expected a path or a list of paths")
+        raise RowError(
+            "malformed images", f"column {column!r} holds {_kind(value)}; expected a path or a list of paths"
+        )
     return list(value)
 
 
 def _kind(value: Any) -> str:
     """What a value is, for a message: its JSON type name, never the value itself (it may be huge)."""
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-             float: "a number", type(None): "null", bytes: "binary data"}
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
+        bytes: "binary data",
+    }
     return names.get(type(value), f"a {type(value).__name__}")
 
 
@@ -98,8 +108,10 @@ def convert_alpaca(row: dict[str, Any], ds: DatasetSpec) -> dict[str, Any]:
     prompt: list[Message] = []
     history = row.get(cols.history) if cols.history else None
     if history is not None and not isinstance(history, list):
-        raise RowError("malformed history", f"column {cols.history!r} holds {_kind(history)}; expected a list of "
-                       "[prompt, response] pairs")
+        raise RowError(
+            "malformed history",
+            f"column {cols.history!r} holds {_kind(history)}; expected a list of [prompt, response] pairs",
+        )
     if history:
         for i, turn in enumerate(history):
             if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
@@ -158,8 +170,10 @@ def _align_messages(messages: list[Any], ds: DatasetSpec, system: str) -> tuple[
         want = (USER, OBSERVATION) if i % 2 == 0 else (ASSISTANT, FUNCTION)
         if role not in want:
             expected = "/".join(t for t, r in role_map.items() if r in want)
-            raise RowError("invalid role", f"message {i} has role {clip(repr(m[tags.role_tag]))}, expected {expected} at "
-                           "this position")
+            raise RowError(
+                "invalid role",
+                f"message {i} has role {clip(repr(m[tags.role_tag]))}, expected {expected} at this position",
+            )
         content = m[tags.content_tag]
         if not isinstance(content, str):
             content = json.dumps(content, ensure_ascii=False)
@@ -178,14 +192,19 @@ def _sharegpt_like(row: dict[str, Any], ds: DatasetSpec, messages: list[Any]) ->
         for key in ("chosen", "rejected"):
             column = getattr(ds.columns, key)
             value = row.get(column) if column else None
-            if not isinstance(value, dict) or not isinstance(value.get(tags.role_tag), str) \
-                    or value[tags.role_tag] not in (tags.assistant_tag, tags.function_tag):
+            if (
+                not isinstance(value, dict)
+                or not isinstance(value.get(tags.role_tag), str)
+                or value[tags.role_tag] not in (tags.assistant_tag, tags.function_tag)
+            ):
                 raise RowError(f"invalid {key}", f"column {column!r} must be an assistant/function message")
             role = ASSISTANT if value[tags.role_tag] == tags.assistant_tag else FUNCTION
             pair.append({"role": role, "content": str(value.get(tags.content_tag, ""))})
         return example(aligned, pair, system, _tools(row, ds), None, _images(row, ds))
     if len(aligned) % 2 != 0:
-        raise RowError("invalid message count", f"{len(aligned)} messages; a conversation must end with an assistant turn")
+        raise RowError(
+            "invalid message count", f"{len(aligned)} messages; a conversation must end with an assistant turn"
+        )
     prompt, last = aligned[:-1], aligned[-1]
     if label is not None:
         empty: Message = {"role": ASSISTANT, "content": ""}
@@ -217,7 +236,9 @@ def convert_openai(row: dict[str, Any], ds: DatasetSpec) -> dict[str, Any]:
             raise RowError("malformed message", f"message {i} lacks {role_tag!r}")
         role = _role(m, role_tag, i)
         if role == "assistant" and m.get("tool_calls"):
-            out.append({"from": "function_call", "value": json.dumps(_tool_calls(m["tool_calls"], i), ensure_ascii=False)})
+            out.append(
+                {"from": "function_call", "value": json.dumps(_tool_calls(m["tool_calls"], i), ensure_ascii=False)}
+            )
         elif role == "tool":
             if out and out[-1]["from"] == "observation":
                 out[-1]["value"] += "\n</tool_response>\n<tool_response>\n" + str(m.get(content_tag) or "")
@@ -269,8 +290,9 @@ def row_boundary(step: Callable[..., T], *args: Any, passthrough: tuple[type[Bas
         raise RowError("malformed row", f"{type(exc).__name__}: {clip(str(exc), 160)}") from None
 
 
-def convert_row(converter: Converter, row: Any, ds: DatasetSpec,
-                then: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def convert_row(
+    converter: Converter, row: Any, ds: DatasetSpec, then: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
     """The row boundary of conversion: ``converter(row)`` checked by :func:`check_example` (then ``then(example)``,
     more per-row checks such as media files), or :class:`RowError`."""
 

@@ -131,13 +131,23 @@ def check_media(row: dict[str, Any], ex: dict[str, Any], spec: DatasetSpec, base
             ex["images"] = resolved
 
 
-def convert_dataset(spec: DatasetSpec, path: Path, config: TrainerConfig | None = None, *,
-                    max_samples: int | None = None, seed: int = 42) -> LoadedDataset:
+def convert_dataset(
+    spec: DatasetSpec,
+    path: Path,
+    config: TrainerConfig | None = None,
+    *,
+    max_samples: int | None = None,
+    seed: int = 42,
+) -> LoadedDataset:
     """Read and convert one dataset; every dropped row is counted with its index and reason."""
     if config is not None:
         max_samples, seed = config.spec.training.max_samples, config.spec.training.seed
-    loaded = LoadedDataset(spec=spec, path=path, sha256=_sha256_of(path, spec.split, spec.subset),
-                           settings=f"{spec.model_dump_json()}|max={max_samples}|seed={seed}")
+    loaded = LoadedDataset(
+        spec=spec,
+        path=path,
+        sha256=_sha256_of(path, spec.split, spec.subset),
+        settings=f"{spec.model_dump_json()}|max={max_samples}|seed={seed}",
+    )
     report = DatasetReport(name=spec.name, source=spec.source)
     converter = get_converter(spec.formatting)
     rows = list(read_rows(path, spec.split, spec.subset))
@@ -190,11 +200,20 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return digest.hexdigest()
 
 
-def cache_key(loaded: LoadedDataset, shape: DataShape, opts: ProcessorOptions, template: Template, tokens: Tokens) -> str:
+def cache_key(
+    loaded: LoadedDataset, shape: DataShape, opts: ProcessorOptions, template: Template, tokens: Tokens
+) -> str:
     if not hasattr(tokens, "fingerprint"):
         tokens.fingerprint = tokenizer_fingerprint(tokens.tokenizer)  # type: ignore[attr-defined]
-    parts = [CACHE_VERSION, loaded.sha256, loaded.settings, shape.value, repr(opts), template.fingerprint(),
-             tokens.fingerprint]  # type: ignore[attr-defined]
+    parts = [
+        CACHE_VERSION,
+        loaded.sha256,
+        loaded.settings,
+        shape.value,
+        repr(opts),
+        template.fingerprint(),
+        tokens.fingerprint,
+    ]  # type: ignore[attr-defined]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -256,9 +275,17 @@ def first_on_node(path: Path | None) -> Iterator[None]:
         yield
 
 
-def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, template: Template, tokenizer: Any,
-                     tokens: Tokens | None = None, *, shape: DataShape | None = None,
-                     opts: ProcessorOptions | None = None, cache_dir: Path | None = None) -> list[dict]:
+def tokenize_dataset(
+    loaded: LoadedDataset,
+    config: TrainerConfig | None,
+    template: Template,
+    tokenizer: Any,
+    tokens: Tokens | None = None,
+    *,
+    shape: DataShape | None = None,
+    opts: ProcessorOptions | None = None,
+    cache_dir: Path | None = None,
+) -> list[dict]:
     """Run the stage's per-row processor; every dropped row lands in the report with its index."""
     if config is not None:
         shape = STAGE_CONTRACTS[Stage(config.spec.stage)].shape
@@ -283,8 +310,14 @@ def tokenize_dataset(loaded: LoadedDataset, config: TrainerConfig | None, templa
     return out
 
 
-def _tokenize_rows(loaded: LoadedDataset, processor: Any, template: Template, tokens: Tokens,
-                   opts: ProcessorOptions, report: DatasetReport) -> list[dict]:
+def _tokenize_rows(
+    loaded: LoadedDataset,
+    processor: Any,
+    template: Template,
+    tokens: Tokens,
+    opts: ProcessorOptions,
+    report: DatasetReport,
+) -> list[dict]:
     out: list[dict] = []
     chunks = [loaded.examples[start : start + PRIME_CHUNK] for start in range(0, len(loaded.examples), PRIME_CHUNK)]
     # one batched call into the tokenizer per chunk (Rust, no per-string Python round trips), made in a
@@ -306,8 +339,14 @@ def _texts(chunk: list[tuple[int, dict[str, Any]]], template: Template) -> list[
     return [text for _, ex in chunk for text in texts_of(ex, template)]
 
 
-def _process_chunk(chunk: list[tuple[int, dict[str, Any]]], processor: Any, template: Template, tokens: Tokens,
-                   opts: ProcessorOptions, report: DatasetReport) -> list[dict]:
+def _process_chunk(
+    chunk: list[tuple[int, dict[str, Any]]],
+    processor: Any,
+    template: Template,
+    tokens: Tokens,
+    opts: ProcessorOptions,
+    report: DatasetReport,
+) -> list[dict]:
     out = []
     for idx, ex in chunk:
         try:
@@ -343,8 +382,13 @@ def check_reports(reports: list[DatasetReport]) -> None:
 
 def fetch_dataset(spec: DatasetSpec, config: TrainerConfig, field_path: str) -> Path:
     return fetch(
-        spec.source, field=f"{field_path}.source", work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir,
-        kind="dataset", dataset=spec, allow=config.runtime.allow_private_urls,
+        spec.source,
+        field=f"{field_path}.source",
+        work_dir=config.runtime.work_dir,
+        cache_dir=config.runtime.cache_dir,
+        kind="dataset",
+        dataset=spec,
+        allow=config.runtime.allow_private_urls,
     )
 
 
@@ -352,8 +396,11 @@ def convert_all(config: TrainerConfig) -> tuple[list[LoadedDataset], list[Loaded
     """Fetch and convert every train and eval dataset (no tokenizer needed)."""
     inline = len(config.spec.datasets)
     train = [
-        convert_dataset(ds, fetch_dataset(ds, config, f"spec.datasets[{i}]" if i < inline else
-                                          f"spec.datasetRegistry[{ds.name}]"), config)
+        convert_dataset(
+            ds,
+            fetch_dataset(ds, config, f"spec.datasets[{i}]" if i < inline else f"spec.datasetRegistry[{ds.name}]"),
+            config,
+        )
         for i, ds in enumerate(dataset_specs(config))
     ]
     evals = [
@@ -364,7 +411,9 @@ def convert_all(config: TrainerConfig) -> tuple[list[LoadedDataset], list[Loaded
 
 
 def tokenize_all(
-    config: TrainerConfig, tokenizer: Any, template: Template,
+    config: TrainerConfig,
+    tokenizer: Any,
+    template: Template,
     converted: tuple[list[LoadedDataset], list[LoadedDataset]],
 ) -> DataBundle:
     """Tokenize, report, fail on empty datasets, mix, split off the eval set, then pack (or pair, for KTO)."""
@@ -387,11 +436,27 @@ def tokenize_all(
     train, packing = finish(shape, train, opts, tokens)
     evaluation, _ = finish(shape, evaluation, opts, tokens)
     if packing is not None:
-        log.info("packed %d rows into %d (efficiency %.1f%%)", packing.rows_in, packing.rows_out, 100 * packing.efficiency)
+        log.info(
+            "packed %d rows into %d (efficiency %.1f%%)", packing.rows_in, packing.rows_out, 100 * packing.efficiency
+        )
     provenance = [
-        {"name": ds.spec.name, "source": ds.spec.source, "sha256": ds.sha256, "rows": ds.report.rows,
-         "valid": ds.report.valid, "dropped": ds.report.dropped, "role": role}
-        for role, group in (("train", train_sets), ("eval", eval_sets)) for ds in group if ds.report is not None
+        {
+            "name": ds.spec.name,
+            "source": ds.spec.source,
+            "sha256": ds.sha256,
+            "rows": ds.report.rows,
+            "valid": ds.report.valid,
+            "dropped": ds.report.dropped,
+            "role": role,
+        }
+        for role, group in (("train", train_sets), ("eval", eval_sets))
+        for ds in group
+        if ds.report is not None
     ]
-    return DataBundle(train=train, eval=evaluation, reports=reports, provenance=provenance,
-                      packing=packing.to_dict() if packing is not None else None)
+    return DataBundle(
+        train=train,
+        eval=evaluation,
+        reports=reports,
+        provenance=provenance,
+        packing=packing.to_dict() if packing is not None else None,
+    )

@@ -58,8 +58,9 @@ def load_tokenizer_only(model: str, opts: CheckOptions) -> Any:
             probe(hf_endpoint(), field="--model", hub="the Hugging Face Hub", env="HF_ENDPOINT")
             tokenizer = AutoTokenizer.from_pretrained(uri.removeprefix("hf://"))
         else:
-            path = fetch(uri, field="--model", work_dir=opts.work_dir, cache_dir=opts.cache_dir, kind="model",
-                         allow=opts.allow)
+            path = fetch(
+                uri, field="--model", work_dir=opts.work_dir, cache_dir=opts.cache_dir, kind="model", allow=opts.allow
+            )
             if path.is_file() and path.suffix == ".gguf":
                 tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
             elif path.is_dir():
@@ -73,20 +74,34 @@ def load_tokenizer_only(model: str, opts: CheckOptions) -> Any:
     return tokenizer
 
 
-def check(dataset_info: str, names: str | list[str], model: str, opts: CheckOptions,
-          tokenizer: Any = None) -> list[DatasetReport]:
+def check(
+    dataset_info: str, names: str | list[str], model: str, opts: CheckOptions, tokenizer: Any = None
+) -> list[DatasetReport]:
     """One report per dataset, in order. Raises DataError when a dataset does not fit the stage."""
     registry_uri = _as_uri(dataset_info)
-    path = fetch(registry_uri, field="--dataset-info", work_dir=opts.work_dir, cache_dir=opts.cache_dir,
-                 kind="dataset", allow=opts.allow)
+    path = fetch(
+        registry_uri,
+        field="--dataset-info",
+        work_dir=opts.work_dir,
+        cache_dir=opts.cache_dir,
+        kind="dataset",
+        allow=opts.allow,
+    )
     if path.is_dir():
         path, registry_uri = path / "dataset_info.json", registry_uri.rstrip("/") + "/dataset_info.json"
     specs = parse_registry(load_registry_file(path, registry_uri), registry_uri, split_names(names))
     check_stage(specs, opts.stage)
     loaded = []
     for spec in specs:
-        data = fetch(spec.source, field=f"dataset {spec.name!r}", work_dir=opts.work_dir, cache_dir=opts.cache_dir,
-                     kind="dataset", dataset=spec, allow=opts.allow)
+        data = fetch(
+            spec.source,
+            field=f"dataset {spec.name!r}",
+            work_dir=opts.work_dir,
+            cache_dir=opts.cache_dir,
+            kind="dataset",
+            dataset=spec,
+            allow=opts.allow,
+        )
         loaded.append(convert_dataset(spec, data, max_samples=opts.max_samples, seed=opts.seed))
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer_only(model, opts)
     try:

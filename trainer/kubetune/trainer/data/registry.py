@@ -54,8 +54,10 @@ def join_relative(base_uri: str, name: str) -> str:
     if scheme != "file":
         target = name.split("://", 1)[0] if "://" in name else ""
         if target in _LOCAL_SCHEMES or (not target and name.startswith("/")):
-            raise DataError(f"file_name {name!r} in the {scheme}:// registry {redact(base_uri)} points at a file of "
-                            "the pod; a remote registry names files beside it (a relative name) or remote URIs")
+            raise DataError(
+                f"file_name {name!r} in the {scheme}:// registry {redact(base_uri)} points at a file of "
+                "the pod; a remote registry names files beside it (a relative name) or remote URIs"
+            )
         if not target:
             try:
                 check_relative(name, what="file_name")
@@ -78,12 +80,16 @@ def _source(name: str, entry: dict[str, Any], base_uri: str) -> str:
     if ms and (_truthy("USE_MODELSCOPE_HUB") or not hf):
         return f"ms://{ms}"
     if entry.get("om_hub_url") and (_truthy("USE_OPENMIND_HUB") or not hf):
-        raise DataError(f"{where}: om_hub_url (OpenMind) is not supported; mirror the data to s3:// or give hf_hub_url")
+        raise DataError(
+            f"{where}: om_hub_url (OpenMind) is not supported; mirror the data to s3:// or give hf_hub_url"
+        )
     if hf:
         return f"hf://{hf}"
     if entry.get("script_url"):
-        raise DataError(f"{where}: script_url (a dataset loading script) is not supported; convert the data to "
-                        "json/jsonl/parquet and use file_name or cloud_file_name")
+        raise DataError(
+            f"{where}: script_url (a dataset loading script) is not supported; convert the data to "
+            "json/jsonl/parquet and use file_name or cloud_file_name"
+        )
     cloud = entry.get("cloud_file_name")
     if cloud:
         if not str(cloud).startswith("s3://"):
@@ -100,8 +106,9 @@ def _block(name: str, entry: dict[str, Any], key: str, known: tuple[str, ...]) -
         raise DataError(f"dataset_info.json entry {name!r}: {key} must be an object, got {type(value).__name__}")
     unknown = sorted(set(value) - set(known))
     if unknown:
-        raise DataError(f"dataset_info.json entry {name!r}: unknown {key} key(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(known)}")
+        raise DataError(
+            f"dataset_info.json entry {name!r}: unknown {key} key(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
     # a key given as null keeps its default: the fix for LLaMA-Factory's all-None trap
     return {to_camel(k): v for k, v in value.items() if v is not None}
 
@@ -114,8 +121,14 @@ def entry_to_spec(name: str, entry: Any, base_uri: str) -> DatasetSpec:
     if unknown:
         raise DataError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(SOURCE_KEYS + OTHER_KEYS)}")
     doc: dict[str, Any] = {"name": name, "source": _source(name, entry, base_uri)}
-    for key, alias in (("formatting", "formatting"), ("ranking", "ranking"), ("subset", "subset"),
-                       ("split", "split"), ("folder", "folder"), ("num_samples", "numSamples")):
+    for key, alias in (
+        ("formatting", "formatting"),
+        ("ranking", "ranking"),
+        ("subset", "subset"),
+        ("split", "split"),
+        ("folder", "folder"),
+        ("num_samples", "numSamples"),
+    ):
         if entry.get(key) is not None:
             doc[alias] = entry[key]
     doc["columns"] = _block(name, entry, "columns", COLUMN_KEYS)
@@ -147,8 +160,9 @@ def load_registry_file(path: Path, base_uri: str) -> Any:
     except UnicodeDecodeError:
         raise DataError(f"dataset_info.json ({base_uri}) is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"dataset_info.json ({base_uri}) is not valid JSON: line {exc.lineno} column {exc.colno}: "
-                        f"{exc.msg}") from None
+        raise DataError(
+            f"dataset_info.json ({base_uri}) is not valid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
     except (RecursionError, ValueError) as exc:  # nested past the parser's depth, a number over the digit limit
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:120]
         raise DataError(f"dataset_info.json ({base_uri}) cannot be read: {reason}") from None
@@ -161,7 +175,9 @@ def split_names(value: str | list[str]) -> list[str]:
 
 def check_stage(specs: list[DatasetSpec], stage: Stage | str) -> None:
     """Fail (naming the dataset) when a dataset does not fit the stage, e.g. ranking data for sft."""
-    problems = [f"dataset {ds.name!r}: {'.'.join(p)}: {m}" for ds in specs for p, m in dataset_problems(ds, Stage(stage))]
+    problems = [
+        f"dataset {ds.name!r}: {'.'.join(p)}: {m}" for ds in specs for p, m in dataset_problems(ds, Stage(stage))
+    ]
     if problems:
         raise DataError("dataset(s) not applicable to stage " + Stage(stage).value + ":\n  " + "\n  ".join(problems))
 
@@ -173,8 +189,14 @@ def registry_datasets(config: TrainerConfig) -> list[DatasetSpec]:
     registry = config.spec.dataset_registry
     if registry is None:
         return []
-    path = fetch(registry.source, field="spec.datasetRegistry.source", work_dir=config.runtime.work_dir,
-                 cache_dir=config.runtime.cache_dir, kind="dataset", allow=config.runtime.allow_private_urls)
+    path = fetch(
+        registry.source,
+        field="spec.datasetRegistry.source",
+        work_dir=config.runtime.work_dir,
+        cache_dir=config.runtime.cache_dir,
+        kind="dataset",
+        allow=config.runtime.allow_private_urls,
+    )
     if path.is_dir():
         path = path / "dataset_info.json"
     if not path.is_file():

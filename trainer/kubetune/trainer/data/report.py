@@ -64,7 +64,9 @@ class DatasetReport:
             "tokenLengths": self.percentiles(),
             "packing": self.packing,
             "reasons": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.reasons.items()},
-            "warnings": {k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.warnings.items()},
+            "warnings": {
+                k: {"count": v.count, "rows": v.rows, "example": v.example} for k, v in self.warnings.items()
+            },
         }
 
     def state(self) -> dict[str, Any]:
@@ -76,23 +78,40 @@ class DatasetReport:
         def stats(table: dict[str, Any]) -> dict[str, ReasonStats]:
             return {k: ReasonStats(v["count"], list(v["rows"]), v.get("example", "")) for k, v in table.items()}
 
-        return cls(name=doc["name"], source=doc.get("source", ""), rows=doc["rows"], valid=doc["valid"],
-                   dropped=doc["dropped"], truncated=doc["truncated"], warnings=stats(doc["warnings"]),
-                   reasons=stats(doc["reasons"]), token_lengths=list(doc["tokenLengthsAll"]), packing=doc.get("packing"))
+        return cls(
+            name=doc["name"],
+            source=doc.get("source", ""),
+            rows=doc["rows"],
+            valid=doc["valid"],
+            dropped=doc["dropped"],
+            truncated=doc["truncated"],
+            warnings=stats(doc["warnings"]),
+            reasons=stats(doc["reasons"]),
+            token_lengths=list(doc["tokenLengthsAll"]),
+            packing=doc.get("packing"),
+        )
 
     def lines(self) -> list[str]:
-        out = [f"dataset {self.name}: {self.rows} rows read, {self.valid} valid, {self.dropped} dropped"
-               + (f", {self.truncated} truncated" if self.truncated else "")]
+        out = [
+            f"dataset {self.name}: {self.rows} rows read, {self.valid} valid, {self.dropped} dropped"
+            + (f", {self.truncated} truncated" if self.truncated else "")
+        ]
         if self.token_lengths:
             p = self.percentiles()
-            out.append(f"  tokens per row: p50 {p['p50']}, p90 {p['p90']}, p99 {p['p99']}, max {p['max']}"
-                       + (f"; {100.0 * self.truncated / self.valid:.1f}% truncated" if self.valid else ""))
+            out.append(
+                f"  tokens per row: p50 {p['p50']}, p90 {p['p90']}, p99 {p['p99']}, max {p['max']}"
+                + (f"; {100.0 * self.truncated / self.valid:.1f}% truncated" if self.valid else "")
+            )
         if self.packing:
-            out.append(f"  packing: {self.packing['rowsIn']} rows → {self.packing['rowsOut']} rows, "
-                       f"{100 * self.packing['efficiency']:.1f}% of the blocks filled")
+            out.append(
+                f"  packing: {self.packing['rowsIn']} rows → {self.packing['rowsOut']} rows, "
+                f"{100 * self.packing['efficiency']:.1f}% of the blocks filled"
+            )
         for reason, stats in self.reasons.items():
             rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
-            out.append(f"  dropped {stats.count} × {reason} (rows {rows}){': ' + stats.example if stats.example else ''}")
+            out.append(
+                f"  dropped {stats.count} × {reason} (rows {rows}){': ' + stats.example if stats.example else ''}"
+            )
         for reason, stats in self.warnings.items():
             rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
             out.append(f"  warning {stats.count} × {reason} (rows {rows})")

@@ -54,8 +54,14 @@ def example(
     label: bool | None = None,
     images: list[str] | None = None,
 ) -> dict[str, Any]:
-    return {"prompt": prompt, "response": response, "system": system, "tools": tools, "label": label,
-            "images": images or []}
+    return {
+        "prompt": prompt,
+        "response": response,
+        "system": system,
+        "tools": tools,
+        "label": label,
+        "images": images or [],
+    }
 
 
 def _bad_text(value: Any, what: str) -> None:

@@ -40,15 +40,23 @@ def data_files(path: Path, split: str | None = None, subset: str | None = None) 
         return [path]
     if subset and (path / subset).is_dir():
         path = path / subset
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    files = sorted(
+        p
+        for p in path.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
     if not files:
         raise DataError(f"{path}: folder holds no data files ({', '.join(SUFFIXES)})")
     if split:
         pattern = re.compile(rf"(^|[^a-z]){re.escape(split.lower())}([^a-z]|$)")
         chosen = [p for p in files if pattern.search(str(p.relative_to(path)).lower())]
-        splits_named = [p for p in files if re.search(r"(^|[^a-z])(train|test|validation|valid|dev)([^a-z]|$)",
-                                                       str(p.relative_to(path)).lower())]
+        splits_named = [
+            p
+            for p in files
+            if re.search(r"(^|[^a-z])(train|test|validation|valid|dev)([^a-z]|$)", str(p.relative_to(path)).lower())
+        ]
         if chosen:
             files = chosen
         elif splits_named:
@@ -104,8 +112,8 @@ def _array_items(text: str) -> Iterator[str] | None:
             elif ch in "]}" and depth > 0:
                 depth -= 1
             elif depth == 0:  # a ',' or the closing ']' of the top-level array
-                if text[item_start:m.start()].strip():
-                    yield text[item_start:m.start()]
+                if text[item_start : m.start()].strip():
+                    yield text[item_start : m.start()]
                 item_start = pos
                 if ch == "]":
                     return
@@ -214,8 +222,11 @@ def _read_csv(path: Path) -> Iterator[Row]:
                 if None in row:
                     yield RowError("malformed CSV", f"line {reader.line_num}: more cells than header columns")
                 elif long:
-                    yield RowError("CSV cell too large", f"line {reader.line_num}: column {clip(long[0])!r} holds "
-                                   f"more than the csv module's field limit of {CSV_CELL_LIMIT} characters")
+                    yield RowError(
+                        "CSV cell too large",
+                        f"line {reader.line_num}: column {clip(long[0])!r} holds "
+                        f"more than the csv module's field limit of {CSV_CELL_LIMIT} characters",
+                    )
                 elif _bad_bytes(row):
                     yield RowError("not UTF-8", f"line {reader.line_num}")
                 else:

@@ -98,8 +98,12 @@ class FormatTemplate(Template):
         return fmt.replace("{eos}", self.eos).replace("{content}", content)
 
     def _render(self, m: Message, before: str = "") -> str:
-        fmt = {USER: self.user, ASSISTANT: self.assistant, OBSERVATION: self.observation,
-               FUNCTION: self.function or self.assistant}[m["role"]]
+        fmt = {
+            USER: self.user,
+            ASSISTANT: self.assistant,
+            OBSERVATION: self.observation,
+            FUNCTION: self.function or self.assistant,
+        }[m["role"]]
         text = before + m["content"]
         return self._fmt(fmt, text.strip() if self.trim else text)
 
@@ -255,8 +259,13 @@ class JinjaTemplate(Template):
 
     name = "tokenizer"
 
-    def __init__(self, tokenizer: Any, source: str | None = None, name: str = "tokenizer",
-                 special_tokens: dict[str, str] | None = None):
+    def __init__(
+        self,
+        tokenizer: Any,
+        source: str | None = None,
+        name: str = "tokenizer",
+        special_tokens: dict[str, str] | None = None,
+    ):
         template = source if source is not None else getattr(tokenizer, "chat_template", None)
         if isinstance(template, dict):
             template = template.get("default")
@@ -276,19 +285,27 @@ class JinjaTemplate(Template):
     @property
     def chat_template(self) -> str:
         # a template given its own special tokens (bos/eos text) keeps them whatever the tokenizer calls them
-        sets = "".join(f"{{%- set {k} = {json.dumps(v, ensure_ascii=False)} -%}}"
-                       for k, v in sorted(self.overrides.items()) if isinstance(v, str))
+        sets = "".join(
+            f"{{%- set {k} = {json.dumps(v, ensure_ascii=False)} -%}}"
+            for k, v in sorted(self.overrides.items())
+            if isinstance(v, str)
+        )
         return sets + self.source
 
-    def _render(self, messages: list[dict[str, str]], generation: bool, template: str | None = None,
-                marks: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    def _render(
+        self, messages: list[dict[str, str]], generation: bool, template: str | None = None, marks: bool = False
+    ) -> tuple[str, list[tuple[int, int]]]:
         from jinja2 import TemplateError
         from transformers.utils.chat_template_utils import render_jinja_template
 
         try:
             texts, spans = render_jinja_template(
-                conversations=[messages], chat_template=template or self.source, add_generation_prompt=generation,
-                return_assistant_tokens_mask=marks, **self.special_tokens)
+                conversations=[messages],
+                chat_template=template or self.source,
+                add_generation_prompt=generation,
+                return_assistant_tokens_mask=marks,
+                **self.special_tokens,
+            )
         except TemplateError as exc:
             raise RowError("chat template refused the row", str(exc)[:200]) from None
         return texts[0], (spans[0] if marks else [])
@@ -330,8 +347,10 @@ class JinjaTemplate(Template):
             spans = _merge_adjacent(_map_spans(marked, text, spans))
         answers = len(convo) // 2
         if len(spans) != answers:
-            raise RowError("assistant turns not found",
-                           f"the chat template marks {len(spans)} assistant turn(s); the row has {answers}")
+            raise RowError(
+                "assistant turns not found",
+                f"the chat template marks {len(spans)} assistant turn(s); the row has {answers}",
+            )
         out: list[Turn] = []
         done = 0
         for start, end in spans:
@@ -350,8 +369,10 @@ class JinjaTemplate(Template):
             with_prompt = self._render(messages[: i + 1], True)[0]
             full = self._render(messages[: i + 2], False)[0]
             if not with_prompt.startswith(done) or not full.startswith(with_prompt):
-                raise RowError("template not incremental", "the chat template rewrites earlier turns; pick a named template")
-            out.append((with_prompt[len(done):], full[len(with_prompt):]))
+                raise RowError(
+                    "template not incremental", "the chat template rewrites earlier turns; pick a named template"
+                )
+            out.append((with_prompt[len(done) :], full[len(with_prompt) :]))
             done = full
         return out
 
@@ -378,57 +399,83 @@ def _llama3() -> FormatTemplate:
         user=head.format(role="user") + "{content}<|eot_id|>" + answer,
         assistant="{content}<|eot_id|>",
         observation=head.format(role="ipython") + "{content}<|eot_id|>" + answer,
-        stop="<|eot_id|>", trim=True,
+        stop="<|eot_id|>",
+        trim=True,
     )
 
 
 def _mistral() -> FormatTemplate:
     return FormatTemplate(
-        name="mistral", prefix="<s>", system_fmt="{content}\n\n", system_in_user=True,
-        user="[INST] {content}[/INST]", assistant="{content}</s>",
-        observation="[TOOL_RESULTS] {content}[/TOOL_RESULTS]", function="[TOOL_CALLS] {content}</s>", stop="</s>",
+        name="mistral",
+        prefix="<s>",
+        system_fmt="{content}\n\n",
+        system_in_user=True,
+        user="[INST] {content}[/INST]",
+        assistant="{content}</s>",
+        observation="[TOOL_RESULTS] {content}[/TOOL_RESULTS]",
+        function="[TOOL_CALLS] {content}</s>",
+        stop="</s>",
     )
 
 
 def _gemma() -> FormatTemplate:
     return FormatTemplate(
-        name="gemma", prefix="<bos>", system_fmt="{content}\n\n", system_in_user=True,
+        name="gemma",
+        prefix="<bos>",
+        system_fmt="{content}\n\n",
+        system_in_user=True,
         user="<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
         assistant="{content}<end_of_turn>\n",
         observation="<start_of_turn>tool\n{content}<end_of_turn>\n<start_of_turn>model\n",
-        stop="<end_of_turn>", trim=True,
+        stop="<end_of_turn>",
+        trim=True,
     )
 
 
 def _phi() -> FormatTemplate:
     return FormatTemplate(
-        name="phi", system_fmt="<|system|>\n{content}<|end|>\n",
-        user="<|user|>\n{content}<|end|>\n<|assistant|>\n", assistant="{content}<|end|>\n",
-        observation="<|tool|>\n{content}<|end|>\n<|assistant|>\n", stop="<|end|>", suffix="{eos}",
+        name="phi",
+        system_fmt="<|system|>\n{content}<|end|>\n",
+        user="<|user|>\n{content}<|end|>\n<|assistant|>\n",
+        assistant="{content}<|end|>\n",
+        observation="<|tool|>\n{content}<|end|>\n<|assistant|>\n",
+        stop="<|end|>",
+        suffix="{eos}",
     )
 
 
 def _deepseek() -> FormatTemplate:
     return FormatTemplate(
-        name="deepseek", prefix="<｜begin▁of▁sentence｜>", system_fmt="{content}\n\n",
-        user="User: {content}\n\nAssistant:", assistant="{content}<｜end▁of▁sentence｜>",
-        observation="Observation: {content}\n\nAssistant:", stop="<｜end▁of▁sentence｜>",
+        name="deepseek",
+        prefix="<｜begin▁of▁sentence｜>",
+        system_fmt="{content}\n\n",
+        user="User: {content}\n\nAssistant:",
+        assistant="{content}<｜end▁of▁sentence｜>",
+        observation="Observation: {content}\n\nAssistant:",
+        stop="<｜end▁of▁sentence｜>",
     )
 
 
 def _deepseek3() -> FormatTemplate:
     return FormatTemplate(
-        name="deepseek3", prefix="<｜begin▁of▁sentence｜>", system_fmt="{content}",
-        user="<｜User｜>{content}<｜Assistant｜>", assistant="{content}<｜end▁of▁sentence｜>",
+        name="deepseek3",
+        prefix="<｜begin▁of▁sentence｜>",
+        system_fmt="{content}",
+        user="<｜User｜>{content}<｜Assistant｜>",
+        assistant="{content}<｜end▁of▁sentence｜>",
         observation="<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>{content}<｜tool▁output▁end｜>"
-        "<｜tool▁outputs▁end｜>", stop="<｜end▁of▁sentence｜>",
+        "<｜tool▁outputs▁end｜>",
+        stop="<｜end▁of▁sentence｜>",
     )
 
 
 def _default() -> FormatTemplate:
     return FormatTemplate(
-        name="default", user="Human: {content}{eos}\nAssistant:", assistant="{content}{eos}\n",
-        system_fmt="System: {content}{eos}\n", observation="Observation: {content}{eos}\nAssistant:",
+        name="default",
+        user="Human: {content}{eos}\nAssistant:",
+        assistant="{content}{eos}\n",
+        system_fmt="System: {content}{eos}\n",
+        observation="Observation: {content}{eos}\nAssistant:",
     )
 
 
@@ -449,10 +496,21 @@ TEMPLATES: dict[str, Callable[[], FormatTemplate]] = {
 
 # The vendors' own Jinja, as shipped with TRL (``trl/chat_templates/<file>.jinja``): name → file.
 VENDOR_TEMPLATES: dict[str, str] = {
-    "qwen2.5": "qwen2_5", "qwen3": "qwen3", "qwen3-instruct-2507": "qwen3_instruct_2507",
-    "llama3.1": "llama3_1", "llama3.2": "llama3_2", "gemma3": "gemma3", "phi3.5": "phi3_5",
-    "deepseek-v3": "deepseekv3", "deepseek-r1": "deepseek_r1_distill", "glm4-moe": "glm4moe", "gpt-oss": "gptoss",
-    "cohere": "cohere", "cohere2": "cohere2", "lfm2": "lfm2", "nemotron3-nano": "nemotron_3_nano",
+    "qwen2.5": "qwen2_5",
+    "qwen3": "qwen3",
+    "qwen3-instruct-2507": "qwen3_instruct_2507",
+    "llama3.1": "llama3_1",
+    "llama3.2": "llama3_2",
+    "gemma3": "gemma3",
+    "phi3.5": "phi3_5",
+    "deepseek-v3": "deepseekv3",
+    "deepseek-r1": "deepseek_r1_distill",
+    "glm4-moe": "glm4moe",
+    "gpt-oss": "gptoss",
+    "cohere": "cohere",
+    "cohere2": "cohere2",
+    "lfm2": "lfm2",
+    "nemotron3-nano": "nemotron_3_nano",
 }
 
 
@@ -472,8 +530,10 @@ def get_template(name: str | None, tokenizer: Any) -> Template:
     if name in VENDOR_TEMPLATES:
         return JinjaTemplate(tokenizer, source=vendor_template(VENDOR_TEMPLATES[name]), name=name)
     if name not in TEMPLATES:
-        raise ValueError(f"unknown template {name!r}; known: tokenizer, {', '.join(sorted(TEMPLATES))}, "
-                         f"{', '.join(sorted(VENDOR_TEMPLATES))}")
+        raise ValueError(
+            f"unknown template {name!r}; known: tokenizer, {', '.join(sorted(TEMPLATES))}, "
+            f"{', '.join(sorted(VENDOR_TEMPLATES))}"
+        )
     return _bind(TEMPLATES[name](), tokenizer)
 
 

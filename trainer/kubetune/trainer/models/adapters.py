@@ -45,7 +45,7 @@ def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
         if not layers:
             raise ConfigError("spec.method.freeze: the model has no numbered decoder layers; name modules instead")
         n = freeze.trainable_layers
-        chosen = set(layers[-n:]) if n > 0 else set(layers[: -n])
+        chosen = set(layers[-n:]) if n > 0 else set(layers[:-n])
         trainable = lambda name: _layer_index(name) in chosen
     count = 0
     for name, param in model.named_parameters():
@@ -56,7 +56,9 @@ def apply_freeze(model: Any, spec: FineTuneJobSpec) -> Any:
     return model
 
 
-def apply_method(model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = None, task_type: str = "CAUSAL_LM") -> Any:
+def apply_method(
+    model: Any, spec: FineTuneJobSpec, adapter_path: Path | None = None, task_type: str = "CAUSAL_LM"
+) -> Any:
     """The model with the method applied and its trainable parameters in fp32 (mixed precision's master weights)."""
     from transformers import set_seed
 
@@ -114,8 +116,12 @@ def export_merged(ctx: Any, model: Any = None, model_class: Any = None) -> Path 
     from kubetune.trainer.models.loader import torch_dtype
 
     cls = model_class or AutoModelForCausalLM
-    base = cls.from_pretrained(ctx.model_ref.path, dtype=torch_dtype(spec.training.precision),
-                               trust_remote_code=spec.model.trust_remote_code, **_pad_kwargs(ctx, cls))
+    base = cls.from_pretrained(
+        ctx.model_ref.path,
+        dtype=torch_dtype(spec.training.precision),
+        trust_remote_code=spec.model.trust_remote_code,
+        **_pad_kwargs(ctx, cls),
+    )
     merged = PeftModel.from_pretrained(base, ctx.artifact_dir).merge_and_unload()
     out = Path(ctx.artifact_dir) / "merged"
     merged.save_pretrained(out)

@@ -42,8 +42,11 @@ def _usable(name: str, device: Device, installed: frozenset[str]) -> str | None:
     need = REQUIREMENTS[name]
     if need.cuda and not device.cuda:
         return "needs an NVIDIA GPU and this process sees none"
-    if need.cuda and device.capability is not None and not (
-            need.min_capability <= device.capability <= need.max_capability):
+    if (
+        need.cuda
+        and device.capability is not None
+        and not (need.min_capability <= device.capability <= need.max_capability)
+    ):
         cap = ".".join(map(str, device.capability))
         return f"runs on {need.hardware}, not on {device.name} (compute capability {cap}); use sdpa or auto"
     if need.module and need.module not in installed:
@@ -51,15 +54,18 @@ def _usable(name: str, device: Device, installed: frozenset[str]) -> str | None:
     return None
 
 
-def resolve(attention: str, kernels: list[str] | tuple[str, ...], device: Device,
-            installed: frozenset[str]) -> Kernels:
+def resolve(
+    attention: str, kernels: list[str] | tuple[str, ...], device: Device, installed: frozenset[str]
+) -> Kernels:
     """The attention implementation and kernels to use, or a ConfigError naming the field and what to do."""
     notes: list[str] = []
     if attention == "auto":
         chosen = next((name for name in AUTO_ORDER if _usable(name, device, installed) is None), "sdpa")
         if device.cuda and chosen == "sdpa":
-            notes.append("FlashAttention is not installed in this image; training uses PyTorch SDPA "
-                         "(set training.attention to silence this, or install flash-attn for more speed)")
+            notes.append(
+                "FlashAttention is not installed in this image; training uses PyTorch SDPA "
+                "(set training.attention to silence this, or install flash-attn for more speed)"
+            )
     else:
         why = _usable(attention, device, installed)
         if why:
@@ -77,8 +83,11 @@ def probe() -> tuple[Device, frozenset[str]]:
     import torch
 
     if torch.cuda.is_available():
-        device = Device(cuda=True, capability=tuple(torch.cuda.get_device_capability(0)),  # type: ignore[arg-type]
-                        name=torch.cuda.get_device_name(0))
+        device = Device(
+            cuda=True,
+            capability=tuple(torch.cuda.get_device_capability(0)),  # type: ignore[arg-type]
+            name=torch.cuda.get_device_name(0),
+        )
     else:
         device = Device(cuda=False)
     modules = {r.module for r in REQUIREMENTS.values() if r.module}

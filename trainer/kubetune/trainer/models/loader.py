@@ -74,8 +74,13 @@ def gguf_to_folder(gguf: Path, cache_dir: Path) -> tuple[Path, str]:
 def resolve_model(config: TrainerConfig) -> ModelRef:
     spec = config.spec.model
     path = fetch(
-        spec.source, field="spec.model.source", work_dir=config.runtime.work_dir, cache_dir=config.runtime.cache_dir,
-        kind="model", revision=spec.revision, allow=config.runtime.allow_private_urls,
+        spec.source,
+        field="spec.model.source",
+        work_dir=config.runtime.work_dir,
+        cache_dir=config.runtime.cache_dir,
+        kind="model",
+        revision=spec.revision,
+        allow=config.runtime.allow_private_urls,
     )
     if path.is_file() and path.suffix == ".gguf":
         folder, sha = gguf_to_folder(path, Path(config.runtime.cache_dir))
@@ -84,7 +89,9 @@ def resolve_model(config: TrainerConfig) -> ModelRef:
         raise ConfigError(f"spec.model.source: {path} is a file but not a .gguf; give a Hugging Face model folder")
     if not (path / "config.json").exists():
         raise ConfigError(f"spec.model.source: {path} has no config.json; it is not a Hugging Face model folder")
-    revision = (path / ".kubetune-revision").read_text().strip() if (path / ".kubetune-revision").exists() else spec.revision
+    revision = (
+        (path / ".kubetune-revision").read_text().strip() if (path / ".kubetune-revision").exists() else spec.revision
+    )
     return ModelRef(path=path, source=spec.source, revision=revision)
 
 

@@ -46,8 +46,11 @@ def keep_master_weights_fp32(model: Any, precision: str) -> Any:
     dtype = torch_dtype(precision)
     if dtype == torch.float32:
         return model
-    quantized = bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
-                     or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False))
+    quantized = bool(
+        getattr(model, "is_loaded_in_4bit", False)
+        or getattr(model, "is_loaded_in_8bit", False)
+        or getattr(getattr(model, "base_model", None), "is_loaded_in_4bit", False)
+    )
     if dtype == torch.float16 and _on_cpu() and not quantized:
         log.warning("training.precision fp16: CPU workers have no fp16 autocast; training in fp32")
         return model.float()
@@ -66,8 +69,14 @@ def state_dtypes(model: Any, optimizer: Any) -> dict[str, set[Any]]:
     import torch
 
     trainable = [p for p in model.parameters() if p.requires_grad]
-    states = {v.dtype for p in trainable for v in optimizer.state.get(p, {}).values()
-              if isinstance(v, torch.Tensor) and v.dim() > 0}
-    return {"params": {p.dtype for p in trainable},
-            "grads": {p.grad.dtype for p in trainable if p.grad is not None},
-            "optimizer": states}
+    states = {
+        v.dtype
+        for p in trainable
+        for v in optimizer.state.get(p, {}).values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0
+    }
+    return {
+        "params": {p.dtype for p in trainable},
+        "grads": {p.grad.dtype for p in trainable if p.grad is not None},
+        "optimizer": states,
+    }

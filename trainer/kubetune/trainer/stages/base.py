@@ -121,12 +121,17 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
 
     runtime = ctx.config.runtime
-    resume = resume_point(ctx.work_dir, ctx.config.spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
-    from kubetune.trainer.distributed import lost_peers_as_error
-
+    resume = resume_point(
+        ctx.work_dir, ctx.config.spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls
+    )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    for raw in (PrinterCallback, ProgressCallback):  # the Trainer's raw log dicts and its bar: the live view shows them
+    from kubetune.trainer.distributed import lost_peers_as_error
+
+    for raw in (
+        PrinterCallback,
+        ProgressCallback,
+    ):  # the Trainer's raw log dicts and its bar: the live view shows them
         trainer.remove_callback(raw)
     from kubetune.trainer.callbacks.guard import install as install_guard
 
@@ -145,8 +150,9 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     metrics: dict[str, Any] = dict(output.metrics)
     metrics["global_step"] = trainer.state.global_step
     metrics["world_size"] = trainer.args.world_size
-    metrics["global_batch"] = (trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps
-                               * trainer.args.world_size)
+    metrics["global_batch"] = (
+        trainer.args.per_device_train_batch_size * trainer.args.gradient_accumulation_steps * trainer.args.world_size
+    )
     metrics.update(ctx.resume_metrics)
     metrics["distributed"] = _strategy_name(trainer)
     from kubetune.trainer.distributed import sharded_parameters
@@ -169,8 +175,17 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     return StageResult(metrics=metrics, log_history=list(trainer.state.log_history), extra=extra)
 
 
-def fit(ctx: RunContext, trainer_cls: Any, model: Any, args: Any, train: list[dict[str, Any]],
-        evaluation: list[dict[str, Any]], *, perplexity: bool = False, **kwargs: Any) -> StageResult:
+def fit(
+    ctx: RunContext,
+    trainer_cls: Any,
+    model: Any,
+    args: Any,
+    train: list[dict[str, Any]],
+    evaluation: list[dict[str, Any]],
+    *,
+    perplexity: bool = False,
+    **kwargs: Any,
+) -> StageResult:
     """Build a TRL/transformers trainer the way every stage does, train and save it, export the merged model."""
     from kubetune.trainer.models.adapters import export_merged, optimizers
 

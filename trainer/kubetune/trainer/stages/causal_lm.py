@@ -165,8 +165,9 @@ def make_trainer_class(chunk: int | None = None) -> type:
                 loss = loss + checkpoint(self._chunk_loss, h, t, use_reentrant=False)
             return loss
 
-        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
-                         num_items_in_batch: Any = None) -> Any:
+        def compute_loss(
+            self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
+        ) -> Any:
             labels = inputs.pop("labels")
             targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[..., 1:]
             keep = self._keep = targets != -100
@@ -217,14 +218,23 @@ def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
         if packed:
             raise ValueError(
                 f"training.packing: {type(model).__name__} builds its own attention mask, so packed documents "
-                "would attend to each other; set training.packing: false")
-        flatten: Callable[[Sequence[int]], bool] = lambda _lengths: False  # noqa: E731
+                "would attend to each other; set training.packing: false"
+            )
+        flatten: Callable[[Sequence[int]], bool] = lambda _lengths: False
     else:
         ratio, fast = attention_cost_ratio(model.config), varlen(model)
-        flatten = lambda lengths: flatten_is_cheaper(lengths, ratio, varlen_attention=fast)  # noqa: E731
+        flatten = lambda lengths: flatten_is_cheaper(lengths, ratio, varlen_attention=fast)
     # only eval_loss (and perplexity) are reported: the gathered logits are not kept across eval batches
     args = TrainingArguments(**common_args(ctx), prediction_loss_only=True)
     collator = Collator(pad_token_id=ctx.tokenizer.pad_token_id, flatten=flatten)
     chunk = LOSS_CHUNK if "chunked_loss" in ctx.config.spec.training.kernels else None
-    return fit(ctx, make_trainer_class(chunk), model, args, ctx.data.train, ctx.data.eval, perplexity=True,
-               data_collator=collator)
+    return fit(
+        ctx,
+        make_trainer_class(chunk),
+        model,
+        args,
+        ctx.data.train,
+        ctx.data.eval,
+        perplexity=True,
+        data_collator=collator,
+    )

@@ -51,8 +51,11 @@ class Preempted(TrainerError):
 
 def spec_fingerprint(spec: FineTuneJobSpec) -> str:
     """What a checkpoint must match to be resumed: everything that changes the training trajectory."""
-    data = spec.model_dump(mode="json", by_alias=True, exclude={"output", "resources", "run_policy", "suspend",
-                                                                  "queue_name", "checkpointing"})
+    data = spec.model_dump(
+        mode="json",
+        by_alias=True,
+        exclude={"output", "resources", "run_policy", "suspend", "queue_name", "checkpointing"},
+    )
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -152,9 +155,16 @@ def make_callback(fingerprint: str, hooks: list[CheckpointHook] | None = None) -
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if not path.is_dir():
                 return
-            marker = {"step": state.global_step, "spec": fingerprint,
-                      **Layout(args.world_size, args.per_device_train_batch_size, args.gradient_accumulation_steps,
-                               state.max_steps).to_dict()}
+            marker = {
+                "step": state.global_step,
+                "spec": fingerprint,
+                **Layout(
+                    args.world_size,
+                    args.per_device_train_batch_size,
+                    args.gradient_accumulation_steps,
+                    state.max_steps,
+                ).to_dict(),
+            }
             (path / MARKER).write_text(json.dumps(marker), encoding="utf-8")
             log.info("checkpoint %s complete", path.name)
             for hook in hooks or []:
@@ -222,8 +232,13 @@ def fetch_uploaded(work_dir: Path, output_uri: str, allow: list[str] | None = No
     return dest
 
 
-def resume_point(work_dir: Path, spec: FineTuneJobSpec, explicit: str | None = None,
-                 output_uri: str | None = None, allow: list[str] | None = None) -> str | None:
+def resume_point(
+    work_dir: Path,
+    spec: FineTuneJobSpec,
+    explicit: str | None = None,
+    output_uri: str | None = None,
+    allow: list[str] | None = None,
+) -> str | None:
     """The checkpoint to resume from: the one given, else the newest complete one of this spec, local or
     (with ``output_uri``) uploaded — when ``spec.checkpointing.resume`` is on.
 
@@ -264,17 +279,25 @@ class Layout:
         return self.world_size * self.per_device_batch * self.gradient_accumulation
 
     def to_dict(self) -> dict[str, int]:
-        return {"world_size": self.world_size, "per_device_batch": self.per_device_batch,
-                "gradient_accumulation": self.gradient_accumulation, "max_steps": self.max_steps,
-                "global_batch": self.global_batch}
+        return {
+            "world_size": self.world_size,
+            "per_device_batch": self.per_device_batch,
+            "gradient_accumulation": self.gradient_accumulation,
+            "max_steps": self.max_steps,
+            "global_batch": self.global_batch,
+        }
 
     @classmethod
     def of_checkpoint(cls, path: Path) -> Layout | None:
         """The layout recorded in a complete checkpoint's marker (None for one written before layouts were)."""
         try:
             data = json.loads((path / MARKER).read_text(encoding="utf-8"))
-            return cls(int(data["world_size"]), int(data["per_device_batch"]), int(data["gradient_accumulation"]),
-                       int(data["max_steps"]))
+            return cls(
+                int(data["world_size"]),
+                int(data["per_device_batch"]),
+                int(data["gradient_accumulation"]),
+                int(data["max_steps"]),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
@@ -293,7 +316,8 @@ def relayout(saved: Layout, world_size: int, per_device_batch: int) -> Layout:
             f"spec.checkpointing.resume: the checkpoint was written by {saved.world_size} processes with a global "
             f"batch of {total} rows, which {world_size} processes cannot keep ({total} is not a multiple of "
             f"{world_size}); run on a number of processes that divides {total}, or set "
-            "spec.checkpointing.resume: false to start over")
+            "spec.checkpointing.resume: false to start over"
+        )
     per_process = total // world_size
     batch = next(b for b in range(min(per_device_batch, per_process), 0, -1) if per_process % b == 0)
     return Layout(world_size, batch, per_process // batch, saved.max_steps)
@@ -315,17 +339,34 @@ def keep_global_batch(checkpoint: str | None, spec: FineTuneJobSpec) -> tuple[di
         raise ConfigError(
             f"spec.checkpointing.resume: the checkpoint was written by {saved.world_size} DeepSpeed ZeRO processes, "
             f"whose optimizer partitions do not load on {world}; resume on {saved.world_size} processes, or set "
-            "spec.checkpointing.resume: false to start over (ddp and fsdp checkpoints resume on any number)")
+            "spec.checkpointing.resume: false to start over (ddp and fsdp checkpoints resume on any number)"
+        )
     now = relayout(saved, world, spec.training.batch_size)
     if is_main():
-        log.warning("resuming %s, written by %d processes, on %d: batch per process %d -> %d, gradient accumulation "
-                    "%d -> %d, so the global batch stays %d rows and the run stays %d steps",
-                    Path(checkpoint).name, saved.world_size, world, saved.per_device_batch, now.per_device_batch,
-                    saved.gradient_accumulation, now.gradient_accumulation, now.global_batch, now.max_steps)
-    args = {"per_device_train_batch_size": now.per_device_batch, "gradient_accumulation_steps": now.gradient_accumulation,
-            "max_steps": now.max_steps}
-    metrics = {"resumed_from_world_size": saved.world_size, "resumed_from_per_device_batch": saved.per_device_batch,
-               "resumed_from_gradient_accumulation": saved.gradient_accumulation,
-               "per_device_batch": now.per_device_batch, "gradient_accumulation": now.gradient_accumulation,
-               "global_batch": now.global_batch}
+        log.warning(
+            "resuming %s, written by %d processes, on %d: batch per process %d -> %d, gradient accumulation "
+            "%d -> %d, so the global batch stays %d rows and the run stays %d steps",
+            Path(checkpoint).name,
+            saved.world_size,
+            world,
+            saved.per_device_batch,
+            now.per_device_batch,
+            saved.gradient_accumulation,
+            now.gradient_accumulation,
+            now.global_batch,
+            now.max_steps,
+        )
+    args = {
+        "per_device_train_batch_size": now.per_device_batch,
+        "gradient_accumulation_steps": now.gradient_accumulation,
+        "max_steps": now.max_steps,
+    }
+    metrics = {
+        "resumed_from_world_size": saved.world_size,
+        "resumed_from_per_device_batch": saved.per_device_batch,
+        "resumed_from_gradient_accumulation": saved.gradient_accumulation,
+        "per_device_batch": now.per_device_batch,
+        "gradient_accumulation": now.gradient_accumulation,
+        "global_batch": now.global_batch,
+    }
     return args, metrics

@@ -292,9 +292,18 @@ def trim(root: Path, cap: int | None = None) -> list[Path]:
         if evict(e.path):
             total -= e.size
             evicted.append(e.path)
-            log.info("cache: evicted %s (%.1f MiB, last used %s) to fit %.1f MiB", e.path, e.size / 2**20,
-                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_use)), cap / 2**20)
+            log.info(
+                "cache: evicted %s (%.1f MiB, last used %s) to fit %.1f MiB",
+                e.path,
+                e.size / 2**20,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.last_use)),
+                cap / 2**20,
+            )
     if total > cap:
-        log.warning("cache at %s holds %.1f MiB over its %.1f MiB cap: the rest is in use", root,
-                    (total - cap) / 2**20, cap / 2**20)
+        log.warning(
+            "cache at %s holds %.1f MiB over its %.1f MiB cap: the rest is in use",
+            root,
+            (total - cap) / 2**20,
+            cap / 2**20,
+        )
     return evicted

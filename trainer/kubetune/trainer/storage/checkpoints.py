@@ -73,13 +73,17 @@ def _scheme(uri: str) -> str:
 
 
 def _marker(local: Path, step: int) -> bytes:
-    files = [{"path": p.relative_to(local).as_posix(), "size": p.stat().st_size}
-             for p in sorted(local.rglob("*")) if p.is_file()]
+    files = [
+        {"path": p.relative_to(local).as_posix(), "size": p.stat().st_size}
+        for p in sorted(local.rglob("*"))
+        if p.is_file()
+    ]
     return json.dumps({"step": step, "files": files}, indent=1).encode()
 
 
-def upload_checkpoint(local: Path, output_uri: str, step: int, *, allow: Iterable[str] = (),
-                      config: s3.TransferConfig | None = None) -> Checkpoint:
+def upload_checkpoint(
+    local: Path, output_uri: str, step: int, *, allow: Iterable[str] = (), config: s3.TransferConfig | None = None
+) -> Checkpoint:
     """Upload ``local`` as ``step-<step>``, the COMPLETE marker last; return it."""
     uri = checkpoint_uri(output_uri, step)
     marker = _marker(local, step)
@@ -118,7 +122,7 @@ def list_checkpoints(output_uri: str, *, allow: Iterable[str] = ()) -> list[Chec
         bucket, key = s3.split(root)
         prefix = s3.prefix_of(key)
         for obj in s3.list_objects(cli, bucket, prefix):
-            head, _, rest = obj["Key"][len(prefix):].partition("/")
+            head, _, rest = obj["Key"][len(prefix) :].partition("/")
             if m := _STEP.match(head):
                 step = int(m.group(1))
                 found[step] = found.get(step, False) or rest == COMPLETE

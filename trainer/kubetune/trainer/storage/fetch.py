@@ -49,7 +49,9 @@ def fetch(uri: str, *, field: str, work_dir: str | Path, cache_dir: str | Path, 
     if scheme not in FETCHERS:
         _load_optional_fetchers()
     if scheme not in FETCHERS:
-        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {', '.join(sorted(FETCHERS))}")
+        raise ConfigError(
+            f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {', '.join(sorted(FETCHERS))}"
+        )
     return FETCHERS[scheme](uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)
 
 

@@ -44,16 +44,27 @@ from urllib.parse import SplitResult, unquote, urlsplit
 from kubetune.api.redact import CREDENTIALS_HINT, redact
 from kubetune.trainer.errors import ConfigError
 
-METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata", "instance-data",
-                            "instance-data.ec2.internal", "metadata.azure.internal"})
-METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in (
-    "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean ...
-    "fd00:ec2::254",  # AWS over IPv6
-    "fd20:ce::254",  # GCP over IPv6
-    "100.100.100.200",  # Alibaba Cloud
-    "192.0.0.192",  # Oracle Cloud
-    "168.63.129.16",  # Azure WireServer
-))
+METADATA_HOSTS = frozenset(
+    {
+        "metadata.google.internal",
+        "metadata.goog",
+        "metadata",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "metadata.azure.internal",
+    }
+)
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in (
+        "169.254.169.254",  # AWS, GCP, Azure, OpenStack, DigitalOcean ...
+        "fd00:ec2::254",  # AWS over IPv6
+        "fd20:ce::254",  # GCP over IPv6
+        "100.100.100.200",  # Alibaba Cloud
+        "192.0.0.192",  # Oracle Cloud
+        "168.63.129.16",  # Azure WireServer
+    )
+)
 NAT64_WELL_KNOWN = ipaddress.ip_network("64:ff9b::/96")
 NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
 THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
@@ -240,11 +251,14 @@ class Guard:
     def _refuse(self, host: str, shown_host: str, reason: str, ip: IP | None = None) -> URLRefused:
         label = f"{self.what} host {shown_host!r}" if self.what else f"host {shown_host!r}"
         resolved = "" if ip is None or str(ip) in (host, shown_host) else f" (resolves to {ip})"
-        return URLRefused(f"{self.field}: {label}{resolved} is {reason}; refused by the URL guard; if this is "
-                          f"intended, allow it (runtime.allowPrivateUrls, `kubetune run --allow-private-url {host}`)")
+        return URLRefused(
+            f"{self.field}: {label}{resolved} is {reason}; refused by the URL guard; if this is "
+            f"intended, allow it (runtime.allowPrivateUrls, `kubetune run --allow-private-url {host}`)"
+        )
 
-    def resolve(self, host: str, port: int, *, shown_host: str | None = None, url: str = "",
-                strict: bool = True) -> list[IP]:
+    def resolve(
+        self, host: str, port: int, *, shown_host: str | None = None, url: str = "", strict: bool = True
+    ) -> list[IP]:
         """Resolve ``host`` once and check every answer; the checked addresses (none when unresolvable and not strict).
 
         ``strict``: an unresolvable name raises ``socket.gaierror`` (the connection fails as it would have);
@@ -269,8 +283,13 @@ class Guard:
         addresses = self.resolve(host, port, shown_host=parts.hostname or host, url=url, strict=False)
         return CheckedURL(url, parts.scheme.lower(), host, port, tuple(addresses))
 
-    def connect(self, host: str, port: int, timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
-                source_address: tuple[str, int] | None = None) -> socket.socket:
+    def connect(
+        self,
+        host: str,
+        port: int,
+        timeout: Any = socket._GLOBAL_DEFAULT_TIMEOUT,  # type: ignore[attr-defined]
+        source_address: tuple[str, int] | None = None,
+    ) -> socket.socket:
         """A TCP connection to a checked address of ``host``: one resolution, every answer checked, no second look-up."""
         addresses = self.resolve(host, port, strict=True)
         last: OSError | None = None
@@ -285,7 +304,9 @@ class Guard:
 
     def urllib_opener(self) -> urllib.request.OpenerDirector:
         """An opener whose every connection (redirects included) goes through :meth:`connect` and whose redirects are checked."""
-        return urllib.request.build_opener(_PinnedHTTPHandler(self), _PinnedHTTPSHandler(self), _CheckedRedirects(self))
+        return urllib.request.build_opener(
+            _PinnedHTTPHandler(self), _PinnedHTTPSHandler(self), _CheckedRedirects(self)
+        )
 
     def pin_botocore(self, client: Any) -> Any:
         """Make a boto3/botocore client connect only through :meth:`connect` (its endpoint, virtual hosts, proxies)."""
@@ -322,8 +343,9 @@ def check_host(host: str, *, field: str, allow: Iterable[str] = (), port: int | 
     Guard.of(field=field, allow=allow, what=what).resolve(host, port or 443, strict=False)
 
 
-def check_url(url: str, *, field: str, allow: Iterable[str] = (), what: str = "",
-              schemes: Iterable[str] = SCHEMES) -> CheckedURL:
+def check_url(
+    url: str, *, field: str, allow: Iterable[str] = (), what: str = "", schemes: Iterable[str] = SCHEMES
+) -> CheckedURL:
     """Normalise and guard an http(s) URL (a data file, an S3 endpoint, a Hub endpoint, a redirect)."""
     return Guard.of(field=field, allow=allow, what=what).check_url(url, schemes=schemes)
 
@@ -334,15 +356,17 @@ def check_url(url: str, *, field: str, allow: Iterable[str] = (), what: str = ""
 class _PinnedHTTPConnection(http.client.HTTPConnection):
     def __init__(self, *args: Any, guard: Guard, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._create_connection = lambda address, timeout, source=None: guard.connect(address[0], address[1], timeout,
-                                                                                     source)
+        self._create_connection = lambda address, timeout, source=None: guard.connect(
+            address[0], address[1], timeout, source
+        )
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, *args: Any, guard: Guard, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._create_connection = lambda address, timeout, source=None: guard.connect(address[0], address[1], timeout,
-                                                                                     source)
+        self._create_connection = lambda address, timeout, source=None: guard.connect(
+            address[0], address[1], timeout, source
+        )
 
 
 class _PinnedHTTPHandler(urllib.request.HTTPHandler):
@@ -360,8 +384,7 @@ class _PinnedHTTPSHandler(urllib.request.HTTPSHandler):
         self.guard = guard
 
     def https_open(self, req: Any) -> Any:
-        return self.do_open(functools.partial(_PinnedHTTPSConnection, guard=self.guard), req,
-                            context=self._context)
+        return self.do_open(functools.partial(_PinnedHTTPSConnection, guard=self.guard), req, context=self._context)
 
 
 class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
@@ -406,8 +429,11 @@ def _pinned_connection_class(base: type) -> type:
 
 def _pinned_pool(pool_cls: type, guard: Guard) -> type:
     base = getattr(pool_cls, "kubetune_base", pool_cls)
-    connection = type(f"Guarded{base.ConnectionCls.__name__}", (_pinned_connection_class(base.ConnectionCls),),
-                      {"kubetune_guard": guard})
+    connection = type(
+        f"Guarded{base.ConnectionCls.__name__}",
+        (_pinned_connection_class(base.ConnectionCls),),
+        {"kubetune_guard": guard},
+    )
     return type(f"Guarded{base.__name__}", (base,), {"ConnectionCls": connection, "kubetune_base": base})
 
 
@@ -422,8 +448,14 @@ class _PinnedBackend:
 
         self.guard, self.inner = guard, SyncBackend()
 
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> Any:
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> Any:
         from httpcore2 import ConnectError, ConnectTimeout
         from httpcore2._backends.sync import SyncStream
 
@@ -459,8 +491,12 @@ def _hub_client(guard: Guard) -> Any:
         if cas:  # hf_xet connects on its own; at least its endpoint passes the guard
             Guard.of(field=guard.field, allow=guard.allow, what="Xet storage").check_url(cas)
 
-    return httpx2.Client(event_hooks={"request": [hf_request_event_hook], "response": [xet_endpoint_checked]},
-                         follow_redirects=True, timeout=None, transport=transport)
+    return httpx2.Client(
+        event_hooks={"request": [hf_request_event_hook], "response": [xet_endpoint_checked]},
+        follow_redirects=True,
+        timeout=None,
+        transport=transport,
+    )
 
 
 def guard_hub(endpoint: str, *, field: str, allow: Iterable[str] = (), what: str = "Hugging Face Hub") -> CheckedURL:

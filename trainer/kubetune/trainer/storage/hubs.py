@@ -74,17 +74,23 @@ def _hf_problem(field: str, repo: str, revision: str | None, exc: Exception) -> 
     from huggingface_hub import errors
 
     if isinstance(exc, errors.GatedRepoError):
-        return ConfigError(f"{field}: {repo} is gated; accept its terms on the Hub and give a token (HF_TOKEN in "
-                           "credentialsSecret) of an account that has access")
+        return ConfigError(
+            f"{field}: {repo} is gated; accept its terms on the Hub and give a token (HF_TOKEN in "
+            "credentialsSecret) of an account that has access"
+        )
     if isinstance(exc, errors.RevisionNotFoundError):
         return ConfigError(f"{field}: revision {revision!r} does not exist in {repo} (spec.model.revision)")
     if isinstance(exc, errors.RepositoryNotFoundError):
-        return ConfigError(f"{field}: repository {repo} not found on {hf_endpoint()}, or it is private and "
-                           "HF_TOKEN (credentialsSecret) is missing or lacks access")
+        return ConfigError(
+            f"{field}: repository {repo} not found on {hf_endpoint()}, or it is private and "
+            "HF_TOKEN (credentialsSecret) is missing or lacks access"
+        )
     if isinstance(exc, errors.HfHubHTTPError):
         return ConfigError(f"{field}: the Hugging Face Hub refused {repo}: {exc}")
-    return ConfigError(f"{field}: the Hugging Face Hub at {hf_endpoint()} is unreachable or failed for {repo} "
-                       f"({exc.__class__.__name__}: {exc})")
+    return ConfigError(
+        f"{field}: the Hugging Face Hub at {hf_endpoint()} is unreachable or failed for {repo} "
+        f"({exc.__class__.__name__}: {exc})"
+    )
 
 
 def hub_cache(cache_dir: Path) -> Path:
@@ -98,8 +104,17 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE)
 
 
-def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revision: str | None = None,
-             allow: Iterable[str] = (), dataset: Any = None, **_: object) -> Path:
+def fetch_hf(
+    uri: str,
+    *,
+    cache_dir: Path,
+    field: str,
+    kind: str = "model",
+    revision: str | None = None,
+    allow: Iterable[str] = (),
+    dataset: Any = None,
+    **_: object,
+) -> Path:
     """Download (or find in the cache) a snapshot with ``huggingface_hub.snapshot_download``; return its folder.
 
     The Hub's cache resumes a dropped transfer with a Range request, locks each file, and serves a complete
@@ -129,12 +144,26 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
     use(entry)  # held while this process runs: never evicted under it
     if not (offline or unreachable):
         _resume_dead_partials(root, entry, repo=repo, repo_type=repo_type, endpoint=endpoint, token=token)
-    log.info("%s %s@%s (%s)", "looking up" if offline or unreachable else "fetching", repo, revision or "main",
-             "offline: the cache only" if offline or unreachable else endpoint)
+    log.info(
+        "%s %s@%s (%s)",
+        "looking up" if offline or unreachable else "fetching",
+        repo,
+        revision or "main",
+        "offline: the cache only" if offline or unreachable else endpoint,
+    )
     try:
-        path = Path(snapshot_download(repo, repo_type=repo_type, revision=revision, cache_dir=root, token=token,
-                                      endpoint=endpoint, local_files_only=offline or unreachable is not None,
-                                      allow_patterns=[f"{folder.strip('/')}/*"] if folder else None))
+        path = Path(
+            snapshot_download(
+                repo,
+                repo_type=repo_type,
+                revision=revision,
+                cache_dir=root,
+                token=token,
+                endpoint=endpoint,
+                local_files_only=offline or unreachable is not None,
+                allow_patterns=[f"{folder.strip('/')}/*"] if folder else None,
+            )
+        )
     except Exception as exc:  # noqa: BLE001 - mapped to a message naming the field
         raise _hf_cache_problem(field, repo, revision, exc, unreachable=unreachable, offline=offline) from None
     # A Hub (or mirror) names the snapshot folder by the commit it answers: it must stay inside this repo's cache.
@@ -149,8 +178,9 @@ def fetch_hf(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revi
     return contained(path, folder.strip("/"), what=f"{field}: folder") if folder else path
 
 
-def _resume_dead_partials(root: Path, entry: Path, *, repo: str, repo_type: str, endpoint: str,
-                          token: str | None) -> None:
+def _resume_dead_partials(
+    root: Path, entry: Path, *, repo: str, repo_type: str, endpoint: str, token: str | None
+) -> None:
     """Finish the partial blobs a killed download left, from where they stopped.
 
     huggingface_hub 2 writes each download to a process-unique ``blobs/<etag>.<id>.incomplete`` and never
@@ -178,8 +208,17 @@ def _resume_dead_partials(root: Path, entry: Path, *, repo: str, repo_type: str,
                     partial.unlink(missing_ok=True)
                     continue
                 path, commit, size = files[etag]
-                _finish_blob(partial, entry / "blobs" / etag, repo=repo, repo_type=repo_type, path=path,
-                             commit=commit, size=size, endpoint=endpoint, token=token)
+                _finish_blob(
+                    partial,
+                    entry / "blobs" / etag,
+                    repo=repo,
+                    repo_type=repo_type,
+                    path=path,
+                    commit=commit,
+                    size=size,
+                    endpoint=endpoint,
+                    token=token,
+                )
         except Timeout:
             continue  # being written by a live download
 
@@ -198,8 +237,18 @@ def _tree_files(entry: Path) -> dict[str, tuple[str, str, int]]:
     return files
 
 
-def _finish_blob(partial: Path, blob: Path, *, repo: str, repo_type: str, path: str, commit: str, size: int,
-                 endpoint: str, token: str | None) -> None:
+def _finish_blob(
+    partial: Path,
+    blob: Path,
+    *,
+    repo: str,
+    repo_type: str,
+    path: str,
+    commit: str,
+    size: int,
+    endpoint: str,
+    token: str | None,
+) -> None:
     from huggingface_hub import hf_hub_url
     from huggingface_hub.file_download import http_get
     from huggingface_hub.utils import build_hf_headers
@@ -212,8 +261,13 @@ def _finish_blob(partial: Path, blob: Path, *, repo: str, repo_type: str, path: 
             fh.seek(0, os.SEEK_END)
             http_get(url, fh, resume_size=done, headers=build_hf_headers(token=token), expected_size=size)
     except Exception as exc:  # noqa: BLE001 - kept for the next attempt; snapshot_download reports the real problem
-        log.warning("could not resume %s of %s (%s: %s); it stays for the next attempt", path, repo,
-                    exc.__class__.__name__, exc)
+        log.warning(
+            "could not resume %s of %s (%s: %s); it stays for the next attempt",
+            path,
+            repo,
+            exc.__class__.__name__,
+            exc,
+        )
         return
     if partial.stat().st_size == size:
         os.replace(partial, blob)
@@ -221,8 +275,9 @@ def _finish_blob(partial: Path, blob: Path, *, repo: str, repo_type: str, path: 
         partial.unlink(missing_ok=True)
 
 
-def _hf_cache_problem(field: str, repo: str, revision: str | None, exc: Exception, *, unreachable: ConfigError | None,
-                      offline: bool) -> ConfigError:
+def _hf_cache_problem(
+    field: str, repo: str, revision: str | None, exc: Exception, *, unreachable: ConfigError | None, offline: bool
+) -> ConfigError:
     from huggingface_hub import errors
 
     rev = revision or "main"
@@ -231,21 +286,27 @@ def _hf_cache_problem(field: str, repo: str, revision: str | None, exc: Exceptio
         if unreachable is not None:
             return ConfigError(f"{unreachable} ({repo}@{rev} is {partly} in the cache)")
         if offline:
-            return ConfigError(f"{field}: HF_HUB_OFFLINE is set and {repo}@{rev} is {partly} in the cache; unset it "
-                               "for one run with network access, or point the field at s3://, pvc:// or file://")
+            return ConfigError(
+                f"{field}: HF_HUB_OFFLINE is set and {repo}@{rev} is {partly} in the cache; unset it "
+                "for one run with network access, or point the field at s3://, pvc:// or file://"
+            )
         cause = exc.__cause__ or exc
-        return ConfigError(f"{field}: the Hugging Face Hub at {hf_endpoint()} is unreachable or failed for {repo} "
-                           f"({cause.__class__.__name__}: {cause}), and {repo}@{rev} is {partly} in the cache")
+        return ConfigError(
+            f"{field}: the Hugging Face Hub at {hf_endpoint()} is unreachable or failed for {repo} "
+            f"({cause.__class__.__name__}: {cause}), and {repo}@{rev} is {partly} in the cache"
+        )
     return _hf_problem(field, repo, revision, exc)
 
 
-def push_to_hub(local: Path, *, repo: str, private: bool, allow: Iterable[str] = (),
-                field: str = "spec.output.hub") -> str:
+def push_to_hub(
+    local: Path, *, repo: str, private: bool, allow: Iterable[str] = (), field: str = "spec.output.hub"
+) -> str:
     """Upload an artifact folder to a Hub model repository; return the commit URL."""
     token = os.environ.get("HF_TOKEN")
     if not token:
-        raise ConfigError(f"{field}.credentialsSecret: HF_TOKEN is not set; the Secret must have an HF_TOKEN key "
-                          "with a write token")
+        raise ConfigError(
+            f"{field}.credentialsSecret: HF_TOKEN is not set; the Secret must have an HF_TOKEN key with a write token"
+        )
     endpoint = hf_endpoint()
     guard_hub(endpoint, field=field, allow=allow)
     probe(endpoint, field=field, hub="the Hugging Face Hub", env="HF_ENDPOINT")
@@ -254,39 +315,62 @@ def push_to_hub(local: Path, *, repo: str, private: bool, allow: Iterable[str] =
     api = HfApi(endpoint=endpoint, token=token)
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        info = api.upload_folder(folder_path=str(local), repo_id=repo, repo_type="model",
-                                 commit_message="kubetune: upload fine-tuned adapter")
+        info = api.upload_folder(
+            folder_path=str(local),
+            repo_id=repo,
+            repo_type="model",
+            commit_message="kubetune: upload fine-tuned adapter",
+        )
     except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"{field}.repo: pushing to {repo} on {endpoint} failed ({exc.__class__.__name__}: "
-                          f"{exc}); check the token has write access") from None
+        raise ConfigError(
+            f"{field}.repo: pushing to {repo} on {endpoint} failed ({exc.__class__.__name__}: "
+            f"{exc}); check the token has write access"
+        ) from None
     return str(getattr(info, "commit_url", info))
 
 
 # --------------------------------------------------------------------------------------------------- ModelScope
 
 
-def fetch_ms(uri: str, *, cache_dir: Path, field: str, kind: str = "model", revision: str | None = None,
-             allow: Iterable[str] = (), **_: object) -> Path:
+def fetch_ms(
+    uri: str,
+    *,
+    cache_dir: Path,
+    field: str,
+    kind: str = "model",
+    revision: str | None = None,
+    allow: Iterable[str] = (),
+    **_: object,
+) -> Path:
     repo = _repo(uri, field)
     endpoint = ms_endpoint()
     check_url(endpoint, field=field, allow=allow, what="ModelScope")
     try:
         from modelscope import snapshot_download
     except ImportError:
-        raise ConfigError(f"{field}: ms:// sources need the modelscope package: pip install modelscope "
-                          "(the kubetune trainer image includes it)") from None
+        raise ConfigError(
+            f"{field}: ms:// sources need the modelscope package: pip install modelscope "
+            "(the kubetune trainer image includes it)"
+        ) from None
     rev = revision or "master"
     probe(endpoint, field=field, hub="ModelScope", env="MODELSCOPE_ENDPOINT")
     target = cache_dir / f"{kind}s" / f"ms-{safe_name(repo)}-{cache_key(endpoint, repo, rev)}"
 
     def download(tmp: Path) -> None:
         try:
-            snapshot_download(repo, revision=rev, local_dir=str(tmp), endpoint=endpoint,
-                              token=os.environ.get("MODELSCOPE_API_TOKEN") or None,
-                              repo_type="dataset" if kind == "dataset" else "model")
+            snapshot_download(
+                repo,
+                revision=rev,
+                local_dir=str(tmp),
+                endpoint=endpoint,
+                token=os.environ.get("MODELSCOPE_API_TOKEN") or None,
+                repo_type="dataset" if kind == "dataset" else "model",
+            )
         except Exception as exc:  # noqa: BLE001
-            raise ConfigError(f"{field}: ModelScope download of {repo}@{rev} from {endpoint} failed "
-                              f"({exc.__class__.__name__}: {exc})") from None
+            raise ConfigError(
+                f"{field}: ModelScope download of {repo}@{rev} from {endpoint} failed "
+                f"({exc.__class__.__name__}: {exc})"
+            ) from None
         (tmp / REVISION).write_text(rev + "\n", encoding="utf-8")
 
     return cached(target, download, marker=f"{uri}@{rev}")

@@ -40,8 +40,9 @@ def parse_manifest(data: bytes | str, *, where: str = MANIFEST) -> tuple[dict[st
         raise ManifestProblem(f"{where}: a JSON {type(manifest).__name__}, not an object; not a kubetune manifest")
     missing = [k for k in REQUIRED_KEYS if k not in manifest]
     if missing:
-        raise ManifestProblem(f"{where}: missing {', '.join(repr(k) for k in missing)}; not a kubetune manifest "
-                              "(or a truncated one)")
+        raise ManifestProblem(
+            f"{where}: missing {', '.join(repr(k) for k in missing)}; not a kubetune manifest (or a truncated one)"
+        )
     files = manifest["files"]
     if not isinstance(files, list):
         raise ManifestProblem(f"{where}: 'files' is a {type(files).__name__}, not a list")

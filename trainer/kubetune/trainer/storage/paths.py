@@ -51,8 +51,9 @@ def check_relative(rel: str | PurePosixPath, *, what: str = "path") -> str:
     return text
 
 
-def contained(dest: str | os.PathLike[str], rel: str | PurePosixPath, *, what: str = "path",
-              symlinks: bool = True) -> Path:
+def contained(
+    dest: str | os.PathLike[str], rel: str | PurePosixPath, *, what: str = "path", symlinks: bool = True
+) -> Path:
     """``dest / rel``, resolved, when it lies strictly inside ``dest`` (symlinks followed); UnsafePath otherwise.
 
     ``dest`` is resolved too, so a destination reached through a symlink is fine; a link *inside* it
@@ -97,4 +98,3 @@ def links_stay_inside(root: Path, within: str | os.PathLike[str], *, what: str =
             if entry.is_symlink() and not entry.resolve().is_relative_to(bound):
                 raise UnsafePath(f"{what} {entry} is a symlink to {entry.resolve()}, outside {bound}; refusing it")
     return root
-

@@ -61,5 +61,7 @@ def publish(local: Path, uri: str, *, work_dir: str | Path = ".", **options: obj
 
         _load_optional_fetchers()
     if scheme not in PUBLISHERS:
-        raise ConfigError(f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {', '.join(sorted(PUBLISHERS))}")
+        raise ConfigError(
+            f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {', '.join(sorted(PUBLISHERS))}"
+        )
     return PUBLISHERS[scheme](local, uri, work_dir=Path(work_dir), **options)

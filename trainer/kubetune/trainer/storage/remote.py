@@ -53,7 +53,6 @@ from kubetune.trainer.storage.uris import Uri
 log = get_logger(__name__)
 
 
-
 def s3_client(*, field: str, allow: Iterable[str] = ()) -> Any:
     """An S3 client whose endpoint has passed the URL guard."""
     try:
@@ -72,8 +71,10 @@ def _s3_error(field: str, uri: str, exc: Exception) -> ConfigError:
     if isinstance(refused, URLRefused):  # the pinned connection refused the address (DNS rebinding)
         return refused
     if isinstance(exc, NoCredentialsError):
-        return ConfigError(f"{field}: no S3 credentials for {uri}; set credentialsSecret (AWS_ACCESS_KEY_ID/"
-                           "AWS_SECRET_ACCESS_KEY) or give the pod an AWS role")
+        return ConfigError(
+            f"{field}: no S3 credentials for {uri}; set credentialsSecret (AWS_ACCESS_KEY_ID/"
+            "AWS_SECRET_ACCESS_KEY) or give the pod an AWS role"
+        )
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "?")
         return ConfigError(f"{field}: S3 refused {uri}: {code} ({exc.response.get('Error', {}).get('Message', '')})")
@@ -83,8 +84,9 @@ def _s3_error(field: str, uri: str, exc: Exception) -> ConfigError:
 # ------------------------------------------------------------------------------------------------------- s3
 
 
-def _fetch_s3(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (),
-              **_: object) -> Path:
+def _fetch_s3(
+    uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (), **_: object
+) -> Path:
     from botocore.exceptions import BotoCoreError, ClientError
 
     cli = s3_client(field=field, allow=allow)
@@ -94,9 +96,18 @@ def _fetch_s3(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", a
         if obj is not None:  # one object
             name = Path(key).name
             target = cache_dir / f"{kind}s" / f"s3-{safe_name(name)}-{cache_key(uri, obj.get('ETag', ''))}"
-            cached(target, lambda tmp: s3.download_object(cli, bucket, key, contained(tmp, name, what=uri),
-                                                          size=obj.get("ContentLength"), etag=obj.get("ETag")),
-                   marker=uri)
+            cached(
+                target,
+                lambda tmp: s3.download_object(
+                    cli,
+                    bucket,
+                    key,
+                    contained(tmp, name, what=uri),
+                    size=obj.get("ContentLength"),
+                    etag=obj.get("ETag"),
+                ),
+                marker=uri,
+            )
             return target / name
         prefix = s3.prefix_of(key)
         objects = [o for o in s3.list_objects(cli, bucket, prefix) if not o["Key"].endswith("/")]
@@ -140,8 +151,14 @@ def _previous_files(cli: Any, bucket: str, manifest_key: str) -> list[str]:
         return []
     try:
         entries = json.loads(s3.get_bytes(cli, bucket, manifest_key)).get("files", [])
-        return [e["path"] for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)
-                and ".." not in e["path"].split("/") and not e["path"].startswith(CHECKPOINTS + "/")]
+        return [
+            e["path"]
+            for e in entries
+            if isinstance(e, dict)
+            and isinstance(e.get("path"), str)
+            and ".." not in e["path"].split("/")
+            and not e["path"].startswith(CHECKPOINTS + "/")
+        ]
     except ValueError:
         return []
 
@@ -170,7 +187,7 @@ def verify_remote(uri: str, *, allow: Iterable[str] | None = None) -> list[str]:
         if int(head.get("ContentLength") or 0) > MAX_MANIFEST_BYTES:
             return [f"{where}: {head['ContentLength']:,} bytes, over the {MAX_MANIFEST_BYTES:,} a manifest may have"]
         listed, problems = parse_manifest(s3.get_bytes(cli, bucket, prefix + MANIFEST), where=where)
-        present = {o["Key"][len(prefix):]: o for o in s3.list_objects(cli, bucket, prefix)}
+        present = {o["Key"][len(prefix) :]: o for o in s3.list_objects(cli, bucket, prefix)}
         for rel, entry in listed.items():
             obj = present.get(rel)
             if obj is None:
@@ -234,8 +251,9 @@ def _http_retry(url: str, *, field: str, action: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def _fetch_http(uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (),
-                **_: object) -> Path:
+def _fetch_http(
+    uri: str, *, cache_dir: Path, field: str, kind: str = "dataset", allow: Iterable[str] = (), **_: object
+) -> Path:
     check_url(uri, field=field, allow=allow)
     name = unquote(urlsplit(uri).path.rstrip("/").rsplit("/", 1)[-1]) or "index"
     if "/" in name or name in {".", ".."}:
@@ -284,8 +302,10 @@ def _fetch_configmap(uri: str, *, field: str, **_: object) -> Path:
     # The kubelet mounts keys as symlinks into ..data/; they must stay inside the ConfigMap's folder.
     path = contained(root / name, key, what=f"{field}: {redact(uri)}: the key")
     if not path.is_file():
-        raise ConfigError(f"{field}: ConfigMap {name!r} key {key!r} is not mounted at {path} "
-                          "(does the ConfigMap exist in the job's namespace, and does it have that key?)")
+        raise ConfigError(
+            f"{field}: ConfigMap {name!r} key {key!r} is not mounted at {path} "
+            "(does the ConfigMap exist in the job's namespace, and does it have that key?)"
+        )
     return path
 
 

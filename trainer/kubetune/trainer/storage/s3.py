@@ -66,8 +66,9 @@ def checksum_algorithm() -> str:
         try:
             import awscrt  # noqa: F401
         except ImportError:
-            raise StorageError(f"KUBETUNE_S3_CHECKSUM={name} needs the awscrt package (pip install 'boto3[crt]'); "
-                               "CRC32 needs nothing") from None
+            raise StorageError(
+                f"KUBETUNE_S3_CHECKSUM={name} needs the awscrt package (pip install 'boto3[crt]'); CRC32 needs nothing"
+            ) from None
     return name
 
 
@@ -82,9 +83,14 @@ class TransferConfig:
     def boto(self) -> Any:
         from boto3.s3.transfer import TransferConfig as BotoTransferConfig
 
-        return BotoTransferConfig(multipart_threshold=self.threshold, multipart_chunksize=self.part_size,
-                                  max_concurrency=self.concurrency, use_threads=True,
-                                  num_download_attempts=attempts(), preferred_transfer_client="classic")
+        return BotoTransferConfig(
+            multipart_threshold=self.threshold,
+            multipart_chunksize=self.part_size,
+            max_concurrency=self.concurrency,
+            use_threads=True,
+            num_download_attempts=attempts(),
+            preferred_transfer_client="classic",
+        )
 
 
 TRANSFER = TransferConfig()
@@ -152,11 +158,15 @@ def failure(what: str, exc: BaseException) -> BaseException:
     if isinstance(exc, ClientError):
         error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
         tries = int(meta.get("RetryAttempts", 0)) + 1
-        return StorageError(f"{what}: {error.get('Code', '?')} ({redact(str(error.get('Message', '')))}), HTTP "
-                            f"{meta.get('HTTPStatusCode', '?')} after {tries} attempts")
+        return StorageError(
+            f"{what}: {error.get('Code', '?')} ({redact(str(error.get('Message', '')))}), HTTP "
+            f"{meta.get('HTTPStatusCode', '?')} after {tries} attempts"
+        )
     if isinstance(exc, FlexibleChecksumError):
-        return StorageError(f"{what}: the bytes read do not match the checksum stored with the object ({exc}); "
-                            "the object was corrupted on its way into the store, upload it again")
+        return StorageError(
+            f"{what}: the bytes read do not match the checksum stored with the object ({exc}); "
+            "the object was corrupted on its way into the store, upload it again"
+        )
     retried = f" after {attempts()} attempts" if isinstance(exc, HTTPClientError | BotoConnectionError) else ""
     return StorageError(f"{what}: failed{retried}: {exc.__class__.__name__}: {redact(str(exc))}")
 
@@ -201,7 +211,9 @@ def put_bytes(cli: Any, bucket: str, key: str, data: bytes, **extra: Any) -> Non
     _wait(lambda: cli.put_object(Bucket=bucket, Key=key, Body=data, **_upload_args(extra)), f"PUT s3://{bucket}/{key}")
 
 
-def upload_files(cli: Any, bucket: str, files: Iterable[tuple[Path, str]], config: TransferConfig | None = None) -> int:
+def upload_files(
+    cli: Any, bucket: str, files: Iterable[tuple[Path, str]], config: TransferConfig | None = None
+) -> int:
     """Upload (local path, key) pairs, all files sharing one transfer manager's threads; return bytes sent.
 
     Raises StorageError (or the 4xx ClientError) when a file fails after its retries; s3transfer aborts the
@@ -219,12 +231,22 @@ def upload_files(cli: Any, bucket: str, files: Iterable[tuple[Path, str]], confi
     return total
 
 
-def upload_dir(cli: Any, local: Path, bucket: str, prefix: str, *, exclude: Iterable[str] = (),
-               config: TransferConfig | None = None) -> list[str]:
+def upload_dir(
+    cli: Any,
+    local: Path,
+    bucket: str,
+    prefix: str,
+    *,
+    exclude: Iterable[str] = (),
+    config: TransferConfig | None = None,
+) -> list[str]:
     """Upload every file under ``local`` to ``prefix``; return the keys written."""
     skip = set(exclude)
-    pairs = [(p, prefix + p.relative_to(local).as_posix())
-             for p in sorted(local.rglob("*")) if p.is_file() and p.relative_to(local).as_posix() not in skip]
+    pairs = [
+        (p, prefix + p.relative_to(local).as_posix())
+        for p in sorted(local.rglob("*"))
+        if p.is_file() and p.relative_to(local).as_posix() not in skip
+    ]
     upload_files(cli, bucket, pairs, config)
     return [k for _, k in pairs]
 
@@ -239,12 +261,14 @@ def list_objects(cli: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]
 
 def delete_keys(cli: Any, bucket: str, keys: list[str]) -> None:
     for start in range(0, len(keys), 1000):
-        batch = [{"Key": k} for k in keys[start:start + 1000]]
+        batch = [{"Key": k} for k in keys[start : start + 1000]]
         resp = cli.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         if resp.get("Errors"):
             first = resp["Errors"][0]
-            raise StorageError(f"delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} ({first.get('Message')}); "
-                               f"{len(resp['Errors'])} of {len(batch)} objects not deleted")
+            raise StorageError(
+                f"delete s3://{bucket}/{first.get('Key')}: {first.get('Code')} ({first.get('Message')}); "
+                f"{len(resp['Errors'])} of {len(batch)} objects not deleted"
+            )
 
 
 def head(cli: Any, bucket: str, key: str) -> dict[str, Any] | None:
@@ -291,8 +315,16 @@ def sha256_of(cli: Any, bucket: str, key: str, config: TransferConfig | None = N
     return sink.digest.hexdigest()
 
 
-def download_object(cli: Any, bucket: str, key: str, dest: Path, *, size: int | None = None,
-                    etag: str | None = None, config: TransferConfig | None = None) -> Path:
+def download_object(
+    cli: Any,
+    bucket: str,
+    key: str,
+    dest: Path,
+    *,
+    size: int | None = None,
+    etag: str | None = None,
+    config: TransferConfig | None = None,
+) -> Path:
     """Download one object to ``dest`` (written under a temporary name, renamed when complete)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _manager(cli, config) as manager:
@@ -300,8 +332,14 @@ def download_object(cli: Any, bucket: str, key: str, dest: Path, *, size: int | 
     return dest
 
 
-def download_prefix(cli: Any, bucket: str, prefix: str, dest: Path, objects: list[dict[str, Any]] | None = None,
-                    config: TransferConfig | None = None) -> list[str]:
+def download_prefix(
+    cli: Any,
+    bucket: str,
+    prefix: str,
+    dest: Path,
+    objects: list[dict[str, Any]] | None = None,
+    config: TransferConfig | None = None,
+) -> list[str]:
     """Download every object under ``prefix`` into ``dest`` (relative paths kept); return the relative paths.
 
     A key whose remainder would land outside ``dest`` (``..``, an absolute remainder, a symlink out) is refused
@@ -310,7 +348,7 @@ def download_prefix(cli: Any, bucket: str, prefix: str, dest: Path, objects: lis
     objects = objects if objects is not None else list(list_objects(cli, bucket, prefix))
     todo: list[tuple[dict[str, Any], str, Path]] = []
     for obj in objects:
-        rel = obj["Key"][len(prefix):]
+        rel = obj["Key"][len(prefix) :]
         if not rel or rel.endswith("/"):
             continue  # folder placeholder objects
         todo.append((obj, rel, contained(dest, rel, what=f"s3://{bucket}/{obj['Key']}")))
@@ -319,8 +357,14 @@ def download_prefix(cli: Any, bucket: str, prefix: str, dest: Path, objects: lis
         futures = []
         for obj, _, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
-            futures.append((obj["Key"], manager.download(bucket, obj["Key"], str(path),
-                                                         subscribers=[_known(obj.get("Size"), obj.get("ETag"))])))
+            futures.append(
+                (
+                    obj["Key"],
+                    manager.download(
+                        bucket, obj["Key"], str(path), subscribers=[_known(obj.get("Size"), obj.get("ETag"))]
+                    ),
+                )
+            )
         for key, fut in futures:
             _wait(fut, f"GET s3://{bucket}/{key}")
     return [rel for _, rel, _ in todo]

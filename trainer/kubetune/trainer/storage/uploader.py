@@ -43,8 +43,7 @@ def _child_env() -> dict[str, str]:
 class CheckpointUploader(TrainerCallback):
     """Upload each saved ``checkpoint-N`` to ``<output>/checkpoints/step-N/`` without stopping training."""
 
-    def __init__(self, output_uri: str, keep: int, *, allow: Iterable[str] = (), on_save: bool = True,
-                 nice: int = 10):
+    def __init__(self, output_uri: str, keep: int, *, allow: Iterable[str] = (), on_save: bool = True, nice: int = 10):
         self.output_uri, self.keep, self.allow = output_uri, keep, list(allow)
         self.use_on_save = on_save
         self.nice = nice
@@ -93,8 +92,19 @@ class CheckpointUploader(TrainerCallback):
                 self._queue.task_done()
 
     def _upload(self, step: int, staged: Path) -> None:
-        cmd = [sys.executable, "-m", "kubetune.trainer.storage.checkpoints", str(staged), self.output_uri, str(step),
-               "--keep", str(self.keep), "--nice", str(self.nice), *[f"--allow={a}" for a in self.allow]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "kubetune.trainer.storage.checkpoints",
+            str(staged),
+            self.output_uri,
+            str(step),
+            "--keep",
+            str(self.keep),
+            "--nice",
+            str(self.nice),
+            *[f"--allow={a}" for a in self.allow],
+        ]
         try:
             done = subprocess.run(cmd, env=_child_env(), capture_output=True, text=True, check=False)
             if done.returncode != 0:
@@ -104,8 +114,12 @@ class CheckpointUploader(TrainerCallback):
                 return
             result = json.loads(done.stdout.strip().splitlines()[-1])
             self.uploaded.append(Checkpoint(step, result["uri"], True))
-            log.info("checkpoint step %d uploaded to %s (pruned %s)", step, checkpoint_uri(self.output_uri, step),
-                     result["pruned"] or "none")
+            log.info(
+                "checkpoint step %d uploaded to %s (pruned %s)",
+                step,
+                checkpoint_uri(self.output_uri, step),
+                result["pruned"] or "none",
+            )
         except Exception as exc:  # noqa: BLE001 - training goes on; the next checkpoint tries again
             self.errors.append(f"step {step}: {exc}")
             log.warning("checkpoint step %d upload failed (training continues): %s", step, exc)
@@ -121,5 +135,6 @@ def checkpoint_callback(config: Any) -> Any:
     uri = config.runtime.output_uri
     if config.spec.checkpointing.every_steps is None or Uri.parse(uri).scheme not in ("s3", "file"):
         return None
-    return CheckpointUploader(uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls,
-                              on_save=False)
+    return CheckpointUploader(
+        uri, config.spec.checkpointing.keep, allow=config.runtime.allow_private_urls, on_save=False
+    )

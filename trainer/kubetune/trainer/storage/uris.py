@@ -37,8 +37,10 @@ class Uri:
         scheme, rest = uri.split("://", 1)
         parsed = cls(scheme.lower(), rest)
         if parsed.scheme in _NAMED_FIRST and not parsed.bucket:
-            raise ConfigError(f"{where}URI {_shown(uri)} names no {'bucket' if scheme == 's3' else 'name'} "
-                              f"(expected {scheme}://<name>/...)")
+            raise ConfigError(
+                f"{where}URI {_shown(uri)} names no {'bucket' if scheme == 's3' else 'name'} "
+                f"(expected {scheme}://<name>/...)"
+            )
         return parsed
 
     @property

@@ -47,7 +47,9 @@ PROCESSORS: dict[DataShape, Processor] = {
 
 def get_processor(shape: DataShape) -> Processor:
     if shape not in PROCESSORS:
-        raise ValueError(f"no processor for data shape {shape.value!r}; known: {', '.join(s.value for s in PROCESSORS)}")
+        raise ValueError(
+            f"no processor for data shape {shape.value!r}; known: {', '.join(s.value for s in PROCESSORS)}"
+        )
     return PROCESSORS[shape]
 
 
@@ -67,6 +69,18 @@ def finish(
 
 
 __all__ = [
-    "IGNORE_INDEX", "PROCESSORS", "PackingStats", "Processor", "ProcessorOptions", "Tokens", "encode_turns", "finish",
-    "get_processor", "infer_seqlen", "knapsack", "pack_blocks", "pack_examples", "texts_of",
+    "IGNORE_INDEX",
+    "PROCESSORS",
+    "PackingStats",
+    "Processor",
+    "ProcessorOptions",
+    "Tokens",
+    "encode_turns",
+    "finish",
+    "get_processor",
+    "infer_seqlen",
+    "knapsack",
+    "pack_blocks",
+    "pack_examples",
+    "texts_of",
 ]

@@ -71,7 +71,10 @@ class Tokens:
 
     def _encode_with_ends(self, texts: list[str]) -> list[tuple[list[int], list[int] | None]]:
         if self._with_offsets is not None:
-            return [(enc.ids, [end for _, end in enc.offsets]) for enc in self._with_offsets(texts, add_special_tokens=False)]
+            return [
+                (enc.ids, [end for _, end in enc.offsets])
+                for enc in self._with_offsets(texts, add_special_tokens=False)
+            ]
         return [(ids, None) for ids in self._encode(texts)]
 
     def _add(self, texts: Iterable[str]) -> None:

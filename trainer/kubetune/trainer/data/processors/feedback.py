@@ -15,7 +15,9 @@ from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
 
 
-def process_feedback(example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions) -> dict[str, Any]:
+def process_feedback(
+    example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions
+) -> dict[str, Any]:
     prompt, response = example["prompt"], example["response"]
     if len(prompt) % 2 != 1 or len(response) < 2:
         raise RowError("no KTO label", f"{len(response)} response messages; set columns.kto_tag to a boolean column")
@@ -29,8 +31,13 @@ def process_feedback(example: dict[str, Any], template: Template, tokens: Tokens
         prompt_ids, completion_ids = prompt_ids[:source_len], completion_ids[:target_len]
     if not completion_ids:
         raise RowError("no completion tokens", f"the prompt fills cutoffLen={opts.cutoff_len}")
-    return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "label": label,
-            "_full_completion": full, "_truncated": truncated}
+    return {
+        "prompt_ids": prompt_ids,
+        "completion_ids": completion_ids,
+        "label": label,
+        "_full_completion": full,
+        "_truncated": truncated,
+    }
 
 
 def add_kl_completions(items: list[dict[str, Any]], opts: ProcessorOptions) -> list[dict[str, Any]]:
@@ -42,6 +49,12 @@ def add_kl_completions(items: list[dict[str, Any]], opts: ProcessorOptions) -> l
         if len(item["prompt_ids"]) + len(kl) > opts.cutoff_len:
             _, target_len = infer_seqlen(len(item["prompt_ids"]), len(kl), opts.cutoff_len)
             kl = kl[: max(target_len, 1)]
-        out.append({"prompt_ids": item["prompt_ids"], "completion_ids": item["completion_ids"],
-                    "KL_completion_ids": list(kl), "label": item["label"]})
+        out.append(
+            {
+                "prompt_ids": item["prompt_ids"],
+                "completion_ids": item["completion_ids"],
+                "KL_completion_ids": list(kl),
+                "label": item["label"],
+            }
+        )
     return out

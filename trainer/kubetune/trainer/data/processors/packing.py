@@ -29,12 +29,19 @@ class PackingStats:
         return self.tokens_out / self.capacity if self.capacity else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rowsIn": self.rows_in, "rowsOut": self.rows_out, "tokensIn": self.tokens_in,
-                "tokensOut": self.tokens_out, "efficiency": round(self.efficiency, 4),
-                "tokensDropped": self.tokens_in - self.tokens_out}
+        return {
+            "rowsIn": self.rows_in,
+            "rowsOut": self.rows_out,
+            "tokensIn": self.tokens_in,
+            "tokensOut": self.tokens_out,
+            "efficiency": round(self.efficiency, 4),
+            "tokensDropped": self.tokens_in - self.tokens_out,
+        }
 
 
-def pack_blocks(items: list[dict[str, Any]], cutoff_len: int, bos_id: int | None = None) -> tuple[list[dict], PackingStats]:
+def pack_blocks(
+    items: list[dict[str, Any]], cutoff_len: int, bos_id: int | None = None
+) -> tuple[list[dict], PackingStats]:
     stream = [t for item in items for t in item["input_ids"]]
     total = len(stream) // cutoff_len * cutoff_len
     blocks = []
@@ -71,11 +78,13 @@ def pack_examples(items: list[dict[str, Any]], cutoff_len: int) -> tuple[list[di
     packed = []
     for group in groups:
         members = [items[i] for i in group]
-        packed.append({
-            "input_ids": [t for m in members for t in m["input_ids"]],
-            "labels": [t for m in members for t in m["labels"]],
-            "position_ids": [p for m in members for p in range(len(m["input_ids"]))],
-            "seq_lengths": [len(m["input_ids"]) for m in members],
-        })
+        packed.append(
+            {
+                "input_ids": [t for m in members for t in m["input_ids"]],
+                "labels": [t for m in members for t in m["labels"]],
+                "position_ids": [p for m in members for p in range(len(m["input_ids"]))],
+                "seq_lengths": [len(m["input_ids"]) for m in members],
+            }
+        )
     tokens = sum(len(item["input_ids"]) for item in items)
     return packed, PackingStats(len(items), len(packed), tokens, tokens, len(packed) * cutoff_len)

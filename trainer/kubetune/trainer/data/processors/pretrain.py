@@ -14,7 +14,9 @@ from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
 
 
-def process_pretrain(example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions) -> dict[str, Any]:
+def process_pretrain(
+    example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions
+) -> dict[str, Any]:
     prompt = example["prompt"]
     text = prompt[0]["content"] if prompt else ""
     if not text:

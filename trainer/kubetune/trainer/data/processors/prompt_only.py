@@ -14,7 +14,9 @@ from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
 
 
-def process_prompt_only(example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions) -> dict[str, Any]:
+def process_prompt_only(
+    example: dict[str, Any], template: Template, tokens: Tokens, opts: ProcessorOptions
+) -> dict[str, Any]:
     prompt, response = example["prompt"], example["response"]
     if len(prompt) % 2 != 1:
         raise RowError("not a prompt", f"{len(prompt)} prompt messages; the conversation must end with a user turn")

@@ -64,4 +64,11 @@ def _run_simpo(ctx: RunContext) -> StageResult:
         simpo_gamma=pref.simpo_gamma,
         cpo_alpha=pref.ftx,  # 0: pure SimPO; > 0 adds the NLL term on chosen (CPO-SimPO)
     )
-    return fit(ctx, legacy_tokenized(CPOTrainer), model, args, [legacy_pairwise(r) for r in ctx.data.train], [legacy_pairwise(r) for r in ctx.data.eval])
+    return fit(
+        ctx,
+        legacy_tokenized(CPOTrainer),
+        model,
+        args,
+        [legacy_pairwise(r) for r in ctx.data.train],
+        [legacy_pairwise(r) for r in ctx.data.eval],
+    )

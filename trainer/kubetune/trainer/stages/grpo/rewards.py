@@ -30,8 +30,10 @@ def answer_reward(completions: Sequence[Any], response_text: Sequence[str] | Non
 
     A row without a reference answer scores 0.0: it cannot be verified."""
     references = list(response_text or [""] * len(completions))
-    return [1.0 if _normalized(ref) and _normalized(ref) in _normalized(completion_text(c)) else 0.0
-            for c, ref in zip(completions, references, strict=True)]
+    return [
+        1.0 if _normalized(ref) and _normalized(ref) in _normalized(completion_text(c)) else 0.0
+        for c, ref in zip(completions, references, strict=True)
+    ]
 
 
 def regex_reward(pattern: str) -> RewardFn:
@@ -50,6 +52,7 @@ def reward_functions(specs: Sequence[Any]) -> list[tuple[RewardFn, float]]:
     out: list[tuple[RewardFn, float]] = []
     for i, spec in enumerate(specs):
         if spec.type == "answer":
+
             def fn(completions: Sequence[Any], response_text: Sequence[str] | None = None, **kw: Any) -> list[float]:
                 return answer_reward(completions, response_text, **kw)
         elif spec.type == "regex":

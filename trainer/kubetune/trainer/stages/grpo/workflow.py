@@ -15,7 +15,6 @@ from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
 from kubetune.trainer.models.loader import load_model, torch_dtype
 from kubetune.trainer.models.reward import load_reward_model
-from kubetune.trainer.stages.grpo.rewards import reward_functions
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
@@ -24,6 +23,7 @@ from kubetune.trainer.stages.base import (
     to_hf_dataset,
     train_and_save,
 )
+from kubetune.trainer.stages.grpo.rewards import reward_functions
 
 
 def run_grpo(ctx: RunContext) -> StageResult:
@@ -33,8 +33,10 @@ def run_grpo(ctx: RunContext) -> StageResult:
     t, ppo = spec.training, spec.training.ppo
     rules = reward_functions(t.reward_functions)
     if ctx.reward_model is None and not rules:
-        raise ConfigError("spec.training.rewardModel: stage grpo needs a reward model (the output of an rm job) "
-                          "or spec.training.rewardFunctions")
+        raise ConfigError(
+            "spec.training.rewardModel: stage grpo needs a reward model (the output of an rm job) "
+            "or spec.training.rewardFunctions"
+        )
     group = max(2, ppo.rollout_batch_size)
     model = load_model(ctx.model_ref, ctx.config)
     model = apply_method(model, spec, ctx.adapter_init)
@@ -42,8 +44,14 @@ def run_grpo(ctx: RunContext) -> StageResult:
     classes: list = []
     weights: list[float] = []
     if ctx.reward_model is not None:
-        funcs.append(load_reward_model(ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision),
-                                       trust_remote_code=spec.model.trust_remote_code))
+        funcs.append(
+            load_reward_model(
+                ctx.reward_model,
+                ctx.model_ref,
+                dtype=torch_dtype(t.precision),
+                trust_remote_code=spec.model.trust_remote_code,
+            )
+        )
         classes.append(ctx.tokenizer)
         weights.append(1.0)
     for fn, weight in rules:

@@ -33,4 +33,11 @@ def run_orpo(ctx: RunContext) -> StageResult:
         beta=spec.training.preference.beta,
         padding_value=ctx.tokenizer.pad_token_id,
     )
-    return fit(ctx, legacy_tokenized(ORPOTrainer), model, args, [legacy_pairwise(r) for r in ctx.data.train], [legacy_pairwise(r) for r in ctx.data.eval])
+    return fit(
+        ctx,
+        legacy_tokenized(ORPOTrainer),
+        model,
+        args,
+        [legacy_pairwise(r) for r in ctx.data.train],
+        [legacy_pairwise(r) for r in ctx.data.eval],
+    )

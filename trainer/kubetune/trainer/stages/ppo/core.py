@@ -117,7 +117,12 @@ class PpoStats:
 
     def as_log(self) -> dict[str, Any]:
         return {
-            "reward": self.score, "kl": self.kl, "loss": self.policy_loss + self.value_loss,
-            "policy_loss": self.policy_loss, "value_loss": self.value_loss, "clipfrac": self.clipfrac,
-            "approx_kl": self.approx_kl, "response_length": self.response_length,
+            "reward": self.score,
+            "kl": self.kl,
+            "loss": self.policy_loss + self.value_loss,
+            "policy_loss": self.policy_loss,
+            "value_loss": self.value_loss,
+            "clipfrac": self.clipfrac,
+            "approx_kl": self.approx_kl,
+            "response_length": self.response_length,
         }

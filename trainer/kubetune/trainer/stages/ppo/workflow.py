@@ -51,25 +51,37 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
+        ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r) :] = 1
     return ids, mask
 
 
-def _forward(model: Any, head: Any, input_ids: Any, attention_mask: Any, prompt_len: int, temperature: float,
-             with_values: bool = True) -> tuple[Any, Any]:
+def _forward(
+    model: Any,
+    head: Any,
+    input_ids: Any,
+    attention_mask: Any,
+    prompt_len: int,
+    temperature: float,
+    with_values: bool = True,
+) -> tuple[Any, Any]:
     """Log-probabilities of the response tokens (and values before each of them)."""
     import torch
 
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                output_hidden_states=with_values, use_cache=False)
-    logits = out.logits[:, prompt_len - 1:-1].float() / temperature
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        output_hidden_states=with_values,
+        use_cache=False,
+    )
+    logits = out.logits[:, prompt_len - 1 : -1].float() / temperature
     response = input_ids[:, prompt_len:]
     logprobs = torch.log_softmax(logits, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
     values = None
     if with_values:
-        hidden = out.hidden_states[-1][:, prompt_len - 1:-1]
+        hidden = out.hidden_states[-1][:, prompt_len - 1 : -1]
         values = head(hidden.to(head.weight.dtype)).squeeze(-1).float()
     return logprobs, values
 
@@ -86,7 +98,11 @@ def _scores(reward_model: Any, prompts: list[list[int]], responses: Any, mask: A
         ids[i, : len(r)] = torch.tensor(r)
         att[i, : len(r)] = 1
     with torch.no_grad():
-        return reward_model(input_ids=ids.to(reward_model.device), attention_mask=att.to(reward_model.device)).logits[:, 0].float()
+        return (
+            reward_model(input_ids=ids.to(reward_model.device), attention_mask=att.to(reward_model.device))
+            .logits[:, 0]
+            .float()
+        )
 
 
 def _total_steps(ctx: RunContext, prompts: int) -> int:
@@ -135,17 +151,24 @@ def run_ppo(ctx: RunContext) -> StageResult:
         ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
     device = next(policy.parameters()).device
     head = _value_head(policy.config.hidden_size).to(device)
-    reward_model = load_reward_model(ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision),
-                                     trust_remote_code=spec.model.trust_remote_code).to(device)
+    reward_model = load_reward_model(
+        ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision), trust_remote_code=spec.model.trust_remote_code
+    ).to(device)
 
-    args = TrainingArguments(**{k: v for k, v in common_args(ctx).items() if k not in ("deepspeed", "fsdp", "fsdp_config")})
+    args = TrainingArguments(
+        **{k: v for k, v in common_args(ctx).items() if k not in ("deepspeed", "fsdp", "fsdp_config")}
+    )
     params = [p for p in policy.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     total = _total_steps(ctx, len(prompts))
     minibatch = max(1, min(t.batch_size, ppo.rollout_batch_size))
     updates_per_step = ppo.ppo_epochs * math.ceil(ppo.rollout_batch_size / minibatch)
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total * updates_per_step),
-                              num_training_steps=total * updates_per_step)
+    scheduler = get_scheduler(
+        t.scheduler,
+        optimizer,
+        num_warmup_steps=int(t.warmup_ratio * total * updates_per_step),
+        num_training_steps=total * updates_per_step,
+    )
 
     state = TrainerState(max_steps=total, logging_steps=t.logging_steps, save_steps=args.save_steps)
     handler = CallbackHandler([DefaultFlowCallback(), *stage_callbacks(ctx)], policy, tokenizer, optimizer, scheduler)
@@ -157,8 +180,15 @@ def run_ppo(ctx: RunContext) -> StageResult:
     if resume is not None:
         start = _load_checkpoint(Path(resume), policy, head, optimizer, scheduler, state)
     control = handler.on_train_begin(args, state, control)
-    generation = {"do_sample": True, "temperature": ppo.temperature, "top_k": 0, "top_p": 1.0,
-                  "max_new_tokens": ppo.max_new_tokens, "pad_token_id": pad_id, "eos_token_id": eos_id}
+    generation = {
+        "do_sample": True,
+        "temperature": ppo.temperature,
+        "top_k": 0,
+        "top_p": 1.0,
+        "max_new_tokens": ppo.max_new_tokens,
+        "pad_token_id": pad_id,
+        "eos_token_id": eos_id,
+    }
     preempted_at = None
     losses: list[float] = []
     for step in range(start, total):
@@ -198,7 +228,7 @@ def run_ppo(ctx: RunContext) -> StageResult:
             idx = list(range(len(batch)))
             rng.shuffle(idx)
             for s in range(0, len(idx), minibatch):
-                mb = torch.tensor(idx[s:s + minibatch], device=device)
+                mb = torch.tensor(idx[s : s + minibatch], device=device)
                 logprobs, values = _forward(policy, head, generated[mb], full_mask[mb], plen, ppo.temperature)
                 pl, pstats = policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask_f[mb], ppo.clip_range)
                 vl = value_loss(values, old_values[mb], returns[mb], mask_f[mb], ppo.clip_range_value)
@@ -262,8 +292,9 @@ def run_ppo(ctx: RunContext) -> StageResult:
     return StageResult(metrics=metrics, log_history=list(state.log_history))
 
 
-def _save_checkpoint(work_dir: Path, policy: Any, head: Any, optimizer: Any, scheduler: Any, state: Any,
-                     keep: int) -> Path:
+def _save_checkpoint(
+    work_dir: Path, policy: Any, head: Any, optimizer: Any, scheduler: Any, state: Any, keep: int
+) -> Path:
     import torch
 
     from kubetune.trainer.stages.checkpoints import checkpoint_step
@@ -271,11 +302,21 @@ def _save_checkpoint(work_dir: Path, policy: Any, head: Any, optimizer: Any, sch
     path = Path(work_dir) / f"checkpoint-{state.global_step}"
     path.mkdir(parents=True, exist_ok=True)
     trainable = {n: p.detach().cpu() for n, p in policy.named_parameters() if p.requires_grad}
-    torch.save({"policy": trainable, "value_head": head.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state()}, path / STATE)
+    torch.save(
+        {
+            "policy": trainable,
+            "value_head": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        },
+        path / STATE,
+    )
     state.save_to_json(str(path / "trainer_state.json"))
-    older = sorted((p for p in Path(work_dir).iterdir() if checkpoint_step(p) is not None and p != path),
-                   key=lambda p: checkpoint_step(p) or 0)
+    older = sorted(
+        (p for p in Path(work_dir).iterdir() if checkpoint_step(p) is not None and p != path),
+        key=lambda p: checkpoint_step(p) or 0,
+    )
     for old in older[: max(0, len(older) - (keep - 1))]:
         import shutil
 

@@ -19,8 +19,10 @@ from kubetune.trainer.stages.base import (
 
 def as_reward_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Pairwise rows → RewardTrainer's processed layout: each side is the whole prompt + answer sequence."""
-    return [{"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
-            for r in rows]
+    return [
+        {"chosen_ids": r["prompt_ids"] + r["chosen_ids"], "rejected_ids": r["prompt_ids"] + r["rejected_ids"]}
+        for r in rows
+    ]
 
 
 def run_rm(ctx: RunContext) -> StageResult:
@@ -29,8 +31,13 @@ def run_rm(ctx: RunContext) -> StageResult:
 
     spec = ctx.config.spec
     tokenizer = ctx.tokenizer
-    model = load_model(ctx.model_ref, ctx.config, model_class=AutoModelForSequenceClassification, num_labels=1,
-                       pad_token_id=tokenizer.pad_token_id)
+    model = load_model(
+        ctx.model_ref,
+        ctx.config,
+        model_class=AutoModelForSequenceClassification,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = apply_method(model, spec, ctx.adapter_init, task_type="SEQ_CLS")
     for name, param in model.named_parameters():  # the new score head always trains (full/freeze too)
         if "score" in name and "original_module" not in name:
