@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn
 
-from kubetune.cli import commands, data, operator  # noqa: F401 - each registers its subcommands
+from kubetune.cli import cluster, commands, data, operator  # noqa: F401 - each registers its subcommands
 from kubetune.cli.registry import COMMANDS
 
 
