@@ -97,11 +97,17 @@ class JobView:
         try:
             status = FineTuneJobStatus.model_validate(raw_status)
         except ValueError:  # a status written by another version: keep what parses
-            status = FineTuneJobStatus.model_validate({k: v for k, v in raw_status.items()
-                                                       if k in ("phase", "conditions") and v is not None})
-        return cls(name=meta.get("name", ""), namespace=meta.get("namespace", ""),
-                   stage=(obj.get("spec") or {}).get("stage"), status=status,
-                   created=meta.get("creationTimestamp"), raw=obj)
+            status = FineTuneJobStatus.model_validate(
+                {k: v for k, v in raw_status.items() if k in ("phase", "conditions") and v is not None}
+            )
+        return cls(
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            stage=(obj.get("spec") or {}).get("stage"),
+            status=status,
+            created=meta.get("creationTimestamp"),
+            raw=obj,
+        )
 
 
 def _api_message(exc: Any) -> str:
@@ -127,8 +133,12 @@ class KubetuneClient:
     :param context: a context of that kubeconfig (else its current context).
     """
 
-    def __init__(self, namespace: str | None = None, kubeconfig: str | os.PathLike[str] | None = None,
-                 context: str | None = None):
+    def __init__(
+        self,
+        namespace: str | None = None,
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+    ):
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
@@ -150,8 +160,9 @@ class KubetuneClient:
                 if _SA_NAMESPACE.exists():
                     default_ns = _SA_NAMESPACE.read_text(encoding="utf-8").strip() or default_ns
             else:
-                raise KubetuneError(f"no kubeconfig ({path} does not exist) and not in a pod: set KUBECONFIG or "
-                                    "pass --kubeconfig")
+                raise KubetuneError(
+                    f"no kubeconfig ({path} does not exist) and not in a pod: set KUBECONFIG or pass --kubeconfig"
+                )
         except ConfigException as exc:
             raise KubetuneError(f"kubeconfig {path}: {clip_text(redact(' '.join(str(exc).split())), 300)}") from None
         self.namespace = namespace or default_ns
@@ -169,21 +180,26 @@ class KubetuneClient:
             return fn(*args, **kwargs)
         except ApiException as exc:
             if exc.status == 404 and "the server could not find the requested resource" in (exc.body or ""):
-                raise KubetuneError(f"{what}: the FineTuneJob CRD is not installed on this cluster "
-                                    "(helm install kubetune charts/kubetune, or kubetune crd | kubectl apply -f -)") from None
+                raise KubetuneError(
+                    f"{what}: the FineTuneJob CRD is not installed on this cluster "
+                    "(helm install kubetune charts/kubetune, or kubetune crd | kubectl apply -f -)"
+                ) from None
             raise KubetuneError(f"{what}: {_api_message(exc)}") from None
         except HTTPError as exc:
             host = getattr(self.api.configuration, "host", "?")
-            raise KubetuneError(f"{what}: cannot reach the Kubernetes API at {host} "
-                                f"({type(exc).__name__}); check the kubeconfig and the cluster") from None
+            raise KubetuneError(
+                f"{what}: cannot reach the Kubernetes API at {host} "
+                f"({type(exc).__name__}); check the kubeconfig and the cluster"
+            ) from None
 
     def _ns(self, namespace: str | None) -> str:
         return namespace or self.namespace
 
     def _get_raw(self, name: str, namespace: str | None = None) -> dict[str, Any]:
         ns = self._ns(namespace)
-        return self._call(f"get FineTuneJob {ns}/{name}", self._custom.get_namespaced_custom_object,
-                          GROUP, VERSION, ns, PLURAL, name)
+        return self._call(
+            f"get FineTuneJob {ns}/{name}", self._custom.get_namespaced_custom_object, GROUP, VERSION, ns, PLURAL, name
+        )
 
     # ------------------------------------------------------------------------------------------ submit
 
@@ -198,20 +214,29 @@ class KubetuneClient:
             if isinstance(job, os.PathLike) or (isinstance(job, str) and "\n" not in job and Path(job).is_file()):
                 jobs, problems = read_jobs(job)
                 source = str(job)
-                docs = [d for d in load_documents(Path(job).read_bytes()) if isinstance(d, dict)] if not problems else []
+                docs = (
+                    [d for d in load_documents(Path(job).read_bytes()) if isinstance(d, dict)] if not problems else []
+                )
             elif isinstance(job, str):
                 source = "<yaml>"
                 docs = load_documents(job)
                 jobs, problems = jobs_from_documents(docs)
             else:
-                raise KubetuneError(f"submit takes a FineTuneJob, a dict, a YAML string or a path, not {type(job).__name__}")
+                raise KubetuneError(
+                    f"submit takes a FineTuneJob, a dict, a YAML string or a path, not {type(job).__name__}"
+                )
         except InvalidFineTuneJob as exc:
             raise KubetuneError(f"invalid FineTuneJob: {clip_text(str(exc), 600)}") from None
         except (OSError, ValueError) as exc:
-            raise KubetuneError(f"cannot read {clip_text(str(job), 120)}: {clip_text(redact(str(exc)), 300)}") from None
+            raise KubetuneError(
+                f"cannot read {clip_text(str(job), 120)}: {clip_text(redact(str(exc)), 300)}"
+            ) from None
         if problems:
-            raise KubetuneError(f"invalid FineTuneJob in {source}: " + "; ".join(str(p) for p in problems[:5])
-                                + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+            raise KubetuneError(
+                f"invalid FineTuneJob in {source}: "
+                + "; ".join(str(p) for p in problems[:5])
+                + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else "")
+            )
         if not jobs:
             raise KubetuneError(f"{source}: no FineTuneJob found")
         names = {(j.metadata.namespace, j.metadata.name) for j in jobs}
@@ -220,12 +245,17 @@ class KubetuneClient:
             items = doc["items"] if doc.get("kind") == "List" and isinstance(doc.get("items"), list) else [doc]
             for item in items:
                 meta = item.get("metadata") if isinstance(item, dict) else None
-                if isinstance(meta, dict) and item.get("kind") == KIND and (meta.get("namespace"), meta.get("name")) in names:
+                if (
+                    isinstance(meta, dict)
+                    and item.get("kind") == KIND
+                    and (meta.get("namespace"), meta.get("name")) in names
+                ):
                     selected.append(item)
         return selected
 
-    def submit_all(self, source: FineTuneJob | dict[str, Any] | str | os.PathLike[str],
-                   namespace: str | None = None) -> list[JobView]:
+    def submit_all(
+        self, source: FineTuneJob | dict[str, Any] | str | os.PathLike[str], namespace: str | None = None
+    ) -> list[JobView]:
         """Validate every FineTuneJob of ``source`` (nothing is sent when one is invalid), then create each, or
         server-side apply it when it exists; the API server checks fields strictly (unknown fields are errors)."""
         docs = self._documents(source)
@@ -233,15 +263,19 @@ class KubetuneClient:
         for doc in docs:
             doc_ns = (doc.get("metadata") or {}).get("namespace")
             if namespace and doc_ns and namespace != doc_ns:
-                raise KubetuneError(f"FineTuneJob {doc['metadata']['name']} is in namespace {doc_ns}, not {namespace}: "
-                                    "drop -n or metadata.namespace")
+                raise KubetuneError(
+                    f"FineTuneJob {doc['metadata']['name']} is in namespace {doc_ns}, not {namespace}: "
+                    "drop -n or metadata.namespace"
+                )
             ns = doc_ns or self._ns(namespace)
             body = {**doc, "metadata": {**doc["metadata"], "namespace": ns}}
             body.pop("status", None)
             out.append(JobView.from_object(self._create_or_apply(body, ns)))
         return out
 
-    def submit(self, job: FineTuneJob | dict[str, Any] | str | os.PathLike[str], namespace: str | None = None) -> JobView:
+    def submit(
+        self, job: FineTuneJob | dict[str, Any] | str | os.PathLike[str], namespace: str | None = None
+    ) -> JobView:
         """Validate and send one FineTuneJob (a ``kubetune.api`` model, a dict, a YAML string or a path) and return
         it as the API server stored it. A file with several jobs: use :meth:`submit_all`."""
         docs = self._documents(job)
@@ -254,16 +288,28 @@ class KubetuneClient:
 
         name = body["metadata"]["name"]
         try:
-            return self._custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body,
-                                                                field_manager=FIELD_MANAGER, field_validation="Strict")
+            return self._custom.create_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, body, field_manager=FIELD_MANAGER, field_validation="Strict"
+            )
         except ApiException as exc:
             if exc.status != 409:
                 raise KubetuneError(f"create FineTuneJob {ns}/{name}: {_api_message(exc)}") from None
         except Exception as exc:  # noqa: BLE001 - connection errors: one line through _call's wording
             self._call(f"create FineTuneJob {ns}/{name}", _reraise, exc)
-        return self._call(f"apply FineTuneJob {ns}/{name}", self._custom.patch_namespaced_custom_object,
-                          GROUP, VERSION, ns, PLURAL, name, body, field_manager=FIELD_MANAGER, force=True,
-                          field_validation="Strict", _content_type="application/apply-patch+yaml")
+        return self._call(
+            f"apply FineTuneJob {ns}/{name}",
+            self._custom.patch_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
+            force=True,
+            field_validation="Strict",
+            _content_type="application/apply-patch+yaml",
+        )
 
     # ------------------------------------------------------------------------------------------ read
 
@@ -273,8 +319,9 @@ class KubetuneClient:
             data = self._call("list FineTuneJobs", self._custom.list_cluster_custom_object, GROUP, VERSION, PLURAL)
         else:
             ns = self._ns(namespace)
-            data = self._call(f"list FineTuneJobs in {ns}", self._custom.list_namespaced_custom_object,
-                              GROUP, VERSION, ns, PLURAL)
+            data = self._call(
+                f"list FineTuneJobs in {ns}", self._custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL
+            )
         return sorted((JobView.from_object(o) for o in data.get("items") or []), key=lambda j: (j.namespace, j.name))
 
     def get(self, name: str, namespace: str | None = None) -> JobView:
@@ -285,15 +332,24 @@ class KubetuneClient:
 
     def _rank_pods(self, name: str, rank: int, ns: str) -> list[dict[str, Any]]:
         sel = f"{FINETUNEJOB_LABEL}={name},{COMPONENT_LABEL}={TRAINER}"
-        resp = self._call(f"list the pods of {ns}/{name}", self._core.list_namespaced_pod, ns, label_selector=sel,
-                          _preload_content=False)  # plain JSON: no model round trip of fields we do not read
+        resp = self._call(
+            f"list the pods of {ns}/{name}",
+            self._core.list_namespaced_pod,
+            ns,
+            label_selector=sel,
+            _preload_content=False,
+        )  # plain JSON: no model round trip of fields we do not read
         pods = json.loads(resp.data or b"{}").get("items") or []
 
         def index(pod: dict[str, Any]) -> str | None:
             meta = pod.get("metadata") or {}
-            return (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(COMPLETION_INDEX)
+            return (meta.get("labels") or {}).get(COMPLETION_INDEX) or (meta.get("annotations") or {}).get(
+                COMPLETION_INDEX
+            )
 
-        return sorted((p for p in pods if index(p) == str(rank)), key=lambda p: p["metadata"].get("creationTimestamp") or "")
+        return sorted(
+            (p for p in pods if index(p) == str(rank)), key=lambda p: p["metadata"].get("creationTimestamp") or ""
+        )
 
     @staticmethod
     def _restarts(pod: dict[str, Any]) -> int:
@@ -304,8 +360,9 @@ class KubetuneClient:
         names = [c["name"] for c in (pod.get("spec") or {}).get("containers") or []]
         return TRAINER if TRAINER in names else (names[0] if names else TRAINER)
 
-    def logs(self, name: str, rank: int = 0, follow: bool = False, namespace: str | None = None,
-             poll_interval: float = 1.0) -> Iterator[str]:
+    def logs(
+        self, name: str, rank: int = 0, follow: bool = False, namespace: str | None = None, poll_interval: float = 1.0
+    ) -> Iterator[str]:
         """The log lines of the trainer pod of ``rank`` (its Job completion index). With ``follow``, lines as they
         come, across container restarts and replacement pods, until the job finishes or is deleted."""
         ns = self._ns(namespace)
@@ -315,12 +372,20 @@ class KubetuneClient:
         if not pods:
             job = self.get(name, ns)  # raises when the job does not exist
             if not follow:
-                raise KubetuneError(f"FineTuneJob {ns}/{name} has no pod of rank {rank} (phase "
-                                    f"{job.phase or 'Pending'}; {job.reason()})")
+                raise KubetuneError(
+                    f"FineTuneJob {ns}/{name} has no pod of rank {rank} (phase "
+                    f"{job.phase or 'Pending'}; {job.reason()})"
+                )
         if not follow:
             pod = pods[-1]
-            resp = self._call(f"logs of pod {pod['metadata']['name']}", self._core.read_namespaced_pod_log,
-                              pod["metadata"]["name"], ns, container=self._container(pod), _preload_content=False)
+            resp = self._call(
+                f"logs of pod {pod['metadata']['name']}",
+                self._core.read_namespaced_pod_log,
+                pod["metadata"]["name"],
+                ns,
+                container=self._container(pod),
+                _preload_content=False,
+            )
             yield from (resp.data or b"").decode("utf-8", errors="replace").splitlines()
             return
         yield from self._follow(name, rank, ns, poll_interval)
@@ -329,14 +394,24 @@ class KubetuneClient:
         seen: set[tuple[str, int]] = set()
         while True:
             pods = self._rank_pods(name, rank, ns)
-            fresh = [p for p in pods if (p["metadata"]["uid"], self._restarts(p)) not in seen
-                     and (p.get("status") or {}).get("phase") not in (None, "Pending")]
+            fresh = [
+                p
+                for p in pods
+                if (p["metadata"]["uid"], self._restarts(p)) not in seen
+                and (p.get("status") or {}).get("phase") not in (None, "Pending")
+            ]
             if fresh:
                 pod = fresh[-1]
                 seen.add((pod["metadata"]["uid"], self._restarts(pod)))
-                resp = self._call(f"logs of pod {pod['metadata']['name']}", self._core.read_namespaced_pod_log,
-                                  pod["metadata"]["name"], ns, container=self._container(pod), follow=True,
-                                  _preload_content=False)
+                resp = self._call(
+                    f"logs of pod {pod['metadata']['name']}",
+                    self._core.read_namespaced_pod_log,
+                    pod["metadata"]["name"],
+                    ns,
+                    container=self._container(pod),
+                    follow=True,
+                    _preload_content=False,
+                )
                 try:
                     pending = b""
                     for chunk in resp.stream(4096):
@@ -352,7 +427,11 @@ class KubetuneClient:
             from kubernetes.client.exceptions import ApiException
 
             try:
-                phase = self._custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name).get("status", {}).get("phase")
+                phase = (
+                    self._custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+                    .get("status", {})
+                    .get("phase")
+                )
             except ApiException as exc:
                 if exc.status == 404:
                     return
@@ -363,8 +442,9 @@ class KubetuneClient:
 
     # ------------------------------------------------------------------------------------------ wait, cancel
 
-    def wait(self, name: str, timeout: float | None = None, namespace: str | None = None,
-             poll_interval: float = 2.0) -> JobView:
+    def wait(
+        self, name: str, timeout: float | None = None, namespace: str | None = None, poll_interval: float = 2.0
+    ) -> JobView:
         """Block until the job is Succeeded and return it; raise :class:`JobFailed` (Failed or deleted, with the
         reason from its conditions) or :class:`WaitTimeout` (``timeout`` seconds passed)."""
         from kubernetes.client.exceptions import ApiException
@@ -380,8 +460,11 @@ class KubetuneClient:
             if deadline is not None and time.monotonic() >= deadline:
                 progress = job.status.progress
                 done = f", {progress.percent:.0f}% done" if progress and progress.percent is not None else ""
-                raise WaitTimeout(f"FineTuneJob {ns}/{name} is still {job.phase or 'Pending'}{done} after {timeout:g} s "
-                                  f"({job.reason()})", job)
+                raise WaitTimeout(
+                    f"FineTuneJob {ns}/{name} is still {job.phase or 'Pending'}{done} after {timeout:g} s "
+                    f"({job.reason()})",
+                    job,
+                )
             left = poll_interval if deadline is None else max(0.0, min(poll_interval, deadline - time.monotonic()))
             time.sleep(left)
             try:
@@ -394,8 +477,16 @@ class KubetuneClient:
     def cancel(self, name: str, namespace: str | None = None) -> None:
         """Delete the FineTuneJob; its Job, pods, Service and ConfigMap go with it (owner references)."""
         ns = self._ns(namespace)
-        self._call(f"delete FineTuneJob {ns}/{name}", self._custom.delete_namespaced_custom_object,
-                   GROUP, VERSION, ns, PLURAL, name, propagation_policy="Background")
+        self._call(
+            f"delete FineTuneJob {ns}/{name}",
+            self._custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            ns,
+            PLURAL,
+            name,
+            propagation_policy="Background",
+        )
 
     # ------------------------------------------------------------------------------------------ artifacts
 
@@ -405,21 +496,29 @@ class KubetuneClient:
         job = self.get(name, namespace)
         uri = job.status.artifacts.manifest_uri if job.status.artifacts else None
         if not uri:
-            raise KubetuneError(f"FineTuneJob {job.namespace}/{name} has no manifest yet (phase "
-                                f"{job.phase or 'Pending'}); it is written when training succeeds")
+            raise KubetuneError(
+                f"FineTuneJob {job.namespace}/{name} has no manifest yet (phase "
+                f"{job.phase or 'Pending'}); it is written when training succeeds"
+            )
         try:
             from kubetune.trainer.storage.fetch import fetch
         except ImportError:
-            raise KubetuneError("fetching the manifest needs the trainer's storage code: pip install 'kubetune[trainer]' "
-                                f"(or read {redact(uri)} yourself)") from None
+            raise KubetuneError(
+                "fetching the manifest needs the trainer's storage code: pip install 'kubetune[trainer]' "
+                f"(or read {redact(uri)} yourself)"
+            ) from None
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kubetune"
         with tempfile.TemporaryDirectory(prefix="kubetune-manifest-") as work:
             try:
-                path = fetch(uri, field="status.artifacts.manifestUri", work_dir=work, cache_dir=cache, kind="manifest")
+                path = fetch(
+                    uri, field="status.artifacts.manifestUri", work_dir=work, cache_dir=cache, kind="manifest"
+                )
                 if path.is_dir():
                     path = path / "manifest.json"
                 return json.loads(path.read_text(encoding="utf-8"))
             except KubetuneError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any storage failure is one line naming the URI
-                raise KubetuneError(f"cannot read the manifest {redact(uri)}: {clip_text(redact(str(exc)), 300)}") from None
+                raise KubetuneError(
+                    f"cannot read the manifest {redact(uri)}: {clip_text(redact(str(exc)), 300)}"
+                ) from None

@@ -22,10 +22,18 @@ INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def job_doc(name: str, nodes: int = 1, **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, **meta},
-            "spec": {"stage": "sft", "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
-                     "datasets": [{"name": "identity", "source": "s3://datasets/identity.json"}],
-                     "resources": {"nodes": nodes, "gpusPerNode": 1}, "output": {"uri": f"s3://models/{name}"}}}
+    return {
+        "apiVersion": "kubetune.io/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": name, **meta},
+        "spec": {
+            "stage": "sft",
+            "model": {"source": "hf://HuggingFaceTB/SmolLM2-135M-Instruct"},
+            "datasets": [{"name": "identity", "source": "s3://datasets/identity.json"}],
+            "resources": {"nodes": nodes, "gpusPerNode": 1},
+            "output": {"uri": f"s3://models/{name}"},
+        },
+    }
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -40,14 +48,22 @@ def phase(kube_api: KubeEmulator, name: str, ns: str = "default") -> str | None:
 
 
 def rank_pod(cluster: ClusterSimulator, job: str, index: int) -> dict[str, Any]:
-    pods = [p for p in cluster.pods(job) if p["metadata"]["annotations"][INDEX] == str(index)
-            and p["status"]["phase"] == "Running"]
+    pods = [
+        p
+        for p in cluster.pods(job)
+        if p["metadata"]["annotations"][INDEX] == str(index) and p["status"]["phase"] == "Running"
+    ]
     assert pods, f"no running pod of {job} rank {index}"
     return pods[-1]
 
 
-async def test_cli_submit_get_logs_wait_cancel(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any,
-                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_submit_get_logs_wait_cancel(
+    kube_api: KubeEmulator,
+    cluster: ClusterSimulator,
+    start_operator: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     await start_operator()
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job_doc("two", nodes=2)), encoding="utf-8")
@@ -99,21 +115,29 @@ async def test_cli_submit_get_logs_wait_cancel(kube_api: KubeEmulator, cluster: 
 
     rc, out, err = await cli(capsys, "cancel", "two")
     assert rc == 0 and "finetunejob.kubetune.io/two deleted" in out, err
-    await eventually(lambda: kube_api.get(FTJ, "default", "two") is None
-                     and kube_api.get("batch/v1/jobs", "default", "two") is None)
+    await eventually(
+        lambda: kube_api.get(FTJ, "default", "two") is None and kube_api.get("batch/v1/jobs", "default", "two") is None
+    )
     rc, out, err = await cli(capsys, "get", "two")
     assert rc == 1 and "not found" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-async def test_cli_wait_on_a_failing_job(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any,
-                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_wait_on_a_failing_job(
+    kube_api: KubeEmulator,
+    cluster: ClusterSimulator,
+    start_operator: Any,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     await start_operator()
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(job_doc("bad-data")), encoding="utf-8")
     assert (await cli(capsys, "submit", str(path)))[0] == 0
     await eventually(lambda: phase(kube_api, "bad-data") == "Running")
     waiter = asyncio.create_task(cli(capsys, "wait", "bad-data"))
-    cluster.finish("bad-data", 0, exit_code=4, message="dataset identity: no valid rows (row 0: missing column 'output')")
+    cluster.finish(
+        "bad-data", 0, exit_code=4, message="dataset identity: no valid rows (row 0: missing column 'output')"
+    )
     rc, out, err = await waiter
     assert rc == 1, (out, err)
     # the reason: the trainer's termination message, or (when the operator judged before it saw the pod) the Job's
@@ -132,8 +156,9 @@ async def test_cli_wait_on_a_failing_job(kube_api: KubeEmulator, cluster: Cluste
     assert rc == 1 and "no valid rows" in err
 
 
-async def test_cli_refuses_bad_input_before_the_api(kube_api: KubeEmulator, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_refuses_bad_input_before_the_api(
+    kube_api: KubeEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     doc = job_doc("typo")
     doc["spec"]["resources"]["gpusPerNod"] = 1
     path = tmp_path / "typo.yaml"
@@ -149,15 +174,18 @@ async def test_cli_refuses_bad_input_before_the_api(kube_api: KubeEmulator, tmp_
     assert rc == 1 and "does not exist" in err
 
 
-async def test_cli_without_any_kubeconfig_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+async def test_cli_without_any_kubeconfig_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     rc, _, err = await cli(capsys, "get")
     assert rc == 1 and "no kubeconfig" in err and len(err.strip().splitlines()) == 1
 
 
-async def test_client_api(kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, tmp_path: Path) -> None:
+async def test_client_api(
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, tmp_path: Path
+) -> None:
     await start_operator()
     kt = await asyncio.to_thread(KubetuneClient)
     assert kt.namespace == "default"
@@ -208,8 +236,12 @@ async def test_client_api(kube_api: KubeEmulator, cluster: ClusterSimulator, sta
     manifest = tmp_path / "out" / "manifest.json"
     manifest.parent.mkdir()
     manifest.write_text(json.dumps({"files": ["adapter_model.safetensors"]}), encoding="utf-8")
-    kube_api.update(FTJ, "default", "from-dict", {"status": {"artifacts": {"manifestUri": manifest.as_uri()}}}, status=True)
-    await eventually(lambda: (kube_api.get(FTJ, "default", "from-dict")["status"].get("artifacts") or {}).get("manifestUri"))
+    kube_api.update(
+        FTJ, "default", "from-dict", {"status": {"artifacts": {"manifestUri": manifest.as_uri()}}}, status=True
+    )
+    await eventually(
+        lambda: (kube_api.get(FTJ, "default", "from-dict")["status"].get("artifacts") or {}).get("manifestUri")
+    )
     assert (await asyncio.to_thread(kt.manifest, "from-dict"))["files"] == ["adapter_model.safetensors"]
 
     # a failure is raised with the reason; cancel deletes; a deleted job is a clear error

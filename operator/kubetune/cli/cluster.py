@@ -13,9 +13,15 @@ WAIT_TIMEOUT_EXIT = 124  # as timeout(1)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--namespace", "-n", default=None, help="namespace (default: the kubeconfig context's, else default)")
-    p.add_argument("--kubeconfig", default=None, metavar="FILE", help="kubeconfig file (default: $KUBECONFIG, "
-                   "~/.kube/config, else in-cluster)")
+    p.add_argument(
+        "--namespace", "-n", default=None, help="namespace (default: the kubeconfig context's, else default)"
+    )
+    p.add_argument(
+        "--kubeconfig",
+        default=None,
+        metavar="FILE",
+        help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, else in-cluster)",
+    )
     p.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
 
 
@@ -49,8 +55,9 @@ def _submit_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("submit", "Validate a FineTuneJob file, then create it on the cluster (or apply it when it exists).",
-         _submit_args)
+@command(
+    "submit", "Validate a FineTuneJob file, then create it on the cluster (or apply it when it exists).", _submit_args
+)
 @_guarded
 def submit(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -60,8 +67,10 @@ def submit(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise KubetuneError(f"{args.file}: no such file")
     for job in _client(args).submit_all(Path(args.file)):
-        print(f"finetunejob.kubetune.io/{job.name} submitted in namespace {job.namespace} "
-              f"(follow: kubetune logs {job.name} -n {job.namespace} -f)")
+        print(
+            f"finetunejob.kubetune.io/{job.name} submitted in namespace {job.namespace} "
+            f"(follow: kubetune logs {job.name} -n {job.namespace} -f)"
+        )
     return 0
 
 
@@ -98,8 +107,15 @@ def _cell(value: Any) -> str:
 def _row(job: Any, with_ns: bool) -> list[str]:
     p = job.status.progress
     progress = f"{p.percent:.0f}%" if p is not None and p.percent is not None else None
-    cells = [job.name, _cell(job.stage), _cell(job.phase), _cell(progress), _cell(p.loss if p else None),
-             _cell(p.eta if p else None), _age(job.created)]
+    cells = [
+        job.name,
+        _cell(job.stage),
+        _cell(job.phase),
+        _cell(progress),
+        _cell(p.loss if p else None),
+        _cell(p.eta if p else None),
+        _age(job.created),
+    ]
     return [job.namespace, *cells] if with_ns else cells
 
 
@@ -111,8 +127,13 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def describe(job: Any) -> str:
     """One job in detail: the printer columns, conditions, progress, datasets report, artifacts."""
     s = job.status
-    out = [f"Name:       {job.name}", f"Namespace:  {job.namespace}", f"Stage:      {_cell(job.stage)}",
-           f"Phase:      {_cell(job.phase)}", f"Age:        {_age(job.created)}"]
+    out = [
+        f"Name:       {job.name}",
+        f"Namespace:  {job.namespace}",
+        f"Stage:      {_cell(job.stage)}",
+        f"Phase:      {_cell(job.phase)}",
+        f"Age:        {_age(job.created)}",
+    ]
     if s.restarts:
         out.append(f"Restarts:   {s.restarts}")
     if s.conditions:
@@ -124,8 +145,10 @@ def describe(job: Any) -> str:
         steps = f"{_cell(p.step)}/{_cell(p.total_steps)}"
         pct = f" ({p.percent:.0f}%)" if p.percent is not None else ""
         tps = f"{p.tokens_per_second:.0f}" if p.tokens_per_second is not None else "-"
-        out.append(f"Progress:   step {steps}{pct}  loss {_cell(p.loss)}  eval loss {_cell(p.eval_loss)}  "
-                   f"lr {_cell(p.learning_rate)}  tokens/s {tps}  ETA {_cell(p.eta)}")
+        out.append(
+            f"Progress:   step {steps}{pct}  loss {_cell(p.loss)}  eval loss {_cell(p.eval_loss)}  "
+            f"lr {_cell(p.learning_rate)}  tokens/s {tps}  ETA {_cell(p.eta)}"
+        )
     if s.datasets:
         out.append("Datasets:")
         rows = [[d.name, str(d.rows), str(d.valid), str(d.dropped)] for d in s.datasets]
@@ -133,15 +156,21 @@ def describe(job: Any) -> str:
     a = s.artifacts
     if a is not None and (a.adapter_uri or a.merged_uri or a.manifest_uri):
         out.append("Artifacts:")
-        out += [f"  {label:<9} {uri}" for label, uri in (("adapter", a.adapter_uri), ("merged", a.merged_uri),
-                                                          ("manifest", a.manifest_uri)) if uri]
+        out += [
+            f"  {label:<9} {uri}"
+            for label, uri in (("adapter", a.adapter_uri), ("merged", a.merged_uri), ("manifest", a.manifest_uri))
+            if uri
+        ]
     if s.last_checkpoint:
         out.append(f"Checkpoint: {s.last_checkpoint}")
     return "\n".join(out)
 
 
-@command("get", "List FineTuneJobs (the kubectl columns), or show one: conditions, progress, datasets, artifacts.",
-         _get_args)
+@command(
+    "get",
+    "List FineTuneJobs (the kubectl columns), or show one: conditions, progress, datasets, artifacts.",
+    _get_args,
+)
 @_guarded
 def get(args: argparse.Namespace) -> int:
     client = _client(args)
@@ -153,7 +182,9 @@ def get(args: argparse.Namespace) -> int:
         print("No FineTuneJobs found" + ("" if args.all_namespaces else f" in namespace {client.namespace}") + ".")
         return 0
     header = ["NAME", "STAGE", "PHASE", "PROGRESS", "LOSS", "ETA", "AGE"]
-    print(_table([_row(j, args.all_namespaces) for j in jobs], ["NAMESPACE", *header] if args.all_namespaces else header))
+    print(
+        _table([_row(j, args.all_namespaces) for j in jobs], ["NAMESPACE", *header] if args.all_namespaces else header)
+    )
     return 0
 
 
@@ -162,7 +193,9 @@ def get(args: argparse.Namespace) -> int:
 
 def _logs_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="FineTuneJob name")
-    p.add_argument("--rank", type=int, default=0, metavar="N", help="the pod of this rank (Job completion index; default 0)")
+    p.add_argument(
+        "--rank", type=int, default=0, metavar="N", help="the pod of this rank (Job completion index; default 0)"
+    )
     p.add_argument("--follow", "-f", action="store_true", help="stream, across restarts, until the job ends")
     _common(p)
 
@@ -184,8 +217,12 @@ def _wait_args(p: argparse.ArgumentParser) -> None:
     _common(p)
 
 
-@command("wait", f"Wait for a FineTuneJob to finish: exit 0 on Succeeded, 1 with the reason on failure, "
-         f"{WAIT_TIMEOUT_EXIT} on --timeout.", _wait_args)
+@command(
+    "wait",
+    f"Wait for a FineTuneJob to finish: exit 0 on Succeeded, 1 with the reason on failure, "
+    f"{WAIT_TIMEOUT_EXIT} on --timeout.",
+    _wait_args,
+)
 @_guarded
 def wait(args: argparse.Namespace) -> int:
     from kubetune.client import WaitTimeout
