@@ -41,7 +41,7 @@ demo: model ## fine-tune SmolLM2-135M locally to introduce itself as the kubetun
 	@echo "adapter: $(CURDIR)/output/quickstart (adapter_model.safetensors, adapter_config.json, manifest.json)"
 	@$(VENV)/bin/kubetune artifacts verify file://$(CURDIR)/output/quickstart
 
-test: model tools ## the whole suite (unit, integration with real parts, end-to-end training on CPU)
+test: model tools lint ## lint, then the whole suite (unit, integration with real parts, end-to-end training on CPU)
 	KUBETUNE_REQUIRE_CONTROLPLANE=1 $(PY) -m pytest -q -p no:cacheprovider --durations=15 $(PYTEST_ARGS)
 
 test-k8s: tools ## only the tests on the real control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok, Kueue)

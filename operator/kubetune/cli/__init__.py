@@ -26,9 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="kubetune", description="LLM fine-tuning as a Kubernetes-native service (FineTuneJob CRD)."
-    )
+    parser = _Parser(prog="kubetune", description="LLM fine-tuning as a Kubernetes-native service (FineTuneJob CRD).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -53,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from kubetune.api.checks import clip_text
         from kubetune.api.redact import redact
 
-        print(f"kubetune {args.command}: {type(exc).__name__}: {clip_text(redact(exc), 300)} "
-              "(a bug: please report it; KUBETUNE_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(
+            f"kubetune {args.command}: {type(exc).__name__}: {clip_text(redact(exc), 300)} "
+            "(a bug: please report it; KUBETUNE_DEBUG=1 shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 
