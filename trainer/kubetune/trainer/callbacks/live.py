@@ -150,7 +150,7 @@ class LiveView(TrainerCallback):
                 desc="kubetune",
                 ncols=columns if columns >= 60 else 120,
                 leave=True,
-                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} {postfix}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}{postfix}",
             )
         self._bar.n = snap["step"]
         self._bar.set_postfix_str(line.split(" | ", 1)[1] if " | " in line else "", refresh=False)
