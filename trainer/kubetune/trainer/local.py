@@ -58,14 +58,16 @@ def run_local(job: FineTuneJob, job_file: Path, *, verbose: bool = False, **opti
     except TrainerError as exc:
         print(f"{job_file}: {exc}", file=sys.stderr)
         return exc.exit_code
-    from kubetune.trainer.callbacks.telemetry import Telemetry
     from kubetune.trainer.console import quiet_console, quiet_libraries
-    from kubetune.trainer.runner import run
 
     log_path = Path(config.runtime.scratch_dir) / "run.log"
-    quiet_libraries()
     failure: TrainerError | None = None
     with quiet_console(log_path, verbose=verbose) as console:
+        # the libraries print their notices and deprecation warnings while they are imported: import them here
+        quiet_libraries()
+        from kubetune.trainer.callbacks.telemetry import Telemetry
+        from kubetune.trainer.runner import run
+
         print(
             f"kubetune: running {job.metadata.name} ({job.spec.stage}, {job.spec.method.type}) locally; "
             f"full log: {log_path}",
