@@ -336,6 +336,8 @@ class ClusterSimulator:
         mapping: list[tuple[str, str]] = []
         for m in container.get("volumeMounts", []):
             vol = volumes[m["name"]]
+            if m["mountPath"] == "/tmp":  # the pod's scratch /tmp: a local process uses the host's own
+                continue
             if "persistentVolumeClaim" in vol:
                 local = self.workdir / "pvc" / vol["persistentVolumeClaim"]["claimName"]
             else:
@@ -347,10 +349,13 @@ class ClusterSimulator:
         term_local = root / "termination-log"
         mapping.insert(0, (term_path, str(term_local)))
 
+        # one pass, longest mount first: a rewritten path is never rewritten again (a /tmp mount and a workdir
+        # under /tmp would otherwise nest)
+        targets = dict(mapping)
+        pattern = re.compile("|".join(re.escape(src) for src, _ in mapping) + r"(?=$|[/\"'\s,])")
+
         def rewrite(text: str) -> str:
-            for src, dst in mapping:
-                text = re.sub(re.escape(src) + r"(?=$|[/\"'\s,])", dst, text)
-            return text
+            return pattern.sub(lambda m: targets[m.group(0)], text)
 
         for m in container.get("volumeMounts", []):
             vol = volumes[m["name"]]
