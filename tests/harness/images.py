@@ -38,6 +38,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,12 +232,27 @@ class Container:
         return any(e.startswith("HOME=") for e in image_config(self.image)["config"].get("Env") or [])
 
     def run(self, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(), capture_output=True, text=True, check=False, timeout=timeout)
+        for attempt in range(1, START_ATTEMPTS + 1):
+            proc = subprocess.run(self.argv(), capture_output=True, text=True, check=False, timeout=timeout)
+            if proc.returncode == 0 or not runtime_start_failed(proc.stderr) or attempt == START_ATTEMPTS:
+                return proc
+        raise AssertionError("unreachable")
 
-    def popen(self, log: Path) -> subprocess.Popen[bytes]:
-        """Started in its own process group: :meth:`stop` signals the group (buildah and the container)."""
-        with log.open("wb") as out:
-            return subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    def popen(self, log: Path, started_within: float = 60) -> subprocess.Popen[bytes]:
+        """Started in its own process group: :meth:`stop` signals the group (buildah and the container).
+        Returns once the container's own process runs (or buildah has ended); a start that buildah's runtime
+        itself failed (:func:`runtime_start_failed`, before the image's command ran) is tried again."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            with log.open("wb") as out:
+                proc = subprocess.Popen(self.argv(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            deadline = time.monotonic() + started_within
+            while proc.poll() is None and not container_processes(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None or attempt == START_ATTEMPTS:
+                return proc
+            if not runtime_start_failed(log.read_text(errors="replace")):
+                return proc
+        raise AssertionError("unreachable")
 
     @staticmethod
     def stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> int:
@@ -264,6 +280,17 @@ class Container:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+START_ATTEMPTS = 3
+RUNTIME_START_FAILURES = ("sealing memfd copy",)
+"""What buildah's runtime prints when it failed before the container's command ran: its re-exec copies
+itself into a sealed memfd, and sealing can fail with EBUSY while the kernel still holds a page of the copy
+(seen once in CI under load). Nothing of the image ran, so trying again is what a kubelet would do."""
+
+
+def runtime_start_failed(output: str) -> bool:
+    return any(line in output for line in RUNTIME_START_FAILURES)
 
 
 def container_processes(group: int) -> list[int]:

@@ -449,17 +449,20 @@ def _http(url: str) -> tuple[int, str]:
         return 0, str(exc)
 
 
-async def _wait(check: Any, timeout: float, what: str, log: Path) -> Any:
+async def _wait(check: Any, timeout: float, what: str, log: Path, proc: subprocess.Popen[bytes] | None = None) -> Any:
+    """Polls ``check`` until it is truthy; fails at ``timeout``, or at once when ``proc`` (the container
+    that should make it true) has ended."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: Any = None
-    while loop.time() < deadline:
+    while loop.time() < deadline and (proc is None or proc.poll() is None):
         last = await asyncio.to_thread(check)
         if last:
             return last
         await asyncio.sleep(0.5)
+    ended = "" if proc is None or proc.returncode is None else f" (the container exited {proc.returncode})"
     raise AssertionError(
-        f"{what}: not within {timeout}s (last {last!r})\n--- operator log ---\n"
+        f"{what}: not within {timeout}s{ended} (last {last!r})\n--- operator log ---\n"
         f"{log.read_text(errors='replace')[-5000:] if log.exists() else ''}"
     )
 
@@ -562,9 +565,9 @@ async def operator_container(
     assert ctr.command[:2] == ["kubetune", "operator"] and "KUBECONFIG" not in ctr.env
     log = tmp_path / "operator.log"
     with ctr:
-        proc = ctr.popen(log)
+        proc = await asyncio.to_thread(ctr.popen, log)
         try:
-            await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log)
+            await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log, proc)
             yield log, metrics
         finally:
             code = im.Container.stop(proc)
@@ -604,9 +607,9 @@ async def _operator_against_the_emulator(
         ctr.mounts.append(im.Mount("/var/run/kubetune/kubeconfig", kubeconfig, read_only=True))
         log = tmp_path / "operator.log"
         with ctr:
-            proc = ctr.popen(log)
+            proc = await asyncio.to_thread(ctr.popen, log)
             try:
-                await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log)
+                await _wait(lambda: _http(f"http://127.0.0.1:{health}/healthz")[0] == 200, 120, "/healthz", log, proc)
                 api.create(
                     FTJ,
                     {
