@@ -139,7 +139,7 @@ def test_trainer_errors_logs_and_termination_messages_are_redacted(
     handler = logging.getLogger("kubetune").handlers[0]
     old = handler.setStream(stream)
     try:
-        get_logger("kubetune.trainer.storage.remote").warning("%s: HTTP 503; retrying in %.2fs", url, 0.1)
+        get_logger("kubetune.trainer.storage.http_fetch").warning("%s: HTTP 503; retrying in %.2fs", url, 0.1)
         try:
             raise RuntimeError(url)
         except RuntimeError:

@@ -222,9 +222,9 @@ def test_an_unversioned_source_is_reused_then_replaced_and_evicted(
     assert get() == first and no_validators.gets == 1  # not downloaded again on the next run
     cache.release(first.parent)  # that run ended
     day = int(os.environ.get(cache.UNVERSIONED_ENV, "86400"))
-    from kubetune.trainer.storage import remote
+    from kubetune.trainer.storage import http_fetch
 
-    monkeypatch.setattr(remote, "unversioned_revision", lambda: cache.unversioned_revision(time.time() + day))
+    monkeypatch.setattr(http_fetch, "unversioned_revision", lambda: cache.unversioned_revision(time.time() + day))
     monkeypatch.setenv(cache.LIMIT_ENV, str(len(no_validators.body) + 1000))
     second = get()
     assert second != first and no_validators.gets == 2

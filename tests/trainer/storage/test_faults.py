@@ -12,7 +12,7 @@ import pytest
 from kubetune.trainer.storage import s3
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
-from kubetune.trainer.storage.remote import verify_remote
+from kubetune.trainer.storage.s3_verify import verify_remote
 from tests.trainer.storage.conftest import LOCAL, object_keys
 from tests.trainer.storage.faultproxy import FaultProxy
 from tests.trainer.storage.test_s3 import SMALL, artifact

@@ -16,7 +16,7 @@ from kubetune.trainer.storage import s3
 from kubetune.trainer.storage.cache import COMPLETE, cached
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
-from kubetune.trainer.storage.remote import verify_remote
+from kubetune.trainer.storage.s3_verify import verify_remote
 from tests.trainer.storage.conftest import LOCAL, object_keys, write_tree
 
 SMALL = s3.TransferConfig(part_size=5 * s3.MiB, threshold=5 * s3.MiB, concurrency=4)

@@ -16,7 +16,7 @@ from kubetune.trainer.storage import s3
 from kubetune.trainer.storage.cache import COMPLETE
 from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.publish import publish
-from kubetune.trainer.storage.remote import verify_remote
+from kubetune.trainer.storage.s3_verify import verify_remote
 from kubetune.trainer.storage.uploader import CheckpointUploader
 from tests.trainer.storage.conftest import LOCAL, object_keys, write_tree
 from tests.trainer.storage.test_checkpoints import make_checkpoint

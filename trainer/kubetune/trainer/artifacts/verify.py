@@ -21,9 +21,9 @@ def verify_uri(uri: str) -> list[str]:
         scheme = Uri.parse(uri, field="URI").scheme
         if scheme == "file":
             return verify_dir(file_path(uri))
-        from kubetune.trainer.storage import remote  # registers s3 and friends
+        from kubetune.trainer.storage.s3_verify import verify_remote  # imports boto3 when it runs
 
-        return remote.verify_remote(uri)
+        return verify_remote(uri)
     except TrainerError as exc:
         return [str(exc)]
     except OSError as exc:  # a folder that cannot be listed, a file that vanished while hashing

@@ -95,7 +95,7 @@ def upload_checkpoint(
         tmp.write_bytes(marker)
         tmp.replace(target / COMPLETE)
         return Checkpoint(step, uri, True)
-    from kubetune.trainer.storage.remote import s3_client
+    from kubetune.trainer.storage.s3_access import s3_client
 
     cli = s3_client(field=FIELD, allow=allow)
     bucket, key = s3.split(uri)
@@ -116,7 +116,7 @@ def list_checkpoints(output_uri: str, *, allow: Iterable[str] = ()) -> list[Chec
             if (m := _STEP.match(child.name)) and child.is_dir():
                 found[int(m.group(1))] = (child / COMPLETE).is_file()
     else:
-        from kubetune.trainer.storage.remote import s3_client
+        from kubetune.trainer.storage.s3_access import s3_client
 
         cli = s3_client(field=FIELD, allow=allow)
         bucket, key = s3.split(root)
@@ -148,7 +148,7 @@ def download_checkpoint(checkpoint: Checkpoint | str, dest: Path, *, allow: Iter
             raise UnsafePath(f"{uri}: {link.relative_to(src)} is a symlink; a checkpoint holds regular files only")
         shutil.copytree(src, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns(COMPLETE))
     else:
-        from kubetune.trainer.storage.remote import s3_client
+        from kubetune.trainer.storage.s3_access import s3_client
 
         cli = s3_client(field=FIELD, allow=allow)
         bucket, key = s3.split(uri)
@@ -194,7 +194,7 @@ def _delete(uri: str, allow: Iterable[str]) -> None:
         (path / COMPLETE).unlink(missing_ok=True)
         shutil.rmtree(path, ignore_errors=True)
         return
-    from kubetune.trainer.storage.remote import s3_client
+    from kubetune.trainer.storage.s3_access import s3_client
 
     cli = s3_client(field=FIELD, allow=allow)
     bucket, key = s3.split(uri)

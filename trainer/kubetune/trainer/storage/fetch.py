@@ -7,6 +7,7 @@ Each returns a local path; remote sources land in the cache folder, keyed by
 
 from __future__ import annotations
 
+import pkgutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,31 +38,25 @@ def _fetch_pvc(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: ob
 
 Fetcher = Callable[..., Path]
 FETCHERS: dict[str, Fetcher] = {"file": _fetch_file, "pvc": _fetch_pvc}
-
-
-def register(scheme: str, fetcher: Fetcher) -> None:
-    FETCHERS[scheme] = fetcher
+# The remote fetchers import boto3 or huggingface_hub when they run, so their modules load on first use.
+REMOTE_FETCHERS: dict[str, str] = {
+    "s3": "kubetune.trainer.storage.s3_fetch:fetch_s3",
+    "https": "kubetune.trainer.storage.http_fetch:fetch_http",
+    "http": "kubetune.trainer.storage.http_fetch:fetch_http",
+    "configmap": "kubetune.trainer.storage.configmap_fetch:fetch_configmap",
+    "hf": "kubetune.trainer.storage.hubs:fetch_hf",
+    "ms": "kubetune.trainer.storage.hubs:fetch_ms",
+}
 
 
 def fetch(uri: str, *, field: str, work_dir: str | Path, cache_dir: str | Path, **options: object) -> Path:
     """Return a local path holding ``uri``'s content. ``field`` names the spec field for error messages."""
     scheme = Uri.parse(uri, field=field).scheme
-    if scheme not in FETCHERS:
-        _load_optional_fetchers()
-    if scheme not in FETCHERS:
-        raise ConfigError(
-            f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {', '.join(sorted(FETCHERS))}"
-        )
-    return FETCHERS[scheme](uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)
-
-
-def _load_optional_fetchers() -> None:
-    """Remote fetchers live in their own modules (boto3, huggingface_hub); importing them registers them."""
-    import importlib
-
-    for module in ("kubetune.trainer.storage.remote",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    if scheme in FETCHERS:
+        fetcher = FETCHERS[scheme]
+    elif scheme in REMOTE_FETCHERS:
+        fetcher = pkgutil.resolve_name(REMOTE_FETCHERS[scheme])
+    else:
+        known = ", ".join(sorted({*FETCHERS, *REMOTE_FETCHERS}))
+        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {known}")
+    return fetcher(uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)

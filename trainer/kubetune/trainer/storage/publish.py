@@ -1,11 +1,12 @@
 """Write a finished local artifact folder to its output URI, manifest.json last.
 
-Registry ``PUBLISHERS`` by scheme. Every publisher copies all files first and the
+Registries ``PUBLISHERS`` (local) and ``REMOTE_PUBLISHERS`` (loaded on first use) by scheme. Every publisher copies all files first and the
 manifest after them, so a reader that sees the manifest sees a complete artifact.
 """
 
 from __future__ import annotations
 
+import pkgutil
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -51,17 +52,18 @@ def _publish_pvc(local: Path, uri: str, **_: object) -> str:
 
 
 PUBLISHERS: dict[str, Publisher] = {"file": _publish_file, "pvc": _publish_pvc}
+# The s3 publisher imports boto3 when it runs, so its module loads on first use.
+REMOTE_PUBLISHERS: dict[str, str] = {"s3": "kubetune.trainer.storage.s3_publish:publish_s3"}
 
 
 def publish(local: Path, uri: str, *, work_dir: str | Path = ".", **options: object) -> str:
     """Copy ``local`` to ``uri``; return the final URI (absolute for file://)."""
     scheme = Uri.parse(uri, field="spec.output.uri").scheme
-    if scheme not in PUBLISHERS:
-        from kubetune.trainer.storage.fetch import _load_optional_fetchers
-
-        _load_optional_fetchers()
-    if scheme not in PUBLISHERS:
-        raise ConfigError(
-            f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {', '.join(sorted(PUBLISHERS))}"
-        )
-    return PUBLISHERS[scheme](local, uri, work_dir=Path(work_dir), **options)
+    if scheme in PUBLISHERS:
+        publisher = PUBLISHERS[scheme]
+    elif scheme in REMOTE_PUBLISHERS:
+        publisher = pkgutil.resolve_name(REMOTE_PUBLISHERS[scheme])
+    else:
+        known = ", ".join(sorted({*PUBLISHERS, *REMOTE_PUBLISHERS}))
+        raise ConfigError(f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {known}")
+    return publisher(local, uri, work_dir=Path(work_dir), **options)
