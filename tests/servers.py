@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import Iterator
@@ -15,6 +14,9 @@ import pytest
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Only for programs that must be told their port up front (torchrun's
+    MASTER_PORT, a container's published port): another process may take it before they bind, so their
+    start is retried on "address already in use". Servers that can bind port 0 report their own port."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -22,33 +24,26 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
+    """moto on a port it binds itself (port 0, then asks the server), so no other process can take it between
+    a probe and the bind; the AWS_* variables point at it for the session and are restored afterwards."""
     from moto.server import ThreadedMotoServer
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
-    url = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update(
-        {
-            "AWS_ENDPOINT_URL": url,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }
-    )
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
     try:
-        yield url
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }.items():
+                env.setenv(key, value)
+            yield url
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture

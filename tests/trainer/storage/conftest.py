@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,3 +70,34 @@ def no_proxy_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     assert "127.0.0.1" in os.environ["NO_PROXY"]
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None) -> list[str]:
+    """This process as if the machine had no network, whatever the machine has: looking up any name but
+    loopback fails as it does without DNS, and a connection to an address outside loopback is unreachable.
+    Returns the hosts that were tried, so a test can show it reached the network boundary."""
+    tried: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+    real_connect = socket.socket.connect
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name not in LOOPBACK and not name.startswith("127."):
+            tried.append(name)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in this test)")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and host not in LOOPBACK and not str(host).startswith("127."):
+            tried.append(str(host))
+            raise OSError(errno.ENETUNREACH, "Network is unreachable (no network in this test)")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return tried

@@ -38,8 +38,13 @@ def local_hub(monkeypatch: pytest.MonkeyPatch, no_proxy_env: None) -> Iterator[L
     hub.close()
 
 
-def test_hf_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hf_offline_is_a_clear_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
+    import huggingface_hub.constants
+
     monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # the network path, not the cache-only one
     with pytest.raises(ConfigError) as err:
         fetch(
             "hf://HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -52,9 +57,12 @@ def test_hf_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.
     msg = str(err.value)
     assert msg.startswith("spec.model.source: the Hugging Face Hub at https://huggingface.co is unreachable")
     assert "HF_ENDPOINT" in msg and "s3://" in msg
+    assert "huggingface.co" in no_network, "the Hub was tried (and found unreachable), not skipped"
 
 
-def test_ms_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ms_offline_is_a_clear_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str]
+) -> None:
     monkeypatch.delenv("MODELSCOPE_ENDPOINT", raising=False)
     with pytest.raises(
         ConfigError, match=r"^spec.model.source: ModelScope at https://www.modelscope.cn is unreachable"
@@ -66,6 +74,7 @@ def test_ms_offline_is_a_clear_config_error(tmp_path: Path, monkeypatch: pytest.
             cache_dir=tmp_path,
             kind="model",
         )
+    assert "www.modelscope.cn" in no_network, "ModelScope was tried (and found unreachable), not skipped"
 
 
 def test_ms_without_the_package_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
