@@ -136,9 +136,9 @@ def bench_throughput(reps: int, adapter_mib: int) -> dict[str, Any]:
                 if who == "kubetune":
                     s3.upload_dir(ours, folder, bucket, prefix)
                 else:
-                    cli = baseline if who == "boto3_upload_file" else unsigned
+                    client = baseline if who == "boto3_upload_file" else unsigned
                     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                        cli.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
+                        client.upload_file(str(path), bucket, prefix + path.relative_to(folder).as_posix())
                 times[who].append(time.perf_counter() - start)
                 loads.append(os.getloadavg()[0])
                 keys = [o["Key"] for o in baseline.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])]

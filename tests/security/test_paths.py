@@ -99,9 +99,9 @@ def test_s3_folder_download_never_writes_outside(s3_bucket: str, tmp_path: Path)
 
     victim = tmp_path / "victim"
     victim.mkdir()
-    cli = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    cli.put_object(Bucket=s3_bucket, Key="model/config.json", Body=b"{}")
-    cli.put_object(Bucket=s3_bucket, Key=f"model/{victim}/evil.pth", Body=b"import os")  # model//tmp/.../evil.pth
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=s3_bucket, Key="model/config.json", Body=b"{}")
+    client.put_object(Bucket=s3_bucket, Key=f"model/{victim}/evil.pth", Body=b"import os")  # model//tmp/.../evil.pth
     cache = tmp_path / "cache"
     with pytest.raises(ConfigError, match="absolute|empty component|outside"):
         fetch(

@@ -173,11 +173,11 @@ def test_unreachable_endpoint_and_missing_credentials_are_one_line(
 def test_s3_manifest_entries_are_checked_too(s3_bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
     import boto3
 
-    cli = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    cli.put_object(Bucket=s3_bucket, Key="out/manifest.json", Body=b"{}")
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    client.put_object(Bucket=s3_bucket, Key="out/manifest.json", Body=b"{}")
     code, lines = verify(capsys, f"s3://{s3_bucket}/out")
     assert code == 1 and any("not a kubetune manifest" in line for line in lines)
-    cli.put_object(
+    client.put_object(
         Bucket=s3_bucket,
         Key="out/manifest.json",
         Body=json.dumps({"manifestVersion": 1, "files": [{"path": "../x", "size": 1, "sha256": "0" * 64}]}).encode(),

@@ -72,7 +72,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 )
 def data(args: argparse.Namespace) -> int:
     try:
-        from kubetune.trainer.data.preflight import CheckOptions, check
+        from kubetune.trainer.data.dataset_check import CheckOptions, check
         from kubetune.trainer.errors import TrainerError
     except ModuleNotFoundError as exc:
         print(

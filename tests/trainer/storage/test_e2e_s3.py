@@ -20,9 +20,9 @@ pytestmark = pytest.mark.slow
 def test_run_from_s3_to_s3(tmp_path: Path, tiny_model_dir: Path, s3_bucket: str, s3c, capsys) -> None:
     from kubetune.cli import main
 
-    cli = s3.client()
-    s3.upload_dir(cli, tiny_model_dir, s3_bucket, "models/tiny/")
-    s3.upload_files(cli, s3_bucket, [(ROOT / "examples" / "data" / "identity.json", "data/identity.json")])
+    client = s3.client()
+    s3.upload_dir(client, tiny_model_dir, s3_bucket, "models/tiny/")
+    s3.upload_files(client, s3_bucket, [(ROOT / "examples" / "data" / "identity.json", "data/identity.json")])
     job = write_job(
         tmp_path / "job.yaml",
         {

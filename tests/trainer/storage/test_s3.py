@@ -63,9 +63,9 @@ def test_publish_writes_everything_then_the_manifest_and_verify_passes(
     order: list[str] = []
     real_put = s3.put_bytes
 
-    def spy(cli, bucket, key, data, **kw):
+    def spy(client, bucket, key, data, **kw):
         order.append(key)
-        return real_put(cli, bucket, key, data, **kw)
+        return real_put(client, bucket, key, data, **kw)
 
     monkeypatch.setattr(s3, "put_bytes", spy)
     uri = publish(root, f"s3://{s3_bucket}/runs/a", allow=LOCAL)

@@ -29,10 +29,10 @@ def _etag(head: dict) -> str:
 
 def test_the_proxy_answers_etags_that_are_not_md5s(s3_bucket: str, sse_proxy) -> None:
     """The premise: through the proxy, neither a plain nor a multipart ETag can be recomputed from the bytes."""
-    cli = s3.client()
+    client = s3.client()
     data = b"adapter bytes"
-    cli.put_object(Bucket=s3_bucket, Key="p/one", Body=data)
-    head = cli.head_object(Bucket=s3_bucket, Key="p/one")
+    client.put_object(Bucket=s3_bucket, Key="p/one", Body=data)
+    head = client.head_object(Bucket=s3_bucket, Key="p/one")
     assert len(_etag(head)) == 32 and _etag(head) != hashlib.md5(data).hexdigest()
     assert head["ServerSideEncryption"] == "aws:kms"
 
@@ -43,8 +43,8 @@ def test_publish_and_verify_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_pat
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
     root = artifact(tmp_path, big=11 * s3.MiB)  # one multipart file (3 parts) and small ones
     uri = publish(root, f"s3://{s3_bucket}/kms/run", allow=LOCAL)
-    cli = s3.client()
-    big = cli.head_object(Bucket=s3_bucket, Key="kms/run/adapter_model.safetensors")
+    client = s3.client()
+    big = client.head_object(Bucket=s3_bucket, Key="kms/run/adapter_model.safetensors")
     assert _etag(big).endswith("-3")
     digests = b"".join(
         hashlib.md5(chunk).digest() for chunk in _chunks(root / "adapter_model.safetensors", 5 * s3.MiB)
@@ -54,7 +54,7 @@ def test_publish_and_verify_with_opaque_etags(s3_bucket: str, sse_proxy, tmp_pat
     assert main(["artifacts", "verify", uri]) == 0
     assert "every file matches" in capsys.readouterr().out
     # tampering is still found: verify re-hashes with sha256, it never trusts an ETag
-    cli.put_object(Bucket=s3_bucket, Key="kms/run/tokenizer.json", Body=b"[]" * 100)
+    client.put_object(Bucket=s3_bucket, Key="kms/run/tokenizer.json", Body=b"[]" * 100)
     assert verify_remote(uri) == ["tokenizer.json: sha256 mismatch"]
 
 
@@ -68,10 +68,10 @@ def test_fetch_folder_and_single_object_with_opaque_etags(
     s3_bucket: str, sse_proxy, tmp_path: Path, monkeypatch
 ) -> None:
     monkeypatch.setattr(s3, "TRANSFER", SMALL)
-    cli = s3.client()
+    client = s3.client()
     files = {"config.json": b'{"a": 1}', "model.safetensors": os.urandom(12 * s3.MiB), "nested/x.txt": b"x"}
     src = write_tree(tmp_path / "src", files)
-    s3.upload_dir(cli, src, s3_bucket, "models/m/", config=SMALL)  # the big one in parts: ETag "...-3"
+    s3.upload_dir(client, src, s3_bucket, "models/m/", config=SMALL)  # the big one in parts: ETag "...-3"
     path = fetch(
         f"s3://{s3_bucket}/models/m/",
         field="spec.model.source",
@@ -136,9 +136,9 @@ def test_bytes_corrupted_on_the_way_to_the_store_are_caught_when_read(
     s3_bucket: str, sse_proxy, tmp_path: Path
 ) -> None:
     """moto stores what it gets (S3 would refuse it with BadDigest); the download checks the stored CRC32."""
-    cli = s3.client()
+    client = s3.client()
     sse_proxy.inject("corrupt", method="PUT")
-    s3.put_bytes(cli, s3_bucket, "bad/data.jsonl", b'{"instruction": "a", "output": "b"}\n' * 50)
+    s3.put_bytes(client, s3_bucket, "bad/data.jsonl", b'{"instruction": "a", "output": "b"}\n' * 50)
     with pytest.raises(s3.StorageError, match=r"s3://.*/bad/data.jsonl.*checksum"):
         fetch(
             f"s3://{s3_bucket}/bad/data.jsonl",

@@ -97,12 +97,12 @@ def upload_checkpoint(
         return Checkpoint(step, uri, True)
     from kubetune.trainer.storage.s3_access import s3_client
 
-    cli = s3_client(field=FIELD, allow=allow)
+    client = s3_client(field=FIELD, allow=allow)
     bucket, key = s3.split(uri)
     prefix = s3.prefix_of(key)
-    s3.delete_keys(cli, bucket, [prefix + COMPLETE])
-    s3.upload_dir(cli, local, bucket, prefix, config=config or UPLOAD)
-    s3.put_bytes(cli, bucket, prefix + COMPLETE, marker, ContentType="application/json")
+    s3.delete_keys(client, bucket, [prefix + COMPLETE])
+    s3.upload_dir(client, local, bucket, prefix, config=config or UPLOAD)
+    s3.put_bytes(client, bucket, prefix + COMPLETE, marker, ContentType="application/json")
     return Checkpoint(step, uri, True)
 
 
@@ -118,10 +118,10 @@ def list_checkpoints(output_uri: str, *, allow: Iterable[str] = ()) -> list[Chec
     else:
         from kubetune.trainer.storage.s3_access import s3_client
 
-        cli = s3_client(field=FIELD, allow=allow)
+        client = s3_client(field=FIELD, allow=allow)
         bucket, key = s3.split(root)
         prefix = s3.prefix_of(key)
-        for obj in s3.list_objects(cli, bucket, prefix):
+        for obj in s3.list_objects(client, bucket, prefix):
             head, _, rest = obj["Key"][len(prefix) :].partition("/")
             if m := _STEP.match(head):
                 step = int(m.group(1))
@@ -150,14 +150,14 @@ def download_checkpoint(checkpoint: Checkpoint | str, dest: Path, *, allow: Iter
     else:
         from kubetune.trainer.storage.s3_access import s3_client
 
-        cli = s3_client(field=FIELD, allow=allow)
+        client = s3_client(field=FIELD, allow=allow)
         bucket, key = s3.split(uri)
         prefix = s3.prefix_of(key)
-        if s3.head(cli, bucket, prefix + COMPLETE) is None:
+        if s3.head(client, bucket, prefix + COMPLETE) is None:
             raise ConfigError(f"{uri}: not a complete checkpoint (no {COMPLETE} marker)")
-        marker = json.loads(s3.get_bytes(cli, bucket, prefix + COMPLETE))
-        objects = [o for o in s3.list_objects(cli, bucket, prefix) if o["Key"] != prefix + COMPLETE]
-        s3.download_prefix(cli, bucket, prefix, dest, objects)
+        marker = json.loads(s3.get_bytes(client, bucket, prefix + COMPLETE))
+        objects = [o for o in s3.list_objects(client, bucket, prefix) if o["Key"] != prefix + COMPLETE]
+        s3.download_prefix(client, bucket, prefix, dest, objects)
     for entry in marker["files"]:
         path = contained(dest, entry["path"], what=f"{uri}: checkpoint file")
         if not path.is_file() or path.stat().st_size != entry["size"]:
@@ -196,11 +196,11 @@ def _delete(uri: str, allow: Iterable[str]) -> None:
         return
     from kubetune.trainer.storage.s3_access import s3_client
 
-    cli = s3_client(field=FIELD, allow=allow)
+    client = s3_client(field=FIELD, allow=allow)
     bucket, key = s3.split(uri)
     prefix = s3.prefix_of(key)
-    s3.delete_keys(cli, bucket, [prefix + COMPLETE])
-    s3.delete_keys(cli, bucket, [o["Key"] for o in s3.list_objects(cli, bucket, prefix)])
+    s3.delete_keys(client, bucket, [prefix + COMPLETE])
+    s3.delete_keys(client, bucket, [o["Key"] for o in s3.list_objects(client, bucket, prefix)])
 
 
 def stage_checkpoint(src: Path, dest: Path) -> Path:

@@ -114,8 +114,8 @@ def client(max_pool: int | None = None) -> Any:
     return boto3.session.Session().client("s3", config=config)
 
 
-def endpoint_of(cli: Any) -> str:
-    return str(cli.meta.endpoint_url)
+def endpoint_of(client: Any) -> str:
+    return str(client.meta.endpoint_url)
 
 
 def split(uri: str) -> tuple[str, str]:
@@ -193,10 +193,10 @@ def _wait(future: Any, what: str) -> Any:
         raise failure(what, exc) from None
 
 
-def _manager(cli: Any, config: TransferConfig | None) -> Any:
+def _manager(client: Any, config: TransferConfig | None) -> Any:
     from s3transfer.manager import TransferManager
 
-    return TransferManager(cli, (config or TRANSFER).boto())
+    return TransferManager(client, (config or TRANSFER).boto())
 
 
 # ----------------------------------------------------------------------------------------------------- upload
@@ -206,13 +206,15 @@ def _upload_args(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"ChecksumAlgorithm": checksum_algorithm(), **(extra or {})}
 
 
-def put_bytes(cli: Any, bucket: str, key: str, data: bytes, **extra: Any) -> None:
+def put_bytes(client: Any, bucket: str, key: str, data: bytes, **extra: Any) -> None:
     """One small object (a manifest, a marker) in one PUT, checksummed and retried by botocore."""
-    _wait(lambda: cli.put_object(Bucket=bucket, Key=key, Body=data, **_upload_args(extra)), f"PUT s3://{bucket}/{key}")
+    _wait(
+        lambda: client.put_object(Bucket=bucket, Key=key, Body=data, **_upload_args(extra)), f"PUT s3://{bucket}/{key}"
+    )
 
 
 def upload_files(
-    cli: Any, bucket: str, files: Iterable[tuple[Path, str]], config: TransferConfig | None = None
+    client: Any, bucket: str, files: Iterable[tuple[Path, str]], config: TransferConfig | None = None
 ) -> int:
     """Upload (local path, key) pairs, all files sharing one transfer manager's threads; return bytes sent.
 
@@ -221,7 +223,7 @@ def upload_files(
     """
     files = list(files)
     total = 0
-    with _manager(cli, config) as manager:  # leaving it on an error cancels the rest (and aborts their parts)
+    with _manager(client, config) as manager:  # leaving it on an error cancels the rest (and aborts their parts)
         futures = []
         for path, key in files:
             total += path.stat().st_size
@@ -232,7 +234,7 @@ def upload_files(
 
 
 def upload_dir(
-    cli: Any,
+    client: Any,
     local: Path,
     bucket: str,
     prefix: str,
@@ -247,22 +249,22 @@ def upload_dir(
         for p in sorted(local.rglob("*"))
         if p.is_file() and p.relative_to(local).as_posix() not in skip
     ]
-    upload_files(cli, bucket, pairs, config)
+    upload_files(client, bucket, pairs, config)
     return [k for _, k in pairs]
 
 
 # ---------------------------------------------------------------------------------------------------- listing
 
 
-def list_objects(cli: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    for page in cli.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+def list_objects(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         yield from page.get("Contents", [])
 
 
-def delete_keys(cli: Any, bucket: str, keys: list[str]) -> None:
+def delete_keys(client: Any, bucket: str, keys: list[str]) -> None:
     for start in range(0, len(keys), 1000):
         batch = [{"Key": k} for k in keys[start : start + 1000]]
-        resp = cli.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+        resp = client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
         if resp.get("Errors"):
             first = resp["Errors"][0]
             raise StorageError(
@@ -271,11 +273,11 @@ def delete_keys(cli: Any, bucket: str, keys: list[str]) -> None:
             )
 
 
-def head(cli: Any, bucket: str, key: str) -> dict[str, Any] | None:
+def head(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
     from botocore.exceptions import ClientError
 
     try:
-        return dict(cli.head_object(Bucket=bucket, Key=key))
+        return dict(client.head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
         if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
             return None
@@ -285,10 +287,10 @@ def head(cli: Any, bucket: str, key: str) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------------- download
 
 
-def get_bytes(cli: Any, bucket: str, key: str) -> bytes:
+def get_bytes(client: Any, bucket: str, key: str) -> bytes:
     """A small object's bytes (a manifest, a marker), through s3transfer (a cut-off body is read again)."""
     buf = io.BytesIO()
-    with _manager(cli, None) as manager:
+    with _manager(client, None) as manager:
         _wait(manager.download(bucket, key, buf), f"GET s3://{bucket}/{key}")
     return buf.getvalue()
 
@@ -307,16 +309,16 @@ class _Sha256Sink:
         return False
 
 
-def sha256_of(cli: Any, bucket: str, key: str, config: TransferConfig | None = None) -> str:
+def sha256_of(client: Any, bucket: str, key: str, config: TransferConfig | None = None) -> str:
     """The sha256 of an object's stored bytes, streamed (ranges in parallel, written in order)."""
     sink = _Sha256Sink()
-    with _manager(cli, config) as manager:
+    with _manager(client, config) as manager:
         _wait(manager.download(bucket, key, sink), f"GET s3://{bucket}/{key}")
     return sink.digest.hexdigest()
 
 
 def download_object(
-    cli: Any,
+    client: Any,
     bucket: str,
     key: str,
     dest: Path,
@@ -327,13 +329,13 @@ def download_object(
 ) -> Path:
     """Download one object to ``dest`` (written under a temporary name, renamed when complete)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with _manager(cli, config) as manager:
+    with _manager(client, config) as manager:
         _wait(manager.download(bucket, key, str(dest), subscribers=[_known(size, etag)]), f"GET s3://{bucket}/{key}")
     return dest
 
 
 def download_prefix(
-    cli: Any,
+    client: Any,
     bucket: str,
     prefix: str,
     dest: Path,
@@ -345,7 +347,7 @@ def download_prefix(
     A key whose remainder would land outside ``dest`` (``..``, an absolute remainder, a symlink out) is refused
     before anything is downloaded.
     """
-    objects = objects if objects is not None else list(list_objects(cli, bucket, prefix))
+    objects = objects if objects is not None else list(list_objects(client, bucket, prefix))
     todo: list[tuple[dict[str, Any], str, Path]] = []
     for obj in objects:
         rel = obj["Key"][len(prefix) :]
@@ -353,7 +355,7 @@ def download_prefix(
             continue  # folder placeholder objects
         todo.append((obj, rel, contained(dest, rel, what=f"s3://{bucket}/{obj['Key']}")))
     dest.mkdir(parents=True, exist_ok=True)
-    with _manager(cli, config) as manager:  # leaving it on an error cancels the rest
+    with _manager(client, config) as manager:  # leaving it on an error cancels the rest
         futures = []
         for obj, _, path in todo:
             path.parent.mkdir(parents=True, exist_ok=True)
