@@ -8,7 +8,7 @@ from typing import Any
 from kubetune.api.v1alpha1 import API_VERSION
 from tests.harness.cluster import ClusterSimulator
 from tests.harness.emulator import FTJ, KubeEmulator
-from tests.harness.fixtures import eventually
+from tests.harness.fixtures import OperatorPasses, eventually, status_writes
 
 NS = "default"
 
@@ -43,7 +43,7 @@ def events(api: KubeEmulator, name: str = "demo") -> list[tuple[str, str]]:
 
 
 async def test_two_node_job_runs_to_success(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj())
@@ -67,8 +67,9 @@ async def test_two_node_job_runs_to_success(
     await eventually(lambda: ("Normal", "TrainingCompleted") in events(kube_api))
     assert ("Normal", "Training") in events(kube_api)
     # ttlSecondsAfterFinished: the Job controller deletes the finished Job; nothing is trained again
+    deleted = operator_passes.mark()
     kube_api.delete("batch/v1/jobs", NS, "demo")
-    await __import__("asyncio").sleep(0.6)
+    await operator_passes.settled(kube_api, "demo", lambda p: p.job is None, since=deleted)  # a pass saw it gone
     assert kube_api.get("batch/v1/jobs", NS, "demo") is None and status(kube_api)["phase"] == "Succeeded"
 
 
@@ -122,7 +123,7 @@ async def test_golden_statuses_pending_running_succeeded(
 
 
 async def test_invalid_spec_is_rejected_once_without_children(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     await start_operator()
     # passes the CRD schema, fails a cross-field rule: stage rm needs pairwise data
@@ -132,9 +133,11 @@ async def test_invalid_spec_is_rejected_once_without_children(
     assert valid["reason"] == "InvalidSpec" and "spec.datasets[0].ranking" in valid["message"]
     assert cond(kube_api, "Stalled", "invalid")["status"] == "True"
     assert status(kube_api, "invalid")["phase"] == "Failed"
-    rv = kube_api.get(FTJ, NS, "invalid")["metadata"]["resourceVersion"]
-    await __import__("asyncio").sleep(1.0)  # five sync intervals: no retry loop, no status churn
-    assert kube_api.get(FTJ, NS, "invalid")["metadata"]["resourceVersion"] == rv
+    rv, before = int(kube_api.get(FTJ, NS, "invalid")["metadata"]["resourceVersion"]), status(kube_api, "invalid")
+    writes = status_writes(kube_api, "invalid")
+    # a whole pass over the rejected object (its own status write come back) decides the same: no churn, no retry loop
+    await operator_passes.settled(kube_api, "invalid", lambda p: p.rv >= rv)
+    assert status_writes(kube_api, "invalid") == writes and status(kube_api, "invalid") == before
     assert (
         kube_api.get("batch/v1/jobs", NS, "invalid") is None
         and kube_api.get("v1/configmaps", NS, "invalid-trainer") is None
@@ -218,7 +221,7 @@ async def test_suspend_and_resume(kube_api: KubeEmulator, cluster: ClusterSimula
 
 
 async def test_kueue_queue_name_creates_the_job_suspended(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("queued", queueName="team-a"))
@@ -226,9 +229,12 @@ async def test_kueue_queue_name_creates_the_job_suspended(
     assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
     await eventually(lambda: cond(kube_api, "Reconciling", "queued").get("reason") == "Queued")
     assert status(kube_api, "queued")["phase"] == "Pending"
-    kube_api.update("batch/v1/jobs", NS, "queued", {"spec": {"suspend": False}})  # Kueue admits the workload
+    admitted = kube_api.update("batch/v1/jobs", NS, "queued", {"spec": {"suspend": False}})  # Kueue admits it
     await eventually(lambda: status(kube_api, "queued").get("phase") == "Running")
-    await __import__("asyncio").sleep(0.5)
+    admitted_rv = int(admitted["metadata"]["resourceVersion"])
+    await operator_passes.settled(
+        kube_api, "queued", lambda p: p.poll and p.job and int(p.job["metadata"]["resourceVersion"]) >= admitted_rv
+    )  # a resync pass (after the event-triggered one) saw the admitted Job
     assert kube_api.get("batch/v1/jobs", NS, "queued")["spec"]["suspend"] is False, "the operator must not fight Kueue"
 
 
@@ -265,14 +271,11 @@ async def test_deletion_cleans_up_through_owner_references(
 async def test_operator_restart_creates_no_duplicates(
     kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
 ) -> None:
-    import asyncio
-
-    stop = await start_operator()
+    operator = await start_operator()
     kube_api.create(FTJ, ftj("restart"))
     await eventually(lambda: status(kube_api, "restart").get("phase") == "Running")
     job_uid = kube_api.get("batch/v1/jobs", NS, "restart")["metadata"]["uid"]
-    stop.set()
-    await asyncio.sleep(0.5)
+    await operator.stop()
     kube_api.update(FTJ, NS, "restart", {"status": {"phase": "Pending"}}, status=True)  # stale status from a crash
     await start_operator()
     await eventually(lambda: status(kube_api, "restart").get("phase") == "Running")
@@ -304,22 +307,18 @@ async def test_missing_secret_waits(kube_api: KubeEmulator, cluster: ClusterSimu
 
 
 async def test_status_follows_watch_events_not_the_sync_interval(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
-    """With a one-hour resync, every step still happens within seconds: each watch event reconciles."""
-    import time
-
+    """With a one-hour resync (its first pass an hour away), every step happens: each watch event reconciles."""
     await start_operator(sync_interval=3600)
-    started = time.monotonic()
     kube_api.create(FTJ, ftj("quick", resources={"nodes": 1, "gpusPerNode": 1}))
-    await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "quick"), timeout=5)
-    await eventually(lambda: status(kube_api, "quick").get("phase") == "Running", timeout=5)
+    await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "quick"))
+    await eventually(lambda: status(kube_api, "quick").get("phase") == "Running")
     cluster.finish("quick", 0)
-    await eventually(lambda: status(kube_api, "quick").get("phase") == "Succeeded", timeout=5)
-    assert time.monotonic() - started < 15
+    await eventually(lambda: status(kube_api, "quick").get("phase") == "Succeeded")
     assert kube_api.get(FTJ, NS, "quick")["metadata"].get("finalizers") is None, "standalone: no kopf finalizer"
     # the phase events, once each; no flapping back to Pending between the pod finishing and the Job completing
-    await eventually(lambda: len(events(kube_api, "quick")) >= 3)  # each Event follows the status it announces
-    await __import__("asyncio").sleep(0.3)
+    done = int(kube_api.get(FTJ, NS, "quick")["metadata"]["resourceVersion"])
+    await operator_passes.settled(kube_api, "quick", lambda p: p.rv >= done)  # its Events are posted by now
     phases = sorted(r for t, r in events(kube_api, "quick"))
     assert phases == ["ChildrenCreated", "Training", "TrainingCompleted"], phases
