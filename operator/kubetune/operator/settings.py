@@ -219,9 +219,3 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         kueue_manages_all_jobs=args.kueue_manages_all_jobs,
         gpu_hour_prices=dict(args.gpu_hour_prices),
     )
-
-
-def from_env() -> OperatorSettings:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return from_args(parser.parse_args([]))

@@ -34,7 +34,3 @@ def labels(ftj_name: str, component: str) -> dict[str, str]:
 def selector(ftj_name: str) -> dict[str, str]:
     """Selects the training pods of one FineTuneJob."""
     return {FINETUNEJOB_LABEL: ftj_name, COMPONENT_LABEL: TRAINER}
-
-
-def selector_string(sel: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(sel.items()))

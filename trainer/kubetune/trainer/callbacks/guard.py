@@ -29,6 +29,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from kubetune.api.metrics import GUARD_REASONS
+from kubetune.trainer.callbacks.throughput import count_parameters
 from kubetune.trainer.errors import Diverged
 from kubetune.trainer.logging import get_logger
 
@@ -152,7 +153,7 @@ class DivergenceGuard(TrainerCallback):
         self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **_: Any
     ) -> None:
         trainable = [p for p in model.parameters() if p.requires_grad] if model is not None else []
-        count = sum(p.numel() for p in trainable)
+        count = count_parameters(model)[1] if model is not None else 0
         deepspeed = getattr(self.trainer, "is_deepspeed_enabled", False)
         self._snapshots_on = bool(trainable) and count <= SNAPSHOT_MAX_PARAMETERS and not deepspeed
         if not self._snapshots_on:

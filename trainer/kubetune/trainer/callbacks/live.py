@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from transformers import TrainerCallback
 
 from kubetune.api.metrics import format_duration
+from kubetune.trainer.callbacks.log_values import as_float
 from kubetune.trainer.callbacks.throughput import Throughput, format_rate
 
 
@@ -158,7 +159,5 @@ class LiveView(TrainerCallback):
 
 
 def _number(value: Any, default: float | None) -> float | None:
-    try:
-        return float(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
+    number = as_float(value)
+    return default if number is None else number

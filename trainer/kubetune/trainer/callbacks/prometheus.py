@@ -21,7 +21,8 @@ from transformers import TrainerCallback
 
 from kubetune.api import metrics as names
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune.trainer.callbacks.throughput import Throughput, flops_per_token, mfu, peak_flops
+from kubetune.trainer.callbacks.log_values import as_float
+from kubetune.trainer.callbacks.throughput import Throughput, count_parameters, flops_per_token, mfu, peak_flops
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
 
@@ -214,28 +215,6 @@ def device_peak_flops() -> tuple[float, int]:
     except ImportError:
         pass
     return 0.0, 1
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(all, trainable) parameters; DeepSpeed ZeRO-3 shards report their full size through ``ds_numel``."""
-    total = trainable = 0
-    for param in model.parameters():
-        n = getattr(param, "ds_numel", None) or param.numel()
-        # bitsandbytes 4-bit weights pack two values per byte-element
-        if param.__class__.__name__ == "Params4bit":
-            n *= 2
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return total, trainable
-
-
-def as_float(value: Any) -> float | None:
-    """float(value), NaN and Inf included; None for missing or non-numeric values."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class PrometheusCallback(TrainerCallback):

@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 # Dense (no sparsity) bf16/fp16 tensor-core peak, FLOP/s per device, from the vendors' datasheets.
 # Matched in order against the lower-cased torch.cuda.get_device_name(); the first hit wins.
@@ -52,6 +53,20 @@ def peak_flops(device_name: str | None) -> float:
         if key in name:
             return flops
     return 0.0
+
+
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(all, trainable) parameters; DeepSpeed ZeRO-3 shards report their full size through ``ds_numel``."""
+    total = trainable = 0
+    for param in model.parameters():
+        n = getattr(param, "ds_numel", None) or param.numel()
+        # bitsandbytes 4-bit weights pack two values per byte-element
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return total, trainable
 
 
 def flops_per_token(total_params: int, trainable_params: int) -> float:

@@ -18,15 +18,6 @@ class Message(TypedDict):
     content: str
 
 
-class Example(TypedDict, total=False):
-    prompt: list[Message]
-    response: list[Message]
-    system: str
-    tools: str
-    label: bool | None  # KTO: True desirable, False undesirable
-    images: list[str]
-
-
 ECHO_LIMIT = 80
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

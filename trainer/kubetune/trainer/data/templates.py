@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from kubetune.trainer.data.schema import ASSISTANT, FUNCTION, OBSERVATION, SYSTEM, USER, Message, RowError
+from kubetune.trainer.data.schema import ASSISTANT, FUNCTION, OBSERVATION, USER, Message, RowError
 
 Turn = tuple[str, str]  # (prompt side text, response side text)
 
@@ -535,6 +535,3 @@ def get_template(name: str | None, tokenizer: Any) -> Template:
             f"{', '.join(sorted(VENDOR_TEMPLATES))}"
         )
     return _bind(TEMPLATES[name](), tokenizer)
-
-
-_ = SYSTEM  # re-exported for template authors

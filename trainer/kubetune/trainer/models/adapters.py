@@ -134,9 +134,3 @@ def _pad_kwargs(ctx: Any, cls: Any) -> dict[str, Any]:
     if "SequenceClassification" in getattr(cls, "__name__", ""):
         return {"num_labels": 1, "pad_token_id": ctx.tokenizer.pad_token_id}
     return {}
-
-
-def trainable_parameters(model: Any) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total
