@@ -11,7 +11,7 @@ from typing import Any
 from kubetune.api.conditions import Reason
 from tests.harness.cluster import ClusterSimulator
 from tests.harness.emulator import FTJ, KubeEmulator
-from tests.harness.fixtures import eventually
+from tests.harness.fixtures import OperatorPasses, eventually, status_writes
 from tests.operator.test_lifecycle import NS, cond, events, ftj, status
 
 
@@ -46,7 +46,7 @@ async def test_watches_of_pods_and_jobs_select_kubetune_children_on_the_server(
 
 
 async def test_a_refused_job_fails_the_finetunejob_once_without_retries(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     kube_api.inject("POST", "batch/v1/jobs", code=403, reason="Forbidden", count=100)
     await start_operator()
@@ -56,15 +56,24 @@ async def test_a_refused_job_fails_the_finetunejob_once_without_retries(
     assert "Job default/quota" in stalled["message"] and "403" in stalled["message"]
     assert status(kube_api, "quota")["phase"] == "Failed"
     await eventually(lambda: ("Warning", Reason.CHILD_REJECTED) in events(kube_api, "quota"))
-    posts, rv = requests(kube_api, "POST", "jobs"), kube_api.get(FTJ, NS, "quota")["metadata"]["resourceVersion"]
-    await asyncio.sleep(1.5)  # seven sync intervals
-    assert requests(kube_api, "POST", "jobs") == posts == 1, "a refused Job must not be retried"
-    assert kube_api.get(FTJ, NS, "quota")["metadata"]["resourceVersion"] == rv
+    rv, before, writes = (
+        int(kube_api.get(FTJ, NS, "quota")["metadata"]["resourceVersion"]),
+        status(kube_api, "quota"),
+        status_writes(kube_api, "quota"),
+    )
+    # a whole pass over the failed object (its own status write come back): it must not try again
+    await operator_passes.settled(kube_api, "quota", lambda p: p.rv >= rv)
+    assert requests(kube_api, "POST", "jobs") == 1, "a refused Job must not be retried"
+    assert status_writes(kube_api, "quota") == writes and status(kube_api, "quota") == before
     assert events(kube_api, "quota").count(("Warning", Reason.CHILD_REJECTED)) == 1
 
 
 async def test_poison_specs_end_as_a_condition_and_one_event(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, caplog: Any
+    kube_api: KubeEmulator,
+    cluster: ClusterSimulator,
+    start_operator: Any,
+    operator_passes: OperatorPasses,
+    caplog: Any,
 ) -> None:
     await start_operator()
     kube_api.validate_schemas = False  # as if the CRD had no schema (or preserve-unknown-fields)
@@ -85,10 +94,12 @@ async def test_poison_specs_end_as_a_condition_and_one_event(
         assert cond(kube_api, "Stalled", name)["status"] == "True"
     await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "fine"))
     await eventually(lambda: all(any(t == "Warning" for t, _ in events(kube_api, n)) for n in poison))
-    rvs = {n: kube_api.get(FTJ, NS, n)["metadata"]["resourceVersion"] for n in poison}
-    await asyncio.sleep(1.0)
+    rvs = {n: int(kube_api.get(FTJ, NS, n)["metadata"]["resourceVersion"]) for n in poison}
+    writes = {n: status_writes(kube_api, n) for n in poison}
+    for name in poison:  # a whole pass over each rejected object, its own status write come back
+        await operator_passes.settled(kube_api, name, lambda p, n=name: p.rv >= rvs[n])
     for name in poison:
-        assert kube_api.get(FTJ, NS, name)["metadata"]["resourceVersion"] == rvs[name], f"{name}: status churn"
+        assert status_writes(kube_api, name) == writes[name], f"{name}: status churn"
         assert len([e for e in events(kube_api, name) if e[0] == "Warning"]) == 1, (name, events(kube_api, name))
         assert kube_api.get("batch/v1/jobs", NS, name) is None
     crashes = [r.getMessage() for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
@@ -96,7 +107,7 @@ async def test_poison_specs_end_as_a_condition_and_one_event(
 
 
 async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     """Delete and re-create with the same name before the garbage collector ran: the finished Job, ConfigMap and
     Service of the first object still exist, owned by its uid."""
@@ -139,7 +150,8 @@ async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(
     kube_api.create(FTJ, ftj("again"))
     await eventually(lambda: cond(kube_api, "Waiting", "again").get("reason") == Reason.PREVIOUS_CHILDREN)
     assert status(kube_api, "again")["phase"] == "Pending"
-    await asyncio.sleep(0.6)
+    waiting = int(kube_api.get(FTJ, NS, "again")["metadata"]["resourceVersion"])
+    await operator_passes.settled(kube_api, "again", lambda p: p.poll and p.rv >= waiting)  # a resync pass, too
     assert status(kube_api, "again")["phase"] == "Pending", "the old Job's verdict must not be read"
     kube_api.delete("batch/v1/jobs", NS, "again")  # the garbage collector catches up
     kube_api.delete("v1/configmaps", NS, "again-trainer")
@@ -149,7 +161,7 @@ async def test_a_new_object_never_reads_the_verdict_of_the_old_ones_job(
 
 
 async def test_a_job_suspended_by_another_controller_is_left_suspended(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     """Kueue with manageJobsWithoutQueueName suspends every new Job (no queue label) until it admits it."""
     cluster.start_after = 3600
@@ -157,9 +169,13 @@ async def test_a_job_suspended_by_another_controller_is_left_suspended(
     kube_api.create(FTJ, ftj("kq"))
     job = await eventually(lambda: kube_api.get("batch/v1/jobs", NS, "kq"))
     assert "kueue.x-k8s.io/queue-name" not in job["metadata"]["labels"]
-    kube_api.update("batch/v1/jobs", NS, "kq", {"spec": {"suspend": True}})  # Kueue
+    suspended = int(
+        kube_api.update("batch/v1/jobs", NS, "kq", {"spec": {"suspend": True}})["metadata"]["resourceVersion"]
+    )
     await eventually(lambda: cond(kube_api, "Reconciling", "kq").get("reason") == "Queued")
-    await asyncio.sleep(1.0)
+    await operator_passes.settled(  # a resync pass (after the event-triggered one) saw the suspended Job
+        kube_api, "kq", lambda p: p.poll and p.job and int(p.job["metadata"]["resourceVersion"]) >= suspended
+    )
     assert kube_api.get("batch/v1/jobs", NS, "kq")["spec"]["suspend"] is True, "kubetune must not un-suspend it"
     cluster.start_after = 0
     kube_api.update("batch/v1/jobs", NS, "kq", {"spec": {"suspend": False}})  # Kueue admits it
@@ -167,7 +183,7 @@ async def test_a_job_suspended_by_another_controller_is_left_suspended(
 
 
 async def test_queue_label_on_the_finetunejob_queues_the_job(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     await start_operator()
     body = ftj("labelled")
@@ -178,7 +194,8 @@ async def test_queue_label_on_the_finetunejob_queues_the_job(
     cm = kube_api.get("v1/configmaps", NS, "labelled-trainer")
     assert "kueue.x-k8s.io/queue-name" not in cm["metadata"]["labels"]
     await eventually(lambda: cond(kube_api, "Reconciling", "labelled").get("reason") == "Queued")
-    await asyncio.sleep(0.6)
+    queued = int(kube_api.get(FTJ, NS, "labelled")["metadata"]["resourceVersion"])
+    await operator_passes.settled(kube_api, "labelled", lambda p: p.poll and p.rv >= queued)
     assert kube_api.get("batch/v1/jobs", NS, "labelled")["spec"]["suspend"] is True
 
 
@@ -226,7 +243,7 @@ async def test_a_hung_api_call_does_not_stall_the_resync_of_the_others(
 
 
 async def test_a_refused_status_write_is_said_once_and_not_retried(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     kube_api.inject("PATCH", FTJ, subresource="status", code=422, reason="Invalid", count=1000)
     cluster.start_after = 3600  # nothing changes after the first look: the same status every pass
@@ -234,8 +251,10 @@ async def test_a_refused_status_write_is_said_once_and_not_retried(
     kube_api.create(FTJ, ftj("nostatus"))
     await eventually(lambda: ("Warning", "StatusRejected") in events(kube_api, "nostatus"))
     await eventually(lambda: len(cluster.pods("nostatus")) == 2)
-    await asyncio.sleep(0.5)
+    # the inputs settle (both pods seen by a whole resync pass); from then on every pass has the same status to write
+    first = await operator_passes.settled(kube_api, "nostatus", lambda p: p.poll and len(p.pods) == 2)
     hits = kube_api.fault_hits
-    await asyncio.sleep(2.5)  # a dozen sync intervals, across clock seconds (condition timestamps change)
+    # resync passes two clock seconds later (condition timestamps change) have ended: none wrote the status again
+    await operator_passes.settled(kube_api, "nostatus", lambda p: p.poll and p.second >= first.second + 2)
     assert kube_api.fault_hits == hits, "a refused status write must not be retried"
     assert events(kube_api, "nostatus").count(("Warning", "StatusRejected")) == 1
