@@ -62,6 +62,12 @@ VALID = job_doc(
             "nodeSelector": {"nvidia.com/gpu.product": "H100"},
         },
         "checkpointing": {"everySteps": 10},
+        "evaluation": {
+            "prompts": [{"name": "p", "source": "s3://bkt/p.json"}],
+            "rules": [{"type": "answer", "weight": 1}],
+            "rewardModel": {"source": "s3://bkt/rm"},
+            "gate": {"minRuleScore": 0.5, "minReward": 0.1},
+        },
         "output": {
             "uri": "s3://bkt/out",
             "credentialsSecret": "s3-creds",

@@ -126,7 +126,7 @@ def test_trainer_metrics_labels_phases_and_upload_duration(tmp_path):
     assert sample(registry, names.TRAIN_LOSS) is None  # no misleading 0 before the first log
     metrics.set_phase("uploading")
     metrics.set_phase("done")
-    assert [sample(registry, names.PHASE, phase=p) for p in names.PHASES] == [0, 0, 0, 0, 0, 1, 0]
+    assert [sample(registry, names.PHASE, phase=p) for p in names.PHASES] == [0, 0, 0, 0, 0, 0, 1, 0]
     assert sample(registry, names.UPLOAD_SECONDS + "_count") == 1
     with pytest.raises(ValueError, match="unknown trainer phase 'trainning'"):
         metrics.set_phase("trainning")

@@ -68,6 +68,9 @@ class Reason:
     RECOVERED = "Recovered"
     # the hang watchdog ended a trainer pod (exit 75): the Job retries it
     TRAINER_STALLED = "TrainerStalled"
+    # the evaluation gate (spec.evaluation): the trained model was promoted / did not meet a gate condition
+    EVALUATION_PASSED = "EvaluationPassed"
+    GATE_FAILED = "EvaluationGateFailed"
 
 
 # Exit codes of ``kubetune-train`` that mean "bad config / bad data": retrying cannot help,
@@ -76,7 +79,13 @@ EXIT_CONFIG_ERROR = 3
 EXIT_DATA_ERROR = 4
 # the divergence guard used up spec.training.guard.maxRollbacks: the same data and settings would diverge again
 EXIT_DIVERGED = 5
-NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED)
+# the evaluation gate (spec.evaluation) failed: the artifact is kept unpromoted; the same run would fail it again
+EXIT_GATE_FAILED = 6
+NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_GATE_FAILED)
 # the hang watchdog found no optimizer step for spec.training.stallTimeoutSeconds: stacks dumped, the Job retries
 # (the pod resumes from the last checkpoint); deliberately not in NON_RETRYABLE_EXIT_CODES
 EXIT_STALLED = 75
+
+# the trainer's termination message carries the evaluation result as one line: this prefix, then compact JSON
+# (status.evaluation's shape); the operator reads it when the Job ends, succeeded or failed by the gate
+EVALUATION_LINE = "evaluation: "

@@ -38,7 +38,7 @@ ROLLBACKS_TOTAL = "kubetune_train_rollbacks_total"  # counter: divergence-guard 
 DIVERGED = "kubetune_train_diverged"  # label: reason (nan_loss, nan_grad_norm, loss_spike); 1 while a rollback lasts
 GUARD_REASONS = ("nan_loss", "nan_grad_norm", "loss_spike")  # the divergence guard's reasons (DIVERGED's label)
 PHASE = "kubetune_trainer_phase"  # label: phase; 1 for the current phase, 0 otherwise
-PHASES = ("fetching_model", "loading_data", "training", "saving", "uploading", "done", "failed")
+PHASES = ("fetching_model", "loading_data", "training", "saving", "evaluating", "uploading", "done", "failed")
 
 # Which trainer gauge feeds which status.progress field (the operator's progress poller).
 PROGRESS_FIELDS = {

@@ -446,10 +446,11 @@ class PpoSpec(_Model):
 class RewardFunctionSpec(_Model):
     """A rule-based reward for grpo, scored in the trainer without a model (verifiable rewards)."""
 
-    type: Literal["answer", "regex"] = Field(
+    type: Literal["answer", "regex", "exact"] = Field(
         ...,
         description="answer: 1 when the completion contains the row's reference answer (case and whitespace "
-        "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0.",
+        "ignored), else 0; regex: 1 when `pattern` is found in the completion, else 0; exact: 1 when the "
+        "completion is the reference answer (case and whitespace ignored), else 0.",
     )
     pattern: str | None = Field(
         None,
@@ -518,7 +519,9 @@ class TrainingSpec(_Model):
     max_steps: Int | None = Field(None, gt=0, description="Stop after this many optimizer steps (overrides epochs).")
     batch_size: Int = Field(1, gt=0, le=65536, description="Per-device micro-batch size.")
     gradient_accumulation: Int = Field(1, gt=0, le=65536, description="Micro-batches per optimizer step.")
-    learning_rate: Float = Field(1e-4, gt=0, lt=1, description="Peak learning rate.")
+    learning_rate: Float = Field(
+        1e-4, ge=0, lt=1, description="Peak learning rate (0 changes no weight: a control run for spec.evaluation)."
+    )
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         "cosine", description="Learning-rate schedule."
     )
@@ -579,6 +582,104 @@ class TrainingSpec(_Model):
         "and termination message) and exits with code 75, which the Job retries (resuming from the last "
         "checkpoint). Default: max(600, 20 x the median measured step time), armed after the first step.",
     )
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+class GateSpec(_Model):
+    """Conditions the trained model must meet to be promoted; every condition set must hold (none set: promoted)."""
+
+    eval_loss_improvement_percent: Float | None = Field(
+        None,
+        ge=-100,
+        le=100,
+        description="The trained model's eval loss must be at least this many percent below the base model's "
+        "(negative: the regression tolerated). Needs evaluation data: evalDatasets or training.evalSplit.",
+    )
+    max_eval_loss: Float | None = Field(None, gt=0, description="The trained model's eval loss must not exceed this.")
+    min_rule_score: Float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="The trained model's rule score (weighted mean over prompts, 0-1) must reach this.",
+    )
+    rule_score_gain: Float | None = Field(
+        None, ge=-1, le=1, description="The trained rule score minus the base model's must reach this."
+    )
+    min_reward: Float | None = Field(None, description="The trained model's mean reward-model score must reach this.")
+    reward_gain: Float | None = Field(
+        None, description="The trained mean reward minus the base model's must reach this."
+    )
+
+
+class EvaluationSpec(_Model):
+    """After training, the base and the trained model are evaluated side by side; the gate decides promotion."""
+
+    prompts: list[DatasetSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Prompt sets answered (greedy) by both models and scored by `rules` and/or `rewardModel`; a "
+        "row's reference answer is its response.",
+    )
+    rules: list[RewardFunctionSpec] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Rule checks on each answer (answer found, regex, exact match), summed with their weights "
+        "into a 0-1 rule score.",
+    )
+    reward_model: ArtifactRef | None = Field(
+        None, description="A reward model (an rm job's output) that scores each answer: a URI or an rm job."
+    )
+    max_prompts: Int = Field(64, gt=0, le=100000, description="Prompts evaluated per model (the first N).")
+    max_new_tokens: Int = Field(64, gt=0, le=8192, description="Tokens generated per answer.")
+    gate: GateSpec = Field(default_factory=GateSpec, description="Promotion conditions.")
+
+
+def evaluation_problems(
+    ev: EvaluationSpec, stage: Stage, has_eval_data: bool
+) -> list[tuple[tuple[str | int, ...], str]]:
+    """What makes ``spec.evaluation`` unusable for this stage and data (paths relative to spec.evaluation)."""
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    if stage == Stage.RM:
+        return [((), "stage rm trains a scorer, not a generator; evaluate its policy job instead")]
+    loss_gates = [
+        name
+        for name, value in (
+            ("evalLossImprovementPercent", ev.gate.eval_loss_improvement_percent),
+            ("maxEvalLoss", ev.gate.max_eval_loss),
+        )
+        if value is not None
+    ]
+    for name in loss_gates:
+        if stage not in (Stage.PT, Stage.SFT):
+            problems.append((("gate", name), f"eval-loss gates apply to stages pt and sft, not {stage.value}"))
+        elif not has_eval_data:
+            problems.append((("gate", name), "needs evaluation data: set spec.evalDatasets or training.evalSplit"))
+    for i, rule in enumerate(ev.rules):
+        problems += [(("rules", i, *p), m) for p, m in reward_function_problems(rule)]
+    if (ev.rules or ev.reward_model is not None) and not ev.prompts:
+        problems.append((("prompts",), "rules and rewardModel score answers to prompts: give at least one prompt set"))
+    if ev.prompts and not ev.rules and ev.reward_model is None:
+        problems.append((("rules",), "prompts need a way to score the answers: give rules or a rewardModel"))
+    for name, value in (("minRuleScore", ev.gate.min_rule_score), ("ruleScoreGain", ev.gate.rule_score_gain)):
+        if value is not None and not ev.rules:
+            problems.append((("gate", name), "needs evaluation.rules"))
+    for name, value in (("minReward", ev.gate.min_reward), ("rewardGain", ev.gate.reward_gain)):
+        if value is not None and ev.reward_model is None:
+            problems.append((("gate", name), "needs evaluation.rewardModel"))
+    if not problems and not ev.prompts and not (has_eval_data and stage in (Stage.PT, Stage.SFT)):
+        problems.append(
+            ((), "nothing to evaluate: give prompts with rules or a rewardModel, or (pt/sft) evaluation data")
+        )
+    names: set[str] = set()
+    for i, ds in enumerate(ev.prompts):
+        if ds.name in names:
+            problems.append((("prompts", i, "name"), f"duplicate prompt set name {ds.name!r}"))
+        names.add(ds.name)
+        if ds.ranking:
+            problems.append((("prompts", i, "ranking"), "a prompt set is not pairwise data: drop ranking"))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------------- cluster
@@ -766,6 +867,11 @@ class FineTuneJobSpec(_Model):
         None, description="Datasets taken from a LLaMA-Factory dataset_info.json."
     )
     eval_datasets: list[DatasetSpec] = Field(default_factory=list, description="Datasets used only for evaluation.")
+    evaluation: EvaluationSpec | None = Field(
+        None,
+        description="Evaluation gate: after training, the base and the trained model are evaluated (eval loss and "
+        "perplexity, rule checks, a reward model); a failed gate keeps the artifact unpromoted and fails the job.",
+    )
     method: MethodSpec = Field(default_factory=MethodSpec, description="Fine-tuning method.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Pods, GPUs and scheduling.")
@@ -849,6 +955,12 @@ class FineTuneJobSpec(_Model):
                 )
             elif any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
                 problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
+        if self.evaluation is not None:
+            has_eval_data = bool(self.eval_datasets) or self.training.eval_split > 0
+            problems += [
+                (("evaluation", *p), m)
+                for p, m in evaluation_problems(self.evaluation, Stage(self.stage), has_eval_data)
+            ]
         if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
             problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
         from kubetune.api.kernels import spec_problems as kernel_problems
@@ -1024,6 +1136,34 @@ class StallStatus(_Status):
     )
 
 
+class EvaluationScores(_Status):
+    """One model's evaluation (spec.evaluation); a score is absent when nothing measured it."""
+
+    eval_loss: float | None = Field(None, description="Token-weighted mean loss on the evaluation data.")
+    perplexity: float | None = Field(None, description="exp(evalLoss).")
+    rule_score: float | None = Field(None, description="Weighted rule score, 0-1, mean over the prompts.")
+    reward: float | None = Field(None, description="Mean reward-model score over the prompts.")
+    prompts: int | None = Field(None, description="Prompts answered.")
+
+
+class GateCheck(_Status):
+    """One gate condition and how the trained model did."""
+
+    name: str = Field(..., description="The spec.evaluation.gate field, e.g. evalLossImprovementPercent.")
+    value: float | None = Field(None, description="What was measured.")
+    threshold: float = Field(..., description="What the gate asked for.")
+    passed: bool = Field(..., description="Whether the condition holds.")
+
+
+class EvaluationStatus(_Status):
+    """The evaluation gate's result, from the trainer (also in the artifact's manifest)."""
+
+    promoted: bool = Field(..., description="True when every gate condition held.")
+    base: EvaluationScores | None = Field(None, description="The base model's scores.")
+    trained: EvaluationScores | None = Field(None, description="The trained model's scores.")
+    checks: list[GateCheck] = Field(default_factory=list, description="Each gate condition.")
+
+
 class FineTuneJobStatus(_Status):
     """Observed state, written by the operator."""
 
@@ -1046,6 +1186,9 @@ class FineTuneJobStatus(_Status):
     )
     last_stall: StallStatus | None = Field(
         None, description="The newest pod ended by the hang watchdog (spec.training.stallTimeoutSeconds)."
+    )
+    evaluation: EvaluationStatus | None = Field(
+        None, description="Base vs trained evaluation and the gate's verdict (spec.evaluation)."
     )
     job_name: str | None = Field(None, description="Name of the training batch/v1 Job.")
     spec_hash: str | None = Field(None, description="Hash of the spec the children were built from.")

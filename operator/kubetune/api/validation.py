@@ -135,7 +135,7 @@ def _message(err: dict[str, Any], root: type[BaseModel]) -> list[Problem]:
         if parent is not None:
             close = difflib.get_close_matches(name, _field_names(parent), n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; known fields: {', '.join(_field_names(parent))}"
-        return [Problem(clip_text(format_path(loc), 200), f"unknown field{hint}")]
+        return [Problem(clip_text(format_path(loc), 120), f"unknown field{hint}")]
     if kind in _TYPE_WORDS:
         return [Problem(format_path(loc), _type_message(kind, err.get("input")))]
     simple = {

@@ -108,6 +108,9 @@ def parse(body: dict[str, Any], options: BuildOptions) -> Parsed:
             parsed.upstream["spec.model.adapter.fromJob"] = job.spec.model.adapter.from_job
         if job.spec.training.reward_model is not None and job.spec.training.reward_model.from_job:
             parsed.upstream["spec.training.rewardModel.fromJob"] = job.spec.training.reward_model.from_job
+        ev = job.spec.evaluation
+        if ev is not None and ev.reward_model is not None and ev.reward_model.from_job:
+            parsed.upstream["spec.evaluation.rewardModel.fromJob"] = ev.reward_model.from_job
         parsed.secrets = credential_secrets(job, options)
     except Exception as exc:  # noqa: BLE001
         parsed.problems = [_crash("read", exc)]
@@ -327,6 +330,7 @@ def decide(
                 output_uri=parsed.output_uri,
                 adapter_source=sources.get("spec.model.adapter.fromJob"),
                 reward_model_source=sources.get("spec.training.rewardModel.fromJob"),
+                evaluation_reward_source=sources.get("spec.evaluation.rewardModel.fromJob"),
             )
             children = build_all(parsed.job, options, resolved, queue_name=queue)
             kjob = children[-1]
@@ -453,7 +457,13 @@ def decide(
             new["startTime"] = jstatus.get("startTime") or at
         if verdict.phase in st.TERMINAL and not new.get("completionTime"):
             new["completionTime"] = jstatus.get("completionTime") or at
-    if verdict.phase == Phase.SUCCEEDED.value and parsed.output_uri:
+    if verdict.phase in st.TERMINAL and old.get("evaluation") is None:
+        report = st.evaluation_report(pods)  # spec.evaluation: base vs trained, from the trainer's last words
+        if report is not None:
+            new["evaluation"] = report
+    elif old.get("evaluation") is not None:
+        new["evaluation"] = old["evaluation"]
+    if (verdict.phase == Phase.SUCCEEDED.value or verdict.reason == Reason.GATE_FAILED) and parsed.output_uri:
         uri = parsed.output_uri.rstrip("/")
         artifacts = {"adapterUri": uri, "manifestUri": f"{uri}/manifest.json"}
         if parsed.job is not None and parsed.job.spec.output.merge:
@@ -471,6 +481,12 @@ def decide(
         new["artifacts"] = old["artifacts"]
 
     events = _events(old, new, verdict)
+    if (
+        verdict.phase == Phase.SUCCEEDED.value
+        and (new.get("evaluation") or {}).get("promoted")
+        and not old.get("evaluation")
+    ):
+        events.append(("Normal", Reason.EVALUATION_PASSED, evaluation_message(new["evaluation"])))
     if children and verdict.reason == Reason.POD_PENDING:  # the phase event of this pass says what it did
         events = [
             (kind, Reason.CREATED, message.replace(": ", ": created ConfigMap, Service and Job; ", 1))
@@ -487,6 +503,22 @@ def decide(
         poll_progress=verdict.phase == Phase.RUNNING.value,
         output_uri=parsed.output_uri,
     )
+
+
+def evaluation_message(report: dict[str, Any]) -> str:
+    """One line for the Event: the trained and base scores and each gate condition."""
+
+    def scores(which: str) -> str:
+        s = report.get(which) or {}
+        parts = [f"{k} {s[k]:.4g}" for k in ("evalLoss", "perplexity", "ruleScore", "reward") if s.get(k) is not None]
+        return ", ".join(parts) or "nothing measured"
+
+    checks = (
+        "; ".join(f"{c['name']} {'ok' if c['passed'] else 'failed'}" for c in report.get("checks") or [])
+        or "no gate conditions"
+    )
+    verdict = "promoted" if report.get("promoted") else "not promoted"
+    return f"evaluation: {verdict}; trained: {scores('trained')}; base: {scores('base')}; gate: {checks}"
 
 
 def _events(old: dict[str, Any], new: dict[str, Any], verdict: st.Verdict) -> list[Event]:

@@ -14,8 +14,8 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.api.conditions import EVALUATION_LINE, EXIT_GATE_FAILED, Phase, Reason
 from kubetune.api.conditions import ConditionType as C
-from kubetune.api.conditions import Phase, Reason
 from kubetune.api.redact import redact
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
@@ -140,8 +140,50 @@ def termination_message(pods: list[dict[str, Any]]) -> str | None:
             if term.get("reason") == "OOMKilled":
                 return _oom_message(pod, cs)
             if term.get("exitCode") not in (None, 0) and term.get("message"):
-                return redact(str(term["message"]).strip())  # a trainer older than the redaction may echo a URL
+                # a trainer older than the redaction may echo a URL; the evaluation's JSON line goes to
+                # status.evaluation, not into a condition message
+                text = "\n".join(
+                    line for line in str(term["message"]).splitlines() if not line.startswith(EVALUATION_LINE)
+                )
+                return redact(text.strip())
     return None
+
+
+def _terminations(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The trainer containers' terminated states, rank 0 first."""
+    out = []
+    for pod in sorted(pods, key=_rank):
+        for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+            if term:
+                out.append(term)
+    return out
+
+
+def evaluation_report(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``status.evaluation``: the evaluation line of the trainer's termination message (spec.evaluation), checked
+    against the API's shape; None when no pod carries one (or it is not that shape)."""
+    import json
+
+    from pydantic import ValidationError
+
+    from kubetune.api.v1alpha1 import EvaluationStatus
+
+    for term in _terminations(pods):
+        for line in reversed(str(term.get("message") or "").splitlines()):
+            if not line.startswith(EVALUATION_LINE):
+                continue
+            try:
+                report = EvaluationStatus.model_validate(json.loads(line[len(EVALUATION_LINE) :]))
+            except (ValueError, ValidationError):
+                break
+            return report.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return None
+
+
+def gate_failed(pods: list[dict[str, Any]]) -> bool:
+    """Whether a trainer ended with the evaluation gate's exit code (spec.evaluation)."""
+    return any(term.get("exitCode") == EXIT_GATE_FAILED for term in _terminations(pods))
 
 
 @dataclass(frozen=True)
@@ -281,6 +323,8 @@ def job_verdict(
         why = termination_message(pods) or failed.get("message") or "the training Job failed"
         if failed.get("reason") == "DeadlineExceeded":
             return Verdict(Phase.FAILED.value, Reason.DEADLINE_EXCEEDED, why)
+        if gate_failed(pods):
+            return Verdict(Phase.FAILED.value, Reason.GATE_FAILED, why)
         return Verdict(Phase.FAILED.value, Reason.JOB_FAILED, why)
     if (job.get("spec") or {}).get("suspend"):
         if user_suspended or not queued:

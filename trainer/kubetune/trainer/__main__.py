@@ -49,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         linger = float(os.environ.get("KUBETUNE_METRICS_LINGER_SECONDS", "20"))  # last scrape sees done/failed
         with Telemetry(config, linger_seconds=linger) as telemetry:
             result = run(config, callbacks=telemetry.callbacks, on_phase=telemetry.on_phase)
-        write_termination_message(f"succeeded: {result.output_uri}")
+        evaluated = f"\n{result.evaluation.termination_lines()}" if result.evaluation is not None else ""
+        write_termination_message(f"succeeded: {result.output_uri}{evaluated}")
         return 0
     except TrainerError as exc:
         log.error("%s", exc)
-        write_termination_message(str(exc))
+        write_termination_message(getattr(exc, "termination", None) or str(exc))
         record_failure(exc)
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the pod must say why it died

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from kubetune.api.conditions import EXIT_CONFIG_ERROR, EXIT_DATA_ERROR, EXIT_DIVERGED, EXIT_STALLED
+from kubetune.api.conditions import (
+    EXIT_CONFIG_ERROR,
+    EXIT_DATA_ERROR,
+    EXIT_DIVERGED,
+    EXIT_GATE_FAILED,
+    EXIT_STALLED,
+)
 from kubetune.api.redact import redact
 
 
@@ -35,6 +41,18 @@ class Diverged(TrainerError):
     """The divergence guard used up ``spec.training.guard.maxRollbacks``; retrying the same run would diverge again."""
 
     exit_code = EXIT_DIVERGED
+
+
+class GateFailed(TrainerError):
+    """The trained model did not meet ``spec.evaluation.gate``: the artifact is published unpromoted (not retried).
+
+    ``termination`` is the pod's termination message: the verdict and the result as JSON for status.evaluation."""
+
+    exit_code = EXIT_GATE_FAILED
+
+    def __init__(self, message: str, *, termination: str = "") -> None:
+        super().__init__(message)
+        self.termination = termination or str(self)
 
 
 class Stalled(TrainerError):

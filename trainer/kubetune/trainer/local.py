@@ -94,5 +94,7 @@ def run_local(job: FineTuneJob, job_file: Path, *, verbose: bool = False, **opti
         value = result.metrics.get(key)
         if value is not None:
             print(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+    if result.evaluation is not None:
+        print(f"  {result.evaluation.summary()}")
     print(f"  full log: {log_path}")
     return 0

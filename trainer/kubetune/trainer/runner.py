@@ -21,7 +21,8 @@ from kubetune.trainer.artifacts.manifest import build_manifest, write_manifest
 from kubetune.trainer.artifacts.tokenizer import use_training_template
 from kubetune.trainer.data.loader import check_reports, convert_all, tokenize_all
 from kubetune.trainer.data.templates import get_template
-from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.errors import ConfigError, GateFailed
+from kubetune.trainer.evaluation import EvaluationResult, evaluate, load_prompt_sets
 from kubetune.trainer.logging import get_logger, is_main
 from kubetune.trainer.models.kernels import resolve_for_training
 from kubetune.trainer.models.loader import load_tokenizer, resolve_model
@@ -44,6 +45,7 @@ class RunResult:
     artifact_dir: Path
     metrics: dict[str, Any]
     reports: list[dict[str, Any]] = field(default_factory=list)
+    evaluation: EvaluationResult | None = None  # spec.evaluation: base vs trained and the gate's verdict
 
 
 def fetch_artifact(config: TrainerConfig, ref: Any, field: str) -> Path | None:
@@ -85,6 +87,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     phase("loading_data")
     converted = convert_all(config)
     check_reports([ds.report for ds in converted[0] if len(ds.examples) == 0 and ds.report is not None])
+    prompt_sets = load_prompt_sets(config)  # spec.evaluation.prompts: bad prompts fail before any weights
 
     phase("fetching_model")
     kernels = resolve_for_training(spec.training)  # a missing kernel package fails before the model download
@@ -101,6 +104,9 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     data = tokenize_all(config, tokenizer, template, converted)
     adapter_init = fetch_artifact(config, spec.model.adapter, "spec.model.adapter")
     reward_model = fetch_artifact(config, spec.training.reward_model, "spec.training.rewardModel")
+    evaluation_rm = fetch_artifact(
+        config, spec.evaluation.reward_model if spec.evaluation else None, "spec.evaluation.rewardModel"
+    )
 
     phase("training", memory_estimate_gib=memory_estimate, datasets=[r.to_dict() for r in data.reports])
     uploader = checkpoint_callback(config)  # remote output + everySteps: upload checkpoints in the background
@@ -147,6 +153,22 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     )
     if "guard" in result.extra:  # the divergence guard's rollbacks (spec.training.guard)
         manifest["guard"] = result.extra["guard"]
+    evaluation: EvaluationResult | None = None
+    if spec.evaluation is not None:  # the gate: the artifact is published either way, promoted or not
+        phase("evaluating")
+        evaluation = evaluate(
+            config,
+            model_ref=model_ref,
+            tokenizer=tokenizer,
+            template=template,
+            eval_rows=data.eval,
+            prompt_sets=prompt_sets,
+            artifact_dir=artifact_dir,
+            adapter_init=adapter_init,
+            reward_model_path=evaluation_rm,
+        )
+        manifest["evaluation"] = evaluation.to_manifest()
+        manifest["promoted"] = evaluation.promoted
     write_manifest(artifact_dir, manifest)
 
     phase("uploading")
@@ -157,6 +179,12 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         allow=config.runtime.allow_private_urls,
     )
     log.info("artifact written to %s", final_uri)
+    if evaluation is not None and not evaluation.promoted:
+        # kept for inspection (manifest: promoted false); not pushed to a hub, and the job fails (not retried)
+        raise GateFailed(
+            f"{evaluation.summary()}; the artifact at {final_uri} is kept, not promoted",
+            termination=evaluation.termination_lines(),
+        )
     if uploader is not None and not spec.checkpointing.keep_after_success:
         # the manifest is published: the checkpoints (optimizer state included) have done their job
         deleted = delete_checkpoints(config.runtime.output_uri, allow=config.runtime.allow_private_urls)
@@ -172,4 +200,4 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
         )
         log.info("artifact pushed to %s", hub_url)
     phase("done")
-    return RunResult(final_uri, artifact_dir, metrics, [r.to_dict() for r in data.reports])
+    return RunResult(final_uri, artifact_dir, metrics, [r.to_dict() for r in data.reports], evaluation)

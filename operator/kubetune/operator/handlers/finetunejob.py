@@ -37,7 +37,11 @@ from kubetune.operator.manifests.labels import COMPONENT_LABEL, FINETUNEJOB_LABE
 from kubetune.operator.settings import OperatorSettings
 
 Key = tuple[str, str]  # (namespace, FineTuneJob name)
-UPSTREAM_FIELDS = (("model", "adapter"), ("training", "rewardModel"))  # spec.<a>.<b>.fromJob
+UPSTREAM_FIELDS = (
+    ("model", "adapter"),
+    ("training", "rewardModel"),
+    ("evaluation", "rewardModel"),
+)  # spec.<a>.<b>.fromJob
 EVENT_MESSAGE_BYTES = 1024  # the API server's limit on an Event's message, in bytes
 
 

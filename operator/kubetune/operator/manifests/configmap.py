@@ -26,6 +26,14 @@ def resolved_spec(job: FineTuneJob, resolved: Resolved) -> FineTuneJob:
         spec.training = spec.training.model_copy(
             update={"reward_model": ArtifactRef(source=resolved.reward_model_source)}
         )
+    ev = spec.evaluation
+    if (
+        ev is not None
+        and ev.reward_model is not None
+        and ev.reward_model.from_job
+        and resolved.evaluation_reward_source
+    ):
+        spec.evaluation = ev.model_copy(update={"reward_model": ArtifactRef(source=resolved.evaluation_reward_source)})
     return job.model_copy(update={"spec": spec})
 
 

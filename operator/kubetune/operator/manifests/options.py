@@ -40,6 +40,7 @@ class Resolved:
     output_uri: str
     adapter_source: str | None = None
     reward_model_source: str | None = None
+    evaluation_reward_source: str | None = None  # spec.evaluation.rewardModel.fromJob
 
 
 class MissingOutput(ValueError):

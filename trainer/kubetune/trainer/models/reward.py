@@ -18,12 +18,19 @@ from kubetune.trainer.models.loader import ModelRef
 log = get_logger(__name__)
 
 
-def load_reward_model(path: Path, base: ModelRef, *, dtype: Any = None, trust_remote_code: bool = False) -> Any:
-    """A frozen ``AutoModelForSequenceClassification`` with one output, in eval mode."""
+def load_reward_model(
+    path: Path,
+    base: ModelRef,
+    *,
+    dtype: Any = None,
+    trust_remote_code: bool = False,
+    field: str = "spec.training.rewardModel",
+) -> Any:
+    """A frozen ``AutoModelForSequenceClassification`` with one output, in eval mode (``field`` names the spec
+    field in errors)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     path = Path(path)
-    field = "spec.training.rewardModel"
     if not path.is_dir():
         raise ConfigError(f"{field}: {path} is not a folder; give the output of an rm job")
     adapter_cfg = path / "adapter_config.json"

@@ -36,6 +36,16 @@ def answer_reward(completions: Sequence[Any], response_text: Sequence[str] | Non
     ]
 
 
+def exact_reward(completions: Sequence[Any], response_text: Sequence[str] | None = None, **_: Any) -> list[float]:
+    """1.0 when the completion is the row's reference answer (case and whitespace ignored), else 0.0; a row
+    without a reference answer scores 0.0."""
+    references = list(response_text or [""] * len(completions))
+    return [
+        1.0 if _normalized(ref) and _normalized(ref) == _normalized(completion_text(c)) else 0.0
+        for c, ref in zip(completions, references, strict=True)
+    ]
+
+
 def regex_reward(pattern: str) -> RewardFn:
     """1.0 when ``pattern`` is found in the completion (DOTALL), else 0.0."""
     compiled = re.compile(pattern, re.DOTALL)
@@ -55,6 +65,10 @@ def reward_functions(specs: Sequence[Any]) -> list[tuple[RewardFn, float]]:
 
             def fn(completions: Sequence[Any], response_text: Sequence[str] | None = None, **kw: Any) -> list[float]:
                 return answer_reward(completions, response_text, **kw)
+        elif spec.type == "exact":
+
+            def fn(completions: Sequence[Any], response_text: Sequence[str] | None = None, **kw: Any) -> list[float]:
+                return exact_reward(completions, response_text, **kw)
         elif spec.type == "regex":
             fn = regex_reward(spec.pattern)
         else:  # the API admits only the types above
