@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,29 @@ def _scores(reward_model: Any, prompts: list[list[int]], responses: Any, mask: A
         )
 
 
+def _load_models(ctx: RunContext) -> tuple[Any, Any, Any, Any]:
+    """The policy (with its method applied), its value head, the frozen reference and the reward model.
+
+    The reference is None for LoRA (the policy with its adapter disabled); a frozen copy for full/freeze.
+    """
+    from peft import PeftModel
+
+    spec = ctx.config.spec
+    policy = apply_method(load_model(ctx.model_ref, ctx.config), spec, ctx.adapter_init)
+    ref_model = None
+    if not isinstance(policy, PeftModel):
+        ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
+    device = next(policy.parameters()).device
+    head = _value_head(policy.config.hidden_size).to(device)
+    reward_model = load_reward_model(
+        ctx.reward_model,
+        ctx.model_ref,
+        dtype=torch_dtype(spec.training.precision),
+        trust_remote_code=spec.model.trust_remote_code,
+    ).to(device)
+    return policy, head, ref_model, reward_model
+
+
 def _total_steps(ctx: RunContext, prompts: int) -> int:
     t = ctx.config.spec.training
     if t.max_steps:
@@ -114,20 +138,10 @@ def _total_steps(ctx: RunContext, prompts: int) -> int:
 
 def run_ppo(ctx: RunContext) -> StageResult:
     import torch
-    from peft import PeftModel
     from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
     from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
     from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
-    from kubetune.trainer.stages.ppo.core import (
-        PpoStats,
-        compute_gae,
-        kl_penalized_rewards,
-        masked_whiten,
-        policy_loss,
-        response_mask,
-        value_loss,
-    )
 
     spec = ctx.config.spec
     t, ppo = spec.training, spec.training.ppo
@@ -144,16 +158,7 @@ def run_ppo(ctx: RunContext) -> StageResult:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
 
-    policy = apply_method(load_model(ctx.model_ref, ctx.config), spec, ctx.adapter_init)
-    is_peft = isinstance(policy, PeftModel)
-    ref_model = None
-    if not is_peft:  # full/freeze: the reference is a frozen copy of the starting weights
-        ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
-    device = next(policy.parameters()).device
-    head = _value_head(policy.config.hidden_size).to(device)
-    reward_model = load_reward_model(
-        ctx.reward_model, ctx.model_ref, dtype=torch_dtype(t.precision), trust_remote_code=spec.model.trust_remote_code
-    ).to(device)
+    policy, head, ref_model, reward_model = _load_models(ctx)
 
     args = TrainingArguments(
         **{k: v for k, v in common_args(ctx).items() if k not in ("deepspeed", "fsdp", "fsdp_config")}
@@ -193,68 +198,18 @@ def run_ppo(ctx: RunContext) -> StageResult:
     losses: list[float] = []
     for step in range(start, total):
         control = handler.on_step_begin(args, state, control)
-        order = list(range(len(prompts)))
-        random.Random(t.seed + step).shuffle(order)
-        batch = [prompts[i] for i in (order * ppo.rollout_batch_size)[: ppo.rollout_batch_size]]
-
-        # 1-4: rollout, reward, KL-penalised per-token rewards, advantages
-        policy.eval()
-        prompt_ids, prompt_mask = _left_pad(batch, pad_id)
-        prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
-        with torch.no_grad():
-            generated = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **generation)
-            plen = prompt_ids.shape[1]
-            responses = generated[:, plen:]
-            if responses.shape[1] == 0:
-                raise RuntimeError("the policy generated no tokens")
-            mask = response_mask(responses, eos_id, None).to(device)
-            full_mask = torch.cat([prompt_mask, mask], dim=1)
-            old_logprobs, old_values = _forward(policy, head, generated, full_mask, plen, ppo.temperature)
-            if is_peft:
-                with policy.disable_adapter():
-                    ref_logprobs, _ = _forward(policy, head, generated, full_mask, plen, ppo.temperature, False)
-            else:
-                ref_logprobs, _ = _forward(ref_model, head, generated, full_mask, plen, ppo.temperature, False)
-            scores = _scores(reward_model, batch, responses, mask, pad_id)
-            mask_f = mask.float()
-            rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask_f, ppo.kl_coef)
-            advantages, returns = compute_gae(rewards, old_values * mask_f, mask_f, ppo.gamma, ppo.lam)
-            advantages = masked_whiten(advantages, mask_f)
-
-        # 5: PPO epochs over minibatches
-        policy.train()
-        stats = []
-        for _epoch in range(ppo.ppo_epochs):
-            idx = list(range(len(batch)))
-            rng.shuffle(idx)
-            for s in range(0, len(idx), minibatch):
-                mb = torch.tensor(idx[s : s + minibatch], device=device)
-                logprobs, values = _forward(policy, head, generated[mb], full_mask[mb], plen, ppo.temperature)
-                pl, pstats = policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask_f[mb], ppo.clip_range)
-                vl = value_loss(values, old_values[mb], returns[mb], mask_f[mb], ppo.clip_range_value)
-                loss = pl + ppo.vf_coef * vl
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"PPO loss is not finite at step {step + 1}; lower the learning rate")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                stats.append((pl.item(), vl.item(), pstats["clipfrac"], pstats["approx_kl"]))
-
-        n = len(stats)
-        record = PpoStats(
-            score=scores.mean().item(),
-            kl=(kl.sum(dim=1)).mean().item(),
-            policy_loss=sum(s[0] for s in stats) / n,
-            value_loss=sum(s[1] for s in stats) / n,
-            clipfrac=sum(s[2] for s in stats) / n,
-            approx_kl=sum(s[3] for s in stats) / n,
-            response_length=mask_f.sum(dim=1).mean().item(),
+        batch = _rollout_prompts(prompts, seed=t.seed + step, size=ppo.rollout_batch_size)
+        rollout = _generate_and_score(
+            policy, head, ref_model, reward_model, batch, generation, pad_id=pad_id, eos_id=eos_id, ppo=ppo
         )
+        stats = _update_policy_and_value(
+            policy, head, rollout, optimizer, scheduler, params, minibatch=minibatch, rng=rng, step=step, ctx=ctx
+        )
+        record = _step_stats(rollout, stats)
         losses.append(record.policy_loss + record.value_loss)
         state.global_step = step + 1
-        state.num_input_tokens_seen = (state.num_input_tokens_seen or 0) + int(full_mask.sum())  # tokens/s metrics
+        tokens = int(rollout.full_mask.sum())  # for the tokens/s metrics
+        state.num_input_tokens_seen = (state.num_input_tokens_seen or 0) + tokens
         state.epoch = (step + 1) * ppo.rollout_batch_size / len(prompts)
         control = handler.on_step_end(args, state, control)
         if state.global_step % t.logging_steps == 0 or state.global_step == 1 or state.global_step == total:
@@ -290,6 +245,151 @@ def run_ppo(ctx: RunContext) -> StageResult:
         metrics["resumed_from_step"] = checkpoint_step(Path(resume))
     export_merged(ctx, policy)
     return StageResult(metrics=metrics, log_history=list(state.log_history))
+
+
+@dataclass
+class Rollout:
+    """One rollout batch, generated and scored without gradients: what the PPO epochs learn from."""
+
+    prompts: list[list[int]]
+    sequences: Any  # prompt + generated response, left-padded prompts
+    full_mask: Any  # attention mask of ``sequences``
+    prompt_len: int
+    response_mask: Any  # float: 1 for response tokens up to and including EOS
+    old_logprobs: Any
+    old_values: Any
+    advantages: Any
+    returns: Any
+    scores: Any  # reward-model score per row
+    kl: Any  # per-token KL to the reference
+
+
+def _rollout_prompts(prompts: list[list[int]], *, seed: int, size: int) -> list[list[int]]:
+    """``size`` prompts in an order shuffled by ``seed`` (repeated when there are fewer prompts)."""
+    order = list(range(len(prompts)))
+    random.Random(seed).shuffle(order)
+    return [prompts[i] for i in (order * size)[:size]]
+
+
+def _generate_and_score(
+    policy: Any,
+    head: Any,
+    ref_model: Any,
+    reward_model: Any,
+    batch: list[list[int]],
+    generation: dict[str, Any],
+    *,
+    pad_id: int,
+    eos_id: int,
+    ppo: Any,
+) -> Rollout:
+    """Steps 1-4: sample a response per prompt, score it, KL-penalise the per-token rewards, GAE advantages.
+
+    ``ref_model`` None means the reference is ``policy`` with its LoRA adapter disabled.
+    """
+    import torch
+
+    from kubetune.trainer.stages.ppo.core import compute_gae, kl_penalized_rewards, masked_whiten, response_mask
+
+    device = next(policy.parameters()).device
+    policy.eval()
+    prompt_ids, prompt_mask = _left_pad(batch, pad_id)
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    with torch.no_grad():
+        generated = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, **generation)
+        plen = prompt_ids.shape[1]
+        responses = generated[:, plen:]
+        if responses.shape[1] == 0:
+            raise RuntimeError("the policy generated no tokens")
+        mask = response_mask(responses, eos_id, None).to(device)
+        full_mask = torch.cat([prompt_mask, mask], dim=1)
+        old_logprobs, old_values = _forward(policy, head, generated, full_mask, plen, ppo.temperature)
+        if ref_model is None:
+            with policy.disable_adapter():
+                ref_logprobs, _ = _forward(policy, head, generated, full_mask, plen, ppo.temperature, False)
+        else:
+            ref_logprobs, _ = _forward(ref_model, head, generated, full_mask, plen, ppo.temperature, False)
+        scores = _scores(reward_model, batch, responses, mask, pad_id)
+        mask_f = mask.float()
+        rewards, kl = kl_penalized_rewards(scores, old_logprobs, ref_logprobs, mask_f, ppo.kl_coef)
+        advantages, returns = compute_gae(rewards, old_values * mask_f, mask_f, ppo.gamma, ppo.lam)
+        advantages = masked_whiten(advantages, mask_f)
+    return Rollout(
+        prompts=batch,
+        sequences=generated,
+        full_mask=full_mask,
+        prompt_len=plen,
+        response_mask=mask_f,
+        old_logprobs=old_logprobs,
+        old_values=old_values,
+        advantages=advantages,
+        returns=returns,
+        scores=scores,
+        kl=kl,
+    )
+
+
+def _update_policy_and_value(
+    policy: Any,
+    head: Any,
+    rollout: Rollout,
+    optimizer: Any,
+    scheduler: Any,
+    params: list[Any],
+    *,
+    minibatch: int,
+    rng: random.Random,
+    step: int,
+    ctx: RunContext,
+) -> list[tuple[float, float, float, float]]:
+    """Step 5: ``ppoEpochs`` passes of clipped policy + value loss over shuffled minibatches, one optimizer
+    step each; returns (policy loss, value loss, clip fraction, approx KL) per minibatch."""
+    import torch
+
+    from kubetune.trainer.stages.ppo.core import policy_loss, value_loss
+
+    t = ctx.config.spec.training
+    ppo = t.ppo
+    device = next(policy.parameters()).device
+    r = rollout
+    policy.train()
+    stats = []
+    for _epoch in range(ppo.ppo_epochs):
+        idx = list(range(len(r.prompts)))
+        rng.shuffle(idx)
+        for s in range(0, len(idx), minibatch):
+            mb = torch.tensor(idx[s : s + minibatch], device=device)
+            logprobs, values = _forward(policy, head, r.sequences[mb], r.full_mask[mb], r.prompt_len, ppo.temperature)
+            pl, pstats = policy_loss(
+                logprobs, r.old_logprobs[mb], r.advantages[mb], r.response_mask[mb], ppo.clip_range
+            )
+            vl = value_loss(values, r.old_values[mb], r.returns[mb], r.response_mask[mb], ppo.clip_range_value)
+            loss = pl + ppo.vf_coef * vl
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"PPO loss is not finite at step {step + 1}; lower the learning rate")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            stats.append((pl.item(), vl.item(), pstats["clipfrac"], pstats["approx_kl"]))
+    return stats
+
+
+def _step_stats(rollout: Rollout, stats: list[tuple[float, float, float, float]]) -> Any:
+    """The numbers one PPO step logs: the rollout's score, KL and length, the updates' mean losses."""
+    from kubetune.trainer.stages.ppo.core import PpoStats
+
+    n = len(stats)
+    return PpoStats(
+        score=rollout.scores.mean().item(),
+        kl=(rollout.kl.sum(dim=1)).mean().item(),
+        policy_loss=sum(s[0] for s in stats) / n,
+        value_loss=sum(s[1] for s in stats) / n,
+        clipfrac=sum(s[2] for s in stats) / n,
+        approx_kl=sum(s[3] for s in stats) / n,
+        response_length=rollout.response_mask.sum(dim=1).mean().item(),
+    )
 
 
 def _save_checkpoint(
