@@ -163,19 +163,21 @@ class OperatorPasses:
         saw: Callable[[Pass], Any] = lambda _: True,
         *,
         since: int = 0,
+        replica: OperatorRun | None = None,
         ns: str = "default",
         timeout: float = 15.0,
     ) -> Pass:
         """Wait until a pass of ``name`` whose inputs ``saw`` accepts has ended, writes and Events included:
         then make the operator look once more (an annotation, as a finished FineTuneJob is not resynced) and
-        wait for that pass to begin, which needs the lock the first one held. Returns the first pass."""
+        wait for that pass to begin, which needs the lock the first one held (locks are per replica: with
+        several, name the one). Returns the first pass."""
         seen = await eventually(
-            lambda: next((p for p in self.of(name, ns, since=since) if p.decided and saw(p)), None), timeout=timeout
+            lambda: next((p for p in self.of(name, ns, replica, since) if p.decided and saw(p)), None), timeout=timeout
         )
         self.touches += 1
         mark = str(self.touches)
         api.update(FTJ, ns, name, {"metadata": {"annotations": {TOUCH: mark}}})
-        await eventually(lambda: any(p.touch == mark for p in self.of(name, ns)), timeout=timeout)
+        await eventually(lambda: any(p.touch == mark for p in self.of(name, ns, replica)), timeout=timeout)
         return seen
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,11 +11,12 @@ import pytest
 import yaml
 
 from tests.harness.cluster import ClusterSimulator
-from tests.harness.emulator import FTJ, KubeEmulator
-from tests.harness.fixtures import eventually
-from tests.operator.test_lifecycle import ftj, status
+from tests.harness.emulator import FTJ, PLURAL, KubeEmulator
+from tests.harness.fixtures import OperatorPasses, eventually
+from tests.operator.test_lifecycle import NS, ftj, status
 
 PEERING = "kopf.dev/v1/clusterkopfpeerings"
+PAUSING, RESUMING = "Pausing operations in favour of", "Resuming operations after the pause"  # kopf's log lines
 
 
 def use_token(token: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,16 +44,29 @@ async def test_only_one_replica_acts(
     kube_api: KubeEmulator,
     cluster: ClusterSimulator,
     start_operator: Any,
+    operator_passes: OperatorPasses,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="kopf")
     kube_api.create(
         PEERING, {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": "kubetune"}}
     )
+
+    def said(replica: Any, text: str) -> list[int]:
+        """Where in the captured log this replica said ``text``."""
+        return [
+            i
+            for i, r in enumerate(list(caplog.records))
+            if r.thread == replica.thread.ident and text in r.getMessage()
+        ]
+
     use_token("low", tmp_path, monkeypatch)
-    await start_operator(standalone=False, peering_priority=10)
+    low = await start_operator(standalone=False, peering_priority=10)
+    await eventually(lambda: said(low, RESUMING))  # alone, it leaves the pause every replica starts in
     use_token("high", tmp_path, monkeypatch)
-    await start_operator(standalone=False, peering_priority=20)
+    high = await start_operator(standalone=False, peering_priority=20)
     peers = await eventually(
         lambda: (
             len((kube_api.get(PEERING, "", "kubetune") or {}).get("status") or {}) == 2
@@ -60,9 +74,16 @@ async def test_only_one_replica_acts(
         )
     )
     assert sorted(p["priority"] for p in peers.values()) == [10, 20]
-    await asyncio.sleep(0.5)  # the lower-priority replica sees its peer and pauses
+    # the lower-priority replica has seen its peer: it paused, and its watch of FineTuneJobs waits for the pause
+    paused = (await eventually(lambda: said(low, PAUSING)))[0]
+    await eventually(lambda: [i for i in said(low, f"Pausing the watch-stream for {PLURAL}") if i > paused])
     kube_api.create(FTJ, ftj("ha"))
     await eventually(lambda: status(kube_api, "ha").get("phase") == "Running")
-    await asyncio.sleep(1.0)  # several sync intervals of both replicas
+    running = int(kube_api.get(FTJ, NS, "ha")["metadata"]["resourceVersion"])
+    for _ in range(3):  # three timer passes of the active replica, each after the last, over the running job
+        mark = operator_passes.mark()
+        await operator_passes.settled(kube_api, "ha", lambda p: p.poll and p.rv >= running, since=mark, replica=high)
     assert acts(kube_api, "high") >= 4, "the replica with the highest priority creates the children and the status"
     assert acts(kube_api, "low") == 0, "the paused replica must not reconcile"
+    assert not operator_passes.of("ha", replica=low), "the paused replica must not even look"
+    assert not [i for i in said(low, RESUMING) if i > paused], "nothing made the paused replica resume"
