@@ -3,13 +3,12 @@ and a batch of invalid FineTuneJobs — no duplicate children, no retry loops, c
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
 from tests.harness.cluster import ClusterSimulator
 from tests.harness.emulator import FTJ, KubeEmulator
-from tests.harness.fixtures import eventually
+from tests.harness.fixtures import OperatorPasses, eventually, status_writes
 from tests.operator.test_lifecycle import NS, cond, events, ftj, status
 
 
@@ -18,19 +17,20 @@ def children(api: KubeEmulator) -> tuple[int, int, int]:
 
 
 async def test_operator_killed_and_restarted_ten_times_mid_job(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
-    stop = await start_operator()
+    operator = await start_operator()
     kube_api.create(FTJ, ftj("restarts"))
     await eventually(lambda: status(kube_api, "restarts").get("phase") == "Running")
     job_uid = kube_api.get("batch/v1/jobs", NS, "restarts")["metadata"]["uid"]
     for i in range(10):
-        stop.set()
-        await asyncio.sleep(0.2)
+        await operator.stop()
         if i == 4:
             cluster.finish("restarts", 0)  # rank 0 finishes while no operator runs
-        stop = await start_operator()
-        await eventually(lambda: status(kube_api, "restarts").get("phase") == "Running")
+        operator = await start_operator()
+        # a whole pass of the new operator over the job (children ensured, status written) before looking
+        await operator_passes.settled(kube_api, "restarts", replica=operator)
+        assert status(kube_api, "restarts")["phase"] == "Running"
         assert children(kube_api) == (1, 1, 1), f"restart {i}: duplicate or missing children"
         assert kube_api.get("batch/v1/jobs", NS, "restarts")["metadata"]["uid"] == job_uid
     cluster.finish("restarts", 1)
@@ -38,7 +38,8 @@ async def test_operator_killed_and_restarted_ten_times_mid_job(
     assert cond(kube_api, "Ready", "restarts")["status"] == "True"
     # Events are posted right after the status they announce; wait for it, then make sure no replay adds one
     await eventually(lambda: ("Normal", "TrainingCompleted") in events(kube_api, "restarts"))
-    await asyncio.sleep(1.0)
+    done = int(kube_api.get(FTJ, NS, "restarts")["metadata"]["resourceVersion"])
+    await operator_passes.settled(kube_api, "restarts", lambda p: p.rv >= done)  # a whole pass over the result
     assert events(kube_api, "restarts").count(("Normal", "TrainingCompleted")) == 1, events(kube_api, "restarts")
 
 
@@ -48,8 +49,7 @@ async def test_watch_expiry_410_is_handled_by_relisting(
     await start_operator()
     kube_api.create(FTJ, ftj("gone"))
     await eventually(lambda: status(kube_api, "gone").get("phase") == "Running")
-    kube_api.expire_watches()
-    await asyncio.sleep(0.3)
+    kube_api.expire_watches()  # every open watch ends before the next event is queued: none of them carries it
     kube_api.create(FTJ, ftj("after-gone"))  # only a re-listed / re-opened watch can see this one
     await eventually(lambda: status(kube_api, "after-gone").get("phase") == "Running", timeout=30)
     cluster.finish("gone", 0)
@@ -110,7 +110,7 @@ INVALID = {
 
 
 async def test_a_batch_of_invalid_jobs_is_rejected_once_each_and_the_operator_stays_up(
-    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
+    kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any, operator_passes: OperatorPasses
 ) -> None:
     await start_operator()
     kube_api.create(FTJ, ftj("good"))
@@ -122,9 +122,11 @@ async def test_a_batch_of_invalid_jobs_is_rejected_once_each_and_the_operator_st
         assert path in message, (name, message)
         assert status(kube_api, name)["phase"] == "Failed"
     await eventually(lambda: status(kube_api, "good").get("phase") == "Running")
-    versions = {n: kube_api.get(FTJ, NS, n)["metadata"]["resourceVersion"] for n in INVALID}
-    await asyncio.sleep(2.0)  # ten sync intervals: nothing may be retried or re-patched
-    assert {n: kube_api.get(FTJ, NS, n)["metadata"]["resourceVersion"] for n in INVALID} == versions
+    versions = {n: int(kube_api.get(FTJ, NS, n)["metadata"]["resourceVersion"]) for n in INVALID}
+    writes = {n: status_writes(kube_api, n) for n in INVALID}
+    for name in INVALID:  # a whole pass over each rejected object (its own status write come back)
+        await operator_passes.settled(kube_api, name, lambda p, n=name: p.rv >= versions[n])
+    assert {n: status_writes(kube_api, n) for n in INVALID} == writes, "nothing may be retried or re-patched"
     for name in INVALID:
         assert events(kube_api, name).count(("Warning", "InvalidSpec")) == 1, (name, events(kube_api, name))
         assert kube_api.get("batch/v1/jobs", NS, name) is None
