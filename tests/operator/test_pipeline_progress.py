@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 from kubetune.api import metrics as m
 from tests.harness.cluster import ClusterSimulator
 from tests.harness.emulator import FTJ, KubeEmulator
-from tests.harness.fixtures import eventually, free_port
+from tests.harness.fixtures import eventually
 from tests.operator.test_lifecycle import NS, cond, events, ftj, status
 
 
@@ -64,7 +64,6 @@ async def test_reward_model_from_a_failed_job_fails(
 async def test_progress_is_pulled_from_rank0(
     kube_api: KubeEmulator, cluster: ClusterSimulator, start_operator: Any
 ) -> None:
-    port = free_port()
     registry = CollectorRegistry()
     labels = {"job": "watched", "namespace": NS, "stage": "sft", "method": "lora", "model": "smollm2"}
     values = {
@@ -78,7 +77,8 @@ async def test_progress_is_pulled_from_rank0(
     }
     for name, value in values.items():
         Gauge(name, name, list(labels), registry=registry).labels(**labels).set(value)
-    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    server, _thread = start_http_server(0, addr="127.0.0.1", registry=registry)  # the port it bound, no race
+    port = server.server_port
     try:
         await start_operator(trainer_metrics_port=port)
         kube_api.create(FTJ, ftj("watched", resources={"nodes": 1, "gpusPerNode": 0}))
