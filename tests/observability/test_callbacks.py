@@ -212,10 +212,8 @@ def test_metrics_endpoint_serves_and_reports_a_busy_port(tmp_path):
     from kubetune.trainer.callbacks.prometheus import TrainerMetrics, serve
 
     metrics = TrainerMetrics(LABELS, CollectorRegistry())
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = serve(metrics, port, "127.0.0.1")
+    server = serve(metrics, 0, "127.0.0.1")  # the port it bound: nothing can take it in between
+    port = server.server_port
     try:
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         assert (
