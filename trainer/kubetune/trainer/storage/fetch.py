@@ -8,8 +8,9 @@ Each returns a local path; remote sources land in the cache folder, keyed by
 from __future__ import annotations
 
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from kubetune.api.redact import redact
 from kubetune.trainer.errors import ConfigError
@@ -37,9 +38,21 @@ def _fetch_pvc(uri: str, *, work_dir: Path, cache_dir: Path, field: str, **_: ob
 
 
 Fetcher = Callable[..., Path]
-FETCHERS: dict[str, Fetcher] = {"file": _fetch_file, "pvc": _fetch_pvc}
-# The remote fetchers import boto3 or huggingface_hub when they run, so their modules load on first use.
-REMOTE_FETCHERS: dict[str, str] = {
+T = TypeVar("T")
+
+
+def by_scheme(table: Mapping[str, T | str], scheme: str) -> T | None:
+    """The handler for ``scheme``: a function, or one named ``module:function`` and imported now; None when unknown.
+
+    Remote handlers import boto3 or huggingface_hub when they run, so their modules load on first use.
+    """
+    entry = table.get(scheme)
+    return pkgutil.resolve_name(entry) if isinstance(entry, str) else entry
+
+
+FETCHERS: dict[str, Fetcher | str] = {
+    "file": _fetch_file,
+    "pvc": _fetch_pvc,
     "s3": "kubetune.trainer.storage.s3_fetch:fetch_s3",
     "https": "kubetune.trainer.storage.http_fetch:fetch_http",
     "http": "kubetune.trainer.storage.http_fetch:fetch_http",
@@ -52,11 +65,9 @@ REMOTE_FETCHERS: dict[str, str] = {
 def fetch(uri: str, *, field: str, work_dir: str | Path, cache_dir: str | Path, **options: object) -> Path:
     """Return a local path holding ``uri``'s content. ``field`` names the spec field for error messages."""
     scheme = Uri.parse(uri, field=field).scheme
-    if scheme in FETCHERS:
-        fetcher = FETCHERS[scheme]
-    elif scheme in REMOTE_FETCHERS:
-        fetcher = pkgutil.resolve_name(REMOTE_FETCHERS[scheme])
-    else:
-        known = ", ".join(sorted({*FETCHERS, *REMOTE_FETCHERS}))
-        raise ConfigError(f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {known}")
+    fetcher = by_scheme(FETCHERS, scheme)
+    if fetcher is None:
+        raise ConfigError(
+            f"{field}: no fetcher for {scheme}:// URIs ({redact(uri)}); known: {', '.join(sorted(FETCHERS))}"
+        )
     return fetcher(uri, work_dir=Path(work_dir), cache_dir=Path(cache_dir), field=field, **options)

@@ -1,18 +1,18 @@
 """Write a finished local artifact folder to its output URI, manifest.json last.
 
-Registries ``PUBLISHERS`` (local) and ``REMOTE_PUBLISHERS`` (loaded on first use) by scheme. Every publisher copies all files first and the
-manifest after them, so a reader that sees the manifest sees a complete artifact.
+Registry ``PUBLISHERS`` by scheme (a remote publisher is named and imported on first use). Every publisher
+copies all files first and the manifest after them, so a reader that sees the manifest sees a complete artifact.
 """
 
 from __future__ import annotations
 
-import pkgutil
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from kubetune.api.redact import redact
 from kubetune.trainer.errors import ConfigError
+from kubetune.trainer.storage.fetch import by_scheme
 from kubetune.trainer.storage.manifest_format import MANIFEST
 from kubetune.trainer.storage.paths import contained
 from kubetune.trainer.storage.uris import Uri, file_path, pvc_path
@@ -51,19 +51,19 @@ def _publish_pvc(local: Path, uri: str, **_: object) -> str:
     return uri
 
 
-PUBLISHERS: dict[str, Publisher] = {"file": _publish_file, "pvc": _publish_pvc}
-# The s3 publisher imports boto3 when it runs, so its module loads on first use.
-REMOTE_PUBLISHERS: dict[str, str] = {"s3": "kubetune.trainer.storage.s3_publish:publish_s3"}
+PUBLISHERS: dict[str, Publisher | str] = {
+    "file": _publish_file,
+    "pvc": _publish_pvc,
+    "s3": "kubetune.trainer.storage.s3_publish:publish_s3",  # imported on first use (boto3)
+}
 
 
 def publish(local: Path, uri: str, *, work_dir: str | Path = ".", **options: object) -> str:
     """Copy ``local`` to ``uri``; return the final URI (absolute for file://)."""
     scheme = Uri.parse(uri, field="spec.output.uri").scheme
-    if scheme in PUBLISHERS:
-        publisher = PUBLISHERS[scheme]
-    elif scheme in REMOTE_PUBLISHERS:
-        publisher = pkgutil.resolve_name(REMOTE_PUBLISHERS[scheme])
-    else:
-        known = ", ".join(sorted({*PUBLISHERS, *REMOTE_PUBLISHERS}))
-        raise ConfigError(f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {known}")
+    publisher = by_scheme(PUBLISHERS, scheme)
+    if publisher is None:
+        raise ConfigError(
+            f"spec.output.uri: cannot write to {scheme}:// ({redact(uri)}); known: {', '.join(sorted(PUBLISHERS))}"
+        )
     return publisher(local, uri, work_dir=Path(work_dir), **options)
