@@ -37,14 +37,20 @@ JOB = "obs-e2e"
 NAMESPACE = "default"
 MAX_STEPS = 30
 SCRAPE = 1.0  # seconds
+RELOADED = "Completed loading of configuration file"  # Prometheus' log line, at start and on SIGHUP
 RATE_INTERVAL = "4s"  # Grafana's $__rate_interval: max(4 x scrape interval, step + scrape interval)
 
 OPERATOR_DRIVER = """
 import sys, time
+from prometheus_client import start_http_server
 from kubetune.operator import metrics
-metrics.serve(int(sys.argv[1]), addr="127.0.0.1")
+server, _ = start_http_server(0, addr="127.0.0.1", registry=metrics.REGISTRY)  # as metrics.serve, on a port it binds
+print("serving on port", server.server_port, flush=True)
 metrics.observe_phase("default", "obs-e2e", "Running")
 metrics.observe_phase("default", "older-job", "Succeeded")
+metrics.observe_evaluation("default", "obs-e2e", {"promoted": True,  # status.evaluation of the job
+    "base": {"evalLoss": 3.1, "perplexity": 22.2, "ruleScore": 0.0},
+    "trained": {"evalLoss": 0.4, "perplexity": 1.5, "ruleScore": 1.0}})
 i = 0
 while True:
     with metrics.RECONCILE_SECONDS.labels(handler="reconcile").time():
@@ -59,9 +65,21 @@ while True:
 
 
 def free_port() -> int:
+    """For the trainer's --metrics-port, which Prometheus' config names before the run starts."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def said(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> re.Match[str]:
+    """Wait until the process wrote a line matching ``pattern`` (its port, once bound) to its log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return found
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
+        time.sleep(0.05)
 
 
 def http_json(url: str, params: dict[str, Any] | None = None) -> Any:
@@ -110,10 +128,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def scraped(tmp_path_factory, tiny_model_dir, cache_dir) -> Iterator[Scraped]:
-    work = tmp_path_factory.mktemp("obs-e2e")
-    trainer_port, operator_port, prom_port = free_port(), free_port(), free_port()
+def write_config(work: Path, trainer_port: int, operator_port: int) -> None:
     (work / "prometheus.yml").write_text(f"""
 global:
   scrape_interval: {SCRAPE:g}s
@@ -127,6 +142,32 @@ scrape_configs:
     honor_labels: true
     static_configs: [{{targets: ["127.0.0.1:{operator_port}"]}}]
 """)
+
+
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory, tiny_model_dir, cache_dir) -> Iterator[Scraped]:
+    work = tmp_path_factory.mktemp("obs-e2e")
+    env = {
+        **os.environ,
+        "KUBETUNE_CACHE_DIR": str(cache_dir),
+        "HF_HUB_OFFLINE": "1",
+        "KUBETUNE_METRICS_LINGER_SECONDS": str(3 * SCRAPE),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)]),
+    }
+    procs = [_start([sys.executable, "-c", OPERATOR_DRIVER], work / "operator.log", env=env)]
+    try:
+        yield from _scrape(work, procs, env, tiny_model_dir, cache_dir)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _scrape(
+    work: Path, procs: list[subprocess.Popen[bytes]], env: dict[str, str], tiny_model_dir: Path, cache_dir: Path
+) -> Iterator[Scraped]:
+    operator_port = int(said(work / "operator.log", r"serving on port (\d+)", procs[0])[1])
+    trainer_port = free_port()
+    write_config(work, trainer_port, operator_port)
     check = subprocess.run(
         [promtool(), "check", "config", str(work / "prometheus.yml")], capture_output=True, text=True, check=False
     )
@@ -155,41 +196,30 @@ scrape_configs:
         name=JOB,
     )
 
-    env = {
-        **os.environ,
-        "KUBETUNE_CACHE_DIR": str(cache_dir),
-        "HF_HUB_OFFLINE": "1",
-        "KUBETUNE_METRICS_LINGER_SECONDS": str(3 * SCRAPE),
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT / "trainer"), str(ROOT)]),
-    }
-    procs = []
-    try:
-        procs.append(
-            _start(
-                [
-                    prometheus(),
-                    f"--config.file={work / 'prometheus.yml'}",
-                    f"--web.listen-address=127.0.0.1:{prom_port}",
-                    f"--storage.tsdb.path={work / 'tsdb'}",
-                    "--log.level=warn",
-                ],
-                work / "prometheus.log",
-            )
+    procs.append(
+        _start(
+            [
+                prometheus(),
+                f"--config.file={work / 'prometheus.yml'}",
+                "--web.listen-address=127.0.0.1:0",  # the port it binds, read back from its log
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                "--log.level=info",
+            ],
+            work / "prometheus.log",
         )
-        procs.append(
-            _start([sys.executable, "-c", OPERATOR_DRIVER, str(operator_port)], work / "operator.log", env=env)
-        )
-        api = f"http://127.0.0.1:{prom_port}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{api}/-/ready", timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline, (work / "prometheus.log").read_text()
-                time.sleep(0.2)
-        start = time.time()
-        kubetune = str(Path(sys.executable).with_name("kubetune"))
+    )
+    api = "http://" + said(work / "prometheus.log", r'msg="Listening on" address=(\S+)', procs[-1])[1]
+    deadline = time.time() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{api}/-/ready", timeout=2)
+            break
+        except OSError:
+            assert time.time() < deadline, (work / "prometheus.log").read_text()
+            time.sleep(0.2)
+    start = time.time()
+    kubetune = str(Path(sys.executable).with_name("kubetune"))
+    for _attempt in range(3):
         run = subprocess.run(
             [kubetune, "run", str(job_file), "--metrics-port", str(trainer_port), "--cache-dir", str(cache_dir)],
             capture_output=True,
@@ -199,19 +229,38 @@ scrape_configs:
             timeout=420,
             check=False,
         )
-        assert run.returncode == 0, run.stdout + run.stderr[-5000:]
-        time.sleep(2 * SCRAPE)  # one more operator scrape after the trainer is gone
-        end = time.time()
-        api_up = http_json(
-            f"{api}/api/v1/query_range",
-            {"query": 'up{job="kubetune-trainer"} == 1', "start": start, "end": end, "step": SCRAPE},
-        )
-        live = [float(t) for series in api_up["data"]["result"] for t, _ in series["values"]]
-        assert len(live) >= 5, f"Prometheus scraped the trainer {len(live)} times; the run was too short to observe"
-        yield Scraped(api, start, max(live), end, run, work / "out")
-    finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        if f"runtime.metricsPort {trainer_port}: cannot listen" not in run.stdout + run.stderr:
+            break
+        # another process took the port since free_port(): Prometheus reloads its config with a new one
+        loaded = (work / "prometheus.log").read_text().count(RELOADED)
+        trainer_port = free_port()
+        write_config(work, trainer_port, operator_port)
+        procs[-1].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 30
+        while (work / "prometheus.log").read_text().count(RELOADED) == loaded:
+            assert time.monotonic() < deadline, (work / "prometheus.log").read_text()
+            time.sleep(0.05)
+    assert run.returncode == 0, run.stdout + run.stderr[-5000:]
+    gone = time.time()
+    # one more operator scrape after the trainer is gone, stored: its sample's timestamp is past that moment
+    deadline = time.monotonic() + 30
+    while not [
+        series
+        for series in http_json(f"{api}/api/v1/query", {"query": 'timestamp(up{job="kubetune-operator"})'})["data"][
+            "result"
+        ]
+        if float(series["value"][1]) > gone
+    ]:
+        assert time.monotonic() < deadline, "Prometheus stopped scraping the operator"
+        time.sleep(0.2)
+    end = time.time()
+    api_up = http_json(
+        f"{api}/api/v1/query_range",
+        {"query": 'up{job="kubetune-trainer"} == 1', "start": start, "end": end, "step": SCRAPE},
+    )
+    live = [float(t) for series in api_up["data"]["result"] for t, _ in series["values"]]
+    assert len(live) >= 5, f"Prometheus scraped the trainer {len(live)} times; the run was too short to observe"
+    yield Scraped(api, start, max(live), end, run, work / "out")
 
 
 # ------------------------------------------------------------------------------------------ dashboard
@@ -273,6 +322,10 @@ def test_scraped_values_describe_the_run(scraped):
     assert {"training", "done"} <= seen and "failed" not in seen
     last = scraped.query(f"{names.PHASE}{sel} == 1")
     assert [s["metric"]["phase"] for s in last] == ["done"]
+    # the operator's evaluation gauges (status.evaluation): base and trained side by side, and the verdict
+    evaluation = scraped.query(f'{names.JOB_EVALUATION}{{job="{JOB}",metric="eval_loss"}}')
+    assert {s["metric"]["model"]: float(s["value"][1]) for s in evaluation} == {"base": 3.1, "trained": 0.4}
+    assert [float(s["value"][1]) for s in scraped.query(f'{names.JOB_PROMOTED}{{job="{JOB}"}}')] == [1.0]
 
 
 def test_alert_rules_evaluate_on_the_real_series_and_stay_quiet(scraped):

@@ -65,6 +65,15 @@ JOB_GPU_SECONDS = "kubetune_job_gpu_seconds_total"  # counter
 JOB_NODE_SECONDS = "kubetune_job_node_seconds_total"  # counter
 JOB_ESTIMATED_COST = "kubetune_job_estimated_cost"  # gauge, price-table units; absent without a price
 JOB_TOKENS_PER_GPU_HOUR = "kubetune_job_tokens_per_gpu_hour"  # gauge
+# per FineTuneJob, from status.evaluation (spec.evaluation)
+JOB_EVALUATION = "kubetune_job_evaluation"  # gauge, labels: namespace, job, model (base, trained), metric
+JOB_PROMOTED = "kubetune_job_promoted"  # gauge, labels: namespace, job; 1 promoted, 0 failed the gate
+EVALUATION_METRICS = {
+    "evalLoss": "eval_loss",
+    "perplexity": "perplexity",
+    "ruleScore": "rule_score",
+    "reward": "reward",
+}
 
 
 def format_duration(seconds: float | None) -> str:

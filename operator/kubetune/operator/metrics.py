@@ -40,6 +40,18 @@ ESTIMATED_COST = Gauge(
 TOKENS_PER_GPU_HOUR = Gauge(
     names.JOB_TOKENS_PER_GPU_HOUR, "Current training tokens per GPU-hour.", COST_LABELS, registry=REGISTRY
 )
+EVALUATION = Gauge(
+    names.JOB_EVALUATION,
+    "A FineTuneJob's evaluation (spec.evaluation), base and trained model side by side.",
+    ["namespace", "job", "model", "metric"],
+    registry=REGISTRY,
+)
+PROMOTED = Gauge(
+    names.JOB_PROMOTED,
+    "1 when the trained model passed the evaluation gate, 0 when it failed it.",
+    ["namespace", "job"],
+    registry=REGISTRY,
+)
 _cost_seen: dict[tuple[str, str], tuple[float, float]] = {}  # (namespace, name) -> (gpu, node) seconds counted
 
 _phases: dict[tuple[str, str], str] = {}  # (namespace, name) -> phase
@@ -70,6 +82,18 @@ def observe_cost(namespace: str, name: str, gpu_type: str | None, cost: dict[str
         ESTIMATED_COST.labels(**labels).set(cost["estimatedCost"])
     if cost.get("tokensPerGpuHour") is not None:
         TOKENS_PER_GPU_HOUR.labels(**labels).set(cost["tokensPerGpuHour"])
+
+
+def observe_evaluation(namespace: str, name: str, evaluation: dict[str, Any] | None) -> None:
+    """Set the evaluation gauges from ``status.evaluation`` (nothing before the job has one)."""
+    if not evaluation:
+        return
+    PROMOTED.labels(namespace=namespace, job=name).set(1 if evaluation.get("promoted") else 0)
+    for model in ("base", "trained"):
+        scores = evaluation.get(model) or {}
+        for key, metric in names.EVALUATION_METRICS.items():
+            if scores.get(key) is not None:
+                EVALUATION.labels(namespace=namespace, job=name, model=model, metric=metric).set(scores[key])
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -329,6 +329,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
         metrics.observe_phase(key[0], key[1], new.get("phase"))
         metrics.observe_cost(key[0], key[1], gpu_type(raw), new.get("cost"))
+        metrics.observe_evaluation(key[0], key[1], new.get("evaluation"))
 
     # ------------------------------------------------------------------ triggers
 
