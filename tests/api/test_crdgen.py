@@ -77,7 +77,13 @@ def test_printer_columns_and_names():
         "Age",
     ]
     # kubectl get ftj -o wide adds the cost and the guard's rollbacks; each path exists in the status schema
-    assert [c["name"] for c in columns if c.get("priority") == 1] == ["GPU-Hours", "Tokens/GPU-h", "Cost", "Rollbacks"]
+    assert [c["name"] for c in columns if c.get("priority") == 1] == [
+        "GPU-Hours",
+        "Tokens/GPU-h",
+        "Cost",
+        "Rollbacks",
+        "Promoted",
+    ]
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
     for column in columns:
         if column["jsonPath"].startswith(".status."):

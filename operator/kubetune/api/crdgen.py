@@ -64,6 +64,13 @@ PRINTER_COLUMNS = [
         "description": "estimated from the operator's price table",
     },
     {"name": "Rollbacks", "type": "integer", "jsonPath": ".status.guard.rollbacks", "priority": 1},
+    {
+        "name": "Promoted",
+        "type": "boolean",
+        "jsonPath": ".status.evaluation.promoted",
+        "priority": 1,
+        "description": "passed the evaluation gate (spec.evaluation)",
+    },
 ]
 
 _KEEP = {

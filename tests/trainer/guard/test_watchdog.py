@@ -3,6 +3,7 @@ loop blocks (one rank stuck in a collective, here a callback that sleeps) is dum
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -124,11 +125,16 @@ REAL_RUN = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_a_real_training_run_that_hangs_is_dumped_and_exits_75(tmp_path, tiny_model_dir):
+def test_a_real_training_run_that_hangs_is_dumped_exits_75_and_the_retry_resumes_and_completes(
+    tmp_path, tiny_model_dir
+):
+    """The pod's first attempt hangs after its step-1 checkpoint: the watchdog dumps it and exits 75; the retry (what
+    the Job does on 75: the same config in a new pod) resumes from that checkpoint and completes."""
     from tests.trainer.guard.test_guard import _config
 
     config = _config(tmp_path, tiny_model_dir, {}, max_steps=4)
     config.spec.training.stall_timeout_seconds = 3
+    config.spec.checkpointing.every_steps = 1
     path = tmp_path / "trainer.json"
     path.write_text(config.to_json(), encoding="utf-8")
     termination = tmp_path / "termination-log"
@@ -152,3 +158,18 @@ def test_a_real_training_run_that_hangs_is_dumped_and_exits_75(tmp_path, tiny_mo
     assert "made no optimizer step" in message and "after step 1" in message, message
     assert "stuck_in_collective" in message, message
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+    termination.unlink()
+    retry = subprocess.run(
+        [sys.executable, "-m", "kubetune.trainer", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert retry.returncode == 0, retry.stderr[-3000:]
+    assert termination.read_text().startswith("succeeded: ")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["metrics"]["resumed_from_step"] >= 1 and manifest["metrics"]["global_step"] == 4
