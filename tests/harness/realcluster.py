@@ -929,6 +929,7 @@ class K8s:
 
     cp: ControlPlane
     ns: str
+    env: Any = None  # a pytest MonkeyPatch: the operator's $KUBECONFIG is set through it (and undone with it)
     _runs: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
 
     @property
@@ -1058,8 +1059,12 @@ class K8s:
         from kubetune.operator.__main__ import operate
         from kubetune.operator.settings import OperatorSettings
 
-        os.environ["KUBECONFIG"] = str(self.cp.operator_kubeconfig)
-        os.environ.pop("KUBERNETES_SERVICE_HOST", None)
+        if self.env is not None:
+            self.env.setenv("KUBECONFIG", str(self.cp.operator_kubeconfig))
+            self.env.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        else:  # outside pytest (bench/): the caller owns the process's environment
+            os.environ["KUBECONFIG"] = str(self.cp.operator_kubeconfig)
+            os.environ.pop("KUBERNETES_SERVICE_HOST", None)
         settings = OperatorSettings(
             **{
                 "standalone": True,
@@ -1125,15 +1130,13 @@ if pytest is not None:
     @pytest.fixture
     async def k8s(control_plane: ControlPlane, request: pytest.FixtureRequest) -> Any:
         ns = await asyncio.to_thread(control_plane.create_namespace, namespace_name(request.node.name))
-        env = os.environ.get("KUBECONFIG")
-        view = K8s(control_plane, ns)
         try:
-            yield view
+            with pytest.MonkeyPatch.context() as env:  # the environment the operators get is undone after the test
+                view = K8s(control_plane, ns, env=env)
+                try:
+                    yield view
+                finally:
+                    await view.stop_operators()
         finally:
-            await view.stop_operators()
-            if env is None:
-                os.environ.pop("KUBECONFIG", None)
-            else:
-                os.environ["KUBECONFIG"] = env
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(control_plane.delete_namespace, ns)

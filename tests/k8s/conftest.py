@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.fixtures import operator_passes  # noqa: F401
 from tests.harness.realcluster import control_plane, k8s  # noqa: F401
 from tests.harness.realkueue import kueue  # noqa: F401
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.harness.fixtures import OperatorPasses, eventually
 from tests.harness.realcluster import K8s
 
 JOBS = "batch/v1/jobs"
@@ -37,14 +38,18 @@ async def test_api_server_restart_mid_job_with_compacted_history(k8s: K8s) -> No
     assert children(k8s) == (2, 2, 2), "no duplicate or missing children after the restart"
 
 
-async def test_frozen_api_server_then_progress_resumes(k8s: K8s) -> None:
+async def test_frozen_api_server_then_progress_resumes(k8s: K8s, operator_passes: OperatorPasses) -> None:
     """SIGSTOP the API server while the operator works: its calls hang (open connections, no answer). After
     SIGCONT every FineTuneJob makes progress again without restarting the operator."""
     await k8s.start_operator()
     k8s.create(k8s.ftj("frozen"))
     await k8s.wait(lambda: k8s.status("frozen").get("phase") == "Running" and len(k8s.running("frozen")) == 2)
+    mark = operator_passes.mark()
     with k8s.cp.apiserver_paused():
-        await asyncio.sleep(20)  # the fault's duration: the operator's resync and watches hang meanwhile
+        # the operator works on while the server is frozen: a resync pass begins, and what it sends hangs
+        await eventually(
+            lambda: any(p.poll and p.decided for p in operator_passes.of("frozen", k8s.ns, since=mark)), timeout=60
+        )
     k8s.finish("frozen", 0)
     k8s.finish("frozen", 1)
     k8s.create(k8s.ftj("thawed", resources={"nodes": 1, "gpusPerNode": 1}))

@@ -4,9 +4,9 @@ and the operator never fights Kueue over `spec.suspend`."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from tests.harness.fixtures import OperatorPasses
 from tests.harness.realcluster import OPERATOR_USER, ROOT, K8s
 
 JOBS = "batch/v1/jobs"
@@ -78,7 +78,9 @@ async def test_kueue_admits_within_quota_and_queues_beyond(k8s: K8s, kueue: Any)
         )
 
 
-async def test_queue_label_on_the_finetunejob_causes_no_suspend_fight(k8s: K8s, kueue: Any) -> None:
+async def test_queue_label_on_the_finetunejob_causes_no_suspend_fight(
+    k8s: K8s, kueue: Any, operator_passes: OperatorPasses
+) -> None:
     """A FineTuneJob labelled kueue.x-k8s.io/queue-name (no spec.queueName) on a ClusterQueue without GPU quota:
     whatever the operator makes of the label, it must not flip the Job's suspend against Kueue."""
     cq = f"no-gpus-{k8s.ns}"[:63]
@@ -129,7 +131,15 @@ async def test_queue_label_on_the_finetunejob_causes_no_suspend_fight(k8s: K8s, 
         job = await k8s.wait(lambda: k8s.get(JOBS, "labelled"))
         await k8s.wait(lambda: k8s.status("labelled").get("phase") in ("Pending", "Running"))
         mark, generation = k8s.cp.audit_mark(), k8s.get(JOBS, "labelled")["metadata"]["generation"]
-        await asyncio.sleep(15)  # the observation window: a fight flips suspend every few seconds
+        for _ in range(3):  # resync passes over the Job as Kueue left it, each after the last: a fighter patches it
+            seen = int(k8s.get(JOBS, "labelled")["metadata"]["resourceVersion"])
+            await operator_passes.settled(
+                k8s.api,
+                "labelled",
+                lambda p, seen=seen: p.poll and p.job and int(p.job["metadata"]["resourceVersion"]) >= seen,
+                ns=k8s.ns,
+                timeout=90,
+            )
         patches = [
             e
             for e in k8s.cp.audit(mark, user=OPERATOR_USER, namespace=k8s.ns)
@@ -137,7 +147,7 @@ async def test_queue_label_on_the_finetunejob_causes_no_suspend_fight(k8s: K8s, 
         ]
         now = k8s.get(JOBS, "labelled")
         assert now["metadata"]["uid"] == job["metadata"]["uid"]
-        assert len(patches) <= 1, f"the operator patched the Job {len(patches)} times in 15 s: a suspend fight"
+        assert len(patches) <= 1, f"the operator patched the Job {len(patches)} times: a suspend fight"
         assert now["metadata"]["generation"] - generation <= 1, "spec.suspend keeps flipping"
     finally:
         k8s.api.delete("kueue.x-k8s.io/v1beta2/clusterqueues", None, cq)
