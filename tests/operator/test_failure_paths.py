@@ -373,7 +373,15 @@ def test_fuzzed_specs_never_raise_out_of_a_pass(spec: dict[str, Any]) -> None:
 
     b = body()
     b["spec"] = {**b["spec"], **spec}
-    with mock.patch.object(kube, "ensure", nothing), mock.patch.object(kube, "secret_exists", nothing):
+
+    async def itself(*_: Any, **__: Any) -> Any:
+        return b
+
+    with (
+        mock.patch.object(kube, "ensure", nothing),
+        mock.patch.object(kube, "secret_exists", nothing),
+        mock.patch.object(kube, "get_finetunejob", itself),
+    ):
         decision = asyncio.run(_once(b))
     assert decision.status.get("phase") in ("Pending", "Failed", "Suspended")
     if decision.status["phase"] == "Failed":
@@ -522,3 +530,52 @@ def test_a_job_of_an_earlier_release_suspended_for_the_user_is_resumed() -> None
     assert d.suspend_job is False
     queued = body(suspend=False, generation=2, queueName="team-a", status={"phase": "Pending", "jobName": "demo"})
     assert reconcile.decide(queued, reconcile.parse(queued, OPTIONS), OPTIONS, job=job, at=AT).suspend_job is None
+
+
+# ------------------------------------------------------------------------------------------ a lagging watch
+
+
+@pytest.mark.parametrize(
+    "on_server",
+    [
+        None,  # deleted; the watch has not said so yet
+        {"metadata": {"uid": "uid-2"}},  # deleted and re-created under the same name
+        {"metadata": {"uid": "uid-1", "deletionTimestamp": "2026-12-02T10:00:00Z"}},  # being deleted
+    ],
+    ids=["gone", "recreated", "deleting"],
+)
+def test_no_children_for_a_finetunejob_the_server_no_longer_has(on_server: dict[str, Any] | None) -> None:
+    """The index may still hold a FineTuneJob that was deleted: one read of the server before creating its children
+    keeps them from becoming orphans (under load, a lagging watch made the operator create them)."""
+    from unittest import mock
+
+    from kubetune.operator import kube
+
+    created: list[Any] = []
+
+    async def ensure(objs: list[dict[str, Any]]) -> list[str]:
+        created.extend(objs)
+        return [o["kind"] for o in objs]
+
+    async def server(*_: Any) -> Any:
+        return on_server
+
+    async def no(*_: Any) -> bool:
+        return True
+
+    b = body()
+    with (
+        mock.patch.object(kube, "ensure", ensure),
+        mock.patch.object(kube, "secret_exists", no),
+        mock.patch.object(kube, "get_finetunejob", server),
+    ):
+        decision = asyncio.run(_once(b))
+        assert not created and decision.status == b["status"] and not decision.events
+        on_server_now = {"metadata": {"uid": "uid-1"}}
+        with mock.patch.object(kube, "get_finetunejob", lambda *_: _async(on_server_now)):
+            asyncio.run(_once(b))
+    assert [o["kind"] for o in created] == ["ConfigMap", "Service", "Job"]  # the live object gets its children
+
+
+async def _async(value: Any) -> Any:
+    return value

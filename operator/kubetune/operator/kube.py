@@ -161,6 +161,13 @@ async def get_job(namespace: str, name: str) -> dict[str, Any] | None:
     return await _get(client.BatchV1Api(api()).read_namespaced_job, name, namespace)
 
 
+async def get_finetunejob(namespace: str, name: str) -> dict[str, Any] | None:
+    """The FineTuneJob as the API server has it now (not as a lagging watch does); None when it is gone."""
+    return await _get(
+        client.CustomObjectsApi(api()).get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
+    )
+
+
 async def secret_exists(namespace: str, name: str) -> bool:
     # read only to learn whether it exists; the data is dropped at once and never logged
     return await _get(client.CoreV1Api(api()).read_namespaced_secret, name, namespace) is not None

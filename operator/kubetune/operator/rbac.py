@@ -11,8 +11,9 @@ from kubetune.api.v1alpha1 import GROUP, PLURAL
 
 RULES: list[dict[str, list[str]]] = [
     # the FineTuneJobs: watched by kopf (and indexed: upstream jobs are looked up there); patched only with
-    # peering, for the finalizer kopf puts on objects with per-object timers; the status through /status
-    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["list", "watch", "patch"]},
+    # peering, for the finalizer kopf puts on objects with per-object timers; the status through /status; read
+    # once before its children are created (a watch that lags may still list a FineTuneJob already deleted)
+    {"apiGroups": [GROUP], "resources": [PLURAL], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": [GROUP], "resources": [f"{PLURAL}/status"], "verbs": ["patch"]},
     # the children's owner references set blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
     # admission plugin (OpenShift and others) allows only to who may update the owner's finalizers

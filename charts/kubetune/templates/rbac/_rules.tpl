@@ -11,7 +11,7 @@ for the one peering kind in use.
 {{- define "kubetune.rbac.namespacedRules" -}}
 - apiGroups: [kubetune.io]
   resources: [finetunejobs]
-  verbs: [list, watch, patch]
+  verbs: [get, list, watch, patch]
 - apiGroups: [kubetune.io]
   resources: [finetunejobs/status]
   verbs: [patch]

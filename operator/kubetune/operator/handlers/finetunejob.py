@@ -162,6 +162,11 @@ async def reconcile_once(
     except Exception as exc:  # noqa: BLE001 - a condition and an Event, never a retry loop
         logger.warning("cannot reconcile %s/%s: %s", ns, parsed.name, exc)
         return reconcile.crashed(body, parsed, exc)
+    if decision.children and not await still_there(ns, parsed.name, uid):
+        # the watch lags behind a delete (or a delete and re-create under the same name): children built for
+        # this object would only be orphans for the garbage collector; the new object gets its own pass
+        logger.info("%s/%s was deleted before its children were created; nothing created", ns, parsed.name)
+        return reconcile.Decision(status=dict(body.get("status") or {}))
     if decision.children:
         kopf.append_owner_reference(decision.children, owner=body)
         try:
@@ -185,6 +190,14 @@ async def reconcile_once(
         if decision.suspend_job is not None:
             logger.info("%s the training Job", "suspended" if decision.suspend_job else "resumed")
     return decision
+
+
+async def still_there(namespace: str, name: str, uid: str) -> bool:
+    """Whether the API server still has this FineTuneJob (same uid, not being deleted): one quorum read,
+    before children are created."""
+    current = await kube.get_finetunejob(namespace, name)
+    meta = (current or {}).get("metadata") or {}
+    return current is not None and meta.get("uid") == uid and not meta.get("deletionTimestamp")
 
 
 def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
