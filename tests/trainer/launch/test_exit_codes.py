@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -28,6 +29,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_workers(cmd: list[str], tries: int = 3, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` (torchrun inside) with a fresh MASTER_PORT; again on another when a process took it since
+    free_port() (the rendezvous store's EADDRINUSE), as the port must be named up front."""
+    extra = kwargs.pop("env")
+    kwargs.pop("check", None)  # the exit code is what the tests look at
+    for _ in range(tries):
+        proc = subprocess.run(cmd, env={**extra, "MASTER_PORT": str(free_port())}, check=False, **kwargs)
+        log = proc.stdout + proc.stderr
+        if "EADDRINUSE" not in log and "address already in use" not in log.lower():
+            break
+    return proc
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -99,7 +113,7 @@ LAUNCH = (
     ids=["rank1-bad-data", "rank0-bad-config", "crash", "killed"],
 )
 def test_two_torchrun_workers_one_fails_and_the_launcher_exits_with_its_code(tmp_path, rank, how, expected):
-    proc = subprocess.run(
+    proc = run_workers(
         [sys.executable, "-c", LAUNCH],
         env=env(FAIL_RANK=str(rank), FAIL_HOW=how),
         cwd=ROOT,
@@ -141,7 +155,7 @@ def test_kubetune_train_with_two_workers_exits_4_on_bad_data(tmp_path):
     path = tmp_path / "trainer.json"
     path.write_text(config.to_json())
     termination = tmp_path / "termination-log"
-    proc = subprocess.run(
+    proc = run_workers(
         [sys.executable, "-m", "kubetune.trainer", "--config", str(path)],
         cwd=tmp_path,
         env=env(KUBETUNE_TERMINATION_LOG=str(termination)),

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def free_port() -> int:
+    """A port free a moment ago, for torchrun's MASTER_PORT (it must be named up front): see ``train_on_a_free_port``."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -51,6 +52,20 @@ def train(config: Path, env: dict[str, str], timeout: float = 600) -> subprocess
     )
 
 
+def port_taken(log: str) -> bool:
+    """torchrun's rendezvous store could not bind MASTER_PORT (c10d: EADDRINUSE)."""
+    return "EADDRINUSE" in log or "address already in use" in log.lower()
+
+
+def train_on_a_free_port(config: Path, env: dict[str, str], tries: int = 3) -> subprocess.CompletedProcess[str]:
+    """``train`` with a fresh MASTER_PORT, once more on another when a process took it since free_port()."""
+    for _ in range(tries):
+        proc = train(config, {**env, "MASTER_PORT": str(free_port())})
+        if proc.returncode == 0 or not port_taken(proc.stdout + proc.stderr):
+            break
+    return proc
+
+
 @pytest.mark.parametrize(
     "distributed",
     [
@@ -70,7 +85,7 @@ def test_two_processes_on_cpu(tmp_path, tiny_model_dir, cache_dir, distributed):
         distributed=distributed,
         training={"maxSteps": 3, "batchSize": 2},
     )
-    proc = train(trainer_config(job, cache_dir), {"NPROC_PER_NODE": "2", "MASTER_PORT": str(free_port())})
+    proc = train_on_a_free_port(trainer_config(job, cache_dir), {"NPROC_PER_NODE": "2"})
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert "launching 1 x 2 workers" in log
