@@ -81,6 +81,7 @@ def test_printer_columns_and_names():
         "GPU-Hours",
         "Tokens/GPU-h",
         "Cost",
+        "Projected",
         "Rollbacks",
         "Promoted",
     ]

@@ -97,6 +97,25 @@ def test_price_table_flag_and_env(monkeypatch, capsys):
     assert "--gpu-hour-prices" in capsys.readouterr().err
 
 
+def test_the_eta_projects_gpu_hours_and_cost_to_the_end_of_the_run():
+    """Once the trainer has measured steps (its ETA), status.cost says what the whole run will use and cost."""
+    now = dt.datetime(2026, 1, 1, 12, 0, tzinfo=dt.UTC)
+    spec = {"resources": {"nodes": 2, "gpusPerNode": 4, "gpuType": "H100-80GB"}}
+    start = (now - dt.timedelta(seconds=900)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    pods = [
+        {"status": {"containerStatuses": [{"name": "trainer", "state": {"running": {"startedAt": start}}}]}}
+        for _ in range(2)
+    ]
+    used = cost.cost_status(None, spec, pods, None, {"H100-80GB": 2.0}, now, eta_seconds=2700.0)
+    assert used["gpuHours"] == 2.0  # 2 pods x 4 GPUs x 15 minutes
+    assert used["projectedGpuHours"] == 2.0 + 8 * 2700 / 3600  # plus 45 minutes on 8 GPUs
+    assert used["projectedCost"] == pytest.approx(2.0 * used["projectedGpuHours"])
+    unpriced = cost.cost_status(None, spec, pods, None, {}, now, eta_seconds=2700.0)
+    assert "projectedCost" not in unpriced and unpriced["projectedGpuHours"] == used["projectedGpuHours"]
+    for eta in (None, 0.0, float("nan"), -5.0, float("inf")):
+        assert "projectedGpuHours" not in cost.cost_status(None, spec, pods, None, {}, now, eta_seconds=eta)
+
+
 def test_job_counters_only_grow():
     labels = {"namespace": "ns", "job": "cost-test", "gpu_type": "L4"}
     reg = op_metrics.REGISTRY

@@ -63,6 +63,13 @@ PRINTER_COLUMNS = [
         "priority": 1,
         "description": "estimated from the operator's price table",
     },
+    {
+        "name": "Projected",
+        "type": "number",
+        "jsonPath": ".status.cost.projectedCost",
+        "priority": 1,
+        "description": "estimated cost at the end of the run (price x projected GPU-hours)",
+    },
     {"name": "Rollbacks", "type": "integer", "jsonPath": ".status.guard.rollbacks", "priority": 1},
     {
         "name": "Promoted",

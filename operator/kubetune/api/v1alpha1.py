@@ -1123,6 +1123,14 @@ class CostStatus(_Status):
         description="gpuHours x the operator's price for resources.gpuType "
         "(chart value costs.gpuHourPrice); absent without a price.",
     )
+    projected_gpu_hours: float | None = Field(
+        None,
+        description="While training: gpuHours so far plus the trainer's ETA x the job's GPUs (once the first "
+        "steps are measured).",
+    )
+    projected_cost: float | None = Field(
+        None, description="projectedGpuHours x the price for resources.gpuType; absent without a price."
+    )
 
 
 class StallStatus(_Status):

@@ -66,9 +66,10 @@ def usage(pods: Iterable[Mapping[str, Any]], gpus_per_node: int, now: dt.datetim
 
 def tokens_per_gpu_hour(tokens_per_second: Any, gpus: int) -> float | None:
     """Current throughput per GPU-hour: all ranks' tokens/s × 3600 / GPUs in the job; None without GPUs or data."""
-    if not _number(tokens_per_second) or gpus <= 0:
+    tps = _number(tokens_per_second)
+    if not tps or gpus <= 0:
         return None
-    return tokens_per_second * 3600.0 / gpus
+    return tps * 3600.0 / gpus
 
 
 def estimated_cost(gpu_seconds: float, gpu_type: str | None, prices: Mapping[str, float]) -> float | None:
@@ -103,8 +104,10 @@ def cost_status(
     tokens_per_second: float | None,
     prices: Mapping[str, float],
     now: dt.datetime,
+    eta_seconds: float | None = None,
 ) -> dict[str, Any]:
-    """``status.cost`` (camelCase) for this pass; totals never below the previous ones (deleted pods)."""
+    """``status.cost`` (camelCase) for this pass; totals never below the previous ones (deleted pods). With the
+    trainer's ETA (measured steps), the projection to the end of the run: GPU-hours and, with a price, cost."""
     resources = spec.get("resources") if isinstance(spec, Mapping) else None
     resources = resources if isinstance(resources, Mapping) else {}  # any shape: an invalid spec is reported elsewhere
     gpus_per_node = _count(resources.get("gpusPerNode", 1), 1)
@@ -127,6 +130,13 @@ def cost_status(
     price = estimated_cost(gpu_s, gpu_type, prices)
     if price is not None:
         out["estimatedCost"] = round(price, 4)
+    eta = _number(eta_seconds)
+    if eta:
+        projected = gpu_s + eta * gpus_per_node * nodes
+        out["projectedGpuHours"] = round(projected / 3600.0, 4)
+        projected_price = estimated_cost(projected, gpu_type, prices)
+        if projected_price is not None:
+            out["projectedCost"] = round(projected_price, 4)
     return out
 
 
