@@ -50,11 +50,12 @@ test-k8s: tools ## only the tests on the real control plane (etcd, kube-apiserve
 test-fast: setup ## unit tests only
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-lint: setup ## one formatter, the linter, the import contracts and the type checker (strict on kubetune.api)
+lint: setup ## one formatter, the linter, the import contracts and the type checker (strict on kubetune.api and kubetune.operator)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy -p kubetune.api
+	$(VENV)/bin/mypy -p kubetune.operator
 
 generate: setup ## regenerate the CRD (crds/ and the chart template)
 	$(PY) -m kubetune.api.crdgen

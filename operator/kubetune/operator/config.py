@@ -38,7 +38,7 @@ def configure(settings: kopf.OperatorSettings, op: OperatorSettings) -> None:
         settings.watching.label_selectors[resource] = selector
 
 
-WATCHED_CHILDREN = {
+WATCHED_CHILDREN: dict[tuple[str, str] | tuple[str, str, str], str] = {  # kopf selector -> label selector
     ("batch", "v1", "jobs"): FINETUNEJOB_LABEL,
     ("v1", "pods"): f"{FINETUNEJOB_LABEL},{COMPONENT_LABEL}={TRAINER}",
 }

@@ -66,7 +66,7 @@ def facts(text: str, output_uri: str | None = None) -> dict[str, Any]:
     """Status fields besides progress: ``datasets`` (rows read/valid/dropped per dataset), ``memoryEstimateGib``
     (from the model's real config), ``lastCheckpoint`` (``<output>/checkpoints/step-N``), ``guard`` (rollbacks)."""
     out: dict[str, Any] = {}
-    datasets: dict[str, dict[str, int]] = {}
+    datasets: dict[str, dict[str, str | int]] = {}  # name -> {"name", "rows", "valid", "dropped"}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if not math.isfinite(sample.value):
@@ -115,8 +115,8 @@ def guard_status(
     ``new["guard"]`` is this pass's scrape; a pass without one keeps the previous guard status and condition (the
     condition list is rebuilt every pass), so the condition lasts as long as the trainer reports it."""
     previous = previous if isinstance(previous, dict) else {}
-    old_guard = previous.get("guard") if isinstance(previous.get("guard"), dict) else {}
-    old_conds = previous.get("conditions") if isinstance(previous.get("conditions"), list) else []
+    old_guard = prev_guard if isinstance(prev_guard := previous.get("guard"), dict) else {}
+    old_conds = prev_conds if isinstance(prev_conds := previous.get("conditions"), list) else []
     old_cond = next(
         (c for c in old_conds if isinstance(c, dict) and c.get("type") == ConditionType.DIVERGED.value), None
     )

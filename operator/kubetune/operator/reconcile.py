@@ -178,7 +178,7 @@ def crashed(body: dict[str, Any], parsed: Parsed | None, exc: BaseException, *, 
     old = dict(body.get("status") or {})
     meta = body.get("metadata") or {}
     msg = _crash("build", exc)
-    phase = old.get("phase") if old.get("jobName") and old.get("phase") else Phase.FAILED.value
+    phase: str = old["phase"] if old.get("jobName") and old.get("phase") else Phase.FAILED.value
     verdict = st.Verdict(
         phase, Reason.UNPROCESSABLE, msg, valid=False, invalid_reason=Reason.UNPROCESSABLE, invalid_message=msg
     )
@@ -317,14 +317,16 @@ def decide(
         )
     elif job is None:
         assert parsed.job is not None
-        verdict, sources = _upstream(parsed, upstream or {})
-        if verdict is None and missing_secrets:
+        blocked, sources = _upstream(parsed, upstream or {})
+        if blocked is None and missing_secrets:
             msg = (
                 f"Secret(s) {', '.join(missing_secrets)} not found in namespace {parsed.namespace}; "
                 "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)"
             )
-            verdict = st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
-        if verdict is None:
+            blocked = st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
+        if blocked is not None:
+            verdict = blocked
+        else:
             assert parsed.output_uri is not None
             resolved = Resolved(
                 output_uri=parsed.output_uri,

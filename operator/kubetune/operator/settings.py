@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, field
+from typing import overload
 
 from kubetune.api.metrics import DEFAULT_METRICS_PORT, OPERATOR_METRICS_PORT
 from kubetune.operator.manifests import DEFAULT_GPU_RESOURCE, DEFAULT_IMAGE, BuildOptions
@@ -78,6 +79,10 @@ class OperatorSettings:
         )
 
 
+@overload
+def _env(name: str) -> str | None: ...
+@overload
+def _env(name: str, default: str) -> str: ...
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(ENV_PREFIX + name.upper().replace("-", "_"), default)
 

@@ -93,7 +93,8 @@ def conditions(
 
 
 def condition(status: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
-    for c in (status or {}).get("conditions") or []:
+    conds: list[dict[str, Any]] = (status or {}).get("conditions") or []
+    for c in conds:
         if c.get("type") == ctype:
             return c
     return None
@@ -103,14 +104,16 @@ def condition(status: dict[str, Any] | None, ctype: str) -> dict[str, Any] | Non
 
 
 def _job_condition(job: dict[str, Any], ctype: str) -> dict[str, Any] | None:
-    for c in (job.get("status") or {}).get("conditions") or []:
+    conds: list[dict[str, Any]] = (job.get("status") or {}).get("conditions") or []
+    for c in conds:
         if c.get("type") == ctype and c.get("status") == "True":
             return c
     return None
 
 
 def _rank(p: dict[str, Any]) -> str:
-    return (p.get("metadata", {}).get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", "9")
+    annotations: dict[str, str] = p.get("metadata", {}).get("annotations") or {}
+    return annotations.get("batch.kubernetes.io/job-completion-index", "9")
 
 
 def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -256,7 +259,7 @@ def pod_problem(pods: list[dict[str, Any]], pod_events: list[dict[str, Any]] | N
             return PodProblem(
                 Reason.MOUNT_FAILED,
                 f"pod {involved.get('name', '?')} cannot mount its volumes: "
-                f"{(event.get('message') or event.get('reason')).strip()}",
+                f"{str(event.get('message') or event.get('reason')).strip()}",
                 stalled=True,
             )
     for pod in sorted(pods, key=_rank):

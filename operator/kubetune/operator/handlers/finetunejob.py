@@ -24,7 +24,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -60,6 +60,16 @@ def slim(body: Any) -> dict[str, Any]:
     doc = plain(body)
     meta = {k: v for k, v in (doc.get("metadata") or {}).items() if k != "managedFields"}
     return {"metadata": meta, "spec": doc.get("spec") or {}, "status": doc.get("status") or {}}
+
+
+def key_of(namespace: str | None, name: str) -> Key:
+    """The index key of a namespaced object (kopf types ``namespace`` as optional, for cluster-scoped kinds)."""
+    return (namespace or "", name)
+
+
+def as_kopf_body(obj: Mapping[str, Any]) -> kopf.Body:
+    """kopf's view of a plain object, for the kopf helpers that take one (owner references, Events)."""
+    return kopf.Body(cast(kopf.RawBody, obj))
 
 
 def first(values: Iterable[Any] | None) -> Any:
@@ -168,7 +178,7 @@ async def reconcile_once(
         logger.info("%s/%s was deleted before its children were created; nothing created", ns, parsed.name)
         return reconcile.Decision(status=dict(body.get("status") or {}))
     if decision.children:
-        kopf.append_owner_reference(decision.children, owner=body)
+        kopf.append_owner_reference(decision.children, owner=as_kopf_body(body))
         try:
             created = await kube.ensure(decision.children)
         except kube.Refused as exc:
@@ -239,16 +249,18 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
 
     # index ids are the kwargs names handlers receive them by
     @kopf.index(GROUP, VERSION, PLURAL, id="finetunejobs", registry=registry)
-    def finetunejobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), **slim(body)}}
+    def finetunejobs(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {
+            key_of(namespace, name): {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"), **slim(body)}
+        }
 
     @kopf.index(GROUP, VERSION, PLURAL, id="dependents", registry=registry)
-    def dependents(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, str]:
-        return {(namespace, upstream): name for upstream in upstream_names(body.get("spec"))}
+    def dependents(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Key, str]:
+        return {key_of(namespace, upstream): name for upstream in upstream_names(body.get("spec"))}
 
     @kopf.index("batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="training_jobs", registry=registry)
-    def training_jobs(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
+    def training_jobs(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {key_of(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
 
     @kopf.index(
         "",
@@ -258,8 +270,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         id="training_pods",
         registry=registry,
     )
-    def training_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
-        return {(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
+    def training_pods(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+        return {key_of(namespace, labels[FINETUNEJOB_LABEL]): slim(body)}
 
     # ------------------------------------------------------------------ one pass
 
@@ -307,8 +319,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         old_cost = (raw.get("status") or {}).get("cost")
         if pods or old_cost:  # status.cost: GPU- and node-seconds of every pod, restarts included
             tps = (new.get("progress") or {}).get("tokensPerSecond")
+            eta = (new.get("progress") or {}).get("etaSeconds") if new.get("phase") == "Running" else None
             used = cost.cost_status(
-                old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices, dt.datetime.now(dt.UTC)
+                old_cost, raw.get("spec") or {}, pods, tps, op.gpu_hour_prices, dt.datetime.now(dt.UTC), eta
             )
             if used["nodeSeconds"] > 0 or old_cost:  # pending pods cost nothing yet
                 new = {**new, "cost": used}
@@ -327,7 +340,7 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
                 if refused_status.get(uid, ("", None))[0] != exc.message:
                     logger.error("the API server refused the status of %s/%s: %s", key[0], key[1], exc.message)
                     kopf.event(
-                        raw,
+                        as_kopf_body(raw),
                         type="Warning",
                         reason="StatusRejected",
                         message=st.truncate_utf8(
@@ -339,7 +352,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             refused_status.pop(uid, None)
             written[uid] = (new, time.monotonic())
         for kind, reason, message in [*decision.events, *guard_events, *stall_events]:
-            kopf.event(raw, type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES))
+            kopf.event(
+                as_kopf_body(raw), type=kind, reason=reason, message=st.truncate_utf8(message, EVENT_MESSAGE_BYTES)
+            )
         metrics.observe_phase(key[0], key[1], new.get("phase"))
         metrics.observe_cost(key[0], key[1], gpu_type(raw), new.get("cost"))
         metrics.observe_evaluation(key[0], key[1], new.get("evaluation"))
@@ -387,26 +402,33 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
             backoff=op.sync_interval,
             registry=registry,
         )
-        async def resync(namespace: str, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
-            await sync((namespace, name), kwargs, logger, poll=True)
+        async def resync(namespace: str | None, name: str, logger: kopf.Logger, **kwargs: Any) -> None:
+            await sync(key_of(namespace, name), kwargs, logger, poll=True)
 
     @kopf.on.event(GROUP, VERSION, PLURAL, id="changed", registry=registry)
     async def finetunejob_changed(
-        type: str | None, namespace: str, name: str, uid: str, status: kopf.Status, logger: kopf.Logger, **kwargs: Any
+        type: str | None,  # None for the objects of the initial listing
+        namespace: str | None,
+        name: str,
+        uid: str,
+        status: kopf.Status,
+        logger: kopf.Logger,
+        **kwargs: Any,
     ) -> None:
+        key = key_of(namespace, name)
         if type == "DELETED":
-            forget(namespace, name, uid)
+            forget(key, uid)
             return
-        await on_event((namespace, name), kwargs, logger)
+        await on_event(key, kwargs, logger)
         if status.get("phase") in st.TERMINAL:  # jobs that train on top of this one may start (or fail) now
-            for dependent in set(kwargs["dependents"].get((namespace, name), ())):
-                await on_event((namespace, dependent), kwargs, logger)
+            for dependent in set(kwargs["dependents"].get(key, ())):
+                await on_event(key_of(namespace, dependent), kwargs, logger)
 
     @kopf.on.event(
         "batch", "v1", "jobs", labels={FINETUNEJOB_LABEL: kopf.PRESENT}, id="job-changed", registry=registry
     )
-    async def job_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
-        await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+    async def job_changed(namespace: str | None, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
+        await on_event(key_of(namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
 
     @kopf.on.event(
         "",
@@ -416,8 +438,8 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         id="pod-changed",
         registry=registry,
     )
-    async def pod_changed(namespace: str, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
-        await on_event((namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
+    async def pod_changed(namespace: str | None, labels: kopf.Labels, logger: kopf.Logger, **kwargs: Any) -> None:
+        await on_event(key_of(namespace, labels[FINETUNEJOB_LABEL]), kwargs, logger)
 
     async def on_event(key: Key, indexes: Mapping[str, Any], logger: Any) -> None:
         """A pass triggered by a watch event; what fails temporarily is retried by the next event or resync."""
@@ -426,9 +448,9 @@ def register(op: OperatorSettings, registry: kopf.OperatorRegistry) -> None:
         except kopf.TemporaryError as exc:
             logger.debug("event-triggered pass of %s/%s: %s; the resync retries", key[0], key[1], exc)
 
-    def forget(namespace: str, name: str, uid: str) -> None:
+    def forget(key: Key, uid: str) -> None:
         written.pop(uid, None)
         refused_status.pop(uid, None)
-        locks.pop((namespace, name), None)
+        locks.pop(key, None)
         # children go with the garbage collector (ownerReferences); only our gauge needs updating
-        metrics.observe_phase(namespace, name, None)
+        metrics.observe_phase(key[0], key[1], None)

@@ -37,11 +37,13 @@ Step = Callable[[dict[str, Any], FineTuneJob, BuildOptions], dict[str, Any]]
 
 
 def _pod(job: dict[str, Any]) -> dict[str, Any]:
-    return job["spec"]["template"]["spec"]
+    pod: dict[str, Any] = job["spec"]["template"]["spec"]
+    return pod
 
 
 def _container(job: dict[str, Any]) -> dict[str, Any]:
-    return _pod(job)["containers"][0]
+    container: dict[str, Any] = _pod(job)["containers"][0]
+    return container
 
 
 def base_job(ftj: FineTuneJob, options: BuildOptions, queue_name: str | None = None) -> dict[str, Any]:
@@ -227,7 +229,7 @@ def with_data_volumes(job: dict[str, Any], ftj: FineTuneJob, options: BuildOptio
         {u.split("://", 1)[1].split("/", 1)[0] for u, _ in _uris(ftj) if uri_scheme(u) == "pvc"} | writable
     )
     for claim in claims:
-        vol = {"name": volume_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}}
+        vol: dict[str, Any] = {"name": volume_name("pvc", claim), "persistentVolumeClaim": {"claimName": claim}}
         if claim not in writable:
             vol["persistentVolumeClaim"]["readOnly"] = True
         _volume(job, vol, f"{PVC_ROOT}/{claim}", read_only=claim not in writable)
