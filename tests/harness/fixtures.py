@@ -158,7 +158,7 @@ class OperatorPasses:
 
     async def settled(
         self,
-        api: KubeEmulator,
+        api: Any,  # the emulator, or the real cluster's API: anything with update(resource, ns, name, patch)
         name: str,
         saw: Callable[[Pass], Any] = lambda _: True,
         *,
@@ -167,10 +167,11 @@ class OperatorPasses:
         ns: str = "default",
         timeout: float = 15.0,
     ) -> Pass:
-        """Wait until a pass of ``name`` whose inputs ``saw`` accepts has ended, writes and Events included:
-        then make the operator look once more (an annotation, as a finished FineTuneJob is not resynced) and
-        wait for that pass to begin, which needs the lock the first one held (locks are per replica: with
-        several, name the one). Returns the first pass."""
+        """Wait until a pass of ``name`` whose inputs ``saw`` accepts has ended, writes and Events included.
+
+        Waits for that pass to decide, then makes the operator look once more (an annotation: a finished
+        FineTuneJob is not resynced) and waits for that next pass to begin, which takes the lock the first one
+        held until its last write (locks are per replica: with several, name the one). Returns the first."""
         seen = await eventually(
             lambda: next((p for p in self.of(name, ns, replica, since) if p.decided and saw(p)), None), timeout=timeout
         )
@@ -214,6 +215,9 @@ def requests_since(api: KubeEmulator, position: int) -> list[Any]:
     return list(api)[position:]
 
 
+WRITES = ("PATCH", "PUT")
+
+
 def status_writes(api: KubeEmulator, name: str, since: int = 0) -> int:
     """How many times a client wrote the status of FineTuneJob ``name`` after request ``since``."""
     return sum(
@@ -221,9 +225,6 @@ def status_writes(api: KubeEmulator, name: str, since: int = 0) -> int:
         for r in requests_since(api, since)
         if r.subresource == "status" and r.name == name and str(getattr(r.method, "value", r.method)) in WRITES
     )
-
-
-WRITES = ("PATCH", "PUT")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05) -> Any:

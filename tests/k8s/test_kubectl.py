@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,29 +21,48 @@ BIN = Path(sys.executable).parent
 
 
 async def start_cli_operator(k8s: K8s, tmp_path: Path, *extra: str) -> asyncio.subprocess.Process:
-    log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115, ASYNC230 - closed when the test ends
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(k8s.cp.operator_kubeconfig),
-        "KUBETUNE_HEALTH_PORT": str(free_port()),
-        "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1",
-    }
-    env.pop("KUBERNETES_SERVICE_HOST", None)
-    return await asyncio.create_subprocess_exec(
-        str(BIN / "kubetune"),
-        "operator",
-        "--standalone",
-        "--namespace",
-        k8s.ns,
-        "--metrics-port",
-        "0",
-        "--sync-interval",
-        "1",
-        *extra,
-        env=env,
-        stdout=log,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    """The operator process, up (its /healthz answers). Its health port must be named up front: when another
+    process took it since free_port(), the operator exits saying so, and it is started again on another."""
+    for _ in range(5):
+        health_port = free_port()
+        log = open(tmp_path / "operator.log", "wb")  # noqa: SIM115, ASYNC230 - closed when the test ends
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(k8s.cp.operator_kubeconfig),
+            "KUBETUNE_HEALTH_PORT": str(health_port),
+            "KUBETUNE_TRAINER_IMAGE": "registry.test/trainer:1",
+        }
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "kubetune"),
+            "operator",
+            "--standalone",
+            "--namespace",
+            k8s.ns,
+            "--metrics-port",
+            "0",
+            "--sync-interval",
+            "1",
+            *extra,
+            env=env,
+            stdout=log,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        await k8s.wait(lambda port=health_port, proc=proc: proc.returncode is not None or healthy(port), timeout=60)
+        if proc.returncode is None:
+            return proc
+        log.close()
+        text = (tmp_path / "operator.log").read_text(errors="replace")
+        assert "address already in use" in text.lower(), text[-3000:]  # any other exit is the test's failure
+    raise AssertionError("five free ports were all taken before the operator could bind them")
+
+
+def healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
 async def stop(proc: asyncio.subprocess.Process) -> None:
