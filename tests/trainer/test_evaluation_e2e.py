@@ -112,7 +112,13 @@ def test_a_reward_model_scores_both_models_and_the_pod_reports_to_the_operator(
             "datasets": [{"name": "identity", "source": "file://identity.json"}],
             "evalDatasets": [{"name": "held-out", "source": "file://identity_eval.json"}],
             "method": {"type": "lora", "lora": {"rank": 4}},
-            "training": {"maxSteps": 4, "batchSize": 4, "learningRate": 0.01, "cutoffLen": 64},
+            "training": {
+                "maxSteps": 4,
+                "batchSize": 4,
+                "learningRate": 0.01,
+                "cutoffLen": 64,
+                "gradientCheckpointing": True,  # a training setting: the evaluation generates with its KV cache
+            },
             "evaluation": {
                 "prompts": [{"name": "held-out", "source": "file://identity_eval.json"}],
                 "rules": [{"type": "exact"}, {"type": "answer", "weight": 2}],

@@ -82,13 +82,21 @@ def _on_device(model: Any) -> Any:
 
 
 def _load(config: TrainerConfig, ref: ModelRef, adapter: Path | None) -> Any:
-    """``ref``'s model (quantized as the training was), with an adapter folder applied when given."""
-    model = load_model(ref, config)
+    """``ref``'s model (quantized as the training was), with an adapter folder applied when given. On GPUs it is
+    spread over the node's devices (``device_map="auto"``): a model trained sharded need not fit one GPU."""
+    import torch
+
+    placement = {"device_map": "auto"} if torch.cuda.is_available() else {}
+    model = load_model(ref, config, **placement)
+    if config.spec.training.gradient_checkpointing:  # a training setting; generation wants its KV cache
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
+    model.config.use_cache = True
     if adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter))
-    return _on_device(model)
+    return model
 
 
 def load_trained(config: TrainerConfig, base: ModelRef, artifact_dir: Path) -> Any:
