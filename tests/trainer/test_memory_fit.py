@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -14,12 +16,16 @@ from hypothesis import strategies as st
 from kubetune.api.memory import GIB, ModelShape, estimate, vocab_for_source
 
 
-def deepspeed_estimators():
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")  # no CUDA here; the estimators are pure arithmetic
-    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
-    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+@pytest.fixture(scope="module")
+def deepspeed_estimators() -> Iterator[tuple[Any, Any]]:
+    """DeepSpeed's estimators (pure arithmetic: no CUDA needed), with DS_ACCELERATOR=cpu unless set, for this
+    module's tests only."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("DS_ACCELERATOR", os.environ.get("DS_ACCELERATOR", "cpu"))
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    return estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs
+        yield estimate_zero2_model_states_mem_needs, estimate_zero3_model_states_mem_needs
 
 
 shapes = st.builds(
@@ -43,8 +49,10 @@ shapes = st.builds(
 
 @settings(max_examples=60, deadline=None)
 @given(shape=shapes, gpus=st.sampled_from([1, 2, 4, 8, 16, 64]), offload=st.booleans())
-def test_model_states_match_deepspeeds_estimators(shape: ModelShape, gpus: int, offload: bool) -> None:
-    zero2, zero3 = deepspeed_estimators()
+def test_model_states_match_deepspeeds_estimators(
+    deepspeed_estimators: tuple[Any, Any], shape: ModelShape, gpus: int, offload: bool
+) -> None:
+    zero2, zero3 = deepspeed_estimators
     n = int(shape.parameters)
     for stage in (2, 3):
         est = estimate(shape, method="full", world_size=gpus, zero_stage=stage, offload=offload, strategy="deepspeed")
