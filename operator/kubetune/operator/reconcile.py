@@ -292,196 +292,347 @@ def decide(
     pod_events: list[dict[str, Any]] | None = None,
     at: str | None = None,
 ) -> Decision:
+    """The whole new status, the children to ensure, a suspend change for the Job and the Events of this pass.
+
+    Before the Job exists: the spec's problems, an upstream FineTuneJob or a Secret to wait for, or the children
+    to create (:func:`_without_job`). Once it exists: what the Job and its pods show, with spec.suspend and spec
+    changes applied to it (:func:`_with_job`). Then the status is assembled from that (:func:`_status`)."""
     at = at or st.now()
     pods = pods or []
     old = dict(body.get("status") or {})
     if finished(body) or (job is None and _stopped(body, parsed)):
         return Decision(status=old)
-    spec = body.get("spec") or {}
-    children: list[dict[str, Any]] = []
-    suspend_job: bool | None = None
-    job_annotations: dict[str, str | None] = {}
-    stalled: tuple[str, str] | None = None
-    created_hash: str | None = None
     queue = queue_name(body)
+    if job is None:
+        step = _without_job(parsed, options, queue, upstream or {}, missing_secrets or [])
+    else:
+        step = _with_job(body, parsed, options, queue, job, pods, pod_events)
+    new = _status(old, parsed, step, job, pods, at)
+    return Decision(
+        status=new,
+        children=step.children,
+        suspend_job=step.suspend_job,
+        job_annotations=step.job_annotations,
+        events=_pass_events(old, new, step),
+        poll_progress=step.verdict.phase == Phase.RUNNING.value,
+        output_uri=parsed.output_uri,
+    )
 
-    if job is None and parsed.problems:
-        msg = "; ".join(parsed.problems)
+
+@dataclass
+class _Step:
+    """What :func:`decide` concluded about the Job, before the status is assembled."""
+
+    verdict: st.Verdict
+    children: list[dict[str, Any]] = field(default_factory=list)  # to create: ConfigMap, Service, Job
+    created_hash: str | None = None  # the spec hash the Job was (or is being) built from
+    suspend_job: bool | None = None
+    job_annotations: dict[str, str | None] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- before the Job
+
+
+def _without_job(
+    parsed: Parsed,
+    options: BuildOptions,
+    queue: str | None,
+    upstream: dict[str, dict[str, Any] | None],
+    missing_secrets: list[str],
+) -> _Step:
+    """No Job yet: an invalid spec fails; an upstream FineTuneJob or a Secret not there yet waits; otherwise the
+    children are built."""
+    if parsed.problems:
+        return _Step(_invalid_spec(parsed.problems))
+    assert parsed.job is not None
+    blocked, sources = _upstream(parsed, upstream)
+    if blocked is None and missing_secrets:
+        blocked = _secrets_missing(parsed, missing_secrets)
+    if blocked is not None:
+        return _Step(blocked)
+    return _create_children(parsed, parsed.job, options, queue, sources)
+
+
+def _invalid_spec(problems: list[str]) -> st.Verdict:
+    msg = "; ".join(problems)
+    return st.Verdict(
+        Phase.FAILED.value,
+        Reason.INVALID_SPEC,
+        msg,
+        valid=False,
+        invalid_reason=Reason.INVALID_SPEC,
+        invalid_message=msg,
+    )
+
+
+def _secrets_missing(parsed: Parsed, missing: list[str]) -> st.Verdict:
+    msg = (
+        f"Secret(s) {', '.join(missing)} not found in namespace {parsed.namespace}; "
+        "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)"
+    )
+    return st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
+
+
+def _create_children(
+    parsed: Parsed, ftj: FineTuneJob, options: BuildOptions, queue: str | None, sources: dict[str, str]
+) -> _Step:
+    """The ConfigMap, Service and Job to create (the Job annotated with the generation and who suspends it), and
+    the status the first look at the new Job will give."""
+    assert parsed.output_uri is not None
+    resolved = Resolved(
+        output_uri=parsed.output_uri,
+        adapter_source=sources.get("spec.model.adapter.fromJob"),
+        reward_model_source=sources.get("spec.training.rewardModel.fromJob"),
+        evaluation_reward_source=sources.get("spec.evaluation.rewardModel.fromJob"),
+    )
+    children = build_all(ftj, options, resolved, queue_name=queue)
+    annotations = children[-1]["metadata"].setdefault("annotations", {})  # the Job's
+    if parsed.generation is not None:
+        annotations[GENERATION_ANNOTATION] = str(parsed.generation)
+    if ftj.spec.suspend and not queue:  # suspended for the user, so kubetune may resume it
+        annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE
+    if ftj.spec.suspend:
         verdict = st.Verdict(
-            Phase.FAILED.value,
-            Reason.INVALID_SPEC,
-            msg,
+            Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended"
+        )
+    elif queue:
+        verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}")
+    else:
+        # the status the first look at the new Job gives (pods pending), so that look writes nothing;
+        # the Event says what this pass did
+        verdict = st.Verdict(Phase.PENDING.value, Reason.POD_PENDING, st.POD_PENDING_MESSAGE)
+    return _Step(verdict, children=children, created_hash=parsed.spec_hash)
+
+
+# ---------------------------------------------------------------------------------------------- once the Job exists
+
+
+@dataclass(frozen=True)
+class _Suspension:
+    """Who suspends the existing Job: the user (spec.suspend), kubetune on their behalf, or Kueue."""
+
+    user: bool  # spec.suspend
+    job: bool  # the Job's spec.suspend
+    ours: bool  # the Job's suspension is kubetune's own, so kubetune may lift it
+    queued: bool  # a queue name, Kueue's manageJobsWithoutQueueName or the Job's queue label
+    managed: bool  # Kueue decides when the Job runs (queued, or suspended by someone else)
+
+
+def _suspension(body: dict[str, Any], job: dict[str, Any], options: BuildOptions, queue: str | None) -> _Suspension:
+    jmeta = job.get("metadata") or {}
+    annotations = jmeta.get("annotations") or {}
+    queued = bool(queue) or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {})
+    ours = annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_KUBETUNE
+    if GENERATION_ANNOTATION not in annotations:  # built by a release before the annotation: its suspend was ours
+        ours = ours or not queued
+    job_suspended = bool((job.get("spec") or {}).get("suspend"))
+    # Kueue decides when a queue-managed Job runs (it suspends it at creation and un-suspends it on admission):
+    # a queue name, Kueue's manageJobsWithoutQueueName, or a suspension that is not kubetune's own
+    return _Suspension(
+        user=bool((body.get("spec") or {}).get("suspend")),
+        job=job_suspended,
+        ours=ours,
+        queued=queued,
+        managed=queued or (job_suspended and not ours),
+    )
+
+
+def _suspend_change(s: _Suspension, terminal: bool) -> tuple[bool | None, tuple[str, str] | None]:
+    """(the Job's new spec.suspend, None to leave it; a Waiting note when spec.suspend cannot be followed)."""
+    if terminal:
+        return None, None
+    if s.user and not s.job:
+        if s.managed:
+            return None, (
+                Reason.SUSPENDED_BY_QUEUE,
+                (
+                    "spec.suspend does not stop a Job that Kueue manages (Kueue would "
+                    "resume it); deactivate its Workload instead (kubectl patch workload ... spec.active=false)"
+                ),
+            )
+        if s.ours:
+            return None, (
+                Reason.SUSPENDED_BY_QUEUE,
+                (
+                    "the Job was resumed by another controller after kubetune suspended "
+                    "it; kubetune does not suspend it again"
+                ),
+            )
+        return True, None
+    if not s.user and s.job and s.ours and not s.queued:
+        return False, None
+    return None, None
+
+
+def _with_job(
+    body: dict[str, Any],
+    parsed: Parsed,
+    options: BuildOptions,
+    queue: str | None,
+    job: dict[str, Any],
+    pods: list[dict[str, Any]],
+    pod_events: list[dict[str, Any]] | None,
+) -> _Step:
+    """The Job exists: the verdict is what it and its pods show, with spec.suspend followed (or why not), and the
+    spec's problems or a change of spec since the Job was built on top."""
+    suspension = _suspension(body, job, options, queue)
+    verdict = st.job_verdict(
+        job, pods, user_suspended=suspension.user, queued=suspension.managed, pod_events=pod_events
+    )
+    terminal = verdict.phase in st.TERMINAL
+    job_annotations: dict[str, str | None] = {}
+    suspend_job, note = _suspend_change(suspension, terminal)
+    if suspend_job is not None:
+        job_annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE if suspend_job else None
+    if note is not None and verdict.waiting is None:
+        verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
+    created_hash = _created_hash(job, parsed)
+    if created_hash != _annotation(job, SPEC_HASH_ANNOTATION):  # only the hash changed: record the new one
+        job_annotations[SPEC_HASH_ANNOTATION] = created_hash
+    return _Step(
+        _spec_checked(verdict, parsed, created_hash, terminal),
+        created_hash=created_hash,
+        suspend_job=suspend_job,
+        job_annotations=job_annotations,
+    )
+
+
+def _annotation(job: dict[str, Any], key: str) -> str | None:
+    value: str | None = ((job.get("metadata") or {}).get("annotations") or {}).get(key)
+    return value
+
+
+def _created_hash(job: dict[str, Any], parsed: Parsed) -> str | None:
+    """The spec hash the Job was built from. When the Job was built from this very generation and only the hash
+    differs (an upgrade that changed a default or the hash itself), the current hash: record it, never call it
+    a spec change."""
+    created_hash = _annotation(job, SPEC_HASH_ANNOTATION)
+    if (
+        created_hash
+        and created_hash != parsed.spec_hash
+        and not parsed.problems
+        and parsed.generation is not None
+        and _annotation(job, GENERATION_ANNOTATION) == str(parsed.generation)
+    ):
+        return parsed.spec_hash
+    return created_hash
+
+
+def _spec_checked(verdict: st.Verdict, parsed: Parsed, created_hash: str | None, terminal: bool) -> st.Verdict:
+    """The Job's verdict with the spec's problems (Validated=False), or Stalled when the spec changed after the
+    running Job was built."""
+    if parsed.problems:
+        msg = "; ".join(parsed.problems)
+        return st.Verdict(
+            verdict.phase,
+            verdict.reason,
+            verdict.message,
             valid=False,
             invalid_reason=Reason.INVALID_SPEC,
             invalid_message=msg,
         )
-    elif job is None:
-        assert parsed.job is not None
-        blocked, sources = _upstream(parsed, upstream or {})
-        if blocked is None and missing_secrets:
-            msg = (
-                f"Secret(s) {', '.join(missing_secrets)} not found in namespace {parsed.namespace}; "
-                "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)"
-            )
-            blocked = st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
-        if blocked is not None:
-            verdict = blocked
-        else:
-            assert parsed.output_uri is not None
-            resolved = Resolved(
-                output_uri=parsed.output_uri,
-                adapter_source=sources.get("spec.model.adapter.fromJob"),
-                reward_model_source=sources.get("spec.training.rewardModel.fromJob"),
-                evaluation_reward_source=sources.get("spec.evaluation.rewardModel.fromJob"),
-            )
-            children = build_all(parsed.job, options, resolved, queue_name=queue)
-            kjob = children[-1]
-            annotations = kjob["metadata"].setdefault("annotations", {})
-            if parsed.generation is not None:
-                annotations[GENERATION_ANNOTATION] = str(parsed.generation)
-            if parsed.job.spec.suspend and not queue:  # suspended for the user, so kubetune may resume it
-                annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE
-            created_hash = parsed.spec_hash
-            if parsed.job.spec.suspend:
-                verdict = st.Verdict(
-                    Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended"
-                )
-            elif queue:
-                verdict = st.Verdict(
-                    Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}"
-                )
-            else:
-                # the status the first look at the new Job gives (pods pending), so that look writes nothing;
-                # the Event says what this pass did
-                verdict = st.Verdict(Phase.PENDING.value, Reason.POD_PENDING, st.POD_PENDING_MESSAGE)
-    else:
-        user_suspend = bool(spec.get("suspend"))
-        jmeta = job.get("metadata") or {}
-        annotations = jmeta.get("annotations") or {}
-        ours = annotations.get(SUSPENDED_BY_ANNOTATION) == SUSPENDED_BY_KUBETUNE
-        if GENERATION_ANNOTATION not in annotations:  # built by a release before the annotation: its suspend was ours
-            ours = ours or not (queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {}))
-        job_suspended = bool((job.get("spec") or {}).get("suspend"))
-        # Kueue decides when a queue-managed Job runs (it suspends it at creation and un-suspends it on admission):
-        # a queue name, Kueue's manageJobsWithoutQueueName, or a suspension that is not kubetune's own
-        managed = (
-            bool(queue)
-            or options.kueue_manages_all_jobs
-            or QUEUE_LABEL in (jmeta.get("labels") or {})
-            or (job_suspended and not ours)
+    if created_hash and created_hash != parsed.spec_hash and not terminal:
+        stalled = (
+            Reason.SPEC_CHANGED,
+            (
+                "the spec changed after the training Job was created; the running Job "
+                "keeps the original spec. Delete and re-create the FineTuneJob to train "
+                "with the new spec"
+            ),
         )
-        verdict = st.job_verdict(job, pods, user_suspended=user_suspend, queued=managed, pod_events=pod_events)
-        terminal = verdict.phase in st.TERMINAL
-        note: tuple[str, str] | None = None
-        if not terminal and user_suspend and not job_suspended:
-            if managed:
-                note = (
-                    Reason.SUSPENDED_BY_QUEUE,
-                    (
-                        "spec.suspend does not stop a Job that Kueue manages (Kueue would "
-                        "resume it); deactivate its Workload instead (kubectl patch workload ... spec.active=false)"
-                    ),
-                )
-            elif ours:
-                note = (
-                    Reason.SUSPENDED_BY_QUEUE,
-                    (
-                        "the Job was resumed by another controller after kubetune suspended "
-                        "it; kubetune does not suspend it again"
-                    ),
-                )
-            else:
-                suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = True, SUSPENDED_BY_KUBETUNE
-        elif (
-            not terminal
-            and not user_suspend
-            and job_suspended
-            and ours
-            and not (queue or options.kueue_manages_all_jobs or QUEUE_LABEL in (jmeta.get("labels") or {}))
-        ):
-            suspend_job, job_annotations[SUSPENDED_BY_ANNOTATION] = False, None
-        if note is not None and verdict.waiting is None:
-            verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
-        created_hash = annotations.get(SPEC_HASH_ANNOTATION)
-        created_gen = annotations.get(GENERATION_ANNOTATION)
-        if (
-            created_hash
-            and created_hash != parsed.spec_hash
-            and not parsed.problems
-            and parsed.generation is not None
-            and created_gen == str(parsed.generation)
-        ):
-            # the spec is the one the Job was built from (same generation); only the hash changed (an upgrade that
-            # changed a default or the hash itself): record the new hash, never call it a spec change
-            created_hash = job_annotations[SPEC_HASH_ANNOTATION] = parsed.spec_hash
-        if parsed.problems:
-            msg = "; ".join(parsed.problems)
-            verdict = st.Verdict(
-                verdict.phase,
-                verdict.reason,
-                verdict.message,
-                valid=False,
-                invalid_reason=Reason.INVALID_SPEC,
-                invalid_message=msg,
-            )
-        elif created_hash and created_hash != parsed.spec_hash and not terminal:
-            stalled = (
-                Reason.SPEC_CHANGED,
-                (
-                    "the spec changed after the training Job was created; the running Job "
-                    "keeps the original spec. Delete and re-create the FineTuneJob to train "
-                    "with the new spec"
-                ),
-            )
-            verdict = st.Verdict(
-                verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled
-            )
+        return st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled)
+    return verdict
 
+
+# ---------------------------------------------------------------------------------------------- the status
+
+
+CARRIED_OVER = ("startTime", "completionTime", "progress", "lastCheckpoint", "datasets", "memoryEstimateGib")
+
+
+def _status(
+    old: dict[str, Any],
+    parsed: Parsed,
+    step: _Step,
+    job: dict[str, Any] | None,
+    pods: list[dict[str, Any]],
+    at: str,
+) -> dict[str, Any]:
+    """The new status: phase and conditions from the verdict, what earlier passes found (progress, datasets, ...),
+    the Job's restarts and times, the evaluation report and the artifacts."""
+    verdict = step.verdict
     new: dict[str, Any] = {
         "phase": verdict.phase,
         "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
         "observedGeneration": parsed.generation,
     }
-    if job is not None or children:
+    if job is not None or step.children:
         new["jobName"] = parsed.job_name
-        new["specHash"] = created_hash
-    for key in ("startTime", "completionTime", "progress", "lastCheckpoint", "datasets", "memoryEstimateGib"):
-        if old.get(key) is not None:
-            new[key] = old[key]
+        new["specHash"] = step.created_hash
+    new.update({key: old[key] for key in CARRIED_OVER if old.get(key) is not None})
     if "memoryEstimateGib" not in new and parsed.job is not None and parsed.job.spec.model.parameters:
         new["memoryEstimateGib"] = memory_estimate_gib(parsed.job)
-    if children:
+    if step.children:
         new["restarts"] = 0  # what the first look at the new Job reports: that look then writes nothing
     if job is not None:
-        new["restarts"] = st.restarts(job, pods)
-        jstatus = job.get("status") or {}
-        if verdict.phase == Phase.RUNNING.value and not new.get("startTime"):
-            new["startTime"] = jstatus.get("startTime") or at
-        if verdict.phase in st.TERMINAL and not new.get("completionTime"):
-            new["completionTime"] = jstatus.get("completionTime") or at
+        new.update(_job_times(new, job, pods, verdict, at))
+    evaluation = _evaluation(old, pods, verdict)
+    if evaluation is not None:
+        new["evaluation"] = evaluation
+    new.update(_artifacts(old, new.get("progress"), parsed, verdict))
+    return new
+
+
+def _job_times(
+    new: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]], verdict: st.Verdict, at: str
+) -> dict[str, Any]:
+    """status.restarts, and startTime/completionTime once the Job runs/ends (kept once set)."""
+    out: dict[str, Any] = {"restarts": st.restarts(job, pods)}
+    jstatus = job.get("status") or {}
+    if verdict.phase == Phase.RUNNING.value and not new.get("startTime"):
+        out["startTime"] = jstatus.get("startTime") or at
+    if verdict.phase in st.TERMINAL and not new.get("completionTime"):
+        out["completionTime"] = jstatus.get("completionTime") or at
+    return out
+
+
+def _evaluation(old: dict[str, Any], pods: list[dict[str, Any]], verdict: st.Verdict) -> dict[str, Any] | None:
+    """status.evaluation: base vs trained (spec.evaluation), read once from the trainer's last words, then kept."""
     if verdict.phase in st.TERMINAL and old.get("evaluation") is None:
-        report = st.evaluation_report(pods)  # spec.evaluation: base vs trained, from the trainer's last words
-        if report is not None:
-            new["evaluation"] = report
-    elif old.get("evaluation") is not None:
-        new["evaluation"] = old["evaluation"]
+        return st.evaluation_report(pods)
+    kept: dict[str, Any] | None = old.get("evaluation")
+    return kept
+
+
+def _artifacts(
+    old: dict[str, Any], progress: dict[str, Any] | None, parsed: Parsed, verdict: st.Verdict
+) -> dict[str, Any]:
+    """status.artifacts once the adapter is published (succeeded, or trained but not promoted by the gate), with
+    the progress completed to 100 %; the previous artifacts otherwise."""
     if (verdict.phase == Phase.SUCCEEDED.value or verdict.reason == Reason.GATE_FAILED) and parsed.output_uri:
         uri = parsed.output_uri.rstrip("/")
         artifacts = {"adapterUri": uri, "manifestUri": f"{uri}/manifest.json"}
         if parsed.job is not None and parsed.job.spec.output.merge:
             artifacts["mergedUri"] = f"{uri}/merged"
-        new["artifacts"] = artifacts
-        if new.get("progress", {}).get("totalSteps"):
-            new["progress"] = {
-                **new["progress"],
-                "step": new["progress"]["totalSteps"],
+        out: dict[str, Any] = {"artifacts": artifacts}
+        if progress and progress.get("totalSteps"):
+            out["progress"] = {
+                **progress,
+                "step": progress["totalSteps"],
                 "percent": 100.0,
                 "etaSeconds": 0.0,
                 "eta": "0s",
             }
-    elif old.get("artifacts") is not None:
-        new["artifacts"] = old["artifacts"]
+        return out
+    if old.get("artifacts") is not None:
+        return {"artifacts": old["artifacts"]}
+    return {}
 
+
+def _pass_events(old: dict[str, Any], new: dict[str, Any], step: _Step) -> list[Event]:
+    """The Events of the transition, an EvaluationPassed on promotion, and 'created ...' in the phase Event of the
+    pass that creates the children."""
+    verdict = step.verdict
     events = _events(old, new, verdict)
     if (
         verdict.phase == Phase.SUCCEEDED.value
@@ -489,22 +640,14 @@ def decide(
         and not old.get("evaluation")
     ):
         events.append(("Normal", Reason.EVALUATION_PASSED, evaluation_message(new["evaluation"])))
-    if children and verdict.reason == Reason.POD_PENDING:  # the phase event of this pass says what it did
+    if step.children and verdict.reason == Reason.POD_PENDING:  # the phase event of this pass says what it did
         events = [
             (kind, Reason.CREATED, message.replace(": ", ": created ConfigMap, Service and Job; ", 1))
             if reason == verdict.reason
             else (kind, reason, message)
             for kind, reason, message in events
         ]
-    return Decision(
-        status=new,
-        children=children,
-        suspend_job=suspend_job,
-        job_annotations=job_annotations,
-        events=events,
-        poll_progress=verdict.phase == Phase.RUNNING.value,
-        output_uri=parsed.output_uri,
-    )
+    return events
 
 
 def evaluation_message(report: dict[str, Any]) -> str:
