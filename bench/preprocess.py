@@ -153,11 +153,12 @@ def kubetune_worker(
     from transformers import AutoTokenizer
 
     from kubetune.api.stages import DataShape
-    from kubetune.trainer.data.loader import convert_dataset, tokenize_dataset
+    from kubetune.trainer.data.conversion import convert_dataset
     from kubetune.trainer.data.mixing import mix
     from kubetune.trainer.data.processors import ProcessorOptions, Tokens, finish
     from kubetune.trainer.data.registry import load_registry_file, parse_registry
     from kubetune.trainer.data.templates import get_template
+    from kubetune.trainer.data.tokenization import tokenize_dataset
     from kubetune.trainer.storage.uris import file_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -174,7 +175,7 @@ def kubetune_worker(
         loaded = convert_dataset(spec, file_path(spec.source))
         groups.append(
             tokenize_dataset(
-                loaded, None, template, tokenizer, tokens, shape=DataShape.SUPERVISED, opts=opts, cache_dir=cache_dir
+                loaded, template, tokenizer, tokens, shape=DataShape.SUPERVISED, opts=opts, cache_dir=cache_dir
             )
         )
     rows, _ = finish(DataShape.SUPERVISED, mix(groups), opts, tokens)

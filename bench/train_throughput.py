@@ -332,16 +332,18 @@ def kubetune_tokens(job_file: Path) -> list[dict[str, Any]]:
     """The rows `kubetune run` trains on, from its own data pipeline (same calls as runner.run)."""
     from kubetune.api.v1alpha1 import FineTuneJob
     from kubetune.trainer.data.loader import convert_all, tokenize_all
+    from kubetune.trainer.data.options import DataOptions
     from kubetune.trainer.data.templates import get_template
     from kubetune.trainer.local import local_config
     from kubetune.trainer.models.loader import load_tokenizer, resolve_model
 
     job = FineTuneJob.model_validate(yaml.safe_load(job_file.read_text()))
     config = local_config(job, job_file, cache_dir=CACHE)
-    converted = convert_all(config)
+    data_options = DataOptions.from_config(config)
+    converted = convert_all(data_options)
     tokenizer = load_tokenizer(resolve_model(config))
     template = get_template(job.spec.model.template, tokenizer)
-    return tokenize_all(config, tokenizer, template, converted).train
+    return tokenize_all(data_options, tokenizer, template, converted).train
 
 
 def compare_tokens(ours: list[dict[str, Any]], theirs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubetune.api.v1alpha1 import DatasetSpec
+from kubetune.trainer.data.conversion import convert_dataset, sample_rows
 from kubetune.trainer.data.converters import CONVERTERS, convert_row, row_boundary
-from kubetune.trainer.data.loader import convert_dataset, sample_rows
 from kubetune.trainer.data.report import EXAMPLE_CHARS
 from kubetune.trainer.data.schema import ROLES, RowError, check_example
 from kubetune.trainer.data.sources import CSV_CELL_LIMIT, read_rows

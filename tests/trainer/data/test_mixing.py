@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from kubetune.trainer.data.loader import sample_rows
+from kubetune.trainer.data.conversion import sample_rows
 from kubetune.trainer.data.mixing import mix, split_eval
 
 A, B = [f"a{i}" for i in range(6)], [f"b{i}" for i in range(2)]

@@ -12,7 +12,7 @@ import pytest
 from kubetune.api import trainer_config
 from kubetune.api.trainer_config import RuntimeSpec, TrainerConfig
 from kubetune.api.v1alpha1 import FineTuneJobSpec
-from kubetune.trainer.data import loader
+from kubetune.trainer.data import tokenization
 from kubetune.trainer.data.loader import convert_all, tokenize_all
 from kubetune.trainer.data.templates import get_template
 from kubetune.trainer.errors import DataError
@@ -182,7 +182,7 @@ def test_pretraining_packs_and_tokenized_rows_are_cached(
     def no_processing(*_: Any) -> Any:
         raise AssertionError("re-tokenized although the cache holds this dataset")
 
-    monkeypatch.setattr(loader, "get_processor", lambda shape: no_processing)
+    monkeypatch.setattr(tokenization, "get_processor", lambda shape: no_processing)
     again = tokenize_all(cfg, tokenizer, template, convert_all(cfg))
     assert again.train == first.train and again.reports[0].to_dict() == first.reports[0].to_dict()
     cfg.spec.training.cutoff_len = 5  # another cutoff is another cache entry

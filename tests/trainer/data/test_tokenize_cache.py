@@ -13,9 +13,10 @@ import pytest
 
 from kubetune.api.stages import DataShape
 from kubetune.api.v1alpha1 import DatasetSpec
-from kubetune.trainer.data.loader import convert_dataset, tokenize_dataset
+from kubetune.trainer.data.conversion import convert_dataset
 from kubetune.trainer.data.processors import ProcessorOptions
 from kubetune.trainer.data.templates import get_template
+from kubetune.trainer.data.tokenization import tokenize_dataset
 
 ROWS = [{"instruction": f"Say {i}", "input": "", "output": f"{i} " * (1 + i % 5)} for i in range(40)]
 ROWS += [{"instruction": "", "input": "", "output": "no prompt"}]  # dropped: the report travels with the cache
@@ -28,7 +29,6 @@ def tokenize(data: Path, model_dir: str, cache: Path, shape: DataShape = DataSha
     loaded = convert_dataset(DatasetSpec.model_validate({"name": "n", "source": f"file://{data}"}), data)
     rows = tokenize_dataset(
         loaded,
-        None,
         get_template("chatml", tokenizer),
         tokenizer,
         shape=shape,
@@ -47,7 +47,7 @@ def rank(args: tuple[str, str, str, Any]) -> tuple[list[str], list[dict]]:
         def emit(self, record: logging.LogRecord) -> None:
             messages.append(record.getMessage())
 
-    logger = logging.getLogger("kubetune.trainer.data.loader")
+    logger = logging.getLogger("kubetune.trainer.data.tokenization")
     logger.addHandler(Keep())
     logger.setLevel(logging.INFO)
     barrier.wait()

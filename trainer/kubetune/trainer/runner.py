@@ -19,7 +19,8 @@ from kubetune.api.trainer_config import TrainerConfig
 from kubetune.trainer.artifacts.curves import write_curves
 from kubetune.trainer.artifacts.manifest import build_manifest, write_manifest
 from kubetune.trainer.artifacts.tokenizer import use_training_template
-from kubetune.trainer.data.loader import check_reports, convert_all, tokenize_all
+from kubetune.trainer.data.loader import check_converted, convert_all, tokenize_all
+from kubetune.trainer.data.options import DataOptions
 from kubetune.trainer.data.templates import get_template
 from kubetune.trainer.errors import ConfigError, GateFailed
 from kubetune.trainer.evaluation import EvaluationResult, evaluate, load_prompt_sets
@@ -85,8 +86,9 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     started = time.time()
 
     phase("loading_data")
-    converted = convert_all(config)
-    check_reports([ds.report for ds in converted[0] if len(ds.examples) == 0 and ds.report is not None])
+    data_options = DataOptions.from_config(config)
+    converted = convert_all(data_options)
+    check_converted(converted)
     prompt_sets = load_prompt_sets(config)  # spec.evaluation.prompts: bad prompts fail before any weights
 
     phase("fetching_model")
@@ -101,7 +103,7 @@ def run(config: TrainerConfig, callbacks: list[Any] | None = None, on_phase: Pha
     use_training_template(tokenizer, template)  # the saved tokenizer (and merged model) render what was trained on
 
     phase("loading_data")
-    data = tokenize_all(config, tokenizer, template, converted)
+    data = tokenize_all(data_options, tokenizer, template, converted)
     adapter_init = fetch_artifact(config, spec.model.adapter, "spec.model.adapter")
     reward_model = fetch_artifact(config, spec.training.reward_model, "spec.training.rewardModel")
     evaluation_rm = fetch_artifact(

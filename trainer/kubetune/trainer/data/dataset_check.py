@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.stages import STAGE_CONTRACTS, Stage
-from kubetune.trainer.data.loader import convert_dataset, tokenize_dataset
+from kubetune.trainer.data.conversion import convert_dataset
 from kubetune.trainer.data.processors import ProcessorOptions, Tokens
 from kubetune.trainer.data.registry import check_stage, load_registry_file, parse_registry, split_names
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.templates import get_template
+from kubetune.trainer.data.tokenization import tokenize_dataset
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.storage.fetch import fetch
 
@@ -112,5 +113,5 @@ def check(
     shape = STAGE_CONTRACTS[Stage(opts.stage)].shape
     popts = opts.processor_options()
     for ds in loaded:
-        tokenize_dataset(ds, None, template, tokenizer, tokens, shape=shape, opts=popts, cache_dir=opts.cache_dir)
+        tokenize_dataset(ds, template, tokenizer, tokens, shape=shape, opts=popts, cache_dir=opts.cache_dir)
     return [ds.report for ds in loaded if ds.report is not None]

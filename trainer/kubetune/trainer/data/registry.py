@@ -24,9 +24,10 @@ from pydantic.alias_generators import to_camel
 
 from kubetune.api.redact import redact
 from kubetune.api.stages import Stage
-from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.v1alpha1 import ColumnsSpec, DatasetSpec, TagsSpec, dataset_problems
+from kubetune.trainer.data.options import DataOptions
 from kubetune.trainer.errors import ConfigError, DataError
+from kubetune.trainer.storage.fetch import fetch
 from kubetune.trainer.storage.paths import UnsafePath, check_relative
 
 SOURCE_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name", "file_name")
@@ -182,20 +183,23 @@ def check_stage(specs: list[DatasetSpec], stage: Stage | str) -> None:
         raise DataError("dataset(s) not applicable to stage " + Stage(stage).value + ":\n  " + "\n  ".join(problems))
 
 
-def registry_datasets(config: TrainerConfig) -> list[DatasetSpec]:
-    """``spec.datasetRegistry``: fetch the dataset_info.json, parse the named entries, check them against the stage."""
-    from kubetune.trainer.storage.fetch import fetch
+def dataset_specs(opts: DataOptions) -> list[DatasetSpec]:
+    """The training datasets: ``spec.datasets``, then the ``spec.datasetRegistry`` entries it names."""
+    return [*opts.datasets, *registry_datasets(opts)]
 
-    registry = config.spec.dataset_registry
+
+def registry_datasets(opts: DataOptions) -> list[DatasetSpec]:
+    """``spec.datasetRegistry``: fetch the dataset_info.json, parse the named entries, check them against the stage."""
+    registry = opts.registry
     if registry is None:
         return []
     path = fetch(
         registry.source,
         field="spec.datasetRegistry.source",
-        work_dir=config.runtime.work_dir,
-        cache_dir=config.runtime.cache_dir,
+        work_dir=opts.work_dir,
+        cache_dir=opts.cache_dir,
         kind="dataset",
-        allow=config.runtime.allow_private_urls,
+        allow=list(opts.allow_private_urls),
     )
     if path.is_dir():
         path = path / "dataset_info.json"
@@ -207,5 +211,5 @@ def registry_datasets(config: TrainerConfig) -> list[DatasetSpec]:
     elif base.startswith("file://"):
         base = f"file://{path}"
     specs = parse_registry(load_registry_file(path, registry.source), base, split_names(registry.names))
-    check_stage(specs, config.spec.stage)
+    check_stage(specs, opts.stage)
     return specs

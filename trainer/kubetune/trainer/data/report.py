@@ -1,4 +1,5 @@
-"""What happened to every row: read, valid, dropped (reason → count and first row indexes)."""
+"""The report step: what happened to every row (read, valid, dropped: reason → count and first row indexes),
+logged per dataset; a dataset left with no valid row fails the run here, naming it and its reasons."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.trainer.data.schema import clip
+from kubetune.trainer.errors import DataError
+from kubetune.trainer.logging import get_logger
+
+log = get_logger(__name__)
 
 FIRST_ROWS = 10
 EXAMPLE_CHARS = 200  # a reason's example detail is cut: a huge cell is never echoed in full
@@ -116,3 +121,17 @@ class DatasetReport:
             rows = ", ".join(map(str, stats.rows)) + (", …" if stats.count > len(stats.rows) else "")
             out.append(f"  warning {stats.count} × {reason} (rows {rows})")
         return out
+
+
+def log_reports(reports: list[DatasetReport]) -> None:
+    for r in reports:
+        for line in r.lines():
+            log.info(line)
+
+
+def check_reports(reports: list[DatasetReport]) -> None:
+    empty = [r for r in reports if r.valid == 0]
+    if empty:
+        details = "\n".join(line for r in empty for line in r.lines())
+        names = ", ".join(r.name for r in empty)
+        raise DataError(f"no valid rows in dataset(s) {names}; fix the rows or the columns/tags mapping:\n{details}")

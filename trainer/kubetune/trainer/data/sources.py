@@ -5,6 +5,7 @@ and folders of one type. A malformed JSON line becomes a :class:`RowError` at it
 never a silent skip; so does a value nested deeper than the JSON parser follows, a number
 over Python's digit limit, a CSV cell over the csv module's field limit, a table cell that
 will not convert. Only a file that cannot be read at all is a :class:`DataError`.
+:func:`fetch_dataset` brings a dataset's ``source`` here first (any scheme the storage layer knows).
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kubetune.api.v1alpha1 import DatasetSpec
+from kubetune.trainer.data.options import DataOptions
 from kubetune.trainer.data.schema import RowError, clip
 from kubetune.trainer.errors import DataError
+from kubetune.trainer.storage.fetch import fetch
 
 SUFFIXES = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow", ".txt": "txt"}
 
 Row = dict[str, Any] | RowError
 # The csv module's own default cell limit (131072 characters): a larger cell is a RowError, not a crash.
 CSV_CELL_LIMIT = csv.field_size_limit()
+
+
+def fetch_dataset(spec: DatasetSpec, opts: DataOptions, field_path: str) -> Path:
+    """A local path holding ``spec.source`` (``field_path`` names the spec field in errors)."""
+    return fetch(
+        spec.source,
+        field=f"{field_path}.source",
+        work_dir=opts.work_dir,
+        cache_dir=opts.cache_dir,
+        kind="dataset",
+        dataset=spec,
+        allow=list(opts.allow_private_urls),
+    )
 
 
 def file_type(path: Path) -> str:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune.trainer.data.loader import convert_dataset, fetch_dataset
+from kubetune.trainer.data.conversion import convert_dataset
+from kubetune.trainer.data.options import DataOptions
+from kubetune.trainer.data.sources import fetch_dataset
 from kubetune.trainer.errors import DataError
 from kubetune.trainer.evaluation.gate import EvaluationResult, Scores, decide
 from kubetune.trainer.evaluation.measure import eval_loss, generate, perplexity, reward_score, rule_scores
@@ -32,9 +34,10 @@ def load_prompt_sets(config: TrainerConfig) -> list[PromptSet]:
     if ev is None:
         return []
     sets = []
+    opts = DataOptions.from_config(config)
     for i, ds in enumerate(ev.prompts):
         where = f"spec.evaluation.prompts[{i}]"
-        loaded = convert_dataset(ds, fetch_dataset(ds, config, where), config)
+        loaded = convert_dataset(ds, fetch_dataset(ds, opts, where), max_samples=opts.max_samples, seed=opts.seed)
         if loaded.report is not None:
             for line in loaded.report.lines():
                 log.info("%s: %s", where, line)
