@@ -51,6 +51,8 @@ def quickstart_job(tmp_path: Path, smollm_gguf: Path, steps: int = 4) -> Path:
     spec["datasets"][0]["source"] = f"file://{ROOT / 'examples' / 'data' / 'identity.json'}"
     spec["training"]["maxSteps"] = steps
     spec["training"]["loggingSteps"] = 1
+    spec.pop("evaluation")  # a few steps do not pass the quickstart's gate; its lines are tested elsewhere
+    spec.pop("evalDatasets")
     spec["output"]["uri"] = f"file://{tmp_path / 'out'}"
     job = tmp_path / "quickstart.yaml"
     job.write_text(yaml.safe_dump(doc, sort_keys=False))
