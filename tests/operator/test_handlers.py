@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from kubetune.operator.handlers.finetunejob import first, slim, upstream_names
+from kubetune.operator.handlers.finetunejob import essentials, first_or_none, upstream_names
 
 
-def test_slim_keeps_what_decisions_read_and_drops_managed_fields() -> None:
+def test_essentials_keep_what_decisions_read_and_drop_managed_fields() -> None:
     body = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -13,19 +13,19 @@ def test_slim_keeps_what_decisions_read_and_drops_managed_fields() -> None:
         "spec": {"suspend": False},
         "status": {"active": 1},
     }
-    assert slim(body) == {
+    assert essentials(body) == {
         "metadata": {"name": "a", "uid": "u", "annotations": {"x": "1"}},
         "spec": {"suspend": False},
         "status": {"active": 1},
     }
-    assert slim({"metadata": {"name": "b"}}) == {"metadata": {"name": "b"}, "spec": {}, "status": {}}
+    assert essentials({"metadata": {"name": "b"}}) == {"metadata": {"name": "b"}, "spec": {}, "status": {}}
 
 
 def test_upstream_names_and_first() -> None:
     spec = {"model": {"adapter": {"fromJob": "sft"}}, "training": {"rewardModel": {"fromJob": "rm"}}}
     assert upstream_names(spec) == ["sft", "rm"]
     assert upstream_names({"model": {"adapter": {"source": "s3://x"}}}) == []
-    assert first(None) is None and first([]) is None and first(iter([3, 4])) == 3
+    assert first_or_none(None) is None and first_or_none([]) is None and first_or_none(iter([3, 4])) == 3
 
 
 def test_upstream_names_of_a_spec_of_any_shape() -> None:

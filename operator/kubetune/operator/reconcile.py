@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubetune.api.conditions import ConditionType as C
-from kubetune.api.conditions import Phase, Reason
+from kubetune.api.conditions import ConditionType, Phase, Reason
 from kubetune.api.v1alpha1 import FineTuneJob
 from kubetune.api.validation import InvalidFineTuneJob, parse_job
-from kubetune.operator import status as st
+from kubetune.operator import status
 from kubetune.operator.manifests import BuildOptions, MissingOutput, Resolved, build_all, output_uri, spec_hash
 from kubetune.operator.manifests.job import credential_secrets
 from kubetune.operator.manifests.labels import (
@@ -150,11 +149,11 @@ def rejected(
     """The API server refused to create a child (quota, admission, a field it finds invalid): the FineTuneJob
     fails with ``Stalled=True, reason ChildRejected`` and the server's words, and one Warning Event. Nothing is
     retried until the spec changes (a new generation): the same request would be refused again."""
-    at = at or st.now()
+    at = at or status.now()
     old = dict(body.get("status") or {})
     text = f"the API server refused to create {kind} {parsed.namespace}/{name}: {code} {reason}: {message}"
     invalid = code in (400, 422)  # the spec rendered into a field the API finds invalid (not quota, not RBAC)
-    verdict = st.Verdict(
+    verdict = status.Verdict(
         Phase.FAILED.value,
         Reason.CHILD_REJECTED,
         text,
@@ -165,7 +164,7 @@ def rejected(
     )
     new = {
         "phase": verdict.phase,
-        "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+        "conditions": status.conditions(verdict, old.get("conditions"), parsed.generation, at),
         "observedGeneration": parsed.generation,
     }
     return Decision(status=new, events=_events(old, new, verdict))
@@ -174,19 +173,19 @@ def rejected(
 def crashed(body: dict[str, Any], parsed: Parsed | None, exc: BaseException, *, at: str | None = None) -> Decision:
     """Any other exception while deciding or building: ``Validated=False`` (reason UnprocessableSpec) and
     ``Stalled=True`` with one line naming it, and one Event; the phase keeps what the Job shows."""
-    at = at or st.now()
+    at = at or status.now()
     old = dict(body.get("status") or {})
     meta = body.get("metadata") or {}
     msg = _crash("build", exc)
     phase: str = old["phase"] if old.get("jobName") and old.get("phase") else Phase.FAILED.value
-    verdict = st.Verdict(
+    verdict = status.Verdict(
         phase, Reason.UNPROCESSABLE, msg, valid=False, invalid_reason=Reason.UNPROCESSABLE, invalid_message=msg
     )
     generation = parsed.generation if parsed else meta.get("generation")
     new = {
         **{k: v for k, v in old.items() if k not in ("phase", "conditions", "observedGeneration")},
         "phase": phase,
-        "conditions": st.conditions(verdict, old.get("conditions"), generation, at),
+        "conditions": status.conditions(verdict, old.get("conditions"), generation, at),
         "observedGeneration": generation,
     }
     return Decision(status=new, events=_events(old, new, verdict))
@@ -195,7 +194,7 @@ def crashed(body: dict[str, Any], parsed: Parsed | None, exc: BaseException, *, 
 def _stopped(body: dict[str, Any], parsed: Parsed) -> bool:
     """A child of this generation was refused: the status stays as written until the spec changes."""
     old = body.get("status") or {}
-    stalled = st.condition(old, C.STALLED.value) or {}
+    stalled = status.condition(old, ConditionType.STALLED.value) or {}
     return (
         not old.get("jobName")
         and stalled.get("status") == "True"
@@ -204,28 +203,32 @@ def _stopped(body: dict[str, Any], parsed: Parsed) -> bool:
     )
 
 
-def _upstream(parsed: Parsed, upstream: dict[str, dict[str, Any] | None]) -> tuple[st.Verdict | None, dict[str, str]]:
+def _upstream(
+    parsed: Parsed, upstream: dict[str, dict[str, Any] | None]
+) -> tuple[status.Verdict | None, dict[str, str]]:
     """(a waiting/failed verdict, or None when every upstream job succeeded; field path -> artifact URI)."""
     sources: dict[str, str] = {}
     for path, name in parsed.upstream.items():
         up = upstream.get(name)
         if up is None:
             msg = f"{path}: FineTuneJob {name!r} not found in namespace {parsed.namespace}; waiting for it"
-            return st.Verdict(
+            return status.Verdict(
                 Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)
             ), {}
         ustatus = up.get("status") or {}
         phase = ustatus.get("phase")
         if phase == Phase.FAILED.value:
-            why = (st.condition(ustatus, C.FAILED.value) or st.condition(ustatus, C.STALLED.value) or {}).get(
-                "message", ""
-            )
+            why = (
+                status.condition(ustatus, ConditionType.FAILED.value)
+                or status.condition(ustatus, ConditionType.STALLED.value)
+                or {}
+            ).get("message", "")
             msg = f"{path}: FineTuneJob {name!r} failed" + (f": {why}" if why else "")
-            return st.Verdict(Phase.FAILED.value, Reason.UPSTREAM_FAILED, msg), {}
+            return status.Verdict(Phase.FAILED.value, Reason.UPSTREAM_FAILED, msg), {}
         uri = (ustatus.get("artifacts") or {}).get("adapterUri")
         if phase != Phase.SUCCEEDED.value or not uri:
             msg = f"{path}: waiting for FineTuneJob {name!r} to succeed (phase {phase or 'unknown'})"
-            return st.Verdict(
+            return status.Verdict(
                 Phase.PENDING.value, Reason.WAITING_FOR_JOB, msg, waiting=(Reason.WAITING_FOR_JOB, msg)
             ), {}
         sources[path] = uri
@@ -246,7 +249,7 @@ def finished(body: dict[str, Any]) -> bool:
     """Training ended (Succeeded or Failed after its Job ran): the status is final, even once the Job is
     deleted by ``ttlSecondsAfterFinished``; a finished FineTuneJob is never trained again."""
     old = body.get("status") or {}
-    return old.get("phase") in st.TERMINAL and bool(old.get("jobName"))
+    return old.get("phase") in status.TERMINAL and bool(old.get("jobName"))
 
 
 WARNING_WAITS = {
@@ -265,16 +268,18 @@ def previous_children(
 ) -> Decision:
     """A child's name is taken by a child of an earlier FineTuneJob of the same name (deleted, its children not yet
     collected): wait for the garbage collector, never adopt the old object or read its verdict."""
-    at = at or st.now()
+    at = at or status.now()
     old = dict(body.get("status") or {})
     msg = (
         f"{kind} {parsed.namespace}/{name} still belongs to an earlier FineTuneJob named {parsed.name}; waiting for "
         "the garbage collector to delete it"
     )
-    verdict = st.Verdict(Phase.PENDING.value, Reason.PREVIOUS_CHILDREN, msg, waiting=(Reason.PREVIOUS_CHILDREN, msg))
+    verdict = status.Verdict(
+        Phase.PENDING.value, Reason.PREVIOUS_CHILDREN, msg, waiting=(Reason.PREVIOUS_CHILDREN, msg)
+    )
     new = {
         "phase": verdict.phase,
-        "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+        "conditions": status.conditions(verdict, old.get("conditions"), parsed.generation, at),
         "observedGeneration": parsed.generation,
     }
     return Decision(status=new, events=_events(old, new, verdict))
@@ -297,7 +302,7 @@ def decide(
     Before the Job exists: the spec's problems, an upstream FineTuneJob or a Secret to wait for, or the children
     to create (:func:`_without_job`). Once it exists: what the Job and its pods show, with spec.suspend and spec
     changes applied to it (:func:`_with_job`). Then the status is assembled from that (:func:`_status`)."""
-    at = at or st.now()
+    at = at or status.now()
     pods = pods or []
     old = dict(body.get("status") or {})
     if finished(body) or (job is None and _stopped(body, parsed)):
@@ -323,7 +328,7 @@ def decide(
 class _Step:
     """What :func:`decide` concluded about the Job, before the status is assembled."""
 
-    verdict: st.Verdict
+    verdict: status.Verdict
     children: list[dict[str, Any]] = field(default_factory=list)  # to create: ConfigMap, Service, Job
     created_hash: str | None = None  # the spec hash the Job was (or is being) built from
     suspend_job: bool | None = None
@@ -353,9 +358,9 @@ def _without_job(
     return _create_children(parsed, parsed.job, options, queue, sources)
 
 
-def _invalid_spec(problems: list[str]) -> st.Verdict:
+def _invalid_spec(problems: list[str]) -> status.Verdict:
     msg = "; ".join(problems)
-    return st.Verdict(
+    return status.Verdict(
         Phase.FAILED.value,
         Reason.INVALID_SPEC,
         msg,
@@ -365,12 +370,12 @@ def _invalid_spec(problems: list[str]) -> st.Verdict:
     )
 
 
-def _secrets_missing(parsed: Parsed, missing: list[str]) -> st.Verdict:
+def _secrets_missing(parsed: Parsed, missing: list[str]) -> status.Verdict:
     msg = (
         f"Secret(s) {', '.join(missing)} not found in namespace {parsed.namespace}; "
         "create them (they are named by spec.model.credentialsSecret / spec.output.credentialsSecret)"
     )
-    return st.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
+    return status.Verdict(Phase.PENDING.value, Reason.SECRET_MISSING, msg, waiting=(Reason.SECRET_MISSING, msg))
 
 
 def _create_children(
@@ -392,15 +397,15 @@ def _create_children(
     if ftj.spec.suspend and not queue:  # suspended for the user, so kubetune may resume it
         annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE
     if ftj.spec.suspend:
-        verdict = st.Verdict(
+        verdict = status.Verdict(
             Phase.SUSPENDED.value, Reason.SUSPENDED, "spec.suspend is true; the Job is created suspended"
         )
     elif queue:
-        verdict = st.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}")
+        verdict = status.Verdict(Phase.PENDING.value, Reason.QUEUED, f"Job created suspended for Kueue queue {queue}")
     else:
         # the status the first look at the new Job gives (pods pending), so that look writes nothing;
         # the Event says what this pass did
-        verdict = st.Verdict(Phase.PENDING.value, Reason.POD_PENDING, st.POD_PENDING_MESSAGE)
+        verdict = status.Verdict(Phase.PENDING.value, Reason.POD_PENDING, status.POD_PENDING_MESSAGE)
     return _Step(verdict, children=children, created_hash=parsed.spec_hash)
 
 
@@ -476,16 +481,16 @@ def _with_job(
     """The Job exists: the verdict is what it and its pods show, with spec.suspend followed (or why not), and the
     spec's problems or a change of spec since the Job was built on top."""
     suspension = _suspension(body, job, options, queue)
-    verdict = st.job_verdict(
+    verdict = status.job_verdict(
         job, pods, user_suspended=suspension.user, queued=suspension.managed, pod_events=pod_events
     )
-    terminal = verdict.phase in st.TERMINAL
+    terminal = verdict.phase in status.TERMINAL
     job_annotations: dict[str, str | None] = {}
     suspend_job, note = _suspend_change(suspension, terminal)
     if suspend_job is not None:
         job_annotations[SUSPENDED_BY_ANNOTATION] = SUSPENDED_BY_KUBETUNE if suspend_job else None
     if note is not None and verdict.waiting is None:
-        verdict = st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
+        verdict = status.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=note, stalled=verdict.stalled)
     created_hash = _created_hash(job, parsed)
     if created_hash != _annotation(job, SPEC_HASH_ANNOTATION):  # only the hash changed: record the new one
         job_annotations[SPEC_HASH_ANNOTATION] = created_hash
@@ -518,12 +523,12 @@ def _created_hash(job: dict[str, Any], parsed: Parsed) -> str | None:
     return created_hash
 
 
-def _spec_checked(verdict: st.Verdict, parsed: Parsed, created_hash: str | None, terminal: bool) -> st.Verdict:
+def _spec_checked(verdict: status.Verdict, parsed: Parsed, created_hash: str | None, terminal: bool) -> status.Verdict:
     """The Job's verdict with the spec's problems (Validated=False), or Stalled when the spec changed after the
     running Job was built."""
     if parsed.problems:
         msg = "; ".join(parsed.problems)
-        return st.Verdict(
+        return status.Verdict(
             verdict.phase,
             verdict.reason,
             verdict.message,
@@ -540,7 +545,7 @@ def _spec_checked(verdict: st.Verdict, parsed: Parsed, created_hash: str | None,
                 "with the new spec"
             ),
         )
-        return st.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled)
+        return status.Verdict(verdict.phase, verdict.reason, verdict.message, waiting=verdict.waiting, stalled=stalled)
     return verdict
 
 
@@ -563,7 +568,7 @@ def _status(
     verdict = step.verdict
     new: dict[str, Any] = {
         "phase": verdict.phase,
-        "conditions": st.conditions(verdict, old.get("conditions"), parsed.generation, at),
+        "conditions": status.conditions(verdict, old.get("conditions"), parsed.generation, at),
         "observedGeneration": parsed.generation,
     }
     if job is not None or step.children:
@@ -584,28 +589,28 @@ def _status(
 
 
 def _job_times(
-    new: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]], verdict: st.Verdict, at: str
+    new: dict[str, Any], job: dict[str, Any], pods: list[dict[str, Any]], verdict: status.Verdict, at: str
 ) -> dict[str, Any]:
     """status.restarts, and startTime/completionTime once the Job runs/ends (kept once set)."""
-    out: dict[str, Any] = {"restarts": st.restarts(job, pods)}
+    out: dict[str, Any] = {"restarts": status.restarts(job, pods)}
     jstatus = job.get("status") or {}
     if verdict.phase == Phase.RUNNING.value and not new.get("startTime"):
         out["startTime"] = jstatus.get("startTime") or at
-    if verdict.phase in st.TERMINAL and not new.get("completionTime"):
+    if verdict.phase in status.TERMINAL and not new.get("completionTime"):
         out["completionTime"] = jstatus.get("completionTime") or at
     return out
 
 
-def _evaluation(old: dict[str, Any], pods: list[dict[str, Any]], verdict: st.Verdict) -> dict[str, Any] | None:
+def _evaluation(old: dict[str, Any], pods: list[dict[str, Any]], verdict: status.Verdict) -> dict[str, Any] | None:
     """status.evaluation: base vs trained (spec.evaluation), read once from the trainer's last words, then kept."""
-    if verdict.phase in st.TERMINAL and old.get("evaluation") is None:
-        return st.evaluation_report(pods)
+    if verdict.phase in status.TERMINAL and old.get("evaluation") is None:
+        return status.evaluation_report(pods)
     kept: dict[str, Any] | None = old.get("evaluation")
     return kept
 
 
 def _artifacts(
-    old: dict[str, Any], progress: dict[str, Any] | None, parsed: Parsed, verdict: st.Verdict
+    old: dict[str, Any], progress: dict[str, Any] | None, parsed: Parsed, verdict: status.Verdict
 ) -> dict[str, Any]:
     """status.artifacts once the adapter is published (succeeded, or trained but not promoted by the gate), with
     the progress completed to 100 %; the previous artifacts otherwise."""
@@ -666,27 +671,27 @@ def evaluation_message(report: dict[str, Any]) -> str:
     return f"evaluation: {verdict}; trained: {scores('trained')}; base: {scores('base')}; gate: {checks}"
 
 
-def _events(old: dict[str, Any], new: dict[str, Any], verdict: st.Verdict) -> list[Event]:
+def _events(old: dict[str, Any], new: dict[str, Any], verdict: status.Verdict) -> list[Event]:
     """The Events of a status transition: a new Validated=False, Stalled or Waiting reason, a phase change; at
     most one per reason (a refused child is Stalled and Failed at once: one Warning says it)."""
     events: list[Event] = []
-    old_valid = st.condition(old, C.VALIDATED.value) or {}
-    new_valid = st.condition(new, C.VALIDATED.value) or {}
+    old_valid = status.condition(old, ConditionType.VALIDATED.value) or {}
+    new_valid = status.condition(new, ConditionType.VALIDATED.value) or {}
     if new_valid.get("status") == "False" and (old_valid.get("status"), old_valid.get("message")) != (
         "False",
         new_valid.get("message"),
     ):
         events.append(("Warning", new_valid["reason"], new_valid["message"]))
-    old_stalled = st.condition(old, C.STALLED.value) or {}
-    new_stalled = st.condition(new, C.STALLED.value) or {}
+    old_stalled = status.condition(old, ConditionType.STALLED.value) or {}
+    new_stalled = status.condition(new, ConditionType.STALLED.value) or {}
     if (
         verdict.stalled
         and new_stalled.get("status") == "True"
         and (old_stalled.get("status"), old_stalled.get("reason")) != ("True", new_stalled.get("reason"))
     ):
         events.append(("Warning", new_stalled["reason"], new_stalled["message"]))
-    old_wait = st.condition(old, C.WAITING.value) or {}
-    new_wait = st.condition(new, C.WAITING.value) or {}
+    old_wait = status.condition(old, ConditionType.WAITING.value) or {}
+    new_wait = status.condition(new, ConditionType.WAITING.value) or {}
     if new_wait.get("status") == "True" and (old_wait.get("status"), old_wait.get("reason")) != (
         "True",
         new_wait.get("reason"),

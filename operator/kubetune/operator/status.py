@@ -14,21 +14,20 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.api.conditions import EVALUATION_LINE, EXIT_GATE_FAILED, Phase, Reason
-from kubetune.api.conditions import ConditionType as C
+from kubetune.api.conditions import EVALUATION_LINE, EXIT_GATE_FAILED, ConditionType, Phase, Reason
 from kubetune.api.redact import redact
 
 TERMINAL = (Phase.SUCCEEDED.value, Phase.FAILED.value)
 CONDITION_ORDER = (
-    C.READY,
-    C.RECONCILING,
-    C.STALLED,
-    C.VALIDATED,
-    C.WAITING,
-    C.RUNNING,
-    C.SUCCEEDED,
-    C.FAILED,
-    C.SUSPENDED,
+    ConditionType.READY,
+    ConditionType.RECONCILING,
+    ConditionType.STALLED,
+    ConditionType.VALIDATED,
+    ConditionType.WAITING,
+    ConditionType.RUNNING,
+    ConditionType.SUCCEEDED,
+    ConditionType.FAILED,
+    ConditionType.SUSPENDED,
 )
 
 
@@ -60,21 +59,25 @@ def conditions(
     if not v.valid:
         stalled = (v.invalid_reason, v.invalid_message)
     want: dict[str, tuple[bool, str, str]] = {
-        C.READY: (phase == Phase.SUCCEEDED.value, v.reason, v.message),
-        C.RECONCILING: (phase in (Phase.PENDING.value, Phase.RUNNING.value) and stalled is None, v.reason, v.message),
-        C.STALLED: (stalled is not None, *(stalled or ("", ""))),
-        C.VALIDATED: (v.valid, v.invalid_reason, v.invalid_message),
-        C.WAITING: (v.waiting is not None, *(v.waiting or ("", ""))),
-        C.RUNNING: (phase == Phase.RUNNING.value, v.reason, v.message),
-        C.SUCCEEDED: (phase == Phase.SUCCEEDED.value, v.reason, v.message),
-        C.FAILED: (phase == Phase.FAILED.value, v.reason, v.message),
-        C.SUSPENDED: (phase == Phase.SUSPENDED.value, v.reason, v.message),
+        ConditionType.READY: (phase == Phase.SUCCEEDED.value, v.reason, v.message),
+        ConditionType.RECONCILING: (
+            phase in (Phase.PENDING.value, Phase.RUNNING.value) and stalled is None,
+            v.reason,
+            v.message,
+        ),
+        ConditionType.STALLED: (stalled is not None, *(stalled or ("", ""))),
+        ConditionType.VALIDATED: (v.valid, v.invalid_reason, v.invalid_message),
+        ConditionType.WAITING: (v.waiting is not None, *(v.waiting or ("", ""))),
+        ConditionType.RUNNING: (phase == Phase.RUNNING.value, v.reason, v.message),
+        ConditionType.SUCCEEDED: (phase == Phase.SUCCEEDED.value, v.reason, v.message),
+        ConditionType.FAILED: (phase == Phase.FAILED.value, v.reason, v.message),
+        ConditionType.SUSPENDED: (phase == Phase.SUSPENDED.value, v.reason, v.message),
     }
     old = {c.get("type"): c for c in previous or []}
     out: list[dict[str, Any]] = []
     for ctype in CONDITION_ORDER:
         flag, reason, message = want[ctype]
-        if not flag and ctype not in (C.READY, C.RECONCILING, C.VALIDATED):
+        if not flag and ctype not in (ConditionType.READY, ConditionType.RECONCILING, ConditionType.VALIDATED):
             reason, message = f"Phase{phase}", f"phase is {phase}"
         status = "True" if flag else "False"
         prev = old.get(ctype.value)
