@@ -97,6 +97,32 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
     return args
 
 
+def load_model_and_arguments(
+    ctx: RunContext,
+    arguments_class: Any,
+    *,
+    model_class: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
+    task_type: str = "CAUSAL_LM",
+    without: tuple[str, ...] = (),
+    **stage_arguments: Any,
+) -> tuple[Any, Any]:
+    """The start of every stage: ``spec.model`` loaded, ``spec.method`` applied, the trainer's arguments built.
+
+    The model is loaded with ``model_class`` (the causal LM by default) and ``model_kwargs``, then gets its
+    method (full, freeze, lora, qlora; LoRA starts from ``spec.model.adapter`` when given). The arguments are
+    ``arguments_class`` (``TrainingArguments`` or a TRL config) over :func:`common_args` less the keys in
+    ``without``, with ``stage_arguments`` added (or replacing a common one). Returns ``(model, arguments)``.
+    """
+    from kubetune.trainer.models.adapters import apply_method
+    from kubetune.trainer.models.loader import load_model
+
+    model = load_model(ctx.model_ref, ctx.config, model_class=model_class, **(model_kwargs or {}))
+    model = apply_method(model, ctx.config.spec, ctx.adapter_init, task_type=task_type)
+    shared = {k: v for k, v in common_args(ctx).items() if k not in without}
+    return model, arguments_class(**{**shared, **stage_arguments})
+
+
 def stage_callbacks(ctx: RunContext) -> list[Any]:
     """The observers' callbacks plus the checkpoint/preemption one; pass to every trainer."""
     from kubetune.trainer.stages.checkpoints import make_callback, spec_fingerprint

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.trainer.stages.base import RunContext, StageResult, common_args, fit
+from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
 
 
 def attention_cost_ratio(config: Any) -> float:
@@ -209,11 +209,8 @@ def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
     """Load the model, apply the method, train pt/sft rows with :class:`CausalLMTrainer`, save and export."""
     from transformers import TrainingArguments
 
-    from kubetune.trainer.models.adapters import apply_method
-    from kubetune.trainer.models.loader import load_model
-
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, ctx.config.spec, ctx.adapter_init)
+    # only eval_loss (and perplexity) are reported: the gathered logits are not kept across eval batches
+    model, args = load_model_and_arguments(ctx, TrainingArguments, prediction_loss_only=True)
     if not isolates_packed_rows(model):
         if packed:
             raise ValueError(
@@ -224,8 +221,6 @@ def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
     else:
         ratio, fast = attention_cost_ratio(model.config), varlen(model)
         flatten = lambda lengths: flatten_is_cheaper(lengths, ratio, varlen_attention=fast)
-    # only eval_loss (and perplexity) are reported: the gathered logits are not kept across eval batches
-    args = TrainingArguments(**common_args(ctx), prediction_loss_only=True)
     collator = Collator(pad_token_id=ctx.tokenizer.pad_token_id, flatten=flatten)
     chunk = LOSS_CHUNK if "chunked_loss" in ctx.config.spec.training.kernels else None
     return fit(

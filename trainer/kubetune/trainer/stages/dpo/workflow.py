@@ -8,14 +8,7 @@ LLaMA-Factory allows. ``preference.ftx`` adds an SFT loss on the chosen answer.
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method
-from kubetune.trainer.models.loader import load_model
-from kubetune.trainer.stages.base import (
-    RunContext,
-    StageResult,
-    common_args,
-    fit,
-)
+from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized, pretokenized
 
 
@@ -29,15 +22,13 @@ def run_dpo(ctx: RunContext) -> StageResult:
         return _run_simpo(ctx)
     from trl import DPOConfig, DPOTrainer
 
-    spec = ctx.config.spec
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, spec, ctx.adapter_init)
     losses, weights = [pref.loss], [1.0]
     if pref.ftx > 0:
         losses, weights = [pref.loss, "sft"], [1.0, pref.ftx]
-    args = DPOConfig(
-        **common_args(ctx),
-        max_length=spec.training.cutoff_len,
+    model, args = load_model_and_arguments(
+        ctx,
+        DPOConfig,
+        max_length=ctx.config.spec.training.cutoff_len,
         beta=pref.beta,
         loss_type=losses,
         loss_weights=weights,
@@ -54,10 +45,9 @@ def _run_simpo(ctx: RunContext) -> StageResult:
 
     spec = ctx.config.spec
     pref = spec.training.preference
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, spec, ctx.adapter_init)
-    args = CPOConfig(
-        **common_args(ctx),
+    model, args = load_model_and_arguments(
+        ctx,
+        CPOConfig,
         max_length=spec.training.cutoff_len,
         loss_type="simpo",
         beta=pref.beta,

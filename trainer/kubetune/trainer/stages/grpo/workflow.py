@@ -12,13 +12,13 @@ A device's micro-batch holds ``batchSize`` prompts, i.e. ``batchSize × G`` comp
 from __future__ import annotations
 
 from kubetune.trainer.errors import ConfigError
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
-from kubetune.trainer.models.loader import load_model, torch_dtype
+from kubetune.trainer.models.adapters import export_merged, optimizers
+from kubetune.trainer.models.loader import torch_dtype
 from kubetune.trainer.models.reward import load_reward_model
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
-    common_args,
+    load_model_and_arguments,
     stage_callbacks,
     to_hf_dataset,
     train_and_save,
@@ -38,11 +38,22 @@ def run_grpo(ctx: RunContext) -> StageResult:
             "or spec.training.rewardFunctions"
         )
     group = max(2, ppo.rollout_batch_size)
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, spec, ctx.adapter_init)
+    # the reward model's score (weight 1) first, then the rule-based functions with theirs
+    weights = ([1.0] if ctx.reward_model is not None else []) + [weight for _fn, weight in rules]
+    model, args = load_model_and_arguments(
+        ctx,
+        GRPOConfig,
+        per_device_train_batch_size=t.batch_size * group,  # a device's batch: batchSize prompts x G completions
+        per_device_eval_batch_size=t.batch_size * group,
+        num_generations=group,
+        max_completion_length=ppo.max_new_tokens,
+        temperature=ppo.temperature,
+        beta=ppo.kl_coef,
+        epsilon=ppo.clip_range,
+        reward_weights=weights,
+    )
     funcs: list = []
     classes: list = []
-    weights: list[float] = []
     if ctx.reward_model is not None:
         funcs.append(
             load_reward_model(
@@ -53,23 +64,9 @@ def run_grpo(ctx: RunContext) -> StageResult:
             )
         )
         classes.append(ctx.tokenizer)
-        weights.append(1.0)
-    for fn, weight in rules:
+    for fn, _weight in rules:
         funcs.append(fn)
         classes.append(None)
-        weights.append(weight)
-    base = common_args(ctx)
-    base["per_device_train_batch_size"] = t.batch_size * group
-    base["per_device_eval_batch_size"] = t.batch_size * group
-    args = GRPOConfig(
-        **base,
-        num_generations=group,
-        max_completion_length=ppo.max_new_tokens,
-        temperature=ppo.temperature,
-        beta=ppo.kl_coef,
-        epsilon=ppo.clip_range,
-        reward_weights=weights,
-    )
     # response_text (the reference answer) reaches the reward functions as a keyword argument
     rows = [{"prompt": r["prompt"], "response_text": r.get("response_text", "")} for r in ctx.data.train]
     evals = [{"prompt": r["prompt"], "response_text": r.get("response_text", "")} for r in ctx.data.eval]

@@ -5,14 +5,7 @@ The reference model is the base with the adapter disabled (LoRA) or a frozen cop
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method
-from kubetune.trainer.models.loader import load_model
-from kubetune.trainer.stages.base import (
-    RunContext,
-    StageResult,
-    common_args,
-    fit,
-)
+from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import pretokenized
 
 
@@ -21,10 +14,9 @@ def run_kto(ctx: RunContext) -> StageResult:
 
     spec = ctx.config.spec
     kto = spec.training.kto
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, spec, ctx.adapter_init)
-    args = KTOConfig(
-        **common_args(ctx),
+    model, args = load_model_and_arguments(
+        ctx,
+        KTOConfig,
         max_length=spec.training.cutoff_len,
         beta=kto.beta,
         desirable_weight=kto.desirable_weight,

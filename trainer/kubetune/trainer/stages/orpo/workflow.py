@@ -6,14 +6,7 @@ It needs no reference model. ``spec.training.preference.beta`` is ORPO's lambda.
 
 from __future__ import annotations
 
-from kubetune.trainer.models.adapters import apply_method
-from kubetune.trainer.models.loader import load_model
-from kubetune.trainer.stages.base import (
-    RunContext,
-    StageResult,
-    common_args,
-    fit,
-)
+from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized
 
 
@@ -25,10 +18,9 @@ def run_orpo(ctx: RunContext) -> StageResult:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     spec = ctx.config.spec
-    model = load_model(ctx.model_ref, ctx.config)
-    model = apply_method(model, spec, ctx.adapter_init)
-    args = ORPOConfig(
-        **common_args(ctx),
+    model, args = load_model_and_arguments(
+        ctx,
+        ORPOConfig,
         max_length=spec.training.cutoff_len,
         beta=spec.training.preference.beta,
         padding_value=ctx.tokenizer.pad_token_id,

@@ -26,10 +26,10 @@ from typing import Any
 
 from kubetune.trainer.errors import ConfigError
 from kubetune.trainer.logging import get_logger
-from kubetune.trainer.models.adapters import apply_method, export_merged
-from kubetune.trainer.models.loader import load_model, torch_dtype
+from kubetune.trainer.models.adapters import export_merged
+from kubetune.trainer.models.loader import torch_dtype
 from kubetune.trainer.models.reward import load_reward_model
-from kubetune.trainer.stages.base import RunContext, StageResult, common_args, stage_callbacks
+from kubetune.trainer.stages.base import RunContext, StageResult, load_model_and_arguments, stage_callbacks
 
 log = get_logger(__name__)
 VALUE_HEAD = "value_head.safetensors"
@@ -106,15 +106,14 @@ def _scores(reward_model: Any, prompts: list[list[int]], responses: Any, mask: A
         )
 
 
-def _load_models(ctx: RunContext) -> tuple[Any, Any, Any, Any]:
-    """The policy (with its method applied), its value head, the frozen reference and the reward model.
+def _companion_models(ctx: RunContext, policy: Any) -> tuple[Any, Any, Any]:
+    """Beside the policy (with its method applied): its value head, the frozen reference and the reward model.
 
     The reference is None for LoRA (the policy with its adapter disabled); a frozen copy for full/freeze.
     """
     from peft import PeftModel
 
     spec = ctx.config.spec
-    policy = apply_method(load_model(ctx.model_ref, ctx.config), spec, ctx.adapter_init)
     ref_model = None
     if not isinstance(policy, PeftModel):
         ref_model = copy.deepcopy(policy).requires_grad_(False).eval()
@@ -126,7 +125,7 @@ def _load_models(ctx: RunContext) -> tuple[Any, Any, Any, Any]:
         dtype=torch_dtype(spec.training.precision),
         trust_remote_code=spec.model.trust_remote_code,
     ).to(device)
-    return policy, head, ref_model, reward_model
+    return head, ref_model, reward_model
 
 
 def _total_steps(ctx: RunContext, prompts: int) -> int:
@@ -158,11 +157,9 @@ def run_ppo(ctx: RunContext) -> StageResult:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     eos_id = tokenizer.eos_token_id
 
-    policy, head, ref_model, reward_model = _load_models(ctx)
-
-    args = TrainingArguments(
-        **{k: v for k, v in common_args(ctx).items() if k not in ("deepspeed", "fsdp", "fsdp_config")}
-    )
+    # one process: the loop is not wrapped for DeepSpeed or FSDP, so their arguments are left out
+    policy, args = load_model_and_arguments(ctx, TrainingArguments, without=("deepspeed", "fsdp", "fsdp_config"))
+    head, ref_model, reward_model = _companion_models(ctx, policy)
     params = [p for p in policy.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     total = _total_steps(ctx, len(prompts))

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubetune.trainer.models.adapters import apply_method, export_merged, optimizers
-from kubetune.trainer.models.loader import load_model
+from kubetune.trainer.models.adapters import export_merged, optimizers
 from kubetune.trainer.stages.base import (
     RunContext,
     StageResult,
-    common_args,
+    load_model_and_arguments,
     stage_callbacks,
     to_hf_dataset,
     train_and_save,
@@ -31,18 +30,17 @@ def run_rm(ctx: RunContext) -> StageResult:
 
     spec = ctx.config.spec
     tokenizer = ctx.tokenizer
-    model = load_model(
-        ctx.model_ref,
-        ctx.config,
+    model, args = load_model_and_arguments(
+        ctx,
+        RewardConfig,
         model_class=AutoModelForSequenceClassification,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
+        model_kwargs={"num_labels": 1, "pad_token_id": tokenizer.pad_token_id},
+        task_type="SEQ_CLS",
+        max_length=spec.training.cutoff_len,
     )
-    model = apply_method(model, spec, ctx.adapter_init, task_type="SEQ_CLS")
     for name, param in model.named_parameters():  # the new score head always trains (full/freeze too)
         if "score" in name and "original_module" not in name:
             param.requires_grad = True
-    args = RewardConfig(**common_args(ctx), max_length=spec.training.cutoff_len)
     trainer = RewardTrainer(
         model=model,
         args=args,
