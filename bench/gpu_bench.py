@@ -46,7 +46,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+from kubetune.trainer.callbacks import throughput  # the trainer's own MFU arithmetic, as its metrics report it
+
 DEFAULT_PEAK_TFLOPS = 989.0
 
 SHAPES: dict[str, dict[str, Any]] = {
@@ -116,19 +117,19 @@ def lora_params(shape: dict[str, Any], rank: int, targets: list[str] = LORA_TARG
 
 
 def flops_per_token(method: str, n: int, n_lora: int = 0) -> float:
-    """6N for full fine-tuning; 4N + 6N_lora for LoRA."""
+    """6N for full fine-tuning; 4N + 6N_lora for LoRA (N frozen, N_lora trained: the trainer's count)."""
     if method == "full":
-        return 6.0 * n
+        return throughput.flops_per_token(total_params=n, trainable_params=n)
     if method == "lora":
-        return 4.0 * n + 6.0 * n_lora
+        return throughput.flops_per_token(total_params=n + n_lora, trainable_params=n_lora)
     raise ValueError(f"unknown method {method!r}; expected full or lora")
 
 
 def mfu(tokens_per_s: float, per_token_flops: float, peak_tflops: float) -> float:
-    """Model FLOPs utilisation as a fraction of the peak."""
+    """Model FLOPs utilisation of one device as a fraction of its peak (the trainer's :func:`throughput.mfu`)."""
     if peak_tflops <= 0:
         raise ValueError("peak_tflops must be > 0")
-    return tokens_per_s * per_token_flops / (peak_tflops * 1e12)
+    return throughput.mfu(tokens_per_s, per_token_flops, peak_tflops * 1e12, devices=1)
 
 
 def nemo_flops_per_token(shape: dict[str, Any], seq_len: float) -> float:
@@ -141,9 +142,9 @@ def nemo_flops_per_token(shape: dict[str, Any], seq_len: float) -> float:
 def peak_for(device_name: str, override: float | None = None) -> tuple[float, str]:
     if override:
         return override, "--peak-tflops"
-    for key, value in PEAK_TFLOPS.items():
-        if key.lower() in device_name.lower():
-            return value, f"table ({key}, dense bf16)"
+    peak = throughput.peak_flops(device_name)  # the table the trainer's MFU metric uses
+    if peak > 0:
+        return peak / 1e12, f"table ({device_name}, dense bf16)"
     return DEFAULT_PEAK_TFLOPS, "default (H100/H200 dense bf16; device not in table)"
 
 
@@ -219,7 +220,7 @@ def run_case(case: Case, *, device: str, dtype_name: str, attn: str, peak: float
                 r=rank, lora_alpha=2 * rank, target_modules=LORA_TARGETS, lora_dropout=0.0, task_type="CAUSAL_LM"
             ),
         )
-        n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        n_lora = throughput.count_parameters(model)[1]
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.startswith("cuda")
