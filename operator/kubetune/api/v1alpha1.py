@@ -9,6 +9,7 @@ raise :class:`SpecProblems` so every problem keeps its own field path.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -79,10 +80,13 @@ OUTPUT_SCHEMES = ("file", "s3", "pvc")
 ARTIFACT_SCHEMES = ("file", "s3", "pvc", "hf", "ms")
 
 
+Problems = list[tuple[tuple[str | int, ...], str]]  # (path relative to the validated model, message)
+
+
 class SpecProblems(ValueError):
     """One or more cross-field problems, each with a path relative to the validated model."""
 
-    def __init__(self, problems: list[tuple[tuple[str | int, ...], str]]):
+    def __init__(self, problems: Problems):
         self.problems = problems
         super().__init__("; ".join(f"{'.'.join(map(str, p))}: {m}" for p, m in problems))
 
@@ -893,102 +897,9 @@ class FineTuneJobSpec(_Model):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
-        problems: list[tuple[tuple[str | int, ...], str]] = []
-        contract = STAGE_CONTRACTS[Stage(self.stage)]
-        method = MethodType(self.method.type)
-
-        if not self.datasets and self.dataset_registry is None:
-            problems.append((("datasets",), "give at least one dataset, or a datasetRegistry"))
-        seen: set[str] = set()
-        for i, ds in enumerate(self.datasets):
-            if ds.name in seen:
-                problems.append((("datasets", i, "name"), f"duplicate dataset name {ds.name!r}"))
-            seen.add(ds.name)
-            problems += [(("datasets", i, *p), m) for p, m in dataset_problems(ds, Stage(self.stage))]
-        for i, ds in enumerate(self.eval_datasets):
-            problems += [(("evalDatasets", i, *p), m) for p, m in dataset_problems(ds, Stage(self.stage))]
-
-        if self.model.quantization is not None and method not in (MethodType.LORA, MethodType.QLORA):
-            problems.append(
-                (("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}")
-            )
-        if self.model.adapter is not None and method not in (MethodType.LORA, MethodType.QLORA):
-            problems.append(
-                (("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}")
-            )
-        rules = self.training.reward_functions
-        if (
-            contract.needs_reward_model
-            and self.training.reward_model is None
-            and not (rules and Stage(self.stage) == Stage.GRPO)
-        ):
-            also = " or training.rewardFunctions" if Stage(self.stage) == Stage.GRPO else ""
-            problems.append(
-                (("training", "rewardModel"), f"stage {self.stage} needs a reward model (source or fromJob){also}")
-            )
-        if rules and Stage(self.stage) != Stage.GRPO:
-            problems.append(
-                (("training", "rewardFunctions"), f"rewardFunctions apply to stage grpo only, not {self.stage}")
-            )
-        for i, rule in enumerate(rules):
-            problems += [(("training", "rewardFunctions", i, *p), m) for p, m in reward_function_problems(rule)]
-        if not contract.needs_reward_model and self.training.reward_model is not None:
-            problems.append((("training", "rewardModel"), f"stage {self.stage} does not use a reward model"))
-        if Stage(self.stage) != Stage.SFT:
-            for flag, name in (
-                (self.training.train_on_prompt, "trainOnPrompt"),
-                (self.training.mask_history, "maskHistory"),
-            ):
-                if flag:
-                    problems.append((("training", name), f"{name} applies to stage sft only"))
-        if self.training.train_on_prompt and self.training.mask_history:
-            problems.append((("training", "maskHistory"), "maskHistory cannot be combined with trainOnPrompt"))
-        probs = self.training.interleave_probs
-        if probs is not None:
-            if self.training.mix_strategy == "concat":
-                problems.append(
-                    (("training", "interleaveProbs"), "set mixStrategy to interleave_under/over to use it")
-                )
-            elif self.datasets and len(probs) != len(self.datasets):
-                problems.append(
-                    (("training", "interleaveProbs"), f"needs {len(self.datasets)} values, one per dataset")
-                )
-            elif any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
-                problems.append((("training", "interleaveProbs"), "values must be >= 0 and sum to 1"))
-        if self.evaluation is not None:
-            has_eval_data = bool(self.eval_datasets) or self.training.eval_split > 0
-            problems += [
-                (("evaluation", *p), m)
-                for p, m in evaluation_problems(self.evaluation, Stage(self.stage), has_eval_data)
-            ]
-        if self.training.eval_steps is not None and self.training.eval_split == 0 and not self.eval_datasets:
-            problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
-        from kubetune.api.kernels import spec_problems as kernel_problems
-
-        problems += kernel_problems(
-            self.training.attention,
-            list(self.training.kernels),
-            gpus_per_node=self.resources.gpus_per_node,
-            strategy=self.distributed.strategy,
-        )
-        if self.distributed.offload and self.distributed.strategy != "deepspeed":
-            problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
-        if (
-            method == MethodType.QLORA
-            and self.distributed.strategy == "deepspeed"
-            and self.distributed.zero_stage == 3
-        ):
-            problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
-        if not problems and self.model.parameters and self.resources.gpu_type:
-            from kubetune.api.memory import ModelShape, fit_problem
-
-            try:  # the vocabulary from the model's config.json when visible, else from its family name
-                shape = ModelShape.for_model(self.model.source, self.model.parameters)
-                message = fit_problem(self, shape) if shape is not None else None
-            except (ArithmeticError, ValueError) as exc:
-                message = f"cannot estimate the memory this job needs: {exc}"
-            if message:
-                problems.append((("resources", "gpuType"), message))
+        problems = [problem for check in CROSS_FIELD_CHECKS for problem in check(self)]
+        if not problems:  # the memory estimate needs an otherwise valid spec
+            problems = check_memory_fit(self)
         if problems:
             raise SpecProblems(problems)
         return self
@@ -1038,6 +949,155 @@ def dataset_problems(ds: DatasetSpec, stage: Stage) -> list[tuple[tuple[str, ...
     if stage == Stage.PT and Formatting(ds.formatting) != Formatting.ALPACA:
         problems.append((("formatting",), "stage pt reads text: use formatting alpaca with columns.prompt"))
     return problems
+
+
+# ---------------------------------------------------------------------------------------------------- cross-field checks
+# Each takes the otherwise valid spec and returns its problems (path relative to the spec, message), in the order
+# FineTuneJobSpec reports them.
+
+
+def check_datasets(spec: FineTuneJobSpec) -> Problems:
+    """At least one dataset (or a registry), unique names, and each dataset fit for the stage."""
+    problems: Problems = []
+    stage = Stage(spec.stage)
+    if not spec.datasets and spec.dataset_registry is None:
+        problems.append((("datasets",), "give at least one dataset, or a datasetRegistry"))
+    seen: set[str] = set()
+    for i, ds in enumerate(spec.datasets):
+        if ds.name in seen:
+            problems.append((("datasets", i, "name"), f"duplicate dataset name {ds.name!r}"))
+        seen.add(ds.name)
+        problems += [(("datasets", i, *p), m) for p, m in dataset_problems(ds, stage)]
+    for i, ds in enumerate(spec.eval_datasets):
+        problems += [(("evalDatasets", i, *p), m) for p, m in dataset_problems(ds, stage)]
+    return problems
+
+
+def check_method(spec: FineTuneJobSpec) -> Problems:
+    """Quantization and an adapter to train further need method lora or qlora."""
+    problems: Problems = []
+    method = MethodType(spec.method.type)
+    if spec.model.quantization is not None and method not in (MethodType.LORA, MethodType.QLORA):
+        problems.append(
+            (("model", "quantization"), f"quantization only works with method lora or qlora, not {method.value}")
+        )
+    if spec.model.adapter is not None and method not in (MethodType.LORA, MethodType.QLORA):
+        problems.append(
+            (("model", "adapter"), f"an adapter can only be trained further with lora/qlora, not {method.value}")
+        )
+    return problems
+
+
+def check_rewards(spec: FineTuneJobSpec) -> Problems:
+    """A reward model where the stage needs one (or reward functions, for grpo), and none where it does not."""
+    problems: Problems = []
+    stage = Stage(spec.stage)
+    contract = STAGE_CONTRACTS[stage]
+    rules = spec.training.reward_functions
+    if contract.needs_reward_model and spec.training.reward_model is None and not (rules and stage == Stage.GRPO):
+        also = " or training.rewardFunctions" if stage == Stage.GRPO else ""
+        problems.append(
+            (("training", "rewardModel"), f"stage {spec.stage} needs a reward model (source or fromJob){also}")
+        )
+    if rules and stage != Stage.GRPO:
+        problems.append(
+            (("training", "rewardFunctions"), f"rewardFunctions apply to stage grpo only, not {spec.stage}")
+        )
+    for i, rule in enumerate(rules):
+        problems += [(("training", "rewardFunctions", i, *p), m) for p, m in reward_function_problems(rule)]
+    if not contract.needs_reward_model and spec.training.reward_model is not None:
+        problems.append((("training", "rewardModel"), f"stage {spec.stage} does not use a reward model"))
+    return problems
+
+
+def check_sft_flags(spec: FineTuneJobSpec) -> Problems:
+    """trainOnPrompt and maskHistory: stage sft only, and not both."""
+    problems: Problems = []
+    if Stage(spec.stage) != Stage.SFT:
+        for flag, name in (
+            (spec.training.train_on_prompt, "trainOnPrompt"),
+            (spec.training.mask_history, "maskHistory"),
+        ):
+            if flag:
+                problems.append((("training", name), f"{name} applies to stage sft only"))
+    if spec.training.train_on_prompt and spec.training.mask_history:
+        problems.append((("training", "maskHistory"), "maskHistory cannot be combined with trainOnPrompt"))
+    return problems
+
+
+def check_mixing(spec: FineTuneJobSpec) -> Problems:
+    """interleaveProbs: an interleaving mixStrategy, one probability per dataset, a distribution."""
+    probs = spec.training.interleave_probs
+    if probs is None:
+        return []
+    if spec.training.mix_strategy == "concat":
+        return [(("training", "interleaveProbs"), "set mixStrategy to interleave_under/over to use it")]
+    if spec.datasets and len(probs) != len(spec.datasets):
+        return [(("training", "interleaveProbs"), f"needs {len(spec.datasets)} values, one per dataset")]
+    if any(p < 0 for p in probs) or abs(sum(probs) - 1.0) > 1e-6:
+        return [(("training", "interleaveProbs"), "values must be >= 0 and sum to 1")]
+    return []
+
+
+def check_evaluation(spec: FineTuneJobSpec) -> Problems:
+    """The evaluation gate, and evalSteps only with data to evaluate on."""
+    problems: Problems = []
+    if spec.evaluation is not None:
+        has_eval_data = bool(spec.eval_datasets) or spec.training.eval_split > 0
+        problems += [
+            (("evaluation", *p), m) for p, m in evaluation_problems(spec.evaluation, Stage(spec.stage), has_eval_data)
+        ]
+    if spec.training.eval_steps is not None and spec.training.eval_split == 0 and not spec.eval_datasets:
+        problems.append((("training", "evalSteps"), "set evalSplit > 0 or evalDatasets to evaluate"))
+    return problems
+
+
+def check_kernels_and_distribution(spec: FineTuneJobSpec) -> Problems:
+    """Attention and kernels against the GPUs and strategy; CPU offload needs deepspeed; qlora cannot use ZeRO-3."""
+    from kubetune.api.kernels import spec_problems as kernel_problems
+
+    problems: Problems = [
+        *kernel_problems(
+            spec.training.attention,
+            list(spec.training.kernels),
+            gpus_per_node=spec.resources.gpus_per_node,
+            strategy=spec.distributed.strategy,
+        )
+    ]
+    if spec.distributed.offload and spec.distributed.strategy != "deepspeed":
+        problems.append((("distributed", "offload"), "CPU offload needs strategy deepspeed"))
+    if (
+        MethodType(spec.method.type) == MethodType.QLORA
+        and spec.distributed.strategy == "deepspeed"
+        and spec.distributed.zero_stage == 3
+    ):
+        problems.append((("distributed", "zeroStage"), "qlora does not work with ZeRO-3; use stage 2 or fsdp"))
+    return problems
+
+
+def check_memory_fit(spec: FineTuneJobSpec) -> Problems:
+    """Whether the model fits the GPU type's memory (from spec.model.parameters); needs an otherwise valid spec."""
+    if not (spec.model.parameters and spec.resources.gpu_type):
+        return []
+    from kubetune.api.memory import ModelShape, fit_problem
+
+    try:  # the vocabulary from the model's config.json when visible, else from its family name
+        shape = ModelShape.for_model(spec.model.source, spec.model.parameters)
+        message = fit_problem(spec, shape) if shape is not None else None
+    except (ArithmeticError, ValueError) as exc:
+        message = f"cannot estimate the memory this job needs: {exc}"
+    return [(("resources", "gpuType"), message)] if message else []
+
+
+CROSS_FIELD_CHECKS: tuple[Callable[[FineTuneJobSpec], Problems], ...] = (
+    check_datasets,
+    check_method,
+    check_rewards,
+    check_sft_flags,
+    check_mixing,
+    check_evaluation,
+    check_kernels_and_distribution,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- status
