@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kubetune.trainer.stages.checkpoints import MARKER, checkpoint_step, complete_checkpoints
+from kubetune.trainer.stages.resume import MARKER, checkpoint_step, complete_checkpoints
 from tests.multinode.netns import SUBNET, TwoNodes
 from tests.multinode.pair import node_env, pair_job, resized, start_pair, wait_all
 from tests.trainer.stages.helpers import history, manifest

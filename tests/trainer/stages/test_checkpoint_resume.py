@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from kubetune.trainer.stages.checkpoints import MARKER, complete_checkpoints
+from kubetune.trainer.stages.resume import MARKER, complete_checkpoints
 from tests.trainer.stages.helpers import ROOT, history, manifest, tiny_job
 from tests.trainer.stages.test_distributed import train, trainer_config
 

@@ -16,7 +16,7 @@ from kubetune.trainer.distributed import (
     strategy,
     training_args,
 )
-from kubetune.trainer.stages.checkpoints import (
+from kubetune.trainer.stages.resume import (
     MARKER,
     clear_checkpoints,
     complete_checkpoints,

@@ -160,7 +160,7 @@ def test_ppo_sigterm_checkpoint_and_resume(tmp_path, tiny_model_dir, cache_dir, 
     from kubetune.api.validation import load_jobs
     from kubetune.trainer.local import local_config
     from kubetune.trainer.runner import run
-    from kubetune.trainer.stages.checkpoints import Preempted, complete_checkpoints
+    from kubetune.trainer.stages.resume import Preempted, complete_checkpoints
 
     class SigtermAt(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):

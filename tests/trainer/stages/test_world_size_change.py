@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from kubetune.api.v1alpha1 import FineTuneJobSpec
 from kubetune.trainer.errors import ConfigError
-from kubetune.trainer.stages.checkpoints import MARKER, Layout, keep_global_batch, relayout
+from kubetune.trainer.stages.resume import MARKER, Layout, keep_global_batch, relayout
 
 layouts = st.builds(
     Layout,
@@ -132,7 +132,7 @@ def _spec_ckpt() -> FineTuneJobSpec:
 
 
 def _saved(root, step, spec, files=("model.safetensors",)):
-    from kubetune.trainer.stages.checkpoints import spec_fingerprint
+    from kubetune.trainer.stages.resume import spec_fingerprint
 
     path = root / f"checkpoint-{step}"
     path.mkdir(parents=True)
@@ -145,7 +145,7 @@ def _saved(root, step, spec, files=("model.safetensors",)):
 def test_every_node_resumes_the_step_the_output_holds(tmp_path, monkeypatch):
     """Node 0's scratch has checkpoint-4 complete (its upload was cut short by the crash), the output has step 2, and
     node 1's scratch only the RNG states its ranks wrote: both nodes must resume step 2, or they would diverge."""
-    from kubetune.trainer.stages.checkpoints import resume_point
+    from kubetune.trainer.stages.resume import resume_point
     from kubetune.trainer.storage.checkpoints import upload_checkpoint
 
     spec = _spec_ckpt()
@@ -170,7 +170,7 @@ def test_every_node_resumes_the_step_the_output_holds(tmp_path, monkeypatch):
 
 
 def test_a_multi_node_run_without_a_shared_checkpoint_starts_over(tmp_path, monkeypatch):
-    from kubetune.trainer.stages.checkpoints import resume_point
+    from kubetune.trainer.stages.resume import resume_point
 
     spec = _spec_ckpt()
     _saved(tmp_path / "node0", 4, spec)  # only in one node's scratch

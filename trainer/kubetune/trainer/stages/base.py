@@ -1,4 +1,9 @@
-"""What every stage workflow receives and returns, and the TRL/transformers arguments they share."""
+"""What every stage workflow receives and returns, and the steps they share.
+
+A workflow starts with :func:`load_model_and_arguments` (the model with its method, the trainer's arguments),
+builds its trainer and ends with :func:`train_evaluate_save`; :func:`build_and_train` does both last steps
+for the TRL/transformers trainers that take the usual arguments.
+"""
 
 from __future__ import annotations
 
@@ -88,7 +93,7 @@ def common_args(ctx: RunContext) -> dict[str, Any]:
     args.update(distributed_args(spec, cache_dir=ctx.config.runtime.cache_dir))
     # the checkpoint to resume is chosen (and fetched) before the arguments exist: on another number of processes
     # the batch layout changes so the global batch, the schedule and the total samples stay the checkpoint's
-    from kubetune.trainer.stages.checkpoints import keep_global_batch, resume_point
+    from kubetune.trainer.stages.resume import keep_global_batch, resume_point
 
     runtime = ctx.config.runtime
     ctx.resume_from = resume_point(ctx.work_dir, spec, ctx.resume_from, runtime.output_uri, runtime.allow_private_urls)
@@ -125,7 +130,7 @@ def load_model_and_arguments(
 
 def stage_callbacks(ctx: RunContext) -> list[Any]:
     """The observers' callbacks plus the checkpoint/preemption one; pass to every trainer."""
-    from kubetune.trainer.stages.checkpoints import make_callback, spec_fingerprint
+    from kubetune.trainer.stages.resume import make_callback, spec_fingerprint
 
     checkpoint = make_callback(spec_fingerprint(ctx.config.spec), ctx.checkpoint_hooks)
     return [*ctx.callbacks, checkpoint]
@@ -140,11 +145,11 @@ def _strategy_name(trainer: Any) -> str:
     return "ddp" if trainer.args.world_size > 1 else "single"
 
 
-def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, save: bool = True) -> StageResult:
+def train_evaluate_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, save: bool = True) -> StageResult:
     """The common tail of every workflow: resume → train → (preempted?) → evaluate → save → metrics."""
     import math
 
-    from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
+    from kubetune.trainer.stages.resume import Preempted, clear_checkpoints, resume_point
 
     runtime = ctx.config.runtime
     resume = resume_point(
@@ -185,7 +190,7 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
 
     metrics["sharded_parameters"] = sharded_parameters(trainer.model)  # > 0 only where FSDP / ZeRO-3 really shard
     if resume is not None:
-        from kubetune.trainer.stages.checkpoints import checkpoint_step
+        from kubetune.trainer.stages.resume import checkpoint_step
 
         metrics["resumed_from_step"] = checkpoint_step(Path(resume))
     if trainer.eval_dataset is not None:
@@ -201,7 +206,7 @@ def train_and_save(ctx: RunContext, trainer: Any, *, perplexity: bool = False, s
     return StageResult(metrics=metrics, log_history=list(trainer.state.log_history), extra=extra)
 
 
-def fit(
+def build_and_train(
     ctx: RunContext,
     trainer_cls: Any,
     model: Any,
@@ -212,7 +217,8 @@ def fit(
     perplexity: bool = False,
     **kwargs: Any,
 ) -> StageResult:
-    """Build a TRL/transformers trainer the way every stage does, train and save it, export the merged model."""
+    """Build a TRL/transformers trainer the way every stage does, :func:`train_evaluate_save` it, export the
+    merged model."""
     from kubetune.trainer.models.adapters import export_merged, optimizers
 
     trainer = trainer_cls(
@@ -225,7 +231,7 @@ def fit(
         optimizers=optimizers(model, ctx.config.spec, args),
         **kwargs,
     )
-    result = train_and_save(ctx, trainer, perplexity=perplexity)
+    result = train_evaluate_save(ctx, trainer, perplexity=perplexity)
     export_merged(ctx, trainer.model)
     return result
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
+from kubetune.trainer.stages.base import RunContext, StageResult, build_and_train, load_model_and_arguments
 
 
 def attention_cost_ratio(config: Any) -> float:
@@ -205,7 +205,7 @@ def make_trainer_class(chunk: int | None = None) -> type:
     return CausalLMTrainer
 
 
-def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
+def train_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
     """Load the model, apply the method, train pt/sft rows with :class:`CausalLMTrainer`, save and export."""
     from transformers import TrainingArguments
 
@@ -223,7 +223,7 @@ def fit_causal_lm(ctx: RunContext, *, packed: bool) -> StageResult:
         flatten = lambda lengths: flatten_is_cheaper(lengths, ratio, varlen_attention=fast)
     collator = Collator(pad_token_id=ctx.tokenizer.pad_token_id, flatten=flatten)
     chunk = LOSS_CHUNK if "chunked_loss" in ctx.config.spec.training.kernels else None
-    return fit(
+    return build_and_train(
         ctx,
         make_trainer_class(chunk),
         model,

@@ -8,7 +8,7 @@ LLaMA-Factory allows. ``preference.ftx`` adds an SFT loss on the chosen answer.
 
 from __future__ import annotations
 
-from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
+from kubetune.trainer.stages.base import RunContext, StageResult, build_and_train, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized, pretokenized
 
 
@@ -33,7 +33,7 @@ def run_dpo(ctx: RunContext) -> StageResult:
         loss_type=losses,
         loss_weights=weights,
     )
-    return fit(ctx, pretokenized(DPOTrainer), model, args, ctx.data.train, ctx.data.eval)
+    return build_and_train(ctx, pretokenized(DPOTrainer), model, args, ctx.data.train, ctx.data.eval)
 
 
 def _run_simpo(ctx: RunContext) -> StageResult:
@@ -54,7 +54,7 @@ def _run_simpo(ctx: RunContext) -> StageResult:
         simpo_gamma=pref.simpo_gamma,
         cpo_alpha=pref.ftx,  # 0: pure SimPO; > 0 adds the NLL term on chosen (CPO-SimPO)
     )
-    return fit(
+    return build_and_train(
         ctx,
         legacy_tokenized(CPOTrainer),
         model,

@@ -21,7 +21,7 @@ from kubetune.trainer.stages.base import (
     load_model_and_arguments,
     stage_callbacks,
     to_hf_dataset,
-    train_and_save,
+    train_evaluate_save,
 )
 from kubetune.trainer.stages.grpo.rewards import reward_functions
 
@@ -81,6 +81,6 @@ def run_grpo(ctx: RunContext) -> StageResult:
         callbacks=stage_callbacks(ctx),
         optimizers=optimizers(model, spec, args),
     )
-    result = train_and_save(ctx, trainer)
+    result = train_evaluate_save(ctx, trainer)
     export_merged(ctx, trainer.model)
     return result

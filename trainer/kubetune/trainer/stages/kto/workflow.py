@@ -5,7 +5,7 @@ The reference model is the base with the adapter disabled (LoRA) or a frozen cop
 
 from __future__ import annotations
 
-from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
+from kubetune.trainer.stages.base import RunContext, StageResult, build_and_train, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import pretokenized
 
 
@@ -22,4 +22,4 @@ def run_kto(ctx: RunContext) -> StageResult:
         desirable_weight=kto.desirable_weight,
         undesirable_weight=kto.undesirable_weight,
     )
-    return fit(ctx, pretokenized(KTOTrainer), model, args, ctx.data.train, ctx.data.eval)
+    return build_and_train(ctx, pretokenized(KTOTrainer), model, args, ctx.data.train, ctx.data.eval)

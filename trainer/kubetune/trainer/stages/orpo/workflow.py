@@ -6,7 +6,7 @@ It needs no reference model. ``spec.training.preference.beta`` is ORPO's lambda.
 
 from __future__ import annotations
 
-from kubetune.trainer.stages.base import RunContext, StageResult, fit, load_model_and_arguments
+from kubetune.trainer.stages.base import RunContext, StageResult, build_and_train, load_model_and_arguments
 from kubetune.trainer.stages.pretokenized import legacy_pairwise, legacy_tokenized
 
 
@@ -25,7 +25,7 @@ def run_orpo(ctx: RunContext) -> StageResult:
         beta=spec.training.preference.beta,
         padding_value=ctx.tokenizer.pad_token_id,
     )
-    return fit(
+    return build_and_train(
         ctx,
         legacy_tokenized(ORPOTrainer),
         model,

@@ -140,7 +140,7 @@ def run_ppo(ctx: RunContext) -> StageResult:
     from transformers import TrainerControl, TrainerState, TrainingArguments, get_scheduler
     from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
-    from kubetune.trainer.stages.checkpoints import Preempted, clear_checkpoints, resume_point
+    from kubetune.trainer.stages.resume import Preempted, clear_checkpoints, resume_point
 
     spec = ctx.config.spec
     t, ppo = spec.training, spec.training.ppo
@@ -237,7 +237,7 @@ def run_ppo(ctx: RunContext) -> StageResult:
         "reward_last": rewards_logged[-1] if rewards_logged else None,
     }
     if resume is not None:
-        from kubetune.trainer.stages.checkpoints import checkpoint_step
+        from kubetune.trainer.stages.resume import checkpoint_step
 
         metrics["resumed_from_step"] = checkpoint_step(Path(resume))
     export_merged(ctx, policy)
@@ -394,7 +394,7 @@ def _save_checkpoint(
 ) -> Path:
     import torch
 
-    from kubetune.trainer.stages.checkpoints import checkpoint_step
+    from kubetune.trainer.stages.resume import checkpoint_step
 
     path = Path(work_dir) / f"checkpoint-{state.global_step}"
     path.mkdir(parents=True, exist_ok=True)

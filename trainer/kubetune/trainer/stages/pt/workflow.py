@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from kubetune.trainer.stages.base import RunContext, StageResult
-from kubetune.trainer.stages.causal_lm import fit_causal_lm
+from kubetune.trainer.stages.causal_lm import train_causal_lm
 
 
 def run_pt(ctx: RunContext) -> StageResult:
     # the pretrain processor concatenates the text and cuts it into cutoffLen blocks (no padding to save)
-    return fit_causal_lm(ctx, packed=False)
+    return train_causal_lm(ctx, packed=False)

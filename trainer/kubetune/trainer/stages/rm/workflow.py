@@ -12,7 +12,7 @@ from kubetune.trainer.stages.base import (
     load_model_and_arguments,
     stage_callbacks,
     to_hf_dataset,
-    train_and_save,
+    train_evaluate_save,
 )
 
 
@@ -50,6 +50,6 @@ def run_rm(ctx: RunContext) -> StageResult:
         callbacks=stage_callbacks(ctx),
         optimizers=optimizers(model, spec, args),
     )
-    result = train_and_save(ctx, trainer)
+    result = train_evaluate_save(ctx, trainer)
     export_merged(ctx, trainer.model, model_class=AutoModelForSequenceClassification)
     return result

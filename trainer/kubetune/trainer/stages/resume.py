@@ -1,4 +1,6 @@
-"""Periodic checkpoints, resume from the newest complete one, and save-then-exit on SIGTERM.
+"""Where a stage resumes: periodic checkpoints marked complete, the newest complete one, save-then-exit on SIGTERM.
+
+(Copying checkpoint folders to and from the output storage is :mod:`kubetune.trainer.storage.checkpoints`.)
 
 The HF Trainer writes ``<work_dir>/checkpoint-<step>/`` every ``spec.checkpointing.everySteps``
 and keeps the newest ``keep``. A checkpoint counts as *complete* only once :class:`CheckpointCallback`
