@@ -122,7 +122,7 @@ def owned(bodies: Iterable[Any] | None, uid: str) -> dict[str, Any] | None:
 async def reconcile_once(
     body: dict[str, Any],
     options: BuildOptions,
-    logger: Any,
+    logger: kopf.Logger,
     *,
     job: dict[str, Any] | None,
     pods: list[dict[str, Any]],
