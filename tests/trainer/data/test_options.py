@@ -143,3 +143,16 @@ def test_a_dataset_with_no_converted_row_fails_before_tokenizing(tmp_path: Path)
     converted = convert_all(opts)
     with pytest.raises(DataError, match="no valid rows in dataset\\(s\\) bad"):
         check_converted(converted)
+
+
+@pytest.mark.parametrize("stage", [s.value for s in Stage])
+def test_data_check_gives_the_steps_the_options_a_run_would(tmp_path: Path, stage: str) -> None:
+    from kubetune.trainer.data.dataset_check import CheckOptions
+
+    check = CheckOptions(stage=stage, cutoff_len=99, max_samples=5, seed=7, cache_dir=tmp_path, allow=["10.0.0.1"])
+    opts = check.data_options()
+    assert (opts.stage, opts.shape) == (Stage(stage), STAGE_CONTRACTS[Stage(stage)].shape)
+    assert (opts.cutoff_len, opts.max_samples, opts.seed) == (99, 5, 7)
+    assert (opts.cache_dir, opts.allow_private_urls) == (str(tmp_path), ("10.0.0.1",))
+    assert opts.packing is STAGE_CONTRACTS[Stage(stage)].default_packing
+    assert CheckOptions(stage=stage, packing=True).data_options().packing is True

@@ -13,7 +13,8 @@ from typing import Any
 
 from kubetune.api.stages import STAGE_CONTRACTS, Stage
 from kubetune.trainer.data.conversion import convert_dataset
-from kubetune.trainer.data.processors import ProcessorOptions, Tokens
+from kubetune.trainer.data.options import DataOptions
+from kubetune.trainer.data.processors import Tokens
 from kubetune.trainer.data.registry import check_stage, load_registry_file, parse_registry, split_names
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.templates import get_template
@@ -36,9 +37,21 @@ class CheckOptions:
     cache_dir: Path = Path(".cache/kubetune")
     allow: list[str] = field(default_factory=list)
 
-    def processor_options(self) -> ProcessorOptions:
-        packing = STAGE_CONTRACTS[Stage(self.stage)].default_packing if self.packing is None else self.packing
-        return ProcessorOptions(self.cutoff_len, self.train_on_prompt, self.mask_history, packing)
+    def data_options(self) -> DataOptions:
+        """The options a training run with these settings would give the data steps."""
+        stage = Stage(self.stage)
+        return DataOptions(
+            stage=stage,
+            cache_dir=str(self.cache_dir),
+            cutoff_len=self.cutoff_len,
+            max_samples=self.max_samples,
+            seed=self.seed,
+            train_on_prompt=self.train_on_prompt,
+            mask_history=self.mask_history,
+            packing=STAGE_CONTRACTS[stage].default_packing if self.packing is None else self.packing,
+            work_dir=str(self.work_dir),
+            allow_private_urls=tuple(self.allow),
+        )
 
 
 def _as_uri(value: str) -> str:
@@ -92,6 +105,7 @@ def check(
         path, registry_uri = path / "dataset_info.json", registry_uri.rstrip("/") + "/dataset_info.json"
     specs = parse_registry(load_registry_file(path, registry_uri), registry_uri, split_names(names))
     check_stage(specs, opts.stage)
+    data_opts = opts.data_options()
     loaded = []
     for spec in specs:
         data = fetch(
@@ -103,15 +117,14 @@ def check(
             dataset=spec,
             allow=opts.allow,
         )
-        loaded.append(convert_dataset(spec, data, max_samples=opts.max_samples, seed=opts.seed))
+        loaded.append(convert_dataset(spec, data, max_samples=data_opts.max_samples, seed=data_opts.seed))
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer_only(model, opts)
     try:
         template = get_template(opts.template, tokenizer)
     except ValueError as exc:
         raise ConfigError(f"--template: {exc}") from None
     tokens = Tokens(tokenizer)
-    shape = STAGE_CONTRACTS[Stage(opts.stage)].shape
-    popts = opts.processor_options()
+    shape, popts = data_opts.shape, data_opts.processor_options()
     for ds in loaded:
-        tokenize_dataset(ds, template, tokenizer, tokens, shape=shape, opts=popts, cache_dir=opts.cache_dir)
+        tokenize_dataset(ds, template, tokenizer, tokens, shape=shape, opts=popts, cache_dir=data_opts.cache_dir)
     return [ds.report for ds in loaded if ds.report is not None]
