@@ -70,3 +70,18 @@ def test_kopf_watches_children_with_server_side_selectors() -> None:
     ]
     assert selectors.collect(Resource("kubetune.io", "v1alpha1", "finetunejobs")) == []
     assert s.networking.request_timeout == 12 and s.networking.connect_timeout == 5
+
+
+def test_a_taken_metrics_port_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a startup kopf retries forever: the port is bound before kopf starts."""
+    import socket
+
+    from kubetune.operator.__main__ import main
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--metrics-port", str(port), "--health-port", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--metrics-port {port}: cannot listen" in err[0] and "free port" in err[0]

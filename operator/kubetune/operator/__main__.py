@@ -10,12 +10,21 @@ import sys
 from kubetune.operator.settings import OperatorSettings, add_arguments, from_args
 
 
+class PortUnavailable(RuntimeError):
+    """A port the operator serves on is taken (or not allowed)."""
+
+
 async def operate(op: OperatorSettings, **kwargs: object) -> None:
     """Run until cancelled or stopped (``stop_flag``/``ready_flag`` pass through to kopf)."""
     import kopf
 
+    from kubetune.operator import metrics
     from kubetune.operator.handlers import register
 
+    try:  # before kopf: a port that is taken is one line and exit 1, not a startup kopf retries forever
+        metrics.serve(op.metrics_port)
+    except OSError as exc:
+        raise PortUnavailable(f"--metrics-port {op.metrics_port}: cannot listen ({exc.strerror or exc})") from None
     registry = kopf.OperatorRegistry()
     register(op, registry)
     liveness = f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None
@@ -35,7 +44,11 @@ def run_operator(op: OperatorSettings) -> int:
 
     kopf.configure(verbose=False, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubetune").setLevel(logging.INFO)
-    asyncio.run(operate(op))
+    try:
+        asyncio.run(operate(op))
+    except PortUnavailable as exc:
+        print(f"kubetune operator: {exc}; choose a free port (chart value operator.metricsPort)", file=sys.stderr)
+        return 1
     return 0
 
 

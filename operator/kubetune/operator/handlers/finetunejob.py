@@ -279,8 +279,7 @@ class Reconciler:
     # ------------------------------------------------------------------ startup and cleanup
 
     async def start(self, settings: kopf.OperatorSettings, indexes: Mapping[str, Any], logger: kopf.Logger) -> None:
-        config.configure(settings, self.op)
-        metrics.serve(self.op.metrics_port)
+        config.configure(settings, self.op)  # the metrics endpoint is served before kopf starts (__main__.operate)
         if self.op.standalone:
             self.resyncing.append(asyncio.create_task(self.resync_all(indexes, logger), name="kubetune-resync"))
 
