@@ -72,8 +72,9 @@ def test_kopf_watches_children_with_server_side_selectors() -> None:
     assert s.networking.request_timeout == 12 and s.networking.connect_timeout == 5
 
 
-def test_a_taken_metrics_port_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
-    """Not a startup kopf retries forever: the port is bound before kopf starts."""
+@pytest.mark.parametrize("flag", ["--metrics-port", "--health-port"])
+def test_a_taken_port_is_one_line_and_exit_1(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a startup kopf retries forever, nor a traceback from its liveness task: checked before kopf starts."""
     import socket
 
     from kubetune.operator.__main__ import main
@@ -82,6 +83,7 @@ def test_a_taken_metrics_port_is_one_line_and_exit_1(capsys: pytest.CaptureFixtu
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert main(["--metrics-port", str(port), "--health-port", "0"]) == 1
+        other = "--health-port" if flag == "--metrics-port" else "--metrics-port"
+        assert main([flag, str(port), other, "0"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"--metrics-port {port}: cannot listen" in err[0] and "free port" in err[0]
+    assert len(err) == 1 and f"{flag} {port}: cannot listen" in err[0] and "free port" in err[0]

@@ -25,6 +25,16 @@ async def operate(op: OperatorSettings, **kwargs: object) -> None:
         metrics.serve(op.metrics_port)
     except OSError as exc:
         raise PortUnavailable(f"--metrics-port {op.metrics_port}: cannot listen ({exc.strerror or exc})") from None
+    if op.health_port:  # kopf's liveness server binds it later, inside its own tasks: check it is free now
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("0.0.0.0", op.health_port))
+            except OSError as exc:
+                raise PortUnavailable(
+                    f"--health-port {op.health_port}: cannot listen ({exc.strerror or exc})"
+                ) from None
     registry = kopf.OperatorRegistry()
     register(op, registry)
     liveness = f"http://0.0.0.0:{op.health_port}/healthz" if op.health_port else None
@@ -47,7 +57,10 @@ def run_operator(op: OperatorSettings) -> int:
     try:
         asyncio.run(operate(op))
     except PortUnavailable as exc:
-        print(f"kubetune operator: {exc}; choose a free port (chart value operator.metricsPort)", file=sys.stderr)
+        print(
+            f"kubetune operator: {exc}; choose a free port (chart values operator.metricsPort/healthPort)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
