@@ -1,21 +1,15 @@
 """The template and tokenize steps: one converted dataset rendered by the template and tokenized per stage shape.
 
-Tokenized rows are cached per dataset as Arrow (``datasets.Dataset.save_to_disk``), keyed by
-content hash + conversion settings + tokenizer + template + cutoff + stage, so a restarted pod
-or a second job with the same data does not tokenize again. The processes of a node tokenize
-main-process-first: one takes the dataset's lock file and writes the cache, the others wait on
-the lock and load it (``load_from_disk``, memory-mapped), so eight GPUs do the work once, not
-eight times. Each dataset's report gets its token lengths and a packing preview here.
+Tokenized rows are cached per dataset (:mod:`.token_cache`, Arrow), so a restarted pod or a second
+job with the same data does not tokenize again. The processes of a node tokenize main-process-first:
+one takes the dataset's lock file and writes the cache, the others wait on the lock and load it,
+so eight GPUs do the work once, not eight times. Each dataset's report gets its token lengths and
+a packing preview here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +21,11 @@ from kubetune.trainer.data.processors.base import RENDERED
 from kubetune.trainer.data.report import DatasetReport
 from kubetune.trainer.data.schema import RowError
 from kubetune.trainer.data.templates import Template
+from kubetune.trainer.data.token_cache import cache_key, cache_path, first_on_node, load, store
 from kubetune.trainer.logging import get_logger
 
 log = get_logger(__name__)
 
-CACHE_VERSION = "2"  # 2: Arrow folders (1: JSON files)
 PRIME_CHUNK = 512
 
 
@@ -41,93 +35,6 @@ def token_length(item: dict[str, Any]) -> int:
     if "chosen_ids" in item:
         return len(item["prompt_ids"]) + max(len(item["chosen_ids"]), len(item["rejected_ids"]))
     return len(item.get("prompt_ids", [])) + len(item.get("completion_ids", []))
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    digest = hashlib.sha256()
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        digest.update(backend.to_str().encode())
-    else:
-        digest.update(f"{getattr(tokenizer, 'name_or_path', '')}|{len(tokenizer)}".encode())
-    for attr in ("eos_token", "bos_token", "add_bos_token", "chat_template"):
-        digest.update(f"|{attr}={getattr(tokenizer, attr, None)}".encode())
-    return digest.hexdigest()
-
-
-def cache_key(
-    loaded: LoadedDataset, shape: DataShape, opts: ProcessorOptions, template: Template, tokens: Tokens
-) -> str:
-    if not hasattr(tokens, "fingerprint"):
-        tokens.fingerprint = tokenizer_fingerprint(tokens.tokenizer)  # type: ignore[attr-defined]
-    parts = [
-        CACHE_VERSION,
-        loaded.sha256,
-        loaded.settings,
-        shape.value,
-        repr(opts),
-        template.fingerprint(),
-        tokens.fingerprint,
-    ]  # type: ignore[attr-defined]
-    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
-
-
-def _cache_path(cache_dir: Path | None, key: str) -> Path | None:
-    return None if cache_dir is None else Path(cache_dir) / "tokenized" / key[:2] / key
-
-
-REPORT = "kubetune-report.json"  # next to the Arrow files: the dataset report and the columns some rows lack
-
-
-def _cache_load(path: Path | None) -> tuple[list[dict], DatasetReport] | None:
-    if path is None or not (path / REPORT).is_file():
-        return None
-    try:
-        import datasets
-
-        meta = json.loads((path / REPORT).read_text(encoding="utf-8"))
-        sparse = set(meta.get("sparse", []))
-        rows = datasets.load_from_disk(str(path)).to_list()
-        if sparse:
-            rows = [{k: v for k, v in row.items() if not (v is None and k in sparse)} for row in rows]
-        return rows, DatasetReport.from_state(meta["report"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring unreadable tokenized cache %s: %s", path, exc)
-        return None
-
-
-def _cache_store(path: Path | None, rows: list[dict], report: DatasetReport) -> None:
-    """Arrow files plus the report, written to a temporary folder and renamed into place (readers never see half)."""
-    if path is None:
-        return
-    import shutil
-
-    import datasets
-
-    keys = [set(row) for row in rows]
-    every = set.intersection(*keys) if keys else set()
-    sparse = sorted(set().union(*keys) - every) if keys else []
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
-    (tmp / REPORT).write_text(json.dumps({"report": report.state(), "sparse": sparse}), encoding="utf-8")
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    log.info("dataset %s: %d tokenized rows cached at %s", report.name, len(rows), path)
-
-
-@contextmanager
-def first_on_node(path: Path | None) -> Iterator[None]:
-    """Main process first, per node: the first process to take ``path``'s lock tokenizes and writes the cache; the
-    node's other processes wait for it, then find the cache. A process that dies releases the lock (flock)."""
-    if path is None:
-        yield
-        return
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        yield
 
 
 def tokenize_dataset(
@@ -145,9 +52,9 @@ def tokenize_dataset(
     tokens = tokens or Tokens(tokenizer)
     report = loaded.report
     assert report is not None
-    path = None if cache_dir is None else _cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
+    path = None if cache_dir is None else cache_path(cache_dir, cache_key(loaded, shape, opts, template, tokens))
     with first_on_node(path):
-        hit = _cache_load(path)
+        hit = load(path)
         if hit is not None:
             log.info("dataset %s: tokenized rows from cache %s", loaded.spec.name, path)
             loaded.report = hit[1]
@@ -155,7 +62,9 @@ def tokenize_dataset(
         out = _tokenize_rows(loaded, processor, template, tokens, opts, report)
         if out:
             report.packing = _packing_preview(shape, out, opts, tokens)
-            _cache_store(path, out, report)
+            if path is not None:
+                store(path, out, report)
+                log.info("dataset %s: %d tokenized rows cached at %s", report.name, len(out), path)
     return out
 
 
