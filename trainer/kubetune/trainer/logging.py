@@ -26,10 +26,29 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when the line is emitted, not as it was at :func:`setup`: a stream swapped
+    in and closed since (a capture, a redirected console) never turns a log line into a logging error. A stream set
+    with ``setStream`` is used until ``setStream`` is given the current ``sys.stderr`` back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pinned: object | None = None
+
+    @property  # type: ignore[override]
+    def stream(self) -> object:
+        pinned = getattr(self, "_pinned", None)
+        return pinned if pinned is not None else sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        self._pinned = None if value is sys.stderr else value
+
+
 def setup(level: str = "INFO") -> None:
     root = logging.getLogger("kubetune")
     if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = StderrHandler()
         handler.setFormatter(RedactingFormatter(_FORMAT, datefmt="%H:%M:%S"))
         root.addHandler(handler)
     root.setLevel(level if is_main() else "WARNING")
