@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any, ClassVar, Final, Literal
+from functools import partial
+from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from kubetune.api.checks import (
@@ -117,6 +118,14 @@ def _check_uri(value: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
+# Every source/output URI field is one of these: ``_check_uri`` with the schemes that field accepts.
+ArtifactUri = Annotated[str, AfterValidator(partial(_check_uri, schemes=ARTIFACT_SCHEMES))]
+ModelUri = Annotated[str, AfterValidator(partial(_check_uri, schemes=MODEL_SCHEMES))]
+DatasetUri = Annotated[str, AfterValidator(partial(_check_uri, schemes=DATASET_SCHEMES))]
+RegistryUri = Annotated[str, AfterValidator(partial(_check_uri, schemes=REGISTRY_SCHEMES))]
+OutputUri = Annotated[str, AfterValidator(partial(_check_uri, schemes=OUTPUT_SCHEMES))]
+
+
 def _k8s_name(value: str | None, what: str, *, label_value: bool = False) -> str | None:
     """A reference to a Kubernetes object by name: a DNS-1123 subdomain (and a label value when it becomes one)."""
     if value is None:
@@ -181,7 +190,7 @@ class QuantizationSpec(_Model):
 class ArtifactRef(_Model):
     """An artifact given either by URI or by the name of a FineTuneJob that produces it."""
 
-    source: str | None = Field(
+    source: ArtifactUri | None = Field(
         None, description="URI of the artifact (file://, s3://, pvc://, hf://, ms://). Used by `kubetune run`."
     )
     from_job: str | None = Field(
@@ -189,11 +198,6 @@ class ArtifactRef(_Model):
         description="Name of a FineTuneJob in the same namespace; the operator waits until it has Succeeded and "
         "then uses its adapter URI.",
     )
-
-    @field_validator("source")
-    @classmethod
-    def _source_uri(cls, v: str | None) -> str | None:
-        return None if v is None else _check_uri(v, ARTIFACT_SCHEMES)
 
     @field_validator("from_job")
     @classmethod
@@ -212,7 +216,7 @@ class ArtifactRef(_Model):
 class ModelSpec(_Model):
     """The base model to fine-tune."""
 
-    source: str = Field(
+    source: ModelUri = Field(
         ...,
         description="Model URI: hf://org/name, ms://org/name, s3://bucket/prefix/ (a Hugging Face folder), "
         "pvc://claim/path, or file:///path (a Hugging Face folder or a .gguf file, dequantized for training). "
@@ -242,11 +246,6 @@ class ModelSpec(_Model):
         description="Approximate parameter count (e.g. 7B, 135M) for the GPU-fit check at validation time, before "
         "the model is fetched; the trainer re-checks with the model's real config.",
     )
-
-    @field_validator("source")
-    @classmethod
-    def _source_uri(cls, v: str) -> str:
-        return _check_uri(v, MODEL_SCHEMES)
 
     @field_validator("template")
     @classmethod
@@ -316,7 +315,7 @@ class DatasetSpec(_Model):
     """One dataset, with LLaMA-Factory `dataset_info.json` semantics."""
 
     name: str = Field(..., description="Name used in reports, metrics and the manifest.", min_length=1, max_length=128)
-    source: str = Field(
+    source: DatasetUri = Field(
         ...,
         description="Data URI: file:///path (json, jsonl, csv, parquet, arrow, txt, or a folder of one type), "
         "s3://bucket/key, https://host/file, hf://org/dataset, ms://org/dataset, configmap://name/key, pvc://claim/path.",
@@ -337,26 +336,16 @@ class DatasetSpec(_Model):
         description="Sample this many rows (seeded); more than the dataset has oversamples with replacement.",
     )
 
-    @field_validator("source")
-    @classmethod
-    def _source_uri(cls, v: str) -> str:
-        return _check_uri(v, DATASET_SCHEMES)
-
 
 class DatasetRegistrySpec(_Model):
     """A LLaMA-Factory `dataset_info.json`, and which of its entries to train on."""
 
-    source: str = Field(
+    source: RegistryUri = Field(
         ...,
         description="URI of dataset_info.json (file://, s3://, https://, configmap://name/key, pvc://). "
         "Relative file_name entries resolve against its folder.",
     )
     names: list[str] = Field(..., min_length=1, description="Entries of the registry to use, in order.")
-
-    @field_validator("source")
-    @classmethod
-    def _source_uri(cls, v: str) -> str:
-        return _check_uri(v, REGISTRY_SCHEMES)
 
 
 # ---------------------------------------------------------------------------------------------------- method
@@ -824,7 +813,7 @@ class HubSpec(_Model):
 class OutputSpec(_Model):
     """Where the adapter, merged model, curves and manifest go."""
 
-    uri: str | None = Field(
+    uri: OutputUri | None = Field(
         None,
         description="s3://bucket/prefix, file:///path or pvc://claim/path. Default for `kubetune run`: "
         "file://./output/<name> beside the FineTuneJob file.",
@@ -834,11 +823,6 @@ class OutputSpec(_Model):
     )
     merge: bool = Field(False, description="Also export the base model merged with the adapter (safetensors).")
     hub: HubSpec | None = Field(None, description="Also push the adapter to the Hugging Face Hub.")
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str | None) -> str | None:
-        return None if v is None else _check_uri(v, OUTPUT_SCHEMES)
 
     @field_validator("credentials_secret")
     @classmethod
