@@ -3,6 +3,7 @@ gpu (skipped without CUDA), cluster (skipped without KUBECONFIG)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -106,3 +107,17 @@ def write_job(path: Path, spec: dict[str, Any], name: str = "test-job") -> Path:
 
 def job_doc(spec: dict[str, Any], name: str = "test-job") -> dict[str, Any]:
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Any:
+    """Code under test that configures logging for a whole process (kopf.configure, basicConfig) binds handlers to
+    the sys.stderr of that moment, a test's capture closed right after: each test gets the root logger back as it
+    was, so no later test meets a handler writing to a closed stream."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in root.handlers:
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 
@@ -73,17 +74,29 @@ def test_kopf_watches_children_with_server_side_selectors() -> None:
 
 
 @pytest.mark.parametrize("flag", ["--metrics-port", "--health-port"])
-def test_a_taken_port_is_one_line_and_exit_1(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not a startup kopf retries forever, nor a traceback from its liveness task: checked before kopf starts."""
+def test_a_taken_port_is_one_line_and_exit_1(flag: str) -> None:
+    """Not a startup kopf retries forever, nor a traceback from its liveness task: checked before kopf starts (the
+    operator's own process, as the Deployment runs it)."""
+    import os
     import socket
+    import subprocess
+    import sys
 
-    from kubetune.operator.__main__ import main
-
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "operator"), str(root / "trainer")])}
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
         other = "--health-port" if flag == "--metrics-port" else "--metrics-port"
-        assert main([flag, str(port), other, "0"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{flag} {port}: cannot listen" in err[0] and "free port" in err[0]
+        proc = subprocess.run(
+            [sys.executable, "-m", "kubetune.operator", flag, str(port), other, "0"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+    assert proc.returncode == 1, proc.stderr
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and f"{flag} {port}: cannot listen" in err[0] and "free port" in err[0], err
